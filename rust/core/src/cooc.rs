@@ -1,0 +1,205 @@
+//! Item co-occurrence: how many users have both item i and item j in their training history.
+//!
+//! Computed as the sparse product Hᵀ·H of the (binary) user-history matrix with a dense
+//! per-thread accumulator per output row, so memory is the output plus one counter per item per
+//! thread, whatever the history lengths.
+
+use crate::error::{Error, Result};
+use crate::negatives::Csr;
+use rayon::prelude::*;
+
+/// A symmetric item × item count matrix in CSR form, zero diagonal, rows sorted by column.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cooccurrence {
+    pub n_items: usize,
+    pub indptr: Vec<u64>,
+    pub indices: Vec<u32>,
+    pub counts: Vec<u32>,
+}
+
+impl Cooccurrence {
+    pub fn nnz(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn row(&self, i: usize) -> (&[u32], &[u32]) {
+        let (a, b) = (self.indptr[i] as usize, self.indptr[i + 1] as usize);
+        (&self.indices[a..b], &self.counts[a..b])
+    }
+
+    pub fn get(&self, i: u32, j: u32) -> u32 {
+        let (cols, counts) = self.row(i as usize);
+        cols.binary_search(&j).map_or(0, |k| counts[k])
+    }
+}
+
+/// Co-occurrence over the histories of the groups whose market is selected.
+///
+/// `histories` holds each group's training items in sequence order; `max_history` (if set) keeps
+/// only the most recent items of longer histories, bounding the quadratic cost of heavy users.
+pub fn cooccurrence(
+    histories: Csr<'_>,
+    group_market: &[u16],
+    markets: &[u16],
+    n_items: usize,
+    max_history: Option<usize>,
+) -> Result<Cooccurrence> {
+    if group_market.len() != histories.rows() {
+        return Err(Error::invalid("group_market and histories differ in length"));
+    }
+    if let Some(&bad) = histories.values.iter().find(|&&i| i as usize >= n_items) {
+        return Err(Error::invalid(format!("item {bad} is out of range (n_items = {n_items})")));
+    }
+    let selected: Vec<usize> = (0..histories.rows())
+        .filter(|&g| markets.contains(&group_market[g]))
+        .collect();
+    // Deduplicated (and optionally truncated) histories of the selected groups.
+    let hist: Vec<Vec<u32>> = selected
+        .par_iter()
+        .map(|&g| {
+            let row = histories.row(g);
+            let row = match max_history {
+                Some(m) if row.len() > m => &row[row.len() - m..],
+                _ => row,
+            };
+            let mut v = row.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
+        .collect();
+    // Inverted index: item -> histories that contain it.
+    let mut starts = vec![0u64; n_items + 1];
+    for h in &hist {
+        for &i in h {
+            starts[i as usize + 1] += 1;
+        }
+    }
+    for i in 0..n_items {
+        starts[i + 1] += starts[i];
+    }
+    let mut fill = starts.clone();
+    let mut inverted = vec![0u32; *starts.last().unwrap() as usize];
+    for (h_index, h) in hist.iter().enumerate() {
+        for &i in h {
+            inverted[fill[i as usize] as usize] = h_index as u32;
+            fill[i as usize] += 1;
+        }
+    }
+    drop(fill);
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..n_items)
+        .into_par_iter()
+        .with_min_len(64)
+        .map_init(
+            || (vec![0u32; n_items], Vec::<u32>::new()),
+            |(acc, touched), i| {
+                for &h in &inverted[starts[i] as usize..starts[i + 1] as usize] {
+                    for &j in &hist[h as usize] {
+                        if j as usize != i {
+                            if acc[j as usize] == 0 {
+                                touched.push(j);
+                            }
+                            acc[j as usize] += 1;
+                        }
+                    }
+                }
+                touched.sort_unstable();
+                let counts: Vec<u32> = touched.iter().map(|&j| std::mem::take(&mut acc[j as usize])).collect();
+                let cols = std::mem::take(touched);
+                (cols, counts)
+            },
+        )
+        .collect();
+    let mut out = Cooccurrence { n_items, indptr: Vec::with_capacity(n_items + 1), ..Default::default() };
+    out.indptr.push(0);
+    for (cols, counts) in rows {
+        out.indices.extend(cols);
+        out.counts.extend(counts);
+        out.indptr.push(out.indices.len() as u64);
+    }
+    Ok(out)
+}
+
+/// Number of nonzero (i, j) pairs present in both matrices (each unordered pair counted twice,
+/// as both matrices are symmetric).
+pub fn shared_pairs(a: &Cooccurrence, b: &Cooccurrence) -> Result<u64> {
+    if a.n_items != b.n_items {
+        return Err(Error::invalid("co-occurrence matrices over different item spaces"));
+    }
+    Ok((0..a.n_items)
+        .into_par_iter()
+        .map(|i| {
+            let (x, _) = a.row(i);
+            let (y, _) = b.row(i);
+            let (mut p, mut q, mut n) = (0, 0, 0u64);
+            while p < x.len() && q < y.len() {
+                match x[p].cmp(&y[q]) {
+                    std::cmp::Ordering::Less => p += 1,
+                    std::cmp::Ordering::Greater => q += 1,
+                    std::cmp::Ordering::Equal => {
+                        n += 1;
+                        p += 1;
+                        q += 1;
+                    }
+                }
+            }
+            n
+        })
+        .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::negatives::OwnedCsr;
+
+    #[test]
+    fn counts_by_hand() {
+        // Three users: {0,1,2}, {1,2,2}, {0,3} in markets 0, 0, 1.
+        let h = OwnedCsr::from_rows([vec![0, 1, 2], vec![1, 2, 2], vec![0, 3]]);
+        let c = cooccurrence(h.view(), &[0, 0, 1], &[0, 1], 4, None).unwrap();
+        assert_eq!(c.get(1, 2), 2);
+        assert_eq!(c.get(2, 1), 2);
+        assert_eq!(c.get(0, 1), 1);
+        assert_eq!(c.get(0, 3), 1);
+        assert_eq!(c.get(1, 1), 0, "zero diagonal even with a repeated item");
+        assert_eq!(c.get(1, 3), 0);
+        assert_eq!(c.nnz(), 8);
+        // Market 0 alone has no (0, 3) pair.
+        let c0 = cooccurrence(h.view(), &[0, 0, 1], &[0], 4, None).unwrap();
+        assert_eq!(c0.get(0, 3), 0);
+        assert_eq!(shared_pairs(&c, &c0).unwrap(), 6);
+        // Truncation to the last 2 items: user 0 keeps {1, 2}, user 1 keeps {2}, user 2 {0, 3}.
+        let t = cooccurrence(h.view(), &[0, 0, 1], &[0, 1], 4, Some(2)).unwrap();
+        assert_eq!(t.get(0, 1), 0);
+        assert_eq!(t.get(1, 2), 1);
+    }
+
+    #[test]
+    fn matches_a_brute_force_count() {
+        let mut rng = crate::rng::Rng::new(4);
+        let rows: Vec<Vec<u32>> = (0..300)
+            .map(|_| (0..rng.below(12)).map(|_| rng.below(60) as u32).collect())
+            .collect();
+        let h = OwnedCsr::from_rows(rows.clone());
+        let c = cooccurrence(h.view(), &vec![0; 300], &[0], 60, None).unwrap();
+        let mut brute = vec![vec![0u32; 60]; 60];
+        for r in &rows {
+            let mut s = r.clone();
+            s.sort();
+            s.dedup();
+            for &i in &s {
+                for &j in &s {
+                    if i != j {
+                        brute[i as usize][j as usize] += 1;
+                    }
+                }
+            }
+        }
+        for i in 0..60 {
+            for j in 0..60 {
+                assert_eq!(c.get(i, j), brute[i as usize][j as usize]);
+            }
+        }
+    }
+}

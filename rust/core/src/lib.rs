@@ -1,0 +1,19 @@
+//! xmfast-core: the data engine of xmfast, in plain Rust (no Python types).
+//!
+//! Files → [`parse`] (columnar ratings with shared vocabularies) → [`filter`] (k-core, item
+//! restriction, renumbering) → [`split`] (leave-one-out per market and user) → [`protocol`]
+//! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`cooc`]
+//! counts item co-occurrence; [`synth`] writes synthetic XMarket-format data.
+
+pub mod cooc;
+pub mod error;
+pub mod filter;
+pub mod negatives;
+pub mod parse;
+pub mod protocol;
+pub mod rng;
+pub mod split;
+pub mod synth;
+pub mod vocab;
+
+pub use error::{Error, Result};

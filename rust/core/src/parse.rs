@@ -1,0 +1,596 @@
+//! Parsing XMarket rating files into columnar arrays with shared user and item vocabularies.
+//!
+//! Two layouts are read: the processed 5-core files (`userId itemId rate date` header) and the
+//! official full files `ratings_{market}_{category}.txt.gz` (no header). Columns are separated by
+//! spaces or tabs; gzip is detected from the magic bytes, not the file name. Each file is parsed
+//! in parallel chunks that intern ids locally; the chunk vocabularies are then merged in input
+//! order, so numbering is by first appearance exactly as a sequential reader would give.
+
+use crate::error::{Error, Result};
+use crate::vocab::Vocab;
+use hashbrown::HashTable;
+use rayon::prelude::*;
+use std::hash::BuildHasher;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The 18 markets of XMarket, by their two-letter codes.
+pub const XMARKET_MARKETS: [&str; 18] = [
+    "ae", "au", "br", "ca", "cn", "de", "es", "fr", "in", "it", "jp", "mx", "nl", "sa", "sg", "tr",
+    "uk", "us",
+];
+
+pub const HEADER: [&str; 4] = ["userId", "itemId", "rate", "date"];
+
+/// One input file and the market its rows belong to.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub market: String,
+    pub path: PathBuf,
+}
+
+/// What was read from one file, for manifests and error messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileInfo {
+    pub market: String,
+    pub path: PathBuf,
+    /// Size of the file on disk (compressed size for gzip).
+    pub bytes: u64,
+    /// blake3 digest of the file as stored on disk, hex.
+    pub blake3: String,
+    pub gzip: bool,
+    pub had_header: bool,
+    pub rows: u64,
+}
+
+/// All ratings of the loaded markets, one entry per row, rows in input order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ratings {
+    pub markets: Vec<String>,
+    pub users: Vocab,
+    pub items: Vocab,
+    pub market: Vec<u16>,
+    pub user: Vec<u32>,
+    pub item: Vec<u32>,
+    pub rating: Vec<f32>,
+    /// Days since 1970-01-01.
+    pub day: Vec<i32>,
+    pub files: Vec<FileInfo>,
+}
+
+impl Ratings {
+    pub fn len(&self) -> usize {
+        self.user.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.user.is_empty()
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+pub fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = (y - era * 400) as u32;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe as i32 - 719_468
+}
+
+/// Inverse of [`days_from_civil`].
+pub fn civil_from_days(z: i32) -> (i32, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = (z - era * 146_097) as u32;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe as i32 + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i32) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+/// Parses `YYYY-MM-DD` strictly into days since the epoch.
+pub fn parse_date(s: &[u8]) -> std::result::Result<i32, String> {
+    let bad = || format!("unparsable date {:?} (expected YYYY-MM-DD)", String::from_utf8_lossy(s));
+    if s.len() != 10 || s[4] != b'-' || s[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        s[r].iter().try_fold(0u32, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u32)
+        })
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return Err(bad());
+    };
+    let month_len = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap(y as i32) => 29,
+        2 => 28,
+        _ => return Err(format!("unparsable date {:?}: month {m} does not exist", String::from_utf8_lossy(s))),
+    };
+    if d == 0 || d > month_len {
+        return Err(format!("unparsable date {:?}: day {d} does not exist", String::from_utf8_lossy(s)));
+    }
+    Ok(days_from_civil(y as i32, m, d))
+}
+
+/// Formats days since the epoch as `YYYY-MM-DD`.
+pub fn format_date(days: i32) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Reads a file fully, decompressing gzip (detected by magic bytes; multi-member aware).
+/// Returns (content, on-disk size, blake3 of the on-disk bytes, was gzip).
+pub fn read_maybe_gzip(path: &Path) -> Result<(Vec<u8>, u64, String, bool)> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let digest = if raw.len() > 1 << 20 {
+        blake3::Hasher::new().update_rayon(&raw).finalize()
+    } else {
+        blake3::hash(&raw)
+    };
+    let size = raw.len() as u64;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "truncated gzip: the compressed stream ends early (re-download the file)".to_string()
+                } else {
+                    format!("corrupt gzip data ({e}); re-download the file")
+                };
+                Error::file(path, what)
+            })?;
+        Ok((out, size, digest.to_hex().to_string(), true))
+    } else {
+        Ok((raw, size, digest.to_hex().to_string(), false))
+    }
+}
+
+/// Rows parsed from one chunk, with ids numbered locally in first-appearance order.
+struct Chunk<'a> {
+    user_keys: Vec<&'a str>,
+    item_keys: Vec<&'a str>,
+    user: Vec<u32>,
+    item: Vec<u32>,
+    rating: Vec<f32>,
+    day: Vec<i32>,
+}
+
+/// Error found in a chunk: byte offset of the bad line (to count its line number) and message.
+struct ChunkError {
+    line_start: usize,
+    message: String,
+}
+
+struct LocalInterner<'a> {
+    keys: Vec<&'a str>,
+    table: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl<'a> LocalInterner<'a> {
+    fn new(cap: usize) -> Self {
+        LocalInterner {
+            keys: Vec::with_capacity(cap),
+            table: HashTable::with_capacity(cap),
+            hasher: Default::default(),
+        }
+    }
+
+    #[inline]
+    fn intern(&mut self, key: &'a str) -> u32 {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.keys;
+        if let Some(&id) = self.table.find(hash, |&id| keys[id as usize] == key) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(key);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.table
+            .insert_unique(hash, id, |&o| hasher.hash_one(keys[o as usize]));
+        id
+    }
+}
+
+fn is_sep(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Splits a line into at most 5 fields (5 means "too many").
+#[inline]
+fn split_fields(line: &[u8]) -> ([&[u8]; 5], usize) {
+    let mut fields: [&[u8]; 5] = [&[]; 5];
+    let mut n = 0;
+    let mut i = 0;
+    while i < line.len() && n < 5 {
+        while i < line.len() && is_sep(line[i]) {
+            i += 1;
+        }
+        if i >= line.len() {
+            break;
+        }
+        let start = i;
+        while i < line.len() && !is_sep(line[i]) {
+            i += 1;
+        }
+        fields[n] = &line[start..i];
+        n += 1;
+    }
+    (fields, n)
+}
+
+fn describe_column_error(line: &[u8], n: usize) -> String {
+    let other_sep = [b',', b';', b'|']
+        .into_iter()
+        .find(|c| line.contains(c))
+        .map(|c| format!(" (the line contains {:?}: columns must be separated by spaces)", c as char))
+        .unwrap_or_default();
+    if n >= 5 {
+        format!("expected 4 columns (userId itemId rate date), found more{other_sep}")
+    } else {
+        format!("expected 4 columns (userId itemId rate date), found {n}{other_sep}")
+    }
+}
+
+fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, ChunkError> {
+    let est = text.len() / 56 + 16;
+    let mut users = LocalInterner::new(est / 4);
+    let mut items = LocalInterner::new(est / 4);
+    let mut chunk_user = Vec::with_capacity(est);
+    let mut chunk_item = Vec::with_capacity(est);
+    let mut rating = Vec::with_capacity(est);
+    let mut day = Vec::with_capacity(est);
+    let mut pos = 0;
+    while pos < text.len() {
+        let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
+        let mut line = &text[pos..end];
+        let line_start = base + pos;
+        pos = end + 1;
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        if line.iter().all(|&b| is_sep(b)) {
+            continue; // blank lines carry nothing and are skipped
+        }
+        let fail = |message: String| ChunkError { line_start, message };
+        let (f, n) = split_fields(line);
+        if n != 4 {
+            return Err(fail(describe_column_error(line, n)));
+        }
+        if f[0] == HEADER[0].as_bytes() && f[1] == HEADER[1].as_bytes() {
+            return Err(fail("duplicate header: a `userId itemId rate date` line inside the data".into()));
+        }
+        let as_str = |field: &'static str, b| {
+            std::str::from_utf8(b).map_err(|e| {
+                fail(format!("{field} is not valid UTF-8 (invalid byte at column {})", e.valid_up_to() + 1))
+            })
+        };
+        let u = as_str("userId", f[0])?;
+        let it = as_str("itemId", f[1])?;
+        let r_text = as_str("rate", f[2])?;
+        let r: f32 = r_text
+            .parse()
+            .map_err(|_| fail(format!("non-numeric rating {r_text:?}")))?;
+        if !r.is_finite() {
+            return Err(fail(format!("rating {r_text:?} is not a finite number")));
+        }
+        let d = parse_date(f[3]).map_err(fail)?;
+        chunk_user.push(users.intern(u));
+        chunk_item.push(items.intern(it));
+        rating.push(r);
+        day.push(d);
+    }
+    Ok(Chunk {
+        user_keys: users.keys,
+        item_keys: items.keys,
+        user: chunk_user,
+        item: chunk_item,
+        rating,
+        day,
+    })
+}
+
+/// Splits `text` into about `parts` pieces that end on line boundaries.
+fn chunk_bounds(text: &[u8], parts: usize) -> Vec<(usize, usize)> {
+    let target = (text.len() / parts.max(1)).max(1 << 16);
+    let mut bounds = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + target).min(text.len());
+        if end < text.len() {
+            end = memchr::memchr(b'\n', &text[end..]).map_or(text.len(), |i| end + i + 1);
+        }
+        bounds.push((start, end));
+        start = end;
+    }
+    bounds
+}
+
+/// Parses one file's content and appends its rows to `out`.
+fn parse_into(out: &mut Ratings, market_index: u16, path: &Path, text: &[u8]) -> Result<(bool, u64)> {
+    // The header, if any, is the first non-blank line.
+    let mut body_start = 0;
+    let mut had_header = false;
+    let mut first_line_no = 1u64;
+    {
+        let mut pos = 0;
+        while pos < text.len() {
+            let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
+            let line = &text[pos..end];
+            if line.iter().all(|&b| is_sep(b) || b == b'\r') {
+                pos = end + 1;
+                first_line_no += 1;
+                continue;
+            }
+            let (f, n) = split_fields(line.strip_suffix(b"\r").unwrap_or(line));
+            if n >= 1 && f[0] == HEADER[0].as_bytes() {
+                if n != 4 || (0..4).any(|i| f[i] != HEADER[i].as_bytes()) {
+                    return Err(Error::parse(
+                        path,
+                        first_line_no,
+                        "malformed header: expected `userId itemId rate date`",
+                    ));
+                }
+                had_header = true;
+                body_start = end + 1;
+            }
+            break;
+        }
+    }
+    let body = if body_start >= text.len() { &[][..] } else { &text[body_start..] };
+    let threads = rayon::current_num_threads();
+    let bounds = chunk_bounds(body, threads * 4);
+    let chunks: Vec<std::result::Result<Chunk, ChunkError>> = bounds
+        .par_iter()
+        .map(|&(s, e)| parse_chunk(&body[s..e], s))
+        .collect();
+    // Report the first error in file order, with its 1-based line number.
+    for c in &chunks {
+        if let Err(err) = c {
+            let line = (memchr::memchr_iter(b'\n', &text[..body_start + err.line_start]).count() + 1) as u64;
+            return Err(Error::parse(path, line, err.message.clone()));
+        }
+    }
+    let chunks: Vec<Chunk> = chunks.into_iter().map(|c| c.ok().expect("checked above")).collect();
+    let rows: usize = chunks.iter().map(|c| c.user.len()).sum();
+    if rows == 0 {
+        return Err(Error::file(path, "no ratings in file (empty, or only a header)"));
+    }
+    // Merge local vocabularies into the global ones in chunk order (= first appearance).
+    let maps: Vec<(Vec<u32>, Vec<u32>)> = chunks
+        .iter()
+        .map(|c| {
+            let um = c.user_keys.iter().map(|k| out.users.intern(k)).collect();
+            let im = c.item_keys.iter().map(|k| out.items.intern(k)).collect();
+            (um, im)
+        })
+        .collect();
+    let start = out.user.len();
+    out.user.resize(start + rows, 0);
+    out.item.resize(start + rows, 0);
+    out.market.resize(start + rows, market_index);
+    out.rating.reserve(rows);
+    out.day.reserve(rows);
+    {
+        let mut user_slices = Vec::with_capacity(chunks.len());
+        let mut item_slices = Vec::with_capacity(chunks.len());
+        let (mut u_rest, mut i_rest) = (&mut out.user[start..], &mut out.item[start..]);
+        for c in &chunks {
+            let (a, b) = std::mem::take(&mut u_rest).split_at_mut(c.user.len());
+            user_slices.push(a);
+            u_rest = b;
+            let (a, b) = std::mem::take(&mut i_rest).split_at_mut(c.item.len());
+            item_slices.push(a);
+            i_rest = b;
+        }
+        chunks
+            .par_iter()
+            .zip(maps.par_iter())
+            .zip(user_slices.into_par_iter().zip(item_slices.into_par_iter()))
+            .for_each(|((c, (um, im)), (us, is))| {
+                for (dst, &local) in us.iter_mut().zip(&c.user) {
+                    *dst = um[local as usize];
+                }
+                for (dst, &local) in is.iter_mut().zip(&c.item) {
+                    *dst = im[local as usize];
+                }
+            });
+    }
+    for c in &chunks {
+        out.rating.extend_from_slice(&c.rating);
+        out.day.extend_from_slice(&c.day);
+    }
+    Ok((had_header, rows as u64))
+}
+
+/// Reads the given files (in order) into one table with shared vocabularies.
+///
+/// Market names become indices in order of first mention; several files may share a market.
+pub fn read_ratings(sources: &[Source]) -> Result<Ratings> {
+    if sources.is_empty() {
+        return Err(Error::invalid("no rating files given"));
+    }
+    let mut out = Ratings::default();
+    for src in sources {
+        let market_index = match out.markets.iter().position(|m| *m == src.market) {
+            Some(i) => i,
+            None => {
+                out.markets.push(src.market.clone());
+                out.markets.len() - 1
+            }
+        };
+        let market_index = u16::try_from(market_index)
+            .map_err(|_| Error::invalid("more than 65535 markets"))?;
+        let (text, bytes, digest, gzip) = read_maybe_gzip(&src.path)?;
+        let (had_header, rows) = parse_into(&mut out, market_index, &src.path, &text)?;
+        out.files.push(FileInfo {
+            market: src.market.clone(),
+            path: src.path.clone(),
+            bytes,
+            blake3: digest,
+            gzip,
+            had_header,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses bytes already in memory (used by tests and fuzzing; `name` stands in for the path).
+pub fn parse_bytes(market: &str, name: &str, text: &[u8]) -> Result<Ratings> {
+    let mut out = Ratings {
+        markets: vec![market.to_string()],
+        ..Default::default()
+    };
+    let path = PathBuf::from(name);
+    let (had_header, rows) = parse_into(&mut out, 0, &path, text)?;
+    out.files.push(FileInfo {
+        market: market.to_string(),
+        path,
+        bytes: text.len() as u64,
+        blake3: blake3::hash(text).to_hex().to_string(),
+        gzip: false,
+        had_header,
+        rows,
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const SAMPLE: &str = "userId itemId rate date\nu1 i1 5.0 2020-01-02\nu2 i1 4.0 2020-01-03\nu1 i2 3.5 2019-12-31\n";
+
+    #[test]
+    fn parses_processed_file_with_header() {
+        let r = parse_bytes("uk", "uk_5core.txt", SAMPLE.as_bytes()).unwrap();
+        assert_eq!(r.user, vec![0, 1, 0]);
+        assert_eq!(r.item, vec![0, 0, 1]);
+        assert_eq!(r.rating, vec![5.0, 4.0, 3.5]);
+        assert_eq!(r.day, vec![18263, 18264, 18261]);
+        assert_eq!(r.users.iter().collect::<Vec<_>>(), ["u1", "u2"]);
+        assert!(r.files[0].had_header);
+    }
+
+    #[test]
+    fn parses_headerless_raw_rows_tabs_and_crlf() {
+        let r = parse_bytes("de", "raw", b"a\tb 1 2001-02-03\r\n\r\nc b 2.0 2004-02-29\n").unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(!r.files[0].had_header);
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(format_date(r.day[1]), "2004-02-29");
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for d in [-1000, 0, 1, 10957, 18262, 20000, 60000] {
+            let s = format_date(d);
+            assert_eq!(parse_date(s.as_bytes()).unwrap(), d, "{s}");
+        }
+        assert_eq!(parse_date(b"1970-01-01").unwrap(), 0);
+        assert!(parse_date(b"2019-02-29").is_err());
+        assert!(parse_date(b"2020-13-01").is_err());
+        assert!(parse_date(b"2020/01/01").is_err());
+        assert!(parse_date(b"20-01-01").is_err());
+    }
+
+    fn err_of(text: &[u8]) -> String {
+        parse_bytes("uk", "f.txt", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        assert_eq!(
+            err_of(b"userId itemId rate date\nu1 i1 5.0 2020-01-02\nu1,i1,5.0,2020-01-02\n"),
+            "f.txt:3: expected 4 columns (userId itemId rate date), found 1 (the line contains ',': columns must be separated by spaces)"
+        );
+        assert_eq!(err_of(b"u1 i1 five 2020-01-02\n"), "f.txt:1: non-numeric rating \"five\"");
+        assert_eq!(err_of(b"u1 i1 5 2020-01-02 x\n"), "f.txt:1: expected 4 columns (userId itemId rate date), found more");
+        assert_eq!(
+            err_of(b"u1 i1 5 2020-01-02\nu i 1 2020-02-30\n"),
+            "f.txt:2: unparsable date \"2020-02-30\": day 30 does not exist"
+        );
+        assert_eq!(err_of(b"u1 i1 nan 2020-01-02\n"), "f.txt:1: rating \"nan\" is not a finite number");
+        assert!(err_of(b"userId itemId rate date\nu i 1 2020-01-01\nuserId itemId rate date\n")
+            .starts_with("f.txt:3: duplicate header"));
+        assert!(err_of(b"u\xff i 1 2020-01-01\n").starts_with("f.txt:1: userId is not valid UTF-8"));
+        assert_eq!(err_of(b"userId itemId rate date\n"), "f.txt: no ratings in file (empty, or only a header)");
+        assert_eq!(err_of(b""), "f.txt: no ratings in file (empty, or only a header)");
+    }
+
+    #[test]
+    fn line_numbers_are_right_across_chunks() {
+        let mut text = String::from("userId itemId rate date\n");
+        for i in 0..200_000 {
+            text.push_str(&format!("user{} item{} 4.0 2020-01-01\n", i % 977, i % 313));
+        }
+        text.push_str("bad line\n");
+        let err = err_of(text.as_bytes());
+        assert_eq!(err, "f.txt:200002: expected 4 columns (userId itemId rate date), found 2");
+        // And first-appearance numbering survives the parallel merge.
+        text.truncate(text.len() - "bad line\n".len());
+        let r = parse_bytes("uk", "f", text.as_bytes()).unwrap();
+        assert_eq!(r.users.len(), 977);
+        assert_eq!(r.users.get(5), "user5");
+        assert!(r.user.iter().enumerate().all(|(i, &u)| u as usize == i % 977));
+        assert!(r.item.iter().enumerate().all(|(i, &it)| it as usize == i % 313));
+    }
+
+    #[test]
+    fn reads_gzip_and_shares_vocab_across_markets() {
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("ratings_de_Electronics.txt.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(b"x i2 5.0 2020-01-01\nu1 i1 1.0 2020-01-01\n").unwrap();
+        enc.finish().unwrap();
+        let plain = dir.path().join("uk_5core.txt");
+        std::fs::write(&plain, SAMPLE).unwrap();
+        let r = read_ratings(&[
+            Source { market: "uk".into(), path: plain },
+            Source { market: "de".into(), path: gz.clone() },
+        ])
+        .unwrap();
+        assert_eq!(r.markets, ["uk", "de"]);
+        assert_eq!(r.market, vec![0, 0, 0, 1, 1]);
+        assert_eq!(r.item, vec![0, 0, 1, 1, 0]);
+        assert_eq!(r.user, vec![0, 1, 0, 2, 0]);
+        assert!(r.files[1].gzip && !r.files[1].had_header);
+
+        // A truncated gzip is a clean, named error.
+        let bytes = std::fs::read(&gz).unwrap();
+        std::fs::write(&gz, &bytes[..bytes.len() - 12]).unwrap();
+        let err = read_ratings(&[Source { market: "de".into(), path: gz.clone() }]).unwrap_err();
+        assert!(err.to_string().contains("truncated gzip"), "{err}");
+        let missing = read_ratings(&[Source { market: "de".into(), path: dir.path().join("nope.txt") }]).unwrap_err();
+        assert!(missing.to_string().contains("nope.txt"), "{missing}");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = crate::rng::Rng::new(5);
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let alphabet = b"ab1 .\n\t-2020\r\xff,";
+                    alphabet[rng.below(alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let _ = parse_bytes("uk", "fuzz", &bytes);
+        }
+    }
+}

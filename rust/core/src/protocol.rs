@@ -1,0 +1,212 @@
+//! Evaluation protocols: which items may be evaluation negatives for a held-out interaction.
+//!
+//! The candidates of every held-out interaction are sampled once, at `prepare` time, and stored,
+//! so every model is evaluated on identical lists. Row 0 of each candidate list is the positive.
+
+use crate::error::{Error, Result};
+use crate::negatives::{sample_distinct, Csr, OwnedCsr};
+use crate::rng::derive_seed;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// FOREC: temporal leave-one-out; negatives from the user's market, never any positive of
+    /// the user in that market.
+    Forec,
+    /// ACMR: random leave-one-out; negatives from all items of all loaded markets, never a
+    /// training item of the user nor the held-out item.
+    Acmr,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "forec" => Ok(Protocol::Forec),
+            "acmr" => Ok(Protocol::Acmr),
+            other => Err(Error::invalid(format!("unknown protocol {other:?} (expected forec or acmr)"))),
+        }
+    }
+}
+
+/// Distinct items of each market (sorted), as a CSR with one row per market.
+pub fn market_items(market: &[u16], item: &[u32], n_markets: usize) -> OwnedCsr {
+    let n_items = item.iter().copied().max().map_or(0, |i| i as usize + 1);
+    // One pass over the rows into a market × item presence table (n_markets·n_items bits).
+    let mut seen = vec![false; n_markets * n_items];
+    for (&m, &it) in market.iter().zip(item) {
+        if (m as usize) < n_markets {
+            seen[m as usize * n_items + it as usize] = true;
+        }
+    }
+    OwnedCsr::from_rows((0..n_markets).map(|m| {
+        let row = &seen[m * n_items..(m + 1) * n_items];
+        (0..n_items as u32).filter(|&i| row[i as usize]).collect::<Vec<u32>>()
+    }))
+}
+
+/// Stored candidates for validation and test: `heldout × (1 + negatives)` each, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidates {
+    pub valid: Vec<u32>,
+    pub test: Vec<u32>,
+    pub width: usize,
+}
+
+/// What the candidate sampler needs about the split.
+pub struct HeldOut<'a> {
+    pub group_market: &'a [u16],
+    pub group_user: &'a [u32],
+    /// Training items per group (CSR over all groups).
+    pub train_items: Csr<'a>,
+    pub heldout_groups: &'a [u32],
+    pub valid_item: &'a [u32],
+    pub test_item: &'a [u32],
+}
+
+const STREAM_VALID: u64 = 1;
+const STREAM_TEST: u64 = 2;
+
+/// Samples the evaluation candidates of every held-out group under `protocol`.
+#[allow(clippy::too_many_arguments)]
+pub fn eval_candidates(
+    held: &HeldOut<'_>,
+    market_items: Csr<'_>,
+    protocol: Protocol,
+    negatives: usize,
+    seed: u64,
+    market_keys: &[u64],
+    user_keys: &[u64],
+    describe_group: &(dyn Fn(usize) -> String + Sync),
+) -> Result<Candidates> {
+    let q = held.heldout_groups.len();
+    if held.valid_item.len() != q || held.test_item.len() != q {
+        return Err(Error::invalid("heldout_groups, valid_item and test_item differ in length"));
+    }
+    let groups = held.group_market.len();
+    if held.train_items.rows() != groups || held.group_user.len() != groups {
+        return Err(Error::invalid("group arrays and train_items differ in length"));
+    }
+    if let Some(&g) = held.heldout_groups.iter().find(|&&g| g as usize >= groups) {
+        return Err(Error::invalid(format!("held-out group {g} does not exist")));
+    }
+    let n_markets = market_items.rows();
+    if let Some(&m) = held.group_market.iter().find(|&&m| m as usize >= n_markets) {
+        return Err(Error::invalid(format!("market {m} has no item list")));
+    }
+    if market_keys.len() < n_markets
+        || held.group_user.iter().any(|&u| u as usize >= user_keys.len())
+    {
+        return Err(Error::invalid("a market or user has no stable key"));
+    }
+    // Pools: one per market (forec) or one shared (acmr).
+    let (pools, pool_of_market): (OwnedCsr, Vec<u32>) = match protocol {
+        Protocol::Forec => (
+            OwnedCsr { offsets: market_items.offsets.to_vec(), values: market_items.values.to_vec() },
+            (0..n_markets as u32).collect(),
+        ),
+        Protocol::Acmr => {
+            let mut all = market_items.values.to_vec();
+            all.sort_unstable();
+            all.dedup();
+            (OwnedCsr::from_rows([all]), vec![0; n_markets])
+        }
+    };
+    let query_pool: Vec<u32> = held
+        .heldout_groups
+        .iter()
+        .map(|&g| pool_of_market[held.group_market[g as usize] as usize])
+        .collect();
+    let exclusion = |with: &[u32]| -> OwnedCsr {
+        let rows: Vec<Vec<u32>> = (0..q)
+            .into_par_iter()
+            .map(|k| {
+                let g = held.heldout_groups[k] as usize;
+                let mut v = held.train_items.row(g).to_vec();
+                match protocol {
+                    Protocol::Forec => {
+                        v.push(held.valid_item[k]);
+                        v.push(held.test_item[k]);
+                    }
+                    Protocol::Acmr => v.push(with[k]),
+                }
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
+        OwnedCsr::from_rows(rows)
+    };
+    let keys = |stream: u64| -> Vec<u64> {
+        held.heldout_groups
+            .iter()
+            .map(|&g| {
+                let g = g as usize;
+                derive_seed(stream, &[market_keys[held.group_market[g] as usize], user_keys[held.group_user[g] as usize]])
+            })
+            .collect()
+    };
+    let describe = |k: usize| describe_group(held.heldout_groups[k] as usize);
+    let assemble = |positives: &[u32], stream: u64| -> Result<Vec<u32>> {
+        let excl = exclusion(positives);
+        let neg = sample_distinct(pools.view(), &query_pool, excl.view(), &keys(stream), negatives, seed, &describe)?;
+        let width = negatives + 1;
+        let mut out = vec![0u32; q * width];
+        out.par_chunks_mut(width).enumerate().for_each(|(k, row)| {
+            row[0] = positives[k];
+            row[1..].copy_from_slice(&neg[k * negatives..(k + 1) * negatives]);
+        });
+        Ok(out)
+    };
+    Ok(Candidates {
+        valid: assemble(held.valid_item, STREAM_VALID)?,
+        test: assemble(held.test_item, STREAM_TEST)?,
+        width: negatives + 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_exclude_what_they_promise() {
+        // Market 0 has items 0..10, market 1 items 10..20. One held-out group per market.
+        let mi = OwnedCsr::from_rows([(0..10).collect::<Vec<u32>>(), (10..20).collect()]);
+        let train = OwnedCsr::from_rows([vec![0, 1, 2], vec![10, 11]]);
+        let held = HeldOut {
+            group_market: &[0, 1],
+            group_user: &[0, 1],
+            train_items: train.view(),
+            heldout_groups: &[0, 1],
+            valid_item: &[3, 12],
+            test_item: &[4, 13],
+        };
+        let d = |g: usize| format!("group {g}");
+        let f = eval_candidates(&held, mi.view(), Protocol::Forec, 5, 1, &[1, 2], &[5, 6], &d).unwrap();
+        assert_eq!(f.width, 6);
+        // forec: group 0's negatives are market-0 items other than 0..=4: exactly 5..10.
+        let mut neg: Vec<u32> = f.valid[1..6].to_vec();
+        neg.sort();
+        assert_eq!(neg, [5, 6, 7, 8, 9]);
+        assert_eq!(f.valid[0], 3);
+        assert_eq!(f.test[0], 4);
+        assert_eq!(f.test[6], 13);
+        // Asking for 6 negatives is impossible for group 0 under forec.
+        let err = eval_candidates(&held, mi.view(), Protocol::Forec, 6, 1, &[1, 2], &[5, 6], &d).unwrap_err();
+        assert!(err.to_string().starts_with("group 0: only 5 items"), "{err}");
+        // acmr: pool is all 20 items; valid excludes train + valid item, may include the test item.
+        let a = eval_candidates(&held, mi.view(), Protocol::Acmr, 16, 1, &[1, 2], &[5, 6], &d).unwrap();
+        let valid0: Vec<u32> = a.valid[1..17].to_vec();
+        assert!(valid0.iter().all(|x| ![0, 1, 2, 3].contains(x)));
+        assert!(valid0.contains(&4), "16 of the 16 allowed items are drawn, so the test item is among them");
+        assert!(valid0.iter().any(|&x| x >= 10), "acmr crosses markets");
+    }
+
+    #[test]
+    fn market_items_per_market() {
+        let m = market_items(&[0, 1, 0, 1], &[5, 2, 5, 7], 3);
+        assert_eq!(m.offsets, [0, 1, 3, 3]);
+        assert_eq!(m.values, [5, 2, 7]);
+    }
+}
