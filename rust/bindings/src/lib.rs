@@ -1,1 +1,579 @@
-// placeholder, replaced below
+//! `xmfast.core`: the Python face of xmfast-core.
+//!
+//! This layer only converts: numpy arrays in (borrowed, no copy), `Vec`s out (moved into numpy
+//! arrays, no copy), core errors to Python exceptions. All long work runs with the GIL released.
+
+use numpy::ndarray::Array2;
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadwriteArray2};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+use xmfast_core as xc;
+use xmfast_core::negatives::Csr;
+
+create_exception!(
+    core,
+    DataFormatError,
+    PyValueError,
+    "A rating file is malformed; the message names the file and, where there is one, the line."
+);
+
+/// Maps a core error to the matching Python exception.
+fn py_err(e: xc::Error) -> PyErr {
+    let message = e.to_string();
+    match e {
+        xc::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(message)
+        }
+        xc::Error::Io { .. } => PyOSError::new_err(message),
+        xc::Error::Parse { .. } | xc::Error::File { .. } => DataFormatError::new_err(message),
+        xc::Error::Invalid(_) => PyValueError::new_err(message),
+    }
+}
+
+/// Borrows a 1-d array as a slice (it must be C-contiguous).
+fn slice<'a, T: Element>(name: &str, a: &'a PyReadonlyArray1<'_, T>) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("`{name}` must be a C-contiguous 1-d array")))
+}
+
+fn csr<'a>(name: &str, offsets: &'a [u64], values: &'a [u32]) -> PyResult<Csr<'a>> {
+    Csr::new(offsets, values).map_err(|e| PyValueError::new_err(format!("`{name}`: {e}")))
+}
+
+fn vec_to_py<'py, T: Element>(py: Python<'py>, v: Vec<T>) -> Bound<'py, PyArray1<T>> {
+    PyArray1::from_vec(py, v)
+}
+
+fn matrix_to_py<T: Element>(py: Python<'_>, v: Vec<T>, width: usize) -> PyResult<Bound<'_, PyArray2<T>>> {
+    let rows = if width == 0 { 0 } else { v.len() / width };
+    let a = Array2::from_shape_vec((rows, width), v).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// An interned list of id strings (users or items), numbered 0..len in first-appearance order.
+/// The strings live in Rust; Python sees them on demand.
+#[pyclass(module = "xmfast.core", frozen)]
+struct Vocab {
+    inner: xc::vocab::Vocab,
+}
+
+#[pymethods]
+impl Vocab {
+    #[new]
+    #[pyo3(signature = (ids=None))]
+    fn new(ids: Option<Vec<String>>) -> Self {
+        let inner = ids.unwrap_or_default().iter().map(String::as_str).collect();
+        Vocab { inner }
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __getitem__(&self, index: i64) -> PyResult<String> {
+        let n = self.inner.len() as i64;
+        let i = if index < 0 { index + n } else { index };
+        if i < 0 || i >= n {
+            return Err(PyIndexError::new_err(format!("index {index} out of range for {n} ids")));
+        }
+        Ok(self.inner.get(i as u32).to_string())
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        self.inner.index_of(key).is_some()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Vocab>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Vocab(<{} ids>)", self.inner.len())
+    }
+
+    /// The number of `key` (KeyError if absent).
+    fn index(&self, key: &str) -> PyResult<u32> {
+        self.inner
+            .index_of(key)
+            .ok_or_else(|| PyKeyError::new_err(key.to_string()))
+    }
+
+    /// The number of `key`, or None.
+    fn get(&self, key: &str) -> Option<u32> {
+        self.inner.index_of(key)
+    }
+
+    /// Numbers of many keys; -1 for keys that are absent.
+    fn encode<'py>(&self, py: Python<'py>, keys: Vec<String>) -> Bound<'py, PyArray1<i64>> {
+        let v: Vec<i64> = keys
+            .iter()
+            .map(|k| self.inner.index_of(k).map_or(-1, |i| i as i64))
+            .collect();
+        vec_to_py(py, v)
+    }
+
+    fn to_list(&self) -> Vec<String> {
+        self.inner.iter().map(str::to_string).collect()
+    }
+
+    /// A new vocabulary holding the ids numbered `keep`, in that order.
+    fn subset(&self, keep: PyReadonlyArray1<'_, u32>) -> PyResult<Vocab> {
+        let keep = slice("keep", &keep)?;
+        if let Some(&bad) = keep.iter().find(|&&i| i as usize >= self.inner.len()) {
+            return Err(PyIndexError::new_err(format!("id number {bad} out of range")));
+        }
+        Ok(Vocab { inner: self.inner.subset(keep) })
+    }
+
+    /// Stable 64-bit hashes of the id strings (used to key random streams by original ids).
+    fn stable_hashes<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        vec_to_py(py, self.inner.stable_hashes())
+    }
+
+    /// Writes the ids one per line (UTF-8) to `path`.
+    fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| {
+            let mut text = String::with_capacity(inner.len() * 24);
+            for s in inner.iter() {
+                text.push_str(s);
+                text.push('\n');
+            }
+            std::fs::write(&path, text).map_err(|e| xc::Error::io(&path, e))
+        })
+        .map_err(py_err)
+    }
+
+    /// Reads ids written by `write`.
+    #[staticmethod]
+    fn read(py: Python<'_>, path: PathBuf) -> PyResult<Vocab> {
+        py.detach(|| {
+            let text = std::fs::read_to_string(&path).map_err(|e| xc::Error::io(&path, e))?;
+            Ok(Vocab { inner: text.lines().collect() })
+        })
+        .map_err(py_err)
+    }
+}
+
+/// Reads XMarket rating files into columns with shared user and item vocabularies.
+///
+/// `sources` is a list of (market, path). Returns a dict with `markets`, `users`, `items`
+/// (Vocab), the columns `market` (uint16), `user`, `item` (uint32), `rating` (float32),
+/// `day` (int32, days since 1970-01-01) and `files` (one dict per file).
+#[pyfunction]
+fn read_ratings<'py>(py: Python<'py>, sources: Vec<(String, PathBuf)>) -> PyResult<Bound<'py, PyDict>> {
+    let sources: Vec<xc::parse::Source> = sources
+        .into_iter()
+        .map(|(market, path)| xc::parse::Source { market, path })
+        .collect();
+    let r = py.detach(|| xc::parse::read_ratings(&sources)).map_err(py_err)?;
+    let d = PyDict::new(py);
+    let files = PyList::empty(py);
+    for f in &r.files {
+        let fd = PyDict::new(py);
+        fd.set_item("market", &f.market)?;
+        fd.set_item("path", f.path.display().to_string())?;
+        fd.set_item("bytes", f.bytes)?;
+        fd.set_item("blake3", &f.blake3)?;
+        fd.set_item("gzip", f.gzip)?;
+        fd.set_item("had_header", f.had_header)?;
+        fd.set_item("rows", f.rows)?;
+        files.append(fd)?;
+    }
+    d.set_item("markets", r.markets)?;
+    d.set_item("users", Vocab { inner: r.users })?;
+    d.set_item("items", Vocab { inner: r.items })?;
+    d.set_item("market", vec_to_py(py, r.market))?;
+    d.set_item("user", vec_to_py(py, r.user))?;
+    d.set_item("item", vec_to_py(py, r.item))?;
+    d.set_item("rating", vec_to_py(py, r.rating))?;
+    d.set_item("day", vec_to_py(py, r.day))?;
+    d.set_item("files", files)?;
+    Ok(d)
+}
+
+/// Keep-mask of the k-core per market: users need `min_user` ratings, items `min_item`.
+/// `fixpoint=False` makes one pass (items, then users) as FOREC's preprocessing did.
+#[pyfunction]
+#[pyo3(signature = (market, user, item, min_user, min_item, fixpoint=false))]
+fn kcore_mask<'py>(
+    py: Python<'py>,
+    market: PyReadonlyArray1<'py, u16>,
+    user: PyReadonlyArray1<'py, u32>,
+    item: PyReadonlyArray1<'py, u32>,
+    min_user: u32,
+    min_item: u32,
+    fixpoint: bool,
+) -> PyResult<Bound<'py, PyArray1<bool>>> {
+    let (m, u, i) = (slice("market", &market)?, slice("user", &user)?, slice("item", &item)?);
+    let mode = if fixpoint { xc::filter::KCoreMode::Fixpoint } else { xc::filter::KCoreMode::OnePass };
+    let keep = py.detach(|| xc::filter::kcore(m, u, i, min_user, min_item, mode)).map_err(py_err)?;
+    Ok(vec_to_py(py, keep))
+}
+
+/// Keep-mask of rows whose item is in `allowed`.
+#[pyfunction]
+fn restrict_items_mask<'py>(
+    py: Python<'py>,
+    item: PyReadonlyArray1<'py, u32>,
+    allowed: PyReadonlyArray1<'py, u32>,
+) -> PyResult<Bound<'py, PyArray1<bool>>> {
+    let (i, a) = (slice("item", &item)?, slice("allowed", &allowed)?);
+    Ok(vec_to_py(py, py.detach(|| xc::filter::restrict_to_items(i, a))))
+}
+
+/// Dense renumbering in first-appearance order: returns (new ids, old id of each new id).
+#[pyfunction]
+fn compact_ids<'py>(
+    py: Python<'py>,
+    ids: PyReadonlyArray1<'py, u32>,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>)> {
+    let ids = slice("ids", &ids)?;
+    let (new, old) = py.detach(|| xc::filter::compact_ids(ids));
+    Ok((vec_to_py(py, new), vec_to_py(py, old)))
+}
+
+/// Distinct items of each market as CSR: (offsets uint64, items uint32), one row per market.
+#[pyfunction]
+fn market_items<'py>(
+    py: Python<'py>,
+    market: PyReadonlyArray1<'py, u16>,
+    item: PyReadonlyArray1<'py, u32>,
+    n_markets: usize,
+) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u32>>)> {
+    let (m, i) = (slice("market", &market)?, slice("item", &item)?);
+    if m.len() != i.len() {
+        return Err(PyValueError::new_err("`market` and `item` differ in length"));
+    }
+    let c = py.detach(|| xc::protocol::market_items(m, i, n_markets));
+    Ok((vec_to_py(py, c.offsets), vec_to_py(py, c.values)))
+}
+
+/// Leave-one-out split per (market, user). Returns a dict of arrays: `group_market`,
+/// `group_user`, `train_rows`, `train_offsets`, `heldout_groups`, `valid_rows`, `test_rows`,
+/// and `duplicates_dropped`. Row arrays index the input columns.
+#[pyfunction]
+#[pyo3(signature = (market, user, item, day, *, order="temporal", seed=0, dedup=false, min_interactions=3, market_keys=None, user_keys=None))]
+#[allow(clippy::too_many_arguments)]
+fn leave_one_out<'py>(
+    py: Python<'py>,
+    market: PyReadonlyArray1<'py, u16>,
+    user: PyReadonlyArray1<'py, u32>,
+    item: PyReadonlyArray1<'py, u32>,
+    day: PyReadonlyArray1<'py, i32>,
+    order: &str,
+    seed: u64,
+    dedup: bool,
+    min_interactions: usize,
+    market_keys: Option<PyReadonlyArray1<'py, u64>>,
+    user_keys: Option<PyReadonlyArray1<'py, u64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let order = match order {
+        "temporal" => xc::split::Order::Temporal,
+        "random" => xc::split::Order::Random { seed },
+        other => return Err(PyValueError::new_err(format!("order must be 'temporal' or 'random', not {other:?}"))),
+    };
+    let (m, u, i, d) = (slice("market", &market)?, slice("user", &user)?, slice("item", &item)?, slice("day", &day)?);
+    let mk = match &market_keys { Some(a) => slice("market_keys", a)?, None => &[][..] };
+    let uk = match &user_keys { Some(a) => slice("user_keys", a)?, None => &[][..] };
+    let options = xc::split::SplitOptions { order, dedup, min_interactions };
+    let s = py.detach(|| xc::split::leave_one_out(m, u, i, d, mk, uk, options)).map_err(py_err)?;
+    let out = PyDict::new(py);
+    out.set_item("group_market", vec_to_py(py, s.group_market))?;
+    out.set_item("group_user", vec_to_py(py, s.group_user))?;
+    out.set_item("train_rows", vec_to_py(py, s.train_rows))?;
+    out.set_item("train_offsets", vec_to_py(py, s.train_offsets))?;
+    out.set_item("heldout_groups", vec_to_py(py, s.heldout_groups))?;
+    out.set_item("valid_rows", vec_to_py(py, s.valid_rows))?;
+    out.set_item("test_rows", vec_to_py(py, s.test_rows))?;
+    out.set_item("duplicates_dropped", s.duplicates_dropped)?;
+    Ok(out)
+}
+
+/// Samples the stored evaluation candidates (positive first, then `negatives` distinct items)
+/// for validation and test under `protocol` ("forec" or "acmr"). Returns (valid, test), each
+/// `heldout × (1 + negatives)` uint32.
+#[pyfunction]
+#[pyo3(signature = (*, group_market, group_user, train_offsets, train_items, heldout_groups, valid_item, test_item, market_item_offsets, market_items, protocol, negatives, seed, market_keys, user_keys, market_names, users))]
+#[allow(clippy::too_many_arguments)]
+fn eval_candidates<'py>(
+    py: Python<'py>,
+    group_market: PyReadonlyArray1<'py, u16>,
+    group_user: PyReadonlyArray1<'py, u32>,
+    train_offsets: PyReadonlyArray1<'py, u64>,
+    train_items: PyReadonlyArray1<'py, u32>,
+    heldout_groups: PyReadonlyArray1<'py, u32>,
+    valid_item: PyReadonlyArray1<'py, u32>,
+    test_item: PyReadonlyArray1<'py, u32>,
+    market_item_offsets: PyReadonlyArray1<'py, u64>,
+    market_items: PyReadonlyArray1<'py, u32>,
+    protocol: &str,
+    negatives: usize,
+    seed: u64,
+    market_keys: PyReadonlyArray1<'py, u64>,
+    user_keys: PyReadonlyArray1<'py, u64>,
+    market_names: Vec<String>,
+    users: PyRef<'py, Vocab>,
+) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray2<u32>>)> {
+    let protocol: xc::protocol::Protocol = protocol.parse().map_err(py_err)?;
+    let gm = slice("group_market", &group_market)?;
+    let gu = slice("group_user", &group_user)?;
+    let held = xc::protocol::HeldOut {
+        group_market: gm,
+        group_user: gu,
+        train_items: csr("train", slice("train_offsets", &train_offsets)?, slice("train_items", &train_items)?)?,
+        heldout_groups: slice("heldout_groups", &heldout_groups)?,
+        valid_item: slice("valid_item", &valid_item)?,
+        test_item: slice("test_item", &test_item)?,
+    };
+    let mi = csr("market_items", slice("market_item_offsets", &market_item_offsets)?, slice("market_items", &market_items)?)?;
+    let (mk, uk) = (slice("market_keys", &market_keys)?, slice("user_keys", &user_keys)?);
+    let vocab = &users.inner;
+    let describe = |g: usize| {
+        let market = market_names.get(gm[g] as usize).map_or("?", String::as_str);
+        let user = vocab.try_get(gu[g]).unwrap_or("?");
+        format!("market {market}, user {user}")
+    };
+    let c = py
+        .detach(|| xc::protocol::eval_candidates(&held, mi, protocol, negatives, seed, mk, uk, &describe))
+        .map_err(py_err)?;
+    Ok((matrix_to_py(py, c.valid, c.width)?, matrix_to_py(py, c.test, c.width)?))
+}
+
+/// Low-level sampler of distinct negatives: query `q` draws `n` items from pool
+/// `query_pool[q]` (a row of the pools CSR, sorted unique) minus exclusion row `q` (sorted).
+#[pyfunction]
+#[pyo3(signature = (pool_offsets, pool_items, query_pool, exclude_offsets, exclude_items, query_keys, n, seed))]
+#[allow(clippy::too_many_arguments)]
+fn sample_distinct<'py>(
+    py: Python<'py>,
+    pool_offsets: PyReadonlyArray1<'py, u64>,
+    pool_items: PyReadonlyArray1<'py, u32>,
+    query_pool: PyReadonlyArray1<'py, u32>,
+    exclude_offsets: PyReadonlyArray1<'py, u64>,
+    exclude_items: PyReadonlyArray1<'py, u32>,
+    query_keys: PyReadonlyArray1<'py, u64>,
+    n: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyArray2<u32>>> {
+    let pools = csr("pool", slice("pool_offsets", &pool_offsets)?, slice("pool_items", &pool_items)?)?;
+    for p in 0..pools.rows() {
+        if pools.row(p).windows(2).any(|w| w[0] >= w[1]) {
+            return Err(PyValueError::new_err(format!("pool {p} is not sorted and unique")));
+        }
+    }
+    let exclude = csr("exclude", slice("exclude_offsets", &exclude_offsets)?, slice("exclude_items", &exclude_items)?)?;
+    for q in 0..exclude.rows() {
+        if exclude.row(q).windows(2).any(|w| w[0] > w[1]) {
+            return Err(PyValueError::new_err(format!("exclusion row {q} is not sorted")));
+        }
+    }
+    let (qp, keys) = (slice("query_pool", &query_pool)?, slice("query_keys", &query_keys)?);
+    let describe = |q: usize| format!("query {q}");
+    let out = py
+        .detach(|| xc::negatives::sample_distinct(pools, qp, exclude, keys, n, seed, &describe))
+        .map_err(py_err)?;
+    matrix_to_py(py, out, n)
+}
+
+/// Training negatives, re-sampled per epoch from (seed, epoch): `k` per training row, drawn
+/// with replacement from the group's pool minus the group's exclusion set.
+#[pyclass(module = "xmfast.core", frozen)]
+struct TrainNegativeSampler {
+    inner: xc::negatives::TrainNegativeSampler,
+}
+
+#[pymethods]
+impl TrainNegativeSampler {
+    #[new]
+    #[pyo3(signature = (row_offsets, group_pool, pool_offsets, pool_items, exclude_offsets, exclude_items, k, seed))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        row_offsets: PyReadonlyArray1<'_, u64>,
+        group_pool: PyReadonlyArray1<'_, u32>,
+        pool_offsets: PyReadonlyArray1<'_, u64>,
+        pool_items: PyReadonlyArray1<'_, u32>,
+        exclude_offsets: PyReadonlyArray1<'_, u64>,
+        exclude_items: PyReadonlyArray1<'_, u32>,
+        k: usize,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let ro = slice("row_offsets", &row_offsets)?;
+        let gp = slice("group_pool", &group_pool)?;
+        let pools = csr("pool", slice("pool_offsets", &pool_offsets)?, slice("pool_items", &pool_items)?)?;
+        let excl = csr("exclude", slice("exclude_offsets", &exclude_offsets)?, slice("exclude_items", &exclude_items)?)?;
+        let inner = py
+            .detach(|| xc::negatives::TrainNegativeSampler::new(ro, gp, pools, excl, k, seed))
+            .map_err(py_err)?;
+        Ok(TrainNegativeSampler { inner })
+    }
+
+    #[getter]
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+
+    #[getter]
+    fn k(&self) -> usize {
+        self.inner.k()
+    }
+
+    /// The negatives of `epoch` as a new `rows × k` uint32 array.
+    fn sample<'py>(&self, py: Python<'py>, epoch: u64) -> PyResult<Bound<'py, PyArray2<u32>>> {
+        let inner = &self.inner;
+        let v = py.detach(|| inner.sample(epoch));
+        matrix_to_py(py, v, inner.k())
+    }
+
+    /// Writes the negatives of `epoch` into `out` (a C-contiguous `rows × k` uint32 array), so
+    /// a training loop can reuse one buffer.
+    fn sample_into(&self, py: Python<'_>, mut out: PyReadwriteArray2<'_, u32>, epoch: u64) -> PyResult<()> {
+        let buf = out
+            .as_slice_mut()
+            .map_err(|_| PyValueError::new_err("`out` must be a C-contiguous uint32 array"))?;
+        let inner = &self.inner;
+        py.detach(|| inner.sample_into(epoch, buf)).map_err(py_err)
+    }
+}
+
+/// Item co-occurrence over the histories of groups in `markets`: returns the symmetric CSR
+/// (indptr uint64, indices uint32, counts uint32) of `n_items × n_items`, zero diagonal.
+#[pyfunction]
+#[pyo3(signature = (history_offsets, history_items, group_market, markets, n_items, max_history=None))]
+fn cooccurrence<'py>(
+    py: Python<'py>,
+    history_offsets: PyReadonlyArray1<'py, u64>,
+    history_items: PyReadonlyArray1<'py, u32>,
+    group_market: PyReadonlyArray1<'py, u16>,
+    markets: Vec<u16>,
+    n_items: usize,
+    max_history: Option<usize>,
+) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>)> {
+    let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
+    let gm = slice("group_market", &group_market)?;
+    let c = py
+        .detach(|| xc::cooc::cooccurrence(h, gm, &markets, n_items, max_history))
+        .map_err(py_err)?;
+    Ok((vec_to_py(py, c.indptr), vec_to_py(py, c.indices), vec_to_py(py, c.counts)))
+}
+
+/// Number of (i, j) pairs nonzero in both co-occurrence structures (each pair counted twice).
+#[pyfunction]
+fn shared_pairs(
+    py: Python<'_>,
+    a_indptr: PyReadonlyArray1<'_, u64>,
+    a_indices: PyReadonlyArray1<'_, u32>,
+    b_indptr: PyReadonlyArray1<'_, u64>,
+    b_indices: PyReadonlyArray1<'_, u32>,
+) -> PyResult<u64> {
+    let a = (slice("a_indptr", &a_indptr)?, slice("a_indices", &a_indices)?);
+    let b = (slice("b_indptr", &b_indptr)?, slice("b_indices", &b_indices)?);
+    py.detach(|| xc::cooc::shared_pairs(a, b)).map_err(py_err)
+}
+
+/// Writes synthetic XMarket-format files (one per market) into `out_dir` and returns one dict
+/// per file (market, path, users, ratings).
+#[pyfunction]
+#[pyo3(signature = (out_dir, markets, *, ratings, items, topics=40, min_per_user=5, mean_per_user=9.0, focus=0.8, size_decay=1.0, seed=0, raw_category=None))]
+#[allow(clippy::too_many_arguments)]
+fn synthesize<'py>(
+    py: Python<'py>,
+    out_dir: PathBuf,
+    markets: Vec<String>,
+    ratings: u64,
+    items: u32,
+    topics: u32,
+    min_per_user: u32,
+    mean_per_user: f64,
+    focus: f64,
+    size_decay: f64,
+    seed: u64,
+    raw_category: Option<String>,
+) -> PyResult<Bound<'py, PyList>> {
+    let cfg = xc::synth::SynthConfig {
+        markets,
+        ratings,
+        items,
+        topics,
+        min_per_user,
+        mean_per_user,
+        focus,
+        size_decay,
+        seed,
+        format: match raw_category {
+            Some(category) => xc::synth::SynthFormat::Raw { category },
+            None => xc::synth::SynthFormat::Processed,
+        },
+    };
+    let files = py.detach(|| xc::synth::synthesize(&cfg, &out_dir)).map_err(py_err)?;
+    let out = PyList::empty(py);
+    for f in files {
+        let d = PyDict::new(py);
+        d.set_item("market", f.market)?;
+        d.set_item("path", f.path.display().to_string())?;
+        d.set_item("users", f.users)?;
+        d.set_item("ratings", f.ratings)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (ValueError if invalid).
+#[pyfunction]
+fn parse_date(text: &str) -> PyResult<i32> {
+    xc::parse::parse_date(text.as_bytes()).map_err(PyValueError::new_err)
+}
+
+/// `YYYY-MM-DD` of a day number.
+#[pyfunction]
+fn format_date(day: i32) -> String {
+    xc::parse::format_date(day)
+}
+
+/// Stable 64-bit hash of a string (the one used to key random streams).
+#[pyfunction]
+fn stable_hash(text: &str) -> u64 {
+    xc::rng::stable_hash(text.as_bytes())
+}
+
+/// Panics inside Rust on purpose, to check that a panic becomes a Python exception.
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, message: String) {
+    py.detach(move || panic!("{message}"))
+}
+
+/// Number of threads the Rust core uses (set RAYON_NUM_THREADS before import to change it).
+#[pyfunction]
+fn num_threads() -> usize {
+    xc::threads()
+}
+
+#[pymodule]
+fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("XMARKET_MARKETS", xc::parse::XMARKET_MARKETS.to_vec())?;
+    m.add("DataFormatError", m.py().get_type::<DataFormatError>())?;
+    m.add_class::<Vocab>()?;
+    m.add_class::<TrainNegativeSampler>()?;
+    m.add_function(wrap_pyfunction!(read_ratings, m)?)?;
+    m.add_function(wrap_pyfunction!(kcore_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(restrict_items_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(compact_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(market_items, m)?)?;
+    m.add_function(wrap_pyfunction!(leave_one_out, m)?)?;
+    m.add_function(wrap_pyfunction!(eval_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_distinct, m)?)?;
+    m.add_function(wrap_pyfunction!(cooccurrence, m)?)?;
+    m.add_function(wrap_pyfunction!(shared_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(synthesize, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_date, m)?)?;
+    m.add_function(wrap_pyfunction!(format_date, m)?)?;
+    m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    Ok(())
+}

@@ -120,17 +120,23 @@ pub fn cooccurrence(
     Ok(out)
 }
 
-/// Number of nonzero (i, j) pairs present in both matrices (each unordered pair counted twice,
-/// as both matrices are symmetric).
-pub fn shared_pairs(a: &Cooccurrence, b: &Cooccurrence) -> Result<u64> {
-    if a.n_items != b.n_items {
+/// Number of nonzero (i, j) pairs present in both matrices, given as CSR structure
+/// (`indptr`, sorted `indices`) over the same items. Each unordered pair counts twice, as both
+/// matrices are symmetric.
+pub fn shared_pairs(a: (&[u64], &[u32]), b: (&[u64], &[u32])) -> Result<u64> {
+    if a.0.len() != b.0.len() || a.0.is_empty() {
         return Err(Error::invalid("co-occurrence matrices over different item spaces"));
     }
-    Ok((0..a.n_items)
+    for (indptr, indices) in [a, b] {
+        if *indptr.last().unwrap() as usize != indices.len() || indptr.windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::invalid("malformed CSR structure"));
+        }
+    }
+    Ok((0..a.0.len() - 1)
         .into_par_iter()
         .map(|i| {
-            let (x, _) = a.row(i);
-            let (y, _) = b.row(i);
+            let x = &a.1[a.0[i] as usize..a.0[i + 1] as usize];
+            let y = &b.1[b.0[i] as usize..b.0[i + 1] as usize];
             let (mut p, mut q, mut n) = (0, 0, 0u64);
             while p < x.len() && q < y.len() {
                 match x[p].cmp(&y[q]) {
@@ -168,7 +174,7 @@ mod tests {
         // Market 0 alone has no (0, 3) pair.
         let c0 = cooccurrence(h.view(), &[0, 0, 1], &[0], 4, None).unwrap();
         assert_eq!(c0.get(0, 3), 0);
-        assert_eq!(shared_pairs(&c, &c0).unwrap(), 6);
+        assert_eq!(shared_pairs((&c.indptr, &c.indices), (&c0.indptr, &c0.indices)).unwrap(), 6);
         // Truncation to the last 2 items: user 0 keeps {1, 2}, user 1 keeps {2}, user 2 {0, 3}.
         let t = cooccurrence(h.view(), &[0, 0, 1], &[0, 1], 4, Some(2)).unwrap();
         assert_eq!(t.get(0, 1), 0);

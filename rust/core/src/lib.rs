@@ -17,3 +17,8 @@ pub mod synth;
 pub mod vocab;
 
 pub use error::{Error, Result};
+
+/// Number of worker threads the core's parallel steps use.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

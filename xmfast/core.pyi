@@ -1,0 +1,145 @@
+"""Type stubs of the Rust extension `xmfast.core` (see rust/bindings/src/lib.rs).
+
+Arrays are passed without copies: inputs must be C-contiguous with the stated dtype; outputs
+are numpy arrays that own memory allocated in Rust. Long work runs with the GIL released.
+"""
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+XMARKET_MARKETS: list[str]
+
+class DataFormatError(ValueError):
+    """A rating file is malformed; the message is `file:line: what is wrong`."""
+
+class Vocab:
+    """Interned id strings numbered 0..len in first-appearance order."""
+
+    def __init__(self, ids: list[str] | None = None) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> str: ...
+    def __contains__(self, key: str) -> bool: ...
+    def index(self, key: str) -> int: ...
+    def get(self, key: str) -> int | None: ...
+    def encode(self, keys: list[str]) -> npt.NDArray[np.int64]: ...
+    def to_list(self) -> list[str]: ...
+    def subset(self, keep: npt.NDArray[np.uint32]) -> Vocab: ...
+    def stable_hashes(self) -> npt.NDArray[np.uint64]: ...
+    def write(self, path: str | PathLike[str]) -> None: ...
+    @staticmethod
+    def read(path: str | PathLike[str]) -> Vocab: ...
+
+class TrainNegativeSampler:
+    """`k` negatives per training row per epoch, keyed by (seed, epoch, group)."""
+
+    def __init__(
+        self,
+        row_offsets: npt.NDArray[np.uint64],
+        group_pool: npt.NDArray[np.uint32],
+        pool_offsets: npt.NDArray[np.uint64],
+        pool_items: npt.NDArray[np.uint32],
+        exclude_offsets: npt.NDArray[np.uint64],
+        exclude_items: npt.NDArray[np.uint32],
+        k: int,
+        seed: int,
+    ) -> None: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    def sample(self, epoch: int) -> npt.NDArray[np.uint32]: ...
+    def sample_into(self, out: npt.NDArray[np.uint32], epoch: int) -> None: ...
+
+def read_ratings(sources: list[tuple[str, str | PathLike[str]]]) -> dict[str, Any]: ...
+def kcore_mask(
+    market: npt.NDArray[np.uint16],
+    user: npt.NDArray[np.uint32],
+    item: npt.NDArray[np.uint32],
+    min_user: int,
+    min_item: int,
+    fixpoint: bool = False,
+) -> npt.NDArray[np.bool_]: ...
+def restrict_items_mask(item: npt.NDArray[np.uint32], allowed: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]: ...
+def compact_ids(ids: npt.NDArray[np.uint32]) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
+def market_items(
+    market: npt.NDArray[np.uint16], item: npt.NDArray[np.uint32], n_markets: int
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]: ...
+def leave_one_out(
+    market: npt.NDArray[np.uint16],
+    user: npt.NDArray[np.uint32],
+    item: npt.NDArray[np.uint32],
+    day: npt.NDArray[np.int32],
+    *,
+    order: str = "temporal",
+    seed: int = 0,
+    dedup: bool = False,
+    min_interactions: int = 3,
+    market_keys: npt.NDArray[np.uint64] | None = None,
+    user_keys: npt.NDArray[np.uint64] | None = None,
+) -> dict[str, Any]: ...
+def eval_candidates(
+    *,
+    group_market: npt.NDArray[np.uint16],
+    group_user: npt.NDArray[np.uint32],
+    train_offsets: npt.NDArray[np.uint64],
+    train_items: npt.NDArray[np.uint32],
+    heldout_groups: npt.NDArray[np.uint32],
+    valid_item: npt.NDArray[np.uint32],
+    test_item: npt.NDArray[np.uint32],
+    market_item_offsets: npt.NDArray[np.uint64],
+    market_items: npt.NDArray[np.uint32],
+    protocol: str,
+    negatives: int,
+    seed: int,
+    market_keys: npt.NDArray[np.uint64],
+    user_keys: npt.NDArray[np.uint64],
+    market_names: list[str],
+    users: Vocab,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
+def sample_distinct(
+    pool_offsets: npt.NDArray[np.uint64],
+    pool_items: npt.NDArray[np.uint32],
+    query_pool: npt.NDArray[np.uint32],
+    exclude_offsets: npt.NDArray[np.uint64],
+    exclude_items: npt.NDArray[np.uint32],
+    query_keys: npt.NDArray[np.uint64],
+    n: int,
+    seed: int,
+) -> npt.NDArray[np.uint32]: ...
+def cooccurrence(
+    history_offsets: npt.NDArray[np.uint64],
+    history_items: npt.NDArray[np.uint32],
+    group_market: npt.NDArray[np.uint16],
+    markets: list[int],
+    n_items: int,
+    max_history: int | None = None,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
+def shared_pairs(
+    a_indptr: npt.NDArray[np.uint64],
+    a_indices: npt.NDArray[np.uint32],
+    b_indptr: npt.NDArray[np.uint64],
+    b_indices: npt.NDArray[np.uint32],
+) -> int: ...
+def synthesize(
+    out_dir: str | PathLike[str],
+    markets: list[str],
+    *,
+    ratings: int,
+    items: int,
+    topics: int = 40,
+    min_per_user: int = 5,
+    mean_per_user: float = 9.0,
+    focus: float = 0.8,
+    size_decay: float = 1.0,
+    seed: int = 0,
+    raw_category: str | None = None,
+) -> list[dict[str, Any]]: ...
+def parse_date(text: str) -> int: ...
+def format_date(day: int) -> str: ...
+def stable_hash(text: str) -> int: ...
+def num_threads() -> int: ...
+def _panic_for_tests(message: str) -> None: ...

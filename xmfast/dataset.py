@@ -1,0 +1,258 @@
+"""The prepared dataset: what `xmfast prepare` writes and every model reads.
+
+On disk it is a directory of ``.npy`` arrays, two id lists and ``manifest.json`` (format
+version, settings, input digests, per-array digests, fingerprint). The manifest is written last
+inside a temporary directory that is renamed into place, so a directory with a manifest is
+always complete.
+
+Layout. Each (market, user) pair is a *group*. Training rows are stored group by group in
+sequence order (oldest first), so the same arrays serve pointwise models (rows) and history
+models (each group's slice is its history). Validation and test hold one row per evaluated
+group with stored candidate lists (column 0 is the positive).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from xmfast import core
+from xmfast._io import atomic_directory, digest_file, digest_json, save_array, write_json
+from xmfast.errors import DatasetError
+
+FORMAT = "xmfast-prepared"
+FORMAT_VERSION = 1
+Protocol = Literal["forec", "acmr"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The validation or test interactions: one per evaluated group."""
+
+    group: np.ndarray  # uint32, index into the group arrays
+    item: np.ndarray  # uint32, the held-out (positive) item
+    rating: np.ndarray  # float32
+    day: np.ndarray  # int32
+    candidates: np.ndarray  # uint32, (n, 1 + negatives); column 0 is `item`
+
+    def __len__(self) -> int:
+        return int(self.group.shape[0])
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    markets: list[str]
+    target: str
+    sources: list[str]
+    protocol: Protocol
+    users: core.Vocab
+    items: core.Vocab
+    group_market: np.ndarray  # uint16
+    group_user: np.ndarray  # uint32
+    train_offsets: np.ndarray  # uint64, groups + 1
+    train_item: np.ndarray  # uint32
+    train_rating: np.ndarray  # float32
+    train_day: np.ndarray  # int32
+    valid: HeldOut
+    test: HeldOut
+    market_item_offsets: np.ndarray  # uint64, markets + 1
+    market_items: np.ndarray  # uint32: each market's catalog, sorted
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    # ---- sizes and derived views -------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group_user.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    def market_index(self, name: str) -> int:
+        return self.markets.index(name)
+
+    def train_group(self) -> np.ndarray:
+        """Group of every training row."""
+        sizes = np.diff(self.train_offsets).astype(np.int64)
+        return np.repeat(np.arange(self.n_groups, dtype=np.uint32), sizes)
+
+    def train_user(self) -> np.ndarray:
+        return self.group_user[self.train_group()]
+
+    def train_market(self) -> np.ndarray:
+        return self.group_market[self.train_group()]
+
+    def history(self, group: int) -> np.ndarray:
+        """Training items of one group, oldest first."""
+        return self.train_item[int(self.train_offsets[group]) : int(self.train_offsets[group + 1])]
+
+    def catalog(self, market: str) -> np.ndarray:
+        m = self.market_index(market)
+        return self.market_items[int(self.market_item_offsets[m]) : int(self.market_item_offsets[m + 1])]
+
+    def group_of(self, market: str, user_id: str) -> int | None:
+        """The group of an original user id in a market, or None."""
+        u = self.users.get(user_id)
+        if u is None:
+            return None
+        hits = np.flatnonzero((self.group_user == u) & (self.group_market == self.market_index(market)))
+        return int(hits[0]) if hits.size else None
+
+    # ---- training negatives ------------------------------------------------------------
+    def train_negative_sampler(self, k: int = 4, seed: int = 0) -> core.TrainNegativeSampler:
+        """A per-epoch sampler of `k` negatives per training row, following the protocol:
+
+        * ``forec``: from the row's market catalog, never any item the user has in that market
+          (as FOREC's code did);
+        * ``acmr``: from all items, never one of the user's training items (as ACMR's code did).
+        """
+        if self.protocol == "forec":
+            pool_offsets, pool_items = self.market_item_offsets, self.market_items
+            group_pool = self.group_market.astype(np.uint32)
+            excl_offsets, excl_items = self._all_positives()
+        else:
+            all_items = np.unique(self.market_items).astype(np.uint32)
+            pool_offsets = np.array([0, all_items.size], dtype=np.uint64)
+            pool_items = all_items
+            group_pool = np.zeros(self.n_groups, dtype=np.uint32)
+            excl_offsets, excl_items = self.train_offsets, self.train_item
+        return core.TrainNegativeSampler(
+            self.train_offsets, group_pool, pool_offsets, pool_items, excl_offsets, excl_items, k, seed
+        )
+
+    def _all_positives(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of every group's items: training rows plus its validation and test items."""
+        extra = np.zeros(self.n_groups, dtype=np.uint64)
+        extra[self.valid.group] += 1
+        extra[self.test.group] += 1
+        sizes = np.diff(self.train_offsets) + extra
+        offsets = np.zeros(self.n_groups + 1, dtype=np.uint64)
+        np.cumsum(sizes, out=offsets[1:])
+        items = np.empty(int(offsets[-1]), dtype=np.uint32)
+        train_group = self.train_group()
+        position = offsets[:-1][train_group] + (
+            np.arange(self.train_item.size, dtype=np.uint64) - self.train_offsets[:-1][train_group]
+        )
+        items[position.astype(np.int64)] = self.train_item
+        tail = offsets[1:]
+        items[(tail[self.valid.group] - 2).astype(np.int64)] = self.valid.item
+        items[(tail[self.test.group] - 1).astype(np.int64)] = self.test.item
+        return offsets, items
+
+    # ---- storage -----------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {
+            name: getattr(self, name)
+            for name in (
+                "group_market", "group_user", "train_offsets", "train_item", "train_rating",
+                "train_day", "market_item_offsets", "market_items",
+            )
+        }
+        for split_name, held in (("valid", self.valid), ("test", self.test)):
+            for f in fields(HeldOut):
+                out[f"{split_name}_{f.name}"] = getattr(held, f.name)
+        return out
+
+    def save(self, path: Path, *, overwrite: bool = False) -> Path:
+        """Writes the dataset atomically; returns the path."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise DatasetError(f"{path}: already exists (pass --overwrite to replace it)")
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            digests: dict[str, Any] = {}
+            for name, array in self.arrays().items():
+                save_array(tmp / f"{name}.npy", array)
+                digests[f"{name}.npy"] = {
+                    "dtype": str(array.dtype), "shape": list(array.shape),
+                    "blake2b": digest_file(tmp / f"{name}.npy"),
+                }
+            self.users.write(str(tmp / "users.txt"))
+            self.items.write(str(tmp / "items.txt"))
+            for name in ("users.txt", "items.txt"):
+                digests[name] = {"blake2b": digest_file(tmp / name)}
+            manifest = dict(self.manifest)
+            manifest["files"] = digests
+            manifest["fingerprint"] = digest_json({"files": digests, "settings": manifest["settings"]})
+            write_json(tmp / "manifest.json", manifest)
+        return path
+
+    @classmethod
+    def load(cls, path: Path, *, verify: bool = False) -> PreparedDataset:
+        """Reads a prepared dataset (arrays memory-mapped). `verify` re-checks every digest."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise DatasetError(
+                f"{path}: not a prepared dataset (no manifest.json); run `xmfast prepare` to make one"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{manifest_path}: unreadable manifest ({e})") from None
+        if manifest.get("format") != FORMAT:
+            raise DatasetError(f"{manifest_path}: not an xmfast prepared dataset")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatasetError(
+                f"{manifest_path}: prepared dataset format version {version}, but this xmfast reads "
+                f"version {FORMAT_VERSION}; re-run `xmfast prepare`"
+            )
+        files = manifest.get("files", {})
+        arrays: dict[str, np.ndarray] = {}
+        for name, info in files.items():
+            file = path / name
+            if not file.is_file():
+                raise DatasetError(f"{file}: missing from the prepared dataset; re-run `xmfast prepare`")
+            if verify and digest_file(file) != info["blake2b"]:
+                raise DatasetError(f"{file}: content does not match the manifest (corrupted); re-run `xmfast prepare`")
+            if name.endswith(".npy"):
+                try:
+                    arrays[name[:-4]] = np.load(file, mmap_mode="r", allow_pickle=False)
+                except ValueError as e:
+                    raise DatasetError(f"{file}: unreadable array ({e}); re-run `xmfast prepare`") from None
+                if list(arrays[name[:-4]].shape) != info["shape"] or str(arrays[name[:-4]].dtype) != info["dtype"]:
+                    raise DatasetError(f"{file}: shape or dtype differs from the manifest; re-run `xmfast prepare`")
+        try:
+            held = {
+                s: HeldOut(**{f.name: arrays[f"{s}_{f.name}"] for f in fields(HeldOut)}) for s in ("valid", "test")
+            }
+            return cls(
+                markets=list(manifest["markets"]),
+                target=manifest["settings"]["target"],
+                sources=list(manifest["settings"]["sources"]),
+                protocol=manifest["settings"]["protocol"],
+                users=core.Vocab.read(str(path / "users.txt")),
+                items=core.Vocab.read(str(path / "items.txt")),
+                group_market=arrays["group_market"],
+                group_user=arrays["group_user"],
+                train_offsets=arrays["train_offsets"],
+                train_item=arrays["train_item"],
+                train_rating=arrays["train_rating"],
+                train_day=arrays["train_day"],
+                valid=held["valid"],
+                test=held["test"],
+                market_item_offsets=arrays["market_item_offsets"],
+                market_items=arrays["market_items"],
+                manifest=manifest,
+                path=path,
+            )
+        except KeyError as e:
+            raise DatasetError(f"{path}: incomplete prepared dataset (no {e}); re-run `xmfast prepare`") from None
+
+
+def load_dataset(path: Path, *, verify: bool = False) -> PreparedDataset:
+    """Shorthand for :meth:`PreparedDataset.load`."""
+    return PreparedDataset.load(path, verify=verify)

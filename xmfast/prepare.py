@@ -1,0 +1,196 @@
+"""Building a prepared dataset from XMarket rating files.
+
+Steps, all in the Rust core: read the target and source files (shared vocabularies) →
+optionally restrict items to a reference market's k-core (FOREC restricted every market to the
+US 10/25-core) → per-market k-core → renumber ids densely → leave-one-out split per (market,
+user) → sample and store the evaluation candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from xmfast import core
+from xmfast._io import digest_json
+from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
+from xmfast.errors import DataError, XmfastError
+from xmfast.markets import check_market_code, discover, resolve_markets
+from xmfast.ratings import Ratings, read_ratings
+
+PROTOCOLS: tuple[str, ...] = ("forec", "acmr")
+
+
+@dataclass(frozen=True)
+class KCore:
+    """k-core thresholds, counted per market. 1/1 means no filtering."""
+
+    min_user: int = 1
+    min_item: int = 1
+    fixpoint: bool = False  # False: one pass, items then users (FOREC); True: until stable
+
+    def __post_init__(self) -> None:
+        if self.min_user < 1 or self.min_item < 1:
+            raise XmfastError("k-core thresholds must be at least 1")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that determines a prepared dataset (saved in its manifest)."""
+
+    target: str
+    sources: Sequence[str] | Literal["all"] = ()
+    protocol: Protocol = "forec"
+    seed: int = 42
+    kcore: KCore = field(default_factory=KCore)
+    # Restrict every market to the items of this market's k-core (e.g. "us" with 10/25).
+    reference_market: str | None = None
+    reference_kcore: KCore = field(default_factory=lambda: KCore(10, 25))
+    dedup: bool = False  # drop repeated (market, user, item) rows, keeping the first
+    eval_negatives: int = 99
+    min_interactions: int = 3  # groups with fewer rows are training-only
+    category: str | None = None  # which raw category to read when several are present
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise XmfastError(f"unknown protocol {self.protocol!r} (expected forec or acmr)")
+        if self.eval_negatives < 1:
+            raise XmfastError("the number of evaluation negatives must be at least 1")
+        if self.min_interactions < 3:
+            raise XmfastError("min_interactions must be at least 3 (train, validation, test)")
+        if not 0 <= self.seed < 2**63:
+            raise XmfastError("seed must be between 0 and 2^63-1")
+
+
+Step = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def load_inputs(data_dir: Path, config: PrepareConfig) -> tuple[list[str], Ratings]:
+    """Finds and parses the files the configuration needs (reference market included)."""
+    available = discover(Path(data_dir), config.category)
+    sources = config.sources if config.sources == "all" else list(config.sources)
+    markets = resolve_markets(available, config.target, sources)
+    to_read = list(markets)
+    if config.reference_market is not None:
+        check_market_code(config.reference_market)
+        if config.reference_market not in available:
+            raise DataError(f"{data_dir}: reference market {config.reference_market!r} is absent")
+        if config.reference_market not in to_read:
+            to_read.append(config.reference_market)
+    return markets, read_ratings([(m, available[m].path) for m in to_read])
+
+
+def filter_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) -> Ratings:
+    """Reference-market restriction, then per-market k-core; keeps only `markets`."""
+    if config.reference_market is not None:
+        ref = ratings.drop_markets([config.reference_market]).kcore(
+            config.reference_kcore.min_user, config.reference_kcore.min_item,
+            fixpoint=config.reference_kcore.fixpoint,
+        )
+        ratings = ratings.restrict_items(np.unique(ref.item).astype(np.uint32))
+    ratings = ratings.drop_markets(markets)
+    ratings = ratings.kcore(config.kcore.min_user, config.kcore.min_item, fixpoint=config.kcore.fixpoint)
+    counts = np.bincount(ratings.market, minlength=len(markets))
+    for name, n in zip(markets, counts):
+        if n == 0:
+            raise DataError(
+                f"market {name}: no ratings left after filtering (k-core {config.kcore.min_user}/"
+                f"{config.kcore.min_item}{', reference ' + config.reference_market if config.reference_market else ''}); "
+                "lower the thresholds"
+            )
+    return ratings.compact()
+
+
+def build_dataset(ratings: Ratings, markets: list[str], config: PrepareConfig) -> PreparedDataset:
+    """Split and candidates for filtered, compacted ratings (in memory; nothing written)."""
+    market_keys = np.array([core.stable_hash(m) for m in markets], dtype=np.uint64)
+    user_keys = ratings.users.stable_hashes()
+    split = core.leave_one_out(
+        ratings.market, ratings.user, ratings.item, ratings.day,
+        order="temporal" if config.protocol == "forec" else "random",
+        seed=config.seed, dedup=config.dedup, min_interactions=config.min_interactions,
+        market_keys=market_keys, user_keys=user_keys,
+    )
+    train_rows = split["train_rows"]
+    train_item = ratings.item[train_rows]
+    valid_rows, test_rows = split["valid_rows"], split["test_rows"]
+    mi_offsets, mi_items = core.market_items(ratings.market, ratings.item, len(markets))
+    try:
+        valid_c, test_c = core.eval_candidates(
+            group_market=split["group_market"], group_user=split["group_user"],
+            train_offsets=split["train_offsets"], train_items=train_item,
+            heldout_groups=split["heldout_groups"],
+            valid_item=ratings.item[valid_rows], test_item=ratings.item[test_rows],
+            market_item_offsets=mi_offsets, market_items=mi_items,
+            protocol=config.protocol, negatives=config.eval_negatives, seed=config.seed,
+            market_keys=market_keys, user_keys=user_keys, market_names=markets, users=ratings.users,
+        )
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+    def held(rows: np.ndarray, candidates: np.ndarray) -> HeldOut:
+        return HeldOut(split["heldout_groups"], ratings.item[rows], ratings.rating[rows], ratings.day[rows], candidates)
+
+    settings = _settings(config, markets)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xmfast_version": core.__version__,
+        "settings": settings,
+        "markets": markets,
+        "inputs": [
+            {"market": f["market"], "file": Path(f["path"]).name, "bytes": f["bytes"], "blake3": f["blake3"],
+             "rows": f["rows"]}
+            for f in ratings.files
+        ],
+        "input_fingerprint": digest_json({"settings": settings, "inputs": [f["blake3"] for f in ratings.files]}),
+        "counts": {
+            "users": len(ratings.users), "items": len(ratings.items), "ratings": len(ratings),
+            "groups": int(split["group_user"].shape[0]), "evaluated_groups": int(split["heldout_groups"].shape[0]),
+            "train_rows": int(train_rows.shape[0]), "duplicates_dropped": int(split["duplicates_dropped"]),
+        },
+    }
+    return PreparedDataset(
+        markets=markets, target=config.target, sources=markets[1:], protocol=config.protocol,
+        users=ratings.users, items=ratings.items,
+        group_market=split["group_market"], group_user=split["group_user"],
+        train_offsets=split["train_offsets"], train_item=train_item,
+        train_rating=ratings.rating[train_rows], train_day=ratings.day[train_rows],
+        valid=held(valid_rows, valid_c), test=held(test_rows, test_c),
+        market_item_offsets=mi_offsets, market_items=mi_items,
+        manifest=manifest,
+    )
+
+
+def _settings(config: PrepareConfig, markets: list[str]) -> dict:
+    s = asdict(config)
+    s["sources"] = markets[1:]
+    return s
+
+
+def prepare(
+    data_dir: Path, out_dir: Path | None, config: PrepareConfig, *, overwrite: bool = False, on_step: Step = _noop
+) -> PreparedDataset:
+    """Reads, filters, splits and samples candidates; writes the dataset atomically to `out_dir`
+    (unless None) and returns it. Same inputs and configuration give byte-identical output."""
+    if out_dir is not None and Path(out_dir).exists() and not overwrite:
+        raise XmfastError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    on_step("read")
+    markets, ratings = load_inputs(data_dir, config)
+    on_step("filter")
+    ratings = filter_ratings(ratings, markets, config)
+    on_step("split")
+    dataset = build_dataset(ratings, markets, config)
+    if out_dir is None:
+        return dataset
+    on_step("write")
+    dataset.save(Path(out_dir), overwrite=overwrite)
+    return PreparedDataset.load(Path(out_dir))
