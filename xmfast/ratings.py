@@ -52,10 +52,11 @@ class Ratings:
         """Renumbers users and items densely (first appearance) and drops unused vocabulary."""
         user, old_users = core.compact_ids(self.user)
         item, old_items = core.compact_ids(self.item)
-        return Ratings(
-            self.markets, self.users.subset(old_users), self.items.subset(old_items),
-            self.market, user, item, self.rating, self.day, self.files,
-        )
+        # Reading already numbers ids densely in first-appearance order, so without filtering
+        # the renumbering is the identity and the vocabularies can be kept as they are.
+        users = self.users if _is_identity(old_users, len(self.users)) else self.users.subset(old_users)
+        items = self.items if _is_identity(old_items, len(self.items)) else self.items.subset(old_items)
+        return Ratings(self.markets, users, items, self.market, user, item, self.rating, self.day, self.files)
 
     def kcore(self, min_user: int, min_item: int, *, fixpoint: bool = False) -> Ratings:
         """k-core per market (see :func:`xmfast.core.kcore_mask`)."""
@@ -82,6 +83,10 @@ class Ratings:
             remap[kept.market], kept.user, kept.item, kept.rating, kept.day,
             [f for f in self.files if f["market"] in index],
         )
+
+
+def _is_identity(old_of_new: np.ndarray, size: int) -> bool:
+    return old_of_new.size == size and bool(np.array_equal(old_of_new, np.arange(size, dtype=np.uint32)))
 
 
 def read_ratings(sources: Sequence[tuple[str, Path | str]]) -> Ratings:

@@ -1,0 +1,34 @@
+"""Shared fixtures: locations of the embedded sample and of the real XMarket files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "data" / "sample"
+XMARKET_DIR = ROOT.parent / "shared" / "xmarket"
+MARKETS_7 = ["ca", "de", "fr", "in", "jp", "mx", "uk"]
+
+
+@pytest.fixture(scope="session")
+def xmarket_dir() -> Path:
+    """The real XMarket Electronics 5-core files (present in CI beside the checkout)."""
+    if not (XMARKET_DIR / "uk_5core.txt").is_file():
+        pytest.skip(f"real XMarket files not found at {XMARKET_DIR}")
+    return XMARKET_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE_DIR
+
+
+def write_text(path: Path, text: str | bytes, *, gz: bool = False) -> Path:
+    data = text.encode() if isinstance(text, str) else text
+    if gz:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
