@@ -73,10 +73,14 @@ impl OwnedCsr {
     }
 }
 
-/// Number of entries of sorted `a` that are also in sorted `b`.
+/// Number of distinct values of sorted `a` that are also in sorted `b` (repeats count once).
 fn overlap_sorted(a: &[u32], b: &[u32]) -> usize {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    small.iter().filter(|x| large.binary_search(x).is_ok()).count()
+    small
+        .iter()
+        .enumerate()
+        .filter(|&(i, x)| (i == 0 || small[i - 1] != *x) && large.binary_search(x).is_ok())
+        .count()
 }
 
 /// Sorted `pool` minus sorted `exclude`.
@@ -300,6 +304,13 @@ impl TrainNegativeSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_counts_repeats_once() {
+        assert_eq!(overlap_sorted(&[0, 0], &[0, 1, 2]), 1);
+        assert_eq!(overlap_sorted(&[0, 1, 2], &[1, 1]), 1);
+        assert_eq!(overlap_sorted(&[0, 2, 2, 5], &[1, 2, 3, 4, 5, 6, 7]), 2);
+    }
 
     fn owned(rows: &[&[u32]]) -> OwnedCsr {
         OwnedCsr::from_rows(rows.iter().map(|r| r.to_vec()))
