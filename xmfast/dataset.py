@@ -79,7 +79,9 @@ class PreparedDataset:
 
     @property
     def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
+        """Identifies the dataset's content: the digest of its saved files and settings, or, for a
+        dataset not saved yet, of its inputs and settings (which determine the content)."""
+        return str(self.manifest.get("fingerprint") or self.manifest["input_fingerprint"])
 
     def market_index(self, name: str) -> int:
         return self.markets.index(name)
