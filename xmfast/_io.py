@@ -60,6 +60,7 @@ def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
+    old: Path | None = None
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -73,5 +74,29 @@ def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
     except BaseException:
+        # Put the previous directory back if it was moved aside and not replaced.
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes a file through a temporary sibling and a rename, so readers never see half of it
+    and a failure leaves any previous file untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=1) + "\n")

@@ -81,11 +81,12 @@ pub fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
 
 /// Inverse of [`days_from_civil`].
 pub fn civil_from_days(z: i32) -> (i32, u32, u32) {
-    let z = z + 719_468;
+    // i64 inside: the shift by 719 468 days would overflow i32 near its ends.
+    let z = z as i64 + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let doe = (z - era * 146_097) as u32;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe as i32 + era * 400;
+    let y = (yoe as i64 + era * 400) as i32;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
@@ -205,8 +206,10 @@ impl<'a> LocalInterner<'a> {
     }
 }
 
+/// Field separators: any ASCII whitespace but the line break (a stray carriage return or form
+/// feed inside a line separates fields rather than becoming part of an id).
 fn is_sep(b: u8) -> bool {
-    b == b' ' || b == b'\t'
+    matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
 }
 
 /// Splits a line into at most 5 fields (5 means "too many").
