@@ -29,6 +29,7 @@ class Vocab:
     def to_list(self) -> list[str]: ...
     def subset(self, keep: npt.NDArray[np.uint32]) -> Vocab: ...
     def stable_hashes(self) -> npt.NDArray[np.uint64]: ...
+    def order_keys(self) -> npt.NDArray[np.uint32]: ...
     def write(self, path: str | PathLike[str]) -> None: ...
     @staticmethod
     def read(path: str | PathLike[str]) -> Vocab: ...
@@ -138,6 +139,33 @@ def synthesize(
     seed: int = 0,
     raw_category: str | None = None,
 ) -> list[dict[str, Any]]: ...
+def standings(
+    scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    positive: npt.NDArray[np.uint32] | None = None,
+    *,
+    offsets: npt.NDArray[np.uint64] | None = None,
+    exclude_offsets: npt.NDArray[np.uint64] | None = None,
+    exclude_items: npt.NDArray[np.uint32] | None = None,
+    keys: npt.NDArray[np.uint32] | None = None,
+    column_keys: npt.NDArray[np.uint32] | None = None,
+) -> dict[str, npt.NDArray[np.uint32]]:
+    """Per query: `greater`, `ties`, `trec_lost` and `others` (see xmfast.evaluation)."""
+
+def metric_values(
+    greater: npt.NDArray[np.uint32],
+    ties: npt.NDArray[np.uint32],
+    trec_lost: npt.NDArray[np.uint32],
+    others: npt.NDArray[np.uint32],
+    metrics: list[str],
+    policy: str = "pessimistic",
+) -> tuple[list[str], npt.NDArray[np.float64]]: ...
+def top_k(
+    scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    k: int,
+    *,
+    exclude_offsets: npt.NDArray[np.uint64] | None = None,
+    exclude_items: npt.NDArray[np.uint32] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | npt.NDArray[np.float64]]: ...
 def parse_date(text: str) -> int: ...
 def format_date(day: int) -> str: ...
 def stable_hash(text: str) -> int: ...

@@ -33,9 +33,12 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (XmfastError, core.DataFormatError) as e:
+            from rich.markup import escape
+
             from xmfast_cli.render import err_console
 
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # The message is data (file names, ids, field values): never markup or emoji codes.
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True, emoji=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -193,6 +196,153 @@ def synth(
     files = synthesize(out_dir, config)
     for f in files:
         console.print(f"{f['market']}: {f['users']:,} users, {f['ratings']:,} ratings -> {f['path']}", highlight=False)
+
+
+def _parse_cutoffs(value: str) -> tuple[int, ...]:
+    try:
+        cutoffs = tuple(int(v) for v in _split_list(value))
+    except ValueError:
+        raise XmfastError(f"--cutoffs: expected comma-separated integers, got {value!r}") from None
+    return cutoffs
+
+
+@app.command()
+@user_errors
+def evaluate(
+    dataset: Annotated[
+        Optional[Path], typer.Argument(help="A prepared dataset (omit when evaluating --trec-run with --trec-qrels).")
+    ] = None,
+    scores: Annotated[
+        Optional[Path],
+        typer.Option(help="Scores of the stored candidates: a .npy matrix (queries × candidates) or a TREC run file."),
+    ] = None,
+    baseline: Annotated[
+        Optional[str], typer.Option(help="Evaluate a built-in baseline instead: pop or cooc.")
+    ] = None,
+    cooc_markets: Annotated[
+        str, typer.Option(help="Markets whose co-occurrence the cooc baseline uses (default all).")
+    ] = "",
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    cutoffs: Annotated[str, typer.Option(help="Comma-separated cut-offs.")] = "5,10,20",
+    measures: Annotated[
+        str, typer.Option(help="Comma-separated measures: hr, ndcg, precision, map, mrr, auc.")
+    ] = "hr,ndcg,mrr",
+    ties: Annotated[
+        str, typer.Option(help="pessimistic (positive loses ties), optimistic, expected (random tie order) or trec.")
+    ] = "pessimistic",
+    full: Annotated[
+        bool, typer.Option("--full/--sampled", help="Rank every item of the market instead of the stored candidates.")
+    ] = False,
+    markets: Annotated[str, typer.Option(help="Only queries of these markets (default: all).")] = "",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write aggregate and per-user results here.")] = None,
+    per_user: Annotated[bool, typer.Option(help="Include per-user records in --json.")] = True,
+    trec_run: Annotated[
+        Optional[Path], typer.Option(help="Export the scores as a TREC run (with a dataset), or read this run (without).")
+    ] = None,
+    trec_qrels: Annotated[
+        Optional[Path], typer.Option(help="Export the held-out items as TREC qrels (with a dataset), or read them (without).")
+    ] = None,
+) -> None:
+    """Rank held-out items and report HR, NDCG, MRR, precision, MAP and AUC per market."""
+    import numpy as np
+
+    from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
+    from xmfast_cli.render import console, progress_bar, results_table
+
+    config = EvalConfig(
+        cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
+    )
+    if dataset is None:
+        from xmfast import trec
+
+        if trec_run is None or trec_qrels is None:
+            raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
+        evaluation = trec.evaluate_run(trec.read_run(trec_run), trec.read_qrels(trec_qrels), config)
+        title = f"{trec_run} against {trec_qrels}"
+    else:
+        from xmfast.dataset import PreparedDataset
+
+        data = PreparedDataset.load(dataset)
+        market_filter = _split_list(markets) or None
+        if (scores is None) == (baseline is None):
+            raise XmfastError("give exactly one of --scores FILE or --baseline pop|cooc")
+        if scores is not None:
+            if full:
+                raise XmfastError("--full needs a model to score every item; a scores file holds the stored candidates only")
+            matrix = _read_scores(scores, data, split)
+            evaluation = evaluate_sampled(data, split, matrix, config, markets=market_filter)  # type: ignore[arg-type]
+            title = f"{scores} on {dataset} ({split})"
+        else:
+            scorer = _baseline(baseline, data, _split_list(cooc_markets) or None)
+            with progress_bar(f"scoring {split}") as update:
+                evaluation = evaluate_scorer(
+                    data, split, scorer, config, full=full, markets=market_filter, progress=update  # type: ignore[arg-type]
+                )
+            title = f"{baseline} on {dataset} ({split}, {'full ranking' if full else 'sampled candidates'})"
+            if trec_run is not None:
+                from xmfast import trec
+
+                if full:
+                    raise XmfastError("--trec-run export covers the stored candidates; drop --full")
+                held = data.valid if split == "valid" else data.test
+                trec.write_run(trec_run, data, split, scorer.score(np.asarray(held.group), np.asarray(held.candidates)), baseline)
+        if trec_qrels is not None:
+            from xmfast import trec
+
+            trec.write_qrels(trec_qrels, data, split)
+        if scores is not None and trec_run is not None:
+            from xmfast import trec
+
+            trec.write_run(trec_run, data, split, matrix)
+    console.print(results_table(evaluation, title))
+    console.print(
+        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
+        highlight=False,
+    )
+    if json_out is not None:
+        evaluation.to_json(json_out, per_user=per_user)
+
+
+def _read_scores(path: Path, dataset: Any, split: str) -> Any:
+    import numpy as np
+
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise XmfastError(f"{path}: no such file") from None
+        except ValueError as e:
+            raise XmfastError(f"{path}: not a readable .npy array ({e})") from None
+    from xmfast import trec
+
+    return trec.run_to_scores(trec.read_run(path), dataset, split, path)
+
+
+def _baseline(name: str, dataset: Any, cooc_markets: Optional[list[str]]) -> Any:
+    from xmfast.baselines import CooccurrenceScorer, PopularityScorer
+
+    if name == "pop":
+        return PopularityScorer(dataset)
+    if name == "cooc":
+        return CooccurrenceScorer(dataset, cooc_markets)
+    raise XmfastError(f"unknown baseline {name!r} (expected pop or cooc)")
+
+
+@app.command()
+@user_errors
+def compare(
+    results: Annotated[list[Path], typer.Argument(help="Evaluation JSON files (from evaluate --json); the first is the reference.")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics to compare (default: all shared).")] = "",
+) -> None:
+    """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
+    from xmfast.compare import compare_results
+    from xmfast_cli.render import comparison_table, console
+
+    if len(results) < 2:
+        raise XmfastError("give at least two results files")
+    for other in results[1:]:
+        console.print(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
+    console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
 
 
 def main() -> None:

@@ -4,9 +4,9 @@
 //! arrays, no copy), core errors to Python exceptions. All long work runs with the GIL released.
 
 use numpy::ndarray::Array2;
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadwriteArray2};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray2};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use xmfast_core as xc;
 use xmfast_core::negatives::Csr;
 
 create_exception!(
-    core,
+    xmfast.core,
     DataFormatError,
     PyValueError,
     "A rating file is malformed; the message names the file and, where there is one, the line."
@@ -47,8 +47,8 @@ fn vec_to_py<'py, T: Element>(py: Python<'py>, v: Vec<T>) -> Bound<'py, PyArray1
     PyArray1::from_vec(py, v)
 }
 
-fn matrix_to_py<T: Element>(py: Python<'_>, v: Vec<T>, width: usize) -> PyResult<Bound<'_, PyArray2<T>>> {
-    let rows = if width == 0 { 0 } else { v.len() / width };
+/// Moves a row-major `rows × width` buffer into a 2-d numpy array (no copy).
+fn matrix_to_py<T: Element>(py: Python<'_>, v: Vec<T>, rows: usize, width: usize) -> PyResult<Bound<'_, PyArray2<T>>> {
     let a = Array2::from_shape_vec((rows, width), v).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(a.into_pyarray(py))
 }
@@ -133,11 +133,25 @@ impl Vocab {
         vec_to_py(py, self.inner.stable_hashes())
     }
 
+    /// Each id's position in ascending byte order of the strings: the tie-break keys of the
+    /// `trec` policy (trec_eval orders tied documents by id, descending).
+    fn order_keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u32>> {
+        let inner = &self.inner;
+        let keys = py.detach(|| inner.order_keys());
+        vec_to_py(py, keys)
+    }
+
     /// Writes the ids one per line (UTF-8) to `path`.
     fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let inner = &self.inner;
         py.detach(|| {
             let mut text = String::with_capacity(inner.len() * 24);
+            if let Some(bad) = inner.iter().position(|s| s.contains(['\n', '\r'])) {
+                return Err(xc::Error::invalid(format!(
+                    "{}: id number {bad} contains a line break and cannot be written one per line",
+                    path.display()
+                )));
+            }
             for s in inner.iter() {
                 text.push_str(s);
                 text.push('\n');
@@ -152,7 +166,13 @@ impl Vocab {
     fn read(py: Python<'_>, path: PathBuf) -> PyResult<Vocab> {
         py.detach(|| {
             let text = std::fs::read_to_string(&path).map_err(|e| xc::Error::io(&path, e))?;
-            Ok(Vocab { inner: text.lines().collect() })
+            let mut inner = xc::vocab::Vocab::new();
+            for (line, id) in text.split_terminator('\n').enumerate() {
+                if inner.intern(id) as usize != line {
+                    return Err(xc::Error::parse(&path, line as u64 + 1, format!("id {id:?} appears twice")));
+                }
+            }
+            Ok(Vocab { inner })
         })
         .map_err(py_err)
     }
@@ -340,7 +360,8 @@ fn eval_candidates<'py>(
     let c = py
         .detach(|| xc::protocol::eval_candidates(&held, mi, protocol, negatives, seed, mk, uk, &describe))
         .map_err(py_err)?;
-    Ok((matrix_to_py(py, c.valid, c.width)?, matrix_to_py(py, c.test, c.width)?))
+    let rows = held.heldout_groups.len();
+    Ok((matrix_to_py(py, c.valid, rows, c.width)?, matrix_to_py(py, c.test, rows, c.width)?))
 }
 
 /// Low-level sampler of distinct negatives: query `q` draws `n` items from pool
@@ -376,7 +397,7 @@ fn sample_distinct<'py>(
     let out = py
         .detach(|| xc::negatives::sample_distinct(pools, qp, exclude, keys, n, seed, &describe))
         .map_err(py_err)?;
-    matrix_to_py(py, out, n)
+    matrix_to_py(py, out, qp.len(), n)
 }
 
 /// Training negatives, re-sampled per epoch from (seed, epoch): `k` per training row, drawn
@@ -426,12 +447,21 @@ impl TrainNegativeSampler {
     fn sample<'py>(&self, py: Python<'py>, epoch: u64) -> PyResult<Bound<'py, PyArray2<u32>>> {
         let inner = &self.inner;
         let v = py.detach(|| inner.sample(epoch));
-        matrix_to_py(py, v, inner.k())
+        matrix_to_py(py, v, inner.rows(), inner.k())
     }
 
     /// Writes the negatives of `epoch` into `out` (a C-contiguous `rows × k` uint32 array), so
     /// a training loop can reuse one buffer.
     fn sample_into(&self, py: Python<'_>, mut out: PyReadwriteArray2<'_, u32>, epoch: u64) -> PyResult<()> {
+        let shape = out.shape().to_vec();
+        if shape != [self.inner.rows(), self.inner.k()] || !out.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "`out` must be a C-contiguous uint32 array of shape ({}, {}), got shape {:?}",
+                self.inner.rows(),
+                self.inner.k(),
+                shape
+            )));
+        }
         let buf = out
             .as_slice_mut()
             .map_err(|_| PyValueError::new_err("`out` must be a C-contiguous uint32 array"))?;
@@ -522,6 +552,201 @@ fn synthesize<'py>(
     Ok(out)
 }
 
+/// A score array as the model produced it: float32 or float64, any dimensionality.
+enum ScoreArray<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F64(PyReadonlyArrayDyn<'py, f64>),
+}
+
+impl<'py> ScoreArray<'py> {
+    fn from_any(scores: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(a) = scores.cast::<PyArrayDyn<f32>>() {
+            return Ok(ScoreArray::F32(a.readonly()));
+        }
+        if let Ok(a) = scores.cast::<PyArrayDyn<f64>>() {
+            return Ok(ScoreArray::F64(a.readonly()));
+        }
+        Err(PyTypeError::new_err(
+            "`scores` must be a float32 or float64 numpy array (float16/bfloat16 convert exactly with .astype(np.float32))",
+        ))
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            ScoreArray::F32(a) => a.shape().to_vec(),
+            ScoreArray::F64(a) => a.shape().to_vec(),
+        }
+    }
+}
+
+fn score_slice<'a, T: Element>(a: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
+    if !a.is_c_contiguous() {
+        return Err(PyValueError::new_err("`scores` must be C-contiguous (use np.ascontiguousarray)"));
+    }
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err("`scores` must be C-contiguous (use np.ascontiguousarray)"))
+}
+
+fn optional_csr<'a>(
+    name: &str,
+    offsets: &'a Option<PyReadonlyArray1<'_, u64>>,
+    values: &'a Option<PyReadonlyArray1<'_, u32>>,
+) -> PyResult<Option<Csr<'a>>> {
+    match (offsets, values) {
+        (None, None) => Ok(None),
+        (Some(o), Some(v)) => Ok(Some(csr(
+            name,
+            slice(&format!("{name}_offsets"), o)?,
+            slice(&format!("{name}_items"), v)?,
+        )?)),
+        _ => Err(PyValueError::new_err(format!("give both `{name}_offsets` and `{name}_items`, or neither"))),
+    }
+}
+
+/// Where each query's positive stands among its candidates, counted in one pass (no sort).
+///
+/// `scores` is a 2-d (queries × candidates) float32/float64 array, or 1-d with `offsets`
+/// (queries + 1) for ragged candidate lists. `positive` gives the positive's index in each row
+/// (default: column 0, as stored candidate lists have it). `exclude_offsets`/`exclude_items`
+/// (CSR of column indices) leave columns out per row, for full ranking. `keys` (same shape as
+/// `scores`, uint32) or `column_keys` (one per column) order ties for the `trec` policy.
+/// Returns a dict of uint32 arrays: `greater`, `ties`, `trec_lost`, `others`.
+#[pyfunction]
+#[pyo3(signature = (scores, positive=None, *, offsets=None, exclude_offsets=None, exclude_items=None, keys=None, column_keys=None))]
+#[allow(clippy::too_many_arguments)]
+fn standings<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    positive: Option<PyReadonlyArray1<'py, u32>>,
+    offsets: Option<PyReadonlyArray1<'py, u64>>,
+    exclude_offsets: Option<PyReadonlyArray1<'py, u64>>,
+    exclude_items: Option<PyReadonlyArray1<'py, u32>>,
+    keys: Option<PyReadonlyArrayDyn<'py, u32>>,
+    column_keys: Option<PyReadonlyArray1<'py, u32>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let array = ScoreArray::from_any(scores)?;
+    let shape = array.shape();
+    let offsets_slice = match &offsets {
+        Some(o) => Some(slice("offsets", o)?),
+        None => None,
+    };
+    let layout = match (shape.len(), offsets_slice) {
+        (2, None) => xc::metrics::Layout::Dense { cols: shape[1] },
+        (1, Some(o)) => xc::metrics::Layout::Ragged { offsets: o },
+        (2, Some(_)) => return Err(PyValueError::new_err("`offsets` go with 1-d scores, not a matrix")),
+        (1, None) => return Err(PyValueError::new_err("1-d `scores` need `offsets` (one row per query)")),
+        (d, _) => return Err(PyValueError::new_err(format!("`scores` must be 1-d or 2-d, not {d}-d"))),
+    };
+    let rows = match layout {
+        xc::metrics::Layout::Dense { .. } => shape[0],
+        xc::metrics::Layout::Ragged { offsets } => offsets.len().saturating_sub(1),
+    };
+    let default_positive;
+    let positive = match &positive {
+        Some(p) => slice("positive", p)?,
+        None => {
+            default_positive = vec![0u32; rows];
+            &default_positive[..]
+        }
+    };
+    let exclude = optional_csr("exclude", &exclude_offsets, &exclude_items)?;
+    let tie_keys = match (&keys, &column_keys) {
+        (None, None) => xc::metrics::TieKeys::None,
+        (Some(k), None) => {
+            if !k.is_c_contiguous() || k.shape() != shape.as_slice() {
+                return Err(PyValueError::new_err("`keys` must be C-contiguous with the shape of `scores`"));
+            }
+            xc::metrics::TieKeys::PerScore(k.as_slice().map_err(|_| PyValueError::new_err("`keys` must be C-contiguous"))?)
+        }
+        (None, Some(k)) => xc::metrics::TieKeys::PerColumn(slice("column_keys", k)?),
+        (Some(_), Some(_)) => return Err(PyValueError::new_err("give `keys` or `column_keys`, not both")),
+    };
+    let result = match &array {
+        ScoreArray::F32(a) => {
+            let s = score_slice(a)?;
+            py.detach(|| xc::metrics::standings(s, layout, positive, exclude, tie_keys))
+        }
+        ScoreArray::F64(a) => {
+            let s = score_slice(a)?;
+            py.detach(|| xc::metrics::standings(s, layout, positive, exclude, tie_keys))
+        }
+    }
+    .map_err(py_err)?;
+    let d = PyDict::new(py);
+    d.set_item("greater", vec_to_py(py, result.iter().map(|s| s.greater).collect()))?;
+    d.set_item("ties", vec_to_py(py, result.iter().map(|s| s.ties).collect()))?;
+    d.set_item("trec_lost", vec_to_py(py, result.iter().map(|s| s.trec_lost).collect()))?;
+    d.set_item("others", vec_to_py(py, result.iter().map(|s| s.others).collect()))?;
+    Ok(d)
+}
+
+/// Metric values per query (queries × metrics, float64) from standings, under a tie policy
+/// (`pessimistic`, `optimistic`, `expected` or `trec`). Returns (canonical names, values).
+#[pyfunction]
+#[pyo3(signature = (greater, ties, trec_lost, others, metrics, policy="pessimistic"))]
+fn metric_values<'py>(
+    py: Python<'py>,
+    greater: PyReadonlyArray1<'py, u32>,
+    ties: PyReadonlyArray1<'py, u32>,
+    trec_lost: PyReadonlyArray1<'py, u32>,
+    others: PyReadonlyArray1<'py, u32>,
+    metrics: Vec<String>,
+    policy: &str,
+) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
+    let (g, t, l, o) = (slice("greater", &greater)?, slice("ties", &ties)?, slice("trec_lost", &trec_lost)?, slice("others", &others)?);
+    xc::error::check_same_len("standings", &[("greater", g.len()), ("ties", t.len()), ("trec_lost", l.len()), ("others", o.len())])
+        .map_err(py_err)?;
+    let policy: xc::metrics::TiePolicy = policy.parse().map_err(py_err)?;
+    let parsed: Vec<xc::metrics::Metric> =
+        metrics.iter().map(|m| m.parse()).collect::<xc::Result<_>>().map_err(py_err)?;
+    if let Some(i) = (0..g.len()).find(|&i| l[i] > t[i] || g[i].checked_add(t[i]).is_none_or(|n| n > o[i])) {
+        return Err(PyValueError::new_err(format!("standing {i} is inconsistent (greater + ties > others or trec_lost > ties)")));
+    }
+    let values = py.detach(|| {
+        let st: Vec<xc::metrics::Standing> = (0..g.len())
+            .map(|i| xc::metrics::Standing { greater: g[i], ties: t[i], trec_lost: l[i], others: o[i] })
+            .collect();
+        xc::metrics::metric_values(&st, &parsed, policy)
+    });
+    let names = parsed.iter().map(|m| m.name()).collect();
+    Ok((names, matrix_to_py(py, values, g.len(), parsed.len())?))
+}
+
+/// The `k` best columns of each row of a 2-d score matrix (score descending, then column
+/// ascending), leaving out per-row excluded columns (CSR of column indices). Returns
+/// (indices int64, scores) of shape rows × k; rows with fewer eligible columns are padded
+/// with -1 and NaN.
+#[pyfunction]
+#[pyo3(signature = (scores, k, *, exclude_offsets=None, exclude_items=None))]
+fn top_k<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    k: usize,
+    exclude_offsets: Option<PyReadonlyArray1<'py, u64>>,
+    exclude_items: Option<PyReadonlyArray1<'py, u32>>,
+) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyAny>)> {
+    let array = ScoreArray::from_any(scores)?;
+    let shape = array.shape();
+    if shape.len() != 2 {
+        return Err(PyValueError::new_err("`scores` must be a 2-d (rows × items) matrix"));
+    }
+    let cols = shape[1];
+    let exclude = optional_csr("exclude", &exclude_offsets, &exclude_items)?;
+    match &array {
+        ScoreArray::F32(a) => {
+            let s = score_slice(a)?;
+            let (idx, val) = py.detach(|| xc::metrics::top_k(s, cols, k, exclude)).map_err(py_err)?;
+            Ok((matrix_to_py(py, idx, shape[0], k)?, matrix_to_py(py, val, shape[0], k)?.into_any()))
+        }
+        ScoreArray::F64(a) => {
+            let s = score_slice(a)?;
+            let (idx, val) = py.detach(|| xc::metrics::top_k(s, cols, k, exclude)).map_err(py_err)?;
+            Ok((matrix_to_py(py, idx, shape[0], k)?, matrix_to_py(py, val, shape[0], k)?.into_any()))
+        }
+    }
+}
+
+
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (ValueError if invalid).
 #[pyfunction]
 fn parse_date(text: &str) -> PyResult<i32> {
@@ -570,6 +795,9 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cooccurrence, m)?)?;
     m.add_function(wrap_pyfunction!(shared_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(synthesize, m)?)?;
+    m.add_function(wrap_pyfunction!(standings, m)?)?;
+    m.add_function(wrap_pyfunction!(metric_values, m)?)?;
+    m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(parse_date, m)?)?;
     m.add_function(wrap_pyfunction!(format_date, m)?)?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;

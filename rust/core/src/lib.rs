@@ -2,12 +2,14 @@
 //!
 //! Files → [`parse`] (columnar ratings with shared vocabularies) → [`filter`] (k-core, item
 //! restriction, renumbering) → [`split`] (leave-one-out per market and user) → [`protocol`]
-//! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`cooc`]
+//! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
+//! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
 //! counts item co-occurrence; [`synth`] writes synthetic XMarket-format data.
 
 pub mod cooc;
 pub mod error;
 pub mod filter;
+pub mod metrics;
 pub mod negatives;
 pub mod parse;
 pub mod protocol;

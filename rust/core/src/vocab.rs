@@ -100,6 +100,18 @@ impl Vocab {
     pub fn stable_hashes(&self) -> Vec<u64> {
         self.iter().map(|s| crate::rng::stable_hash(s.as_bytes())).collect()
     }
+
+    /// Each id's position in ascending byte order of the id strings (as C's `strcmp` orders
+    /// them). trec_eval breaks score ties by id, so these are the keys of the `trec` tie policy.
+    pub fn order_keys(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.get(a).as_bytes().cmp(self.get(b).as_bytes()));
+        let mut keys = vec![0u32; self.len()];
+        for (position, &i) in order.iter().enumerate() {
+            keys[i as usize] = position as u32;
+        }
+        keys
+    }
 }
 
 #[inline]
@@ -153,5 +165,12 @@ mod tests {
         let s = v.subset(&[2, 0]);
         assert_eq!(s.iter().collect::<Vec<_>>(), ["z", "x"]);
         assert_eq!(v.stable_hashes()[2], s.stable_hashes()[0]);
+    }
+
+    #[test]
+    fn order_keys_follow_byte_order() {
+        let v: Vocab = ["B0b", "B0a", "a", "B0"].into_iter().collect();
+        // Byte order: "B0" < "B0a" < "B0b" < "a" (uppercase before lowercase, prefix first).
+        assert_eq!(v.order_keys(), vec![2, 1, 3, 0]);
     }
 }

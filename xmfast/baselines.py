@@ -1,0 +1,79 @@
+"""Non-neural baselines, the honest floors of every results table.
+
+* :class:`PopularityScorer` — an item's number of training rows in the query's market.
+* :class:`CooccurrenceScorer` — the sum, over the user's training history in the query's
+  market, of how often each candidate co-occurs with a history item in the training histories
+  of the chosen markets (the target alone, or the target plus its sources: the simplest form
+  of cross-market transfer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmfast import core
+from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
+
+
+class PopularityScorer:
+    """Scores an item by its training popularity in the query's market."""
+
+    def __init__(self, dataset: PreparedDataset) -> None:
+        self.dataset = dataset
+        train_market = dataset.train_market().astype(np.int64)
+        flat = train_market * dataset.n_items + np.asarray(dataset.train_item, dtype=np.int64)
+        self.counts = np.bincount(flat, minlength=len(dataset.markets) * dataset.n_items).reshape(
+            len(dataset.markets), dataset.n_items
+        ).astype(np.float64)
+
+    def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        market = np.asarray(self.dataset.group_market[groups], dtype=np.int64)
+        return self.counts[market[:, None], np.asarray(items, dtype=np.int64)]
+
+    def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        market = np.asarray(self.dataset.group_market[groups], dtype=np.int64)
+        return self.counts[market][:, np.asarray(items, dtype=np.int64)]
+
+
+class CooccurrenceScorer:
+    """Scores an item by its co-occurrence with the user's history (counts from `markets`)."""
+
+    def __init__(self, dataset: PreparedDataset, markets: Sequence[str] | None = None, max_history: int | None = None):
+        self.dataset = dataset
+        names = list(markets) if markets is not None else list(dataset.markets)
+        unknown = [m for m in names if m not in dataset.markets]
+        if unknown:
+            raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+        self.markets = names
+        indptr, indices, counts = core.cooccurrence(
+            np.asarray(dataset.train_offsets), np.asarray(dataset.train_item), np.asarray(dataset.group_market),
+            [dataset.markets.index(m) for m in names], dataset.n_items, max_history,
+        )
+        n = dataset.n_items
+        self.cooc = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(n, n))
+
+    def _history_matrix(self, groups: np.ndarray) -> sp.csr_matrix:
+        off = np.asarray(self.dataset.train_offsets)
+        lo = off[groups].astype(np.int64)
+        hi = off[np.asarray(groups) + 1].astype(np.int64)
+        sizes = hi - lo
+        indptr = np.zeros(len(groups) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(groups) else np.zeros(0, np.int64)
+        items = np.asarray(self.dataset.train_item)[rows]
+        data = np.ones(items.size, dtype=np.float64)
+        return sp.csr_matrix((data, items, indptr), shape=(len(groups), self.dataset.n_items))
+
+    def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return (self._history_matrix(groups) @ self.cooc[:, np.asarray(items, dtype=np.int64)]).toarray()
+
+    def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        user_item = (self._history_matrix(groups) @ self.cooc).tocsr()
+        rows = np.repeat(np.arange(items.shape[0]), items.shape[1])
+        picked = user_item[rows, items.ravel()]
+        return np.asarray(picked, dtype=np.float64).reshape(items.shape)
