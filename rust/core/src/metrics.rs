@@ -113,16 +113,23 @@ impl Layout<'_> {
         match *self {
             Layout::Dense { cols } => {
                 if cols == 0 {
-                    return Err(Error::invalid("scores: a score matrix needs at least one column"));
+                    return Err(Error::invalid(
+                        "scores: a score matrix needs at least one column",
+                    ));
                 }
                 if len % cols != 0 {
-                    return Err(Error::invalid(format!("scores: {len} values do not fill rows of {cols}")));
+                    return Err(Error::invalid(format!(
+                        "scores: {len} values do not fill rows of {cols}"
+                    )));
                 }
                 Ok(len / cols)
             }
             Layout::Ragged { offsets } => {
-                if offsets.is_empty() || offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(Error::invalid("scores: offsets must start at 0 and not decrease"));
+                if offsets.is_empty() || offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1])
+                {
+                    return Err(Error::invalid(
+                        "scores: offsets must start at 0 and not decrease",
+                    ));
                 }
                 if *offsets.last().unwrap() as usize != len {
                     return Err(Error::invalid(format!(
@@ -194,41 +201,55 @@ pub fn standings<T: Score>(
         TieKeys::PerColumn(k) => match layout {
             Layout::Dense { cols } if k.len() == cols => {}
             Layout::Dense { cols } => {
-                return Err(Error::invalid(format!("tie keys: {} keys for {cols} columns", k.len())))
+                return Err(Error::invalid(format!(
+                    "tie keys: {} keys for {cols} columns",
+                    k.len()
+                )))
             }
             Layout::Ragged { .. } => {
-                return Err(Error::invalid("tie keys per column need a dense score matrix"))
+                return Err(Error::invalid(
+                    "tie keys per column need a dense score matrix",
+                ))
             }
         },
         _ => {}
     }
     let mut out = vec![Standing::default(); rows];
-    out.par_iter_mut().enumerate().with_min_len(256).try_for_each_init(Vec::new, |excluded, (i, slot)| {
-        let (start, end) = layout.range(i);
-        let row = &scores[start..end];
-        let pos = positive[i] as usize;
-        if pos >= row.len() {
-            return Err(Error::invalid(format!(
-                "row {i}: positive index {pos} is outside its {} candidates",
-                row.len()
-            )));
-        }
-        excluded.clear();
-        if let Some(ex) = exclude {
-            excluded.extend(ex.row(i).iter().map(|&c| c as usize).filter(|&c| c < row.len() && c != pos));
-            excluded.sort_unstable();
-            excluded.dedup();
-        }
-        let key = |c: usize| -> Option<u32> {
-            match keys {
-                TieKeys::None => None,
-                TieKeys::PerScore(k) => Some(k[start + c]),
-                TieKeys::PerColumn(k) => Some(k[c]),
+    out.par_iter_mut()
+        .enumerate()
+        .with_min_len(256)
+        .try_for_each_init(Vec::new, |excluded, (i, slot)| {
+            let (start, end) = layout.range(i);
+            let row = &scores[start..end];
+            let pos = positive[i] as usize;
+            if pos >= row.len() {
+                return Err(Error::invalid(format!(
+                    "row {i}: positive index {pos} is outside its {} candidates",
+                    row.len()
+                )));
             }
-        };
-        *slot = stand_row(row, pos, excluded, key).map_err(|what| Error::invalid(format!("row {i}: {what}")))?;
-        Ok(())
-    })?;
+            excluded.clear();
+            if let Some(ex) = exclude {
+                excluded.extend(
+                    ex.row(i)
+                        .iter()
+                        .map(|&c| c as usize)
+                        .filter(|&c| c < row.len() && c != pos),
+                );
+                excluded.sort_unstable();
+                excluded.dedup();
+            }
+            let key = |c: usize| -> Option<u32> {
+                match keys {
+                    TieKeys::None => None,
+                    TieKeys::PerScore(k) => Some(k[start + c]),
+                    TieKeys::PerColumn(k) => Some(k[c]),
+                }
+            };
+            *slot = stand_row(row, pos, excluded, key)
+                .map_err(|what| Error::invalid(format!("row {i}: {what}")))?;
+            Ok(())
+        })?;
     Ok(out)
 }
 
@@ -253,7 +274,12 @@ fn stand_row<T: Score>(
         let c = row.iter().position(|s| s.is_nan()).unwrap_or(0);
         return Err(format!("score of candidate {c} is NaN"));
     }
-    let mut st = Standing { greater: above, ties: equal - 1, trec_lost: 0, others: row.len() as u32 - 1 };
+    let mut st = Standing {
+        greater: above,
+        ties: equal - 1,
+        trec_lost: 0,
+        others: row.len() as u32 - 1,
+    };
     for &c in excluded {
         let s = row[c];
         if s > p {
@@ -268,7 +294,12 @@ fn stand_row<T: Score>(
             st.trec_lost = row
                 .iter()
                 .enumerate()
-                .filter(|&(c, &s)| c != pos && s == p && key(c).unwrap() > kp && excluded.binary_search(&c).is_err())
+                .filter(|&(c, &s)| {
+                    c != pos
+                        && s == p
+                        && key(c).unwrap() > kp
+                        && excluded.binary_search(&c).is_err()
+                })
                 .count() as u32;
         }
     }
@@ -324,7 +355,9 @@ impl FromStr for Metric {
         let (name, k) = lower.split_once('@').ok_or_else(bad)?;
         let k: u32 = k.parse().map_err(|_| bad())?;
         if k == 0 {
-            return Err(Error::invalid(format!("metric {s:?}: the cut-off must be at least 1")));
+            return Err(Error::invalid(format!(
+                "metric {s:?}: the cut-off must be at least 1"
+            )));
         }
         match name {
             "hr" | "hit" | "recall" => Ok(Metric::Hit(k)),
@@ -349,7 +382,8 @@ fn harmonic(n: u64) -> f64 {
     } else {
         let x = n as f64;
         let x2 = x * x;
-        x.ln() + 0.577_215_664_901_532_9 + 1.0 / (2.0 * x) - 1.0 / (12.0 * x2) + 1.0 / (120.0 * x2 * x2)
+        x.ln() + 0.577_215_664_901_532_9 + 1.0 / (2.0 * x) - 1.0 / (12.0 * x2)
+            + 1.0 / (120.0 * x2 * x2)
     }
 }
 
@@ -412,24 +446,63 @@ fn at_rank(metric: Metric, r: u32, others: u32) -> f64 {
 }
 
 /// Per-query metric values, row-major (queries × metrics).
+///
+/// Under a deterministic rank the discounts are computed once per query and shared by all
+/// cut-offs, so many metrics cost little more than one.
 pub fn metric_values(standings: &[Standing], metrics: &[Metric], policy: TiePolicy) -> Vec<f64> {
     let m = metrics.len();
     let mut out = vec![0.0f64; standings.len() * m];
     if m == 0 {
         return out;
     }
-    out.par_chunks_mut(m).zip(standings.par_iter()).with_min_len(1024).for_each(|(row, st)| {
-        for (v, &metric) in row.iter_mut().zip(metrics) {
-            *v = metric_value(metric, st, policy);
-        }
-    });
+    out.par_chunks_mut(m)
+        .zip(standings.par_iter())
+        .with_min_len(4096)
+        .for_each(|(row, st)| {
+            if policy == TiePolicy::Expected && st.ties > 0 {
+                for (v, &metric) in row.iter_mut().zip(metrics) {
+                    *v = metric_value(metric, st, policy);
+                }
+                return;
+            }
+            let r = st.rank(policy);
+            let gain = ndcg_gain(r);
+            let reciprocal = 1.0 / (r as f64 + 1.0);
+            for (v, &metric) in row.iter_mut().zip(metrics) {
+                *v = match metric {
+                    Metric::Hit(k) => (r < k) as u32 as f64,
+                    Metric::Precision(k) => (r < k) as u32 as f64 / k as f64,
+                    Metric::Ndcg(k) => {
+                        if r < k {
+                            gain
+                        } else {
+                            0.0
+                        }
+                    }
+                    Metric::Map(k) => {
+                        if r < k {
+                            reciprocal
+                        } else {
+                            0.0
+                        }
+                    }
+                    Metric::Mrr => reciprocal,
+                    Metric::Auc => at_rank(Metric::Auc, r, st.others),
+                };
+            }
+        });
     out
 }
 
 /// The `k` best columns of every row of a dense score matrix, best first (score descending,
 /// then column ascending), leaving out each row's excluded columns. Rows with fewer than `k`
 /// eligible columns are padded with index -1 and a NaN score.
-pub fn top_k<T: Score>(scores: &[T], cols: usize, k: usize, exclude: Option<Csr<'_>>) -> Result<(Vec<i64>, Vec<T>)> {
+pub fn top_k<T: Score>(
+    scores: &[T],
+    cols: usize,
+    k: usize,
+    exclude: Option<Csr<'_>>,
+) -> Result<(Vec<i64>, Vec<T>)> {
     let rows = Layout::Dense { cols }.rows(scores.len())?;
     if let Some(ex) = exclude {
         if ex.rows() != rows {
@@ -468,7 +541,9 @@ pub fn top_k<T: Score>(scores: &[T], cols: usize, k: usize, exclude: Option<Csr<
                         continue;
                     }
                     if s.is_nan() {
-                        return Err(Error::invalid(format!("row {i}: score of column {c} is NaN")));
+                        return Err(Error::invalid(format!(
+                            "row {i}: score of column {c} is NaN"
+                        )));
                     }
                     // Columns arrive in ascending order, so an equal score never displaces.
                     if best.len() == k && !(s > best[k - 1].0) {
@@ -493,7 +568,12 @@ mod tests {
     use super::*;
 
     fn st(g: u32, t: u32, others: u32) -> Standing {
-        Standing { greater: g, ties: t, trec_lost: 0, others }
+        Standing {
+            greater: g,
+            ties: t,
+            trec_lost: 0,
+            others,
+        }
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -503,7 +583,14 @@ mod tests {
     #[test]
     fn counts_above_and_tied_without_sorting() {
         let scores = [0.5f32, 0.9, 0.5, 0.1, 0.7, 0.5];
-        let s = standings(&scores, Layout::Dense { cols: 6 }, &[0], None, TieKeys::None).unwrap();
+        let s = standings(
+            &scores,
+            Layout::Dense { cols: 6 },
+            &[0],
+            None,
+            TieKeys::None,
+        )
+        .unwrap();
         assert_eq!(s[0], st(2, 2, 5));
         assert_eq!(s[0].rank(TiePolicy::Pessimistic), 4);
         assert_eq!(s[0].rank(TiePolicy::Optimistic), 2);
@@ -513,7 +600,14 @@ mod tests {
     fn positive_anywhere_and_ragged_rows() {
         let scores = [1.0f64, 3.0, 2.0, /* row 2 */ 5.0, 4.0];
         let offsets = [0u64, 3, 5];
-        let s = standings(&scores, Layout::Ragged { offsets: &offsets }, &[2, 1], None, TieKeys::None).unwrap();
+        let s = standings(
+            &scores,
+            Layout::Ragged { offsets: &offsets },
+            &[2, 1],
+            None,
+            TieKeys::None,
+        )
+        .unwrap();
         assert_eq!(s[0], st(1, 0, 2));
         assert_eq!(s[1], st(1, 0, 1));
     }
@@ -523,17 +617,37 @@ mod tests {
         // Distinct as f64, equal once rounded to f32 by the model: they must count as ties.
         let a = 0.1f64 as f32;
         let b = (0.1f64 + 1e-12) as f32;
-        let s = standings(&[a, b], Layout::Dense { cols: 2 }, &[0], None, TieKeys::None).unwrap();
+        let s = standings(
+            &[a, b],
+            Layout::Dense { cols: 2 },
+            &[0],
+            None,
+            TieKeys::None,
+        )
+        .unwrap();
         assert_eq!(s[0].ties, 1);
     }
 
     #[test]
     fn nan_is_an_error_naming_the_row() {
-        let e = standings(&[1.0f32, 2.0, 1.0, f32::NAN], Layout::Dense { cols: 2 }, &[0, 0], None, TieKeys::None)
-            .unwrap_err()
-            .to_string();
+        let e = standings(
+            &[1.0f32, 2.0, 1.0, f32::NAN],
+            Layout::Dense { cols: 2 },
+            &[0, 0],
+            None,
+            TieKeys::None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("row 1") && e.contains("NaN"), "{e}");
-        let e = standings(&[f32::NAN, 2.0], Layout::Dense { cols: 2 }, &[0], None, TieKeys::None).unwrap_err();
+        let e = standings(
+            &[f32::NAN, 2.0],
+            Layout::Dense { cols: 2 },
+            &[0],
+            None,
+            TieKeys::None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("positive"));
     }
 
@@ -545,7 +659,14 @@ mod tests {
         let ex_off = [0u64, 5];
         let ex_val = [1u32, 2, 2, 3, 99];
         let ex = Csr::new(&ex_off, &ex_val).unwrap();
-        let s = standings(&scores, Layout::Dense { cols: 6 }, &[3], Some(ex), TieKeys::None).unwrap();
+        let s = standings(
+            &scores,
+            Layout::Dense { cols: 6 },
+            &[3],
+            Some(ex),
+            TieKeys::None,
+        )
+        .unwrap();
         assert_eq!(s[0], st(1, 1, 3));
     }
 
@@ -554,10 +675,24 @@ mod tests {
         // Candidates tied at 0.5: positive key 5; tied keys 7 (wins over positive) and 2 (loses).
         let scores = [0.5f32, 0.5, 0.5, 0.9];
         let keys = [5u32, 7, 2, 0];
-        let s = standings(&scores, Layout::Dense { cols: 4 }, &[0], None, TieKeys::PerScore(&keys)).unwrap();
+        let s = standings(
+            &scores,
+            Layout::Dense { cols: 4 },
+            &[0],
+            None,
+            TieKeys::PerScore(&keys),
+        )
+        .unwrap();
         assert_eq!(s[0].trec_lost, 1);
         assert_eq!(s[0].rank(TiePolicy::Trec), 2);
-        let s = standings(&scores, Layout::Dense { cols: 4 }, &[0], None, TieKeys::PerColumn(&keys)).unwrap();
+        let s = standings(
+            &scores,
+            Layout::Dense { cols: 4 },
+            &[0],
+            None,
+            TieKeys::PerColumn(&keys),
+        )
+        .unwrap();
         assert_eq!(s[0].trec_lost, 1);
     }
 
@@ -578,15 +713,36 @@ mod tests {
     fn constant_model_under_each_policy() {
         // 1 positive + 99 negatives, all with one score.
         let s = st(0, 99, 99);
-        assert_eq!(metric_value(Metric::Hit(10), &s, TiePolicy::Pessimistic), 0.0);
-        assert_eq!(metric_value(Metric::Hit(10), &s, TiePolicy::Optimistic), 1.0);
-        assert!(close(metric_value(Metric::Hit(10), &s, TiePolicy::Expected), 0.1));
-        assert!(close(metric_value(Metric::Auc, &s, TiePolicy::Expected), 0.5));
-        assert!(close(metric_value(Metric::Auc, &s, TiePolicy::Pessimistic), 0.0));
+        assert_eq!(
+            metric_value(Metric::Hit(10), &s, TiePolicy::Pessimistic),
+            0.0
+        );
+        assert_eq!(
+            metric_value(Metric::Hit(10), &s, TiePolicy::Optimistic),
+            1.0
+        );
+        assert!(close(
+            metric_value(Metric::Hit(10), &s, TiePolicy::Expected),
+            0.1
+        ));
+        assert!(close(
+            metric_value(Metric::Auc, &s, TiePolicy::Expected),
+            0.5
+        ));
+        assert!(close(
+            metric_value(Metric::Auc, &s, TiePolicy::Pessimistic),
+            0.0
+        ));
         let mrr: f64 = (1..=100).map(|r| 1.0 / r as f64).sum::<f64>() / 100.0;
-        assert!(close(metric_value(Metric::Mrr, &s, TiePolicy::Expected), mrr));
+        assert!(close(
+            metric_value(Metric::Mrr, &s, TiePolicy::Expected),
+            mrr
+        ));
         let ndcg: f64 = (0..10).map(|r| 1.0 / ((r + 2) as f64).log2()).sum::<f64>() / 100.0;
-        assert!(close(metric_value(Metric::Ndcg(10), &s, TiePolicy::Expected), ndcg));
+        assert!(close(
+            metric_value(Metric::Ndcg(10), &s, TiePolicy::Expected),
+            ndcg
+        ));
     }
 
     #[test]
@@ -594,9 +750,20 @@ mod tests {
         for g in 0..6u32 {
             for t in 0..30u32 {
                 let s = st(g, t, g + t + 5);
-                for m in [Metric::Hit(3), Metric::Ndcg(7), Metric::Precision(4), Metric::Map(9), Metric::Mrr, Metric::Auc] {
-                    let mean = (g..=g + t).map(|r| at_rank(m, r, s.others)).sum::<f64>() / (t + 1) as f64;
-                    assert!(close(metric_value(m, &s, TiePolicy::Expected), mean), "{m:?} g={g} t={t}");
+                for m in [
+                    Metric::Hit(3),
+                    Metric::Ndcg(7),
+                    Metric::Precision(4),
+                    Metric::Map(9),
+                    Metric::Mrr,
+                    Metric::Auc,
+                ] {
+                    let mean =
+                        (g..=g + t).map(|r| at_rank(m, r, s.others)).sum::<f64>() / (t + 1) as f64;
+                    assert!(
+                        close(metric_value(m, &s, TiePolicy::Expected), mean),
+                        "{m:?} g={g} t={t}"
+                    );
                 }
             }
         }
@@ -623,6 +790,45 @@ mod tests {
     }
 
     #[test]
+    fn metric_matrix_equals_one_by_one_values() {
+        let metrics = [
+            Metric::Hit(5),
+            Metric::Ndcg(10),
+            Metric::Precision(3),
+            Metric::Map(20),
+            Metric::Mrr,
+            Metric::Auc,
+        ];
+        let mut all = Vec::new();
+        for g in 0..25u32 {
+            for t in [0u32, 1, 7] {
+                all.push(Standing {
+                    greater: g,
+                    ties: t,
+                    trec_lost: t / 2,
+                    others: g + t + 4,
+                });
+            }
+        }
+        for policy in [
+            TiePolicy::Pessimistic,
+            TiePolicy::Optimistic,
+            TiePolicy::Expected,
+            TiePolicy::Trec,
+        ] {
+            let v = metric_values(&all, &metrics, policy);
+            for (i, st) in all.iter().enumerate() {
+                for (j, &m) in metrics.iter().enumerate() {
+                    assert!(
+                        close(v[i * metrics.len() + j], metric_value(m, st, policy)),
+                        "{policy:?} {m:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn metric_matrix_is_row_major() {
         let s = [st(0, 0, 9), st(12, 0, 99)];
         let v = metric_values(&s, &[Metric::Hit(10), Metric::Mrr], TiePolicy::Pessimistic);
@@ -635,7 +841,9 @@ mod tests {
 
     #[test]
     fn top_k_orders_by_score_then_column_and_skips_exclusions() {
-        let scores = [0.3f32, 0.9, 0.5, 0.9, 0.1, /* row 1 */ 1.0, 2.0, 3.0, 4.0, 5.0];
+        let scores = [
+            0.3f32, 0.9, 0.5, 0.9, 0.1, /* row 1 */ 1.0, 2.0, 3.0, 4.0, 5.0,
+        ];
         let ex_off = [0u64, 1, 3];
         let ex_val = [3u32, 4, 0];
         let ex = Csr::new(&ex_off, &ex_val).unwrap();
@@ -658,7 +866,9 @@ mod tests {
     fn top_k_matches_a_full_sort() {
         let mut rng = crate::rng::Rng::new(7);
         let cols = 300;
-        let scores: Vec<f32> = (0..cols * 20).map(|_| (rng.below(50) as f32) / 7.0).collect();
+        let scores: Vec<f32> = (0..cols * 20)
+            .map(|_| (rng.below(50) as f32) / 7.0)
+            .collect();
         let (idx, _) = top_k(&scores, cols, 25, None).unwrap();
         for i in 0..20 {
             let row = &scores[i * cols..(i + 1) * cols];
