@@ -132,6 +132,21 @@ pub fn sample_distinct(
     if let Some(&bad) = query_pool.iter().find(|&&p| p as usize >= pools.rows()) {
         return Err(Error::invalid(format!("sample_distinct: pool {bad} does not exist ({} pools)", pools.rows())));
     }
+    check_available(pools, query_pool, exclude, n, describe)?;
+    let mut out = vec![0u32; q * n];
+    fill_distinct(&mut out, n, 0, pools, query_pool, exclude, query_keys, n, seed);
+    Ok(out)
+}
+
+/// Fails naming the first query whose pool minus its exclusions has fewer than `n` items.
+pub(crate) fn check_available(
+    pools: Csr<'_>,
+    query_pool: &[u32],
+    exclude: Csr<'_>,
+    n: usize,
+    describe: &(dyn Fn(usize) -> String + Sync),
+) -> Result<()> {
+    let q = query_pool.len();
     // Check availability first so errors are deterministic (the first failing query).
     let shortfall = (0..q).into_par_iter().find_first(|&i| {
         let pool = pools.row(query_pool[i] as usize);
@@ -145,14 +160,30 @@ pub fn sample_distinct(
             describe(i)
         )));
     }
-    let mut out = vec![0u32; q * n];
-    if n > 0 {
-        out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let mut rng = Rng::for_stream(seed, &[query_keys[i]]);
-            draw_distinct(&mut rng, pools.row(query_pool[i] as usize), exclude.row(i), row);
-        });
+    Ok(())
+}
+
+/// Writes query `i`'s `n` negatives to `out[i * stride + offset..][..n]`, so callers can place
+/// them inside wider rows without an intermediate copy. Availability must be checked first.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fill_distinct(
+    out: &mut [u32],
+    stride: usize,
+    offset: usize,
+    pools: Csr<'_>,
+    query_pool: &[u32],
+    exclude: Csr<'_>,
+    query_keys: &[u64],
+    n: usize,
+    seed: u64,
+) {
+    if n == 0 || stride == 0 {
+        return;
     }
-    Ok(out)
+    out.par_chunks_mut(stride).enumerate().for_each(|(i, row)| {
+        let mut rng = Rng::for_stream(seed, &[query_keys[i]]);
+        draw_distinct(&mut rng, pools.row(query_pool[i] as usize), exclude.row(i), &mut row[offset..offset + n]);
+    });
 }
 
 /// Per-epoch training negatives for rows grouped by user (CSR `train_items` over groups).

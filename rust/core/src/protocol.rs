@@ -4,7 +4,7 @@
 //! so every model is evaluated on identical lists. Row 0 of each candidate list is the positive.
 
 use crate::error::{Error, Result};
-use crate::negatives::{sample_distinct, Csr, OwnedCsr};
+use crate::negatives::{check_available, fill_distinct, Csr, OwnedCsr};
 use crate::rng::derive_seed;
 use rayon::prelude::*;
 
@@ -149,13 +149,12 @@ pub fn eval_candidates(
     let describe = |k: usize| describe_group(held.heldout_groups[k] as usize);
     let assemble = |positives: &[u32], stream: u64| -> Result<Vec<u32>> {
         let excl = exclusion(positives);
-        let neg = sample_distinct(pools.view(), &query_pool, excl.view(), &keys(stream), negatives, seed, &describe)?;
+        check_available(pools.view(), &query_pool, excl.view(), negatives, &describe)?;
+        // Negatives go straight into columns 1.. of the candidate rows (no second copy).
         let width = negatives + 1;
         let mut out = vec![0u32; q * width];
-        out.par_chunks_mut(width).enumerate().for_each(|(k, row)| {
-            row[0] = positives[k];
-            row[1..].copy_from_slice(&neg[k * negatives..(k + 1) * negatives]);
-        });
+        out.par_chunks_mut(width).zip(positives.par_iter()).for_each(|(row, &p)| row[0] = p);
+        fill_distinct(&mut out, width, 1, pools.view(), &query_pool, excl.view(), &keys(stream), negatives, seed);
         Ok(out)
     };
     Ok(Candidates {
