@@ -1,0 +1,153 @@
+"""Ranked evaluation speed (issue 4).
+
+* Sampled: 1M queries × 100 candidates (float32), all of HR/NDCG/precision/MAP at k = 5, 10, 20
+  plus MRR and AUC: target under 0.5 s on 2 cores; also the GB/s against reading the scores once.
+  Compared in the same run with a vectorised numpy implementation and with ranx (if installed).
+* Full ranking: 100k users × 50k items, scores from 64-d embeddings in chunks, ranking of the
+  held-out item with training items excluded, and top-10 retrieval.
+
+Usage: python benchmarks/bench_metrics.py [--queries N] [--full-users N] [--full-items N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _common import console, fmt_s, median, print_machine, repeat, table, verdict
+
+from xmfast import core
+from xmfast.evaluation import EvalConfig
+
+CUTOFFS = (5, 10, 20)
+CONFIG = EvalConfig(cutoffs=CUTOFFS, measures=("hr", "ndcg", "precision", "map", "mrr", "auc"))
+
+
+def xmfast_metrics(scores: np.ndarray) -> np.ndarray:
+    d = core.standings(scores)
+    _, values = core.metric_values(d["greater"], d["ties"], d["trec_lost"], d["others"], CONFIG.metric_names)
+    return values.mean(axis=0)
+
+
+def numpy_metrics(scores: np.ndarray) -> np.ndarray:
+    """The usual vectorised numpy way: count candidates above the positive (pessimistic ties)."""
+    pos = scores[:, :1]
+    rank = (scores[:, 1:] >= pos).sum(axis=1)
+    n = scores.shape[1] - 1
+    out = []
+    for k in CUTOFFS:
+        out.append((rank < k).mean())
+    for k in CUTOFFS:
+        out.append(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+    for k in CUTOFFS:
+        out.append(((rank < k) / k).mean())
+    for k in CUTOFFS:
+        out.append(np.where(rank < k, 1.0 / (rank + 1.0), 0.0).mean())
+    out.append((1.0 / (rank + 1.0)).mean())
+    out.append(((n - rank) / n).mean())
+    return np.array(out)
+
+
+def ranx_metrics(scores: np.ndarray) -> np.ndarray | None:
+    try:
+        from ranx import Qrels, Run, evaluate
+    except ImportError:
+        return None
+    n, c = scores.shape
+    q_ids = np.array([f"q{i}" for i in range(n)])
+    doc_ids = np.array([f"d{j}" for j in range(c)])
+    qrels = Qrels.from_dict({q: {"d0": 1} for q in q_ids})
+    run = Run.from_dict({q: dict(zip(doc_ids, row.tolist())) for q, row in zip(q_ids, scores)})
+    metrics = [f"hit_rate@{k}" for k in CUTOFFS] + [f"ndcg@{k}" for k in CUTOFFS] + [f"precision@{k}" for k in CUTOFFS]
+    metrics += [f"map@{k}" for k in CUTOFFS] + ["mrr"]
+    res = evaluate(qrels, run, metrics)
+    return np.array([res[m] for m in metrics])
+
+
+def bench_sampled(queries: int, ranx_queries: int) -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random((queries, 100), dtype=np.float32)
+    scores[:, 0] += 0.15  # a model that is better than random
+    t_x = repeat(lambda: xmfast_metrics(scores), 5)
+    t_np = repeat(lambda: numpy_metrics(scores), 3)
+    mx, mn = xmfast_metrics(scores), numpy_metrics(scores)
+    agree = bool(np.allclose(mx, mn, atol=1e-12))
+    gbps = scores.nbytes / median(t_x) / 1e9
+    tab = table(f"Sampled evaluation: {queries:,} queries × 100 candidates, {len(CONFIG.metric_names)} metrics",
+                ["implementation", "median", "GB/s of scores", "vs xmfast", "target", "agrees"])
+    tab.add_row("xmfast (Rust)", fmt_s(median(t_x)), f"{gbps:.2f}", "1.0×", verdict(median(t_x) < 0.5), "-")
+    tab.add_row("numpy (vectorised)", fmt_s(median(t_np)), f"{scores.nbytes / median(t_np) / 1e9:.2f}",
+                f"{median(t_np) / median(t_x):.1f}× slower", "", "yes" if agree else "NO")
+    small = scores[:ranx_queries]
+    start = time.perf_counter()
+    mr = ranx_metrics(small)
+    t_r = time.perf_counter() - start
+    if mr is not None:
+        t_xs = median(repeat(lambda: xmfast_metrics(small), 5))
+        ours = xmfast_metrics(small)[:13]
+        tab.add_row(f"ranx ({ranx_queries:,} queries, incl. building its dicts)", fmt_s(t_r), "",
+                    f"{t_r / t_xs:.0f}× slower", "", "yes" if np.allclose(ours, mr, atol=1e-9) else "NO")
+    else:
+        tab.add_row("ranx", "not installed", "", "", "", "")
+    # Reading the scores once: the memory-bandwidth floor.
+    t_sum = median(repeat(lambda: scores.sum(dtype=np.float64), 3))
+    tab.add_row("numpy sum of the scores (one read)", fmt_s(t_sum), f"{scores.nbytes / t_sum / 1e9:.2f}", "", "", "")
+    console.print(tab)
+
+
+def bench_full(users: int, items: int, dim: int = 64) -> None:
+    rng = np.random.default_rng(1)
+    user_emb = rng.standard_normal((users, dim), dtype=np.float32)
+    item_emb = rng.standard_normal((items, dim), dtype=np.float32)
+    positive = rng.integers(0, items, size=users).astype(np.uint32)
+    history = 20
+    ex_items = rng.integers(0, items, size=users * history).astype(np.uint32)
+    ex_offsets = np.arange(0, users * history + 1, history, dtype=np.uint64)
+    chunk = max(1, (1 << 26) // items)
+    t_score = t_rank = t_top = 0.0
+    hits = 0
+    for start in range(0, users, chunk):
+        stop = min(users, start + chunk)
+        t0 = time.perf_counter()
+        s = user_emb[start:stop] @ item_emb.T
+        t1 = time.perf_counter()
+        off = ex_offsets[start : stop + 1] - ex_offsets[start]
+        ex = ex_items[int(ex_offsets[start]) : int(ex_offsets[stop])]
+        d = core.standings(s, positive[start:stop], exclude_offsets=off, exclude_items=ex)
+        t2 = time.perf_counter()
+        idx, _ = core.top_k(s, 10, exclude_offsets=off, exclude_items=ex)
+        t3 = time.perf_counter()
+        hits += int(((d["greater"] + d["ties"]) < 10).sum())
+        t_score += t1 - t0
+        t_rank += t2 - t1
+        t_top += t3 - t2
+    n = users * items
+    tab = table(f"Full ranking: {users:,} users × {items:,} items (64-d dot products, 20 exclusions per user)",
+                ["step", "time", "scores/s"])
+    tab.add_row("scoring (numpy matmul, float32)", fmt_s(t_score), f"{n / t_score / 1e9:.2f} G")
+    tab.add_row("rank of the held-out item (xmfast standings)", fmt_s(t_rank), f"{n / t_rank / 1e9:.2f} G")
+    tab.add_row("top-10 per user (xmfast top_k)", fmt_s(t_top), f"{n / t_top / 1e9:.2f} G")
+    console.print(tab)
+    # numpy top-10 on one chunk, for the ratio
+    s = user_emb[:chunk] @ item_emb.T
+    t_np = median(repeat(lambda: np.argpartition(-s, 10, axis=1)[:, :10], 3))
+    t_rs = median(repeat(lambda: core.top_k(s, 10), 3))
+    console.print(f"top-10 on {chunk:,} × {items:,}: xmfast {fmt_s(t_rs)}, numpy argpartition (unsorted, no "
+                  f"exclusions) {fmt_s(t_np)} → {t_np / t_rs:.1f}× (HR@10 of random scores: {hits / users:.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=1_000_000)
+    parser.add_argument("--ranx-queries", type=int, default=20_000)
+    parser.add_argument("--full-users", type=int, default=100_000)
+    parser.add_argument("--full-items", type=int, default=50_000)
+    args = parser.parse_args()
+    print_machine()
+    bench_sampled(args.queries, args.ranx_queries)
+    bench_full(args.full_users, args.full_items)
+
+
+if __name__ == "__main__":
+    main()
