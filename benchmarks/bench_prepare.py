@@ -134,7 +134,7 @@ def main() -> None:
 
     print_machine()
     load = OtherLoad()
-    data, target, note = pick_data(args.data)
+    data, target, note = pick_data(args.data.resolve() if args.data else None)
     target = args.target or target
     console.print(note, highlight=False)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,8 @@ def main() -> None:
                     "--out", str(scratch / "cli-spy"), "--overwrite"]
         report_path = scratch / "spy.json"
         env = dict(os.environ, XMF_HEAVY=",".join(HEAVY), XMF_ARGS=json.dumps(cli_args), XMF_REPORT=str(report_path))
-        subprocess.run([python, "-c", SPY], cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([python, "-c", SPY], cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         spy = json.loads(report_path.read_text())
         prof = import_profile(python, xmfast_script, cli_args, scratch)
     finally:

@@ -173,7 +173,10 @@ def merge(runs: list, key: str = "") -> object:
         return [merge([r[i] for r in runs], key) for i in range(len(first))]
     if isinstance(first, bool) or not isinstance(first, (int, float)) or any(r is None for r in runs):
         return first
-    return max(runs) if "hwm" in key else statistics.median(runs)
+    if "hwm" in key:
+        return max(runs)
+    m = statistics.median(runs)
+    return round(m) if all(isinstance(r, int) for r in runs) else m
 
 
 def main() -> None:
@@ -298,10 +301,14 @@ def main() -> None:
         for e in r["extra"]:
             if e["step"] == "train negatives":
                 samples = e["rows"] * e["k"]
-                med = sorted(e["epochs"])[len(e["epochs"]) // 2]
+                first, rest = e["epochs"][0], e["epochs"][1:]
+                med = statistics.median(rest) if rest else first
                 t.add_row(f"train negatives: sampler build (k={e['k']})", fmt_s(e["build_s"]), "", "", "", "")
-                t.add_row(f"train negatives: sample_into, median of {len(e['epochs'])} epochs", fmt_s(med), "",
-                          f"{fmt_rate(samples / med, ' samples')} ({samples:,}/epoch)", "", fmt_bytes(e["hwm"]))
+                t.add_row("train negatives: sample_into, epoch 0 (fresh buffer: page faults)", fmt_s(first), "",
+                          f"{fmt_rate(samples / first, ' samples')} ({samples:,}/epoch)", "", "")
+                if rest:
+                    t.add_row(f"train negatives: sample_into, median of epochs 1–{len(rest)}", fmt_s(med), "",
+                              f"{fmt_rate(samples / med, ' samples')}", "", fmt_bytes(e["hwm"]))
                 verdicts[f"{protocol}: training negatives ≥ 20M samples/s"] = samples / med >= 20e6
             elif e["step"] == "save":
                 t.add_row("PreparedDataset.save()", fmt_s(e["s"]), fmt_rate(n / e["s"]),
