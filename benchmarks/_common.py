@@ -126,6 +126,14 @@ def table(title: str, columns: Sequence[str]) -> Table:
     return t
 
 
+def print_targets(verdicts: dict[str, bool]) -> None:
+    """The closing table of a benchmark: each target and whether it was met."""
+    summary = table("Targets", ["target", "result"])
+    for name, ok in verdicts.items():
+        summary.add_row(name, verdict(ok))
+    console.print(summary)
+
+
 def vm_hwm_bytes() -> int | None:
     """Peak resident set size of this process (VmHWM), or None off Linux."""
     try:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from _common import (
+    print_targets,
     OtherLoad,
     REAL_DATA, SAMPLE_DATA, WORK, console, fmt_s, median, print_machine, spread, table, timed, verdict,
 )
@@ -233,10 +234,7 @@ def main() -> None:
     imp.add_row("torch not imported", verdict(no_torch))
     console.print(imp)
 
-    summary = table("Targets", ["target", "result"])
-    for name, ok in verdicts.items():
-        summary.add_row(name, verdict(ok))
-    console.print(summary)
+    print_targets(verdicts)
 
     load.report()
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from _common import (
+    print_targets,
     OtherLoad,
     WORK, console, dir_bytes, ensure_synth, fmt_bytes, fmt_mibs, fmt_rate, fmt_s, print_machine, synth_dir, table, verdict,
     vm_hwm_bytes, vm_rss_bytes,
@@ -320,10 +321,7 @@ def main() -> None:
                   f"ru_maxrss {fmt_bytes(ru_maxrss)}")
         console.print(t)
 
-    summary = table("Targets", ["target", "result"])
-    for name, ok in verdicts.items():
-        summary.add_row(name, verdict(ok))
-    console.print(summary)
+    print_targets(verdicts)
 
     load.report()
 
