@@ -9,11 +9,12 @@ in a child process, so its peak RSS is its own (VmHWM read inside the child afte
 
   parse      xmfast.prepare.load_inputs     (discover + core.read_ratings: parse, intern, blake3)
   filter     xmfast.prepare.filter_ratings  (drop_markets + k-core (none by default) + compact)
-  split+eval xmfast.prepare.build_dataset   (core.leave_one_out, core.market_items,
-                                             core.eval_candidates and the numpy glue between)
+  split      xmfast.prepare.split_ratings   (core.leave_one_out, core.market_items, gathering rows)
+  candidates xmfast.prepare.sample_candidates (core.eval_candidates), after the table is freed
   train neg  dataset.train_negative_sampler(k=4) + sample_into() per epoch (reported separately)
 
-These three calls are exactly what ``prepare(data_dir, None, config)`` does.
+These calls (and the `del` of the rating table between split and candidates) are exactly what
+``prepare(data_dir, None, config)`` does.
 
     python benchmarks/bench_scale.py                       # 50M ratings, 1.5M items, forec
     python benchmarks/bench_scale.py --ratings 5000000     # quicker
@@ -52,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
 
     from xmfast import core
-    from xmfast.prepare import PrepareConfig, build_dataset, filter_ratings, load_inputs
+    from xmfast.prepare import PrepareConfig, filter_ratings, load_inputs, sample_candidates, split_ratings
 
     calls: dict[str, float] = {}
     call_mem: dict[str, tuple[int, int]] = {}  # name -> (RSS at entry, VmHWM at exit) of its last call
@@ -102,7 +103,15 @@ def child(args: argparse.Namespace) -> None:
     n_read = len(ratings)
     input_bytes = sum(f["bytes"] for f in ratings.files)
     ratings = step("filter", lambda: filter_ratings(ratings, names, config))
-    dataset = step("split+eval", lambda: build_dataset(ratings, names, config))
+    # For reference only (the default configuration does no k-core): a 5/5 one-pass k-core mask.
+    t0 = time.perf_counter()
+    core.kcore_mask(ratings.market, ratings.user, ratings.item, 5, 5)
+    kcore_s = time.perf_counter() - t0
+    # As prepare() does: the rating table is freed once the split has gathered its rows.
+    split = step("split", lambda: split_ratings(ratings, names, config))
+    del ratings
+    dataset = step("candidates", lambda: sample_candidates(split, config))
+    del split
     counts = dataset.manifest["counts"]
     pipeline_hwm = vm_hwm_bytes()
 
@@ -127,10 +136,7 @@ def child(args: argparse.Namespace) -> None:
         extra.append({"step": "save", "s": time.perf_counter() - t0, "hwm": vm_hwm_bytes(),
                       "bytes": sum(p.stat().st_size for p in target.iterdir())})
         shutil.rmtree(target, ignore_errors=True)
-    # For reference only (the default configuration does no k-core): a 5/5 one-pass k-core mask.
-    t0 = time.perf_counter()
-    core.kcore_mask(ratings.market, ratings.user, ratings.item, 5, 5)
-    extra.append({"step": "kcore_mask 5/5 (not in the pipeline)", "s": time.perf_counter() - t0})
+    extra.append({"step": "kcore_mask 5/5 (not in the pipeline)", "s": kcore_s})
 
     Path(args.json).write_text(json.dumps({
         "call_mem": call_mem,

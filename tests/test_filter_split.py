@@ -177,3 +177,28 @@ def test_real_temporal_split(xmarket_dir: Path) -> None:
     pairs = r.user[uk].astype(np.int64) * 10**6 + r.item[uk]
     assert int(uk.sum()) - np.unique(pairs).size == 673
     assert ded["duplicates_dropped"] >= 673
+
+
+def test_drop_markets_copies_only_when_something_is_dropped(xmarket_dir: Path) -> None:
+    r = read_ratings([(m, xmarket_dir / f"{m}_5core.txt") for m in ("uk", "in")])
+    assert r.drop_markets(["uk", "in"]) is r  # nothing to drop: no copy of the table
+    swapped = r.drop_markets(["in", "uk"])
+    assert swapped.markets == ["in", "uk"] and len(swapped) == len(r)
+    assert np.array_equal(swapped.market, 1 - r.market)
+    only_in = r.drop_markets(["in"])
+    assert len(only_in) == 2015 and set(only_in.market.tolist()) == {0}
+
+
+def test_prepare_in_two_steps_equals_build_dataset(xmarket_dir: Path) -> None:
+    from xmfast.prepare import PrepareConfig, build_dataset, filter_ratings, load_inputs, sample_candidates, split_ratings
+
+    config = PrepareConfig(target="in", sources=["uk"], protocol="acmr", seed=3)
+    markets, ratings = load_inputs(xmarket_dir, config)
+    ratings = filter_ratings(ratings, markets, config)
+    whole = build_dataset(ratings, markets, config)
+    split = split_ratings(ratings, markets, config)
+    del ratings
+    parts = sample_candidates(split, config)
+    for name, array in whole.arrays().items():
+        assert np.array_equal(array, parts.arrays()[name]), name
+    assert whole.manifest == parts.manifest

@@ -109,8 +109,24 @@ def filter_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) 
     return ratings.compact()
 
 
-def build_dataset(ratings: Ratings, markets: list[str], config: PrepareConfig) -> PreparedDataset:
-    """Split and candidates for filtered, compacted ratings (in memory; nothing written)."""
+@dataclass
+class SplitTables:
+    """A leave-one-out split with its rows gathered out of the rating table, so the table can be
+    freed before the memory-hungry candidate sampling (see :func:`sample_candidates`)."""
+
+    markets: list[str]
+    users: core.Vocab
+    items: core.Vocab
+    files: list[dict]
+    market_keys: np.ndarray
+    user_keys: np.ndarray
+    arrays: dict[str, np.ndarray]
+    duplicates_dropped: int
+    n_ratings: int
+
+
+def split_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) -> SplitTables:
+    """Leave-one-out split of filtered, compacted ratings under the configured protocol."""
     market_keys = np.array([core.stable_hash(m) for m in markets], dtype=np.uint64)
     user_keys = ratings.users.stable_hashes()
     split = core.leave_one_out(
@@ -119,26 +135,42 @@ def build_dataset(ratings: Ratings, markets: list[str], config: PrepareConfig) -
         seed=config.seed, dedup=config.dedup, min_interactions=config.min_interactions,
         market_keys=market_keys, user_keys=user_keys,
     )
-    train_rows = split["train_rows"]
-    train_item = ratings.item[train_rows]
-    valid_rows, test_rows = split["valid_rows"], split["test_rows"]
-    mi_offsets, mi_items = core.market_items(ratings.market, ratings.item, len(markets))
+    arrays = {name: split[name] for name in ("group_market", "group_user", "train_offsets", "heldout_groups")}
+    for part, rows in (("train", split["train_rows"]), ("valid", split["valid_rows"]), ("test", split["test_rows"])):
+        arrays[f"{part}_item"] = ratings.item[rows]
+        arrays[f"{part}_rating"] = ratings.rating[rows]
+        arrays[f"{part}_day"] = ratings.day[rows]
+    arrays["market_item_offsets"], arrays["market_items"] = core.market_items(ratings.market, ratings.item, len(markets))
+    return SplitTables(
+        markets, ratings.users, ratings.items, ratings.files, market_keys, user_keys, arrays,
+        int(split["duplicates_dropped"]), len(ratings),
+    )
+
+
+def build_dataset(ratings: Ratings, markets: list[str], config: PrepareConfig) -> PreparedDataset:
+    """Split and candidates for filtered, compacted ratings (in memory; nothing written)."""
+    return sample_candidates(split_ratings(ratings, markets, config), config)
+
+
+def sample_candidates(split: SplitTables, config: PrepareConfig) -> PreparedDataset:
+    """Samples the stored evaluation candidates of a split and assembles the dataset."""
+    a = split.arrays
     try:
         valid_c, test_c = core.eval_candidates(
-            group_market=split["group_market"], group_user=split["group_user"],
-            train_offsets=split["train_offsets"], train_items=train_item,
-            heldout_groups=split["heldout_groups"],
-            valid_item=ratings.item[valid_rows], test_item=ratings.item[test_rows],
-            market_item_offsets=mi_offsets, market_items=mi_items,
+            group_market=a["group_market"], group_user=a["group_user"],
+            train_offsets=a["train_offsets"], train_items=a["train_item"],
+            heldout_groups=a["heldout_groups"], valid_item=a["valid_item"], test_item=a["test_item"],
+            market_item_offsets=a["market_item_offsets"], market_items=a["market_items"],
             protocol=config.protocol, negatives=config.eval_negatives, seed=config.seed,
-            market_keys=market_keys, user_keys=user_keys, market_names=markets, users=ratings.users,
+            market_keys=split.market_keys, user_keys=split.user_keys, market_names=split.markets, users=split.users,
         )
     except ValueError as e:
         raise DataError(str(e)) from None
 
-    def held(rows: np.ndarray, candidates: np.ndarray) -> HeldOut:
-        return HeldOut(split["heldout_groups"], ratings.item[rows], ratings.rating[rows], ratings.day[rows], candidates)
+    def held(part: str, candidates: np.ndarray) -> HeldOut:
+        return HeldOut(a["heldout_groups"], a[f"{part}_item"], a[f"{part}_rating"], a[f"{part}_day"], candidates)
 
+    markets = split.markets
     settings = _settings(config, markets)
     manifest = {
         "format": FORMAT,
@@ -149,23 +181,23 @@ def build_dataset(ratings: Ratings, markets: list[str], config: PrepareConfig) -
         "inputs": [
             {"market": f["market"], "file": Path(f["path"]).name, "bytes": f["bytes"], "blake3": f["blake3"],
              "rows": f["rows"]}
-            for f in ratings.files
+            for f in split.files
         ],
-        "input_fingerprint": digest_json({"settings": settings, "inputs": [f["blake3"] for f in ratings.files]}),
+        "input_fingerprint": digest_json({"settings": settings, "inputs": [f["blake3"] for f in split.files]}),
         "counts": {
-            "users": len(ratings.users), "items": len(ratings.items), "ratings": len(ratings),
-            "groups": int(split["group_user"].shape[0]), "evaluated_groups": int(split["heldout_groups"].shape[0]),
-            "train_rows": int(train_rows.shape[0]), "duplicates_dropped": int(split["duplicates_dropped"]),
+            "users": len(split.users), "items": len(split.items), "ratings": split.n_ratings,
+            "groups": int(a["group_user"].shape[0]), "evaluated_groups": int(a["heldout_groups"].shape[0]),
+            "train_rows": int(a["train_item"].shape[0]), "duplicates_dropped": split.duplicates_dropped,
         },
     }
     return PreparedDataset(
         markets=markets, target=config.target, sources=markets[1:], protocol=config.protocol,
-        users=ratings.users, items=ratings.items,
-        group_market=split["group_market"], group_user=split["group_user"],
-        train_offsets=split["train_offsets"], train_item=train_item,
-        train_rating=ratings.rating[train_rows], train_day=ratings.day[train_rows],
-        valid=held(valid_rows, valid_c), test=held(test_rows, test_c),
-        market_item_offsets=mi_offsets, market_items=mi_items,
+        users=split.users, items=split.items,
+        group_market=a["group_market"], group_user=a["group_user"],
+        train_offsets=a["train_offsets"], train_item=a["train_item"],
+        train_rating=a["train_rating"], train_day=a["train_day"],
+        valid=held("valid", valid_c), test=held("test", test_c),
+        market_item_offsets=a["market_item_offsets"], market_items=a["market_items"],
         manifest=manifest,
     )
 
@@ -188,7 +220,10 @@ def prepare(
     on_step("filter")
     ratings = filter_ratings(ratings, markets, config)
     on_step("split")
-    dataset = build_dataset(ratings, markets, config)
+    split = split_ratings(ratings, markets, config)
+    del ratings  # the split holds what it needs; freeing the table lowers peak memory by ~1 GB at 50M
+    dataset = sample_candidates(split, config)
+    del split
     if out_dir is None:
         return dataset
     on_step("write")

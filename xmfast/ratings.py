@@ -74,6 +74,8 @@ class Ratings:
 
     def drop_markets(self, keep_markets: Sequence[str]) -> Ratings:
         """Keeps only the rows of `keep_markets`, renumbering markets in that order."""
+        if list(keep_markets) == self.markets:
+            return self  # nothing to drop or renumber: no copy of the (possibly 50M-row) table
         index = {name: i for i, name in enumerate(keep_markets)}
         remap = np.array([index.get(name, 65535) for name in self.markets], dtype=np.uint16)
         new_market = remap[self.market]

@@ -71,6 +71,53 @@ impl OwnedCsr {
         }
         out
     }
+
+    /// Builds `rows` rows in parallel straight into one flat buffer (no per-row allocation):
+    /// row `i` gets at most `upper(i)` slots, `fill(i, slots)` writes it and returns its length,
+    /// and the rows are then compacted in place. This keeps peak memory at one buffer of the
+    /// upper-bound size, which matters for millions of rows.
+    pub fn build_par<U, F>(rows: usize, upper: U, fill: F) -> Self
+    where
+        U: Fn(usize) -> usize,
+        F: Fn(usize, &mut [u32]) -> usize + Sync,
+    {
+        const BLOCK: usize = 4096;
+        let mut bounds = Vec::with_capacity(rows + 1);
+        bounds.push(0usize);
+        for i in 0..rows {
+            bounds.push(bounds[i] + upper(i));
+        }
+        let mut values = vec![0u32; bounds[rows]];
+        let mut lens = vec![0usize; rows];
+        let mut blocks = Vec::with_capacity(rows.div_ceil(BLOCK));
+        let mut rest = values.as_mut_slice();
+        for start in (0..rows).step_by(BLOCK) {
+            let end = (start + BLOCK).min(rows);
+            let (head, tail) = rest.split_at_mut(bounds[end] - bounds[start]);
+            blocks.push((start, end, head));
+            rest = tail;
+        }
+        let bounds_ref = &bounds;
+        blocks.into_par_iter().zip(lens.par_chunks_mut(BLOCK)).for_each(|((start, end, slots), lens)| {
+            let base = bounds_ref[start];
+            for i in start..end {
+                let row = &mut slots[bounds_ref[i] - base..bounds_ref[i + 1] - base];
+                let n = fill(i, row);
+                assert!(n <= row.len(), "row {i} wrote {n} values into {} slots", row.len());
+                lens[i - start] = n;
+            }
+        });
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0u64);
+        let mut written = 0usize;
+        for i in 0..rows {
+            values.copy_within(bounds[i]..bounds[i] + lens[i], written);
+            written += lens[i];
+            offsets.push(written as u64);
+        }
+        values.truncate(written);
+        OwnedCsr { offsets, values }
+    }
 }
 
 /// Number of distinct values of sorted `a` that are also in sorted `b` (repeats count once).
@@ -335,6 +382,19 @@ impl TrainNegativeSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_par_matches_from_rows_with_short_rows() {
+        // 10_000 rows (several blocks); row i has room for i % 7 values and writes fewer.
+        let rows: Vec<Vec<u32>> = (0..10_000u32).map(|i| (0..(i % 7) / 2).map(|j| i * 10 + j).collect()).collect();
+        let flat = OwnedCsr::build_par(rows.len(), |i| i % 7, |i, slots| {
+            slots[..rows[i].len()].copy_from_slice(&rows[i]);
+            rows[i].len()
+        });
+        assert_eq!(flat, OwnedCsr::from_rows(rows.clone()));
+        let empty = OwnedCsr::build_par(0, |_| 1, |_, _| 0);
+        assert_eq!(empty.offsets, [0]);
+    }
 
     #[test]
     fn overlap_counts_repeats_once() {

@@ -117,51 +117,74 @@ pub fn eval_candidates(
         .iter()
         .map(|&g| pool_of_market[held.group_market[g as usize] as usize])
         .collect();
-    let exclusion = |with: &[u32]| -> OwnedCsr {
-        let rows: Vec<Vec<u32>> = (0..q)
-            .into_par_iter()
-            .map(|k| {
-                let g = held.heldout_groups[k] as usize;
-                let mut v = held.train_items.row(g).to_vec();
-                match protocol {
-                    Protocol::Forec => {
-                        v.push(held.valid_item[k]);
-                        v.push(held.test_item[k]);
-                    }
-                    Protocol::Acmr => v.push(with[k]),
+    // Each query's excluded items, sorted and unique: its training items plus the held-out
+    // item(s) the protocol names (forec: all the user's positives; acmr: the training items and
+    // this list's own held-out item). Built flat, one block of queries at a time, so the
+    // exclusions never add more than a block's worth to the candidate matrices' memory.
+    let exclusion = |range: std::ops::Range<usize>, held_out: &[&[u32]]| -> OwnedCsr {
+        let train = |k: usize| held.train_items.row(held.heldout_groups[k] as usize);
+        OwnedCsr::build_par(
+            range.len(),
+            |i| train(range.start + i).len() + held_out.len(),
+            |i, row| {
+                let k = range.start + i;
+                let t = train(k);
+                row[..t.len()].copy_from_slice(t);
+                for (j, items) in held_out.iter().enumerate() {
+                    row[t.len() + j] = items[k];
                 }
-                v.sort_unstable();
-                v.dedup();
-                v
-            })
-            .collect();
-        OwnedCsr::from_rows(rows)
+                row.sort_unstable();
+                dedup_sorted(row)
+            },
+        )
     };
-    let keys = |stream: u64| -> Vec<u64> {
-        held.heldout_groups
-            .iter()
-            .map(|&g| {
-                let g = g as usize;
-                derive_seed(stream, &[market_keys[held.group_market[g] as usize], user_keys[held.group_user[g] as usize]])
-            })
-            .collect()
+    let key = |k: usize, stream: u64| -> u64 {
+        let g = held.heldout_groups[k] as usize;
+        derive_seed(stream, &[market_keys[held.group_market[g] as usize], user_keys[held.group_user[g] as usize]])
     };
-    let describe = |k: usize| describe_group(held.heldout_groups[k] as usize);
-    let assemble = |positives: &[u32], stream: u64| -> Result<Vec<u32>> {
-        let excl = exclusion(positives);
-        check_available(pools.view(), &query_pool, excl.view(), negatives, &describe)?;
-        // Negatives go straight into columns 1.. of the candidate rows (no second copy).
-        let width = negatives + 1;
+    let width = negatives + 1;
+    let assemble = |positives: &[u32], held_out: &[&[u32]], stream: u64| -> Result<Vec<u32>> {
         let mut out = vec![0u32; q * width];
         out.par_chunks_mut(width).zip(positives.par_iter()).for_each(|(row, &p)| row[0] = p);
-        fill_distinct(&mut out, width, 1, pools.view(), &query_pool, excl.view(), &keys(stream), negatives, seed);
+        for start in (0..q).step_by(QUERY_BLOCK) {
+            let range = start..(start + QUERY_BLOCK).min(q);
+            let excl = exclusion(range.clone(), held_out);
+            let pools_of = &query_pool[range.clone()];
+            let describe = |i: usize| describe_group(held.heldout_groups[start + i] as usize);
+            check_available(pools.view(), pools_of, excl.view(), negatives, &describe)?;
+            let keys: Vec<u64> = range.clone().map(|k| key(k, stream)).collect();
+            // Negatives go straight into columns 1.. of the candidate rows (no second copy).
+            let rows = &mut out[range.start * width..range.end * width];
+            fill_distinct(rows, width, 1, pools.view(), pools_of, excl.view(), &keys, negatives, seed);
+        }
         Ok(out)
     };
-    Ok(Candidates {
-        valid: assemble(held.valid_item, STREAM_VALID)?,
-        test: assemble(held.test_item, STREAM_TEST)?,
-        width: negatives + 1,
-    })
+    let (valid, test) = match protocol {
+        Protocol::Forec => {
+            let both: [&[u32]; 2] = [held.valid_item, held.test_item];
+            (assemble(held.valid_item, &both, STREAM_VALID)?, assemble(held.test_item, &both, STREAM_TEST)?)
+        }
+        Protocol::Acmr => (
+            assemble(held.valid_item, &[held.valid_item], STREAM_VALID)?,
+            assemble(held.test_item, &[held.test_item], STREAM_TEST)?,
+        ),
+    };
+    Ok(Candidates { valid, test, width })
+}
+
+/// Queries whose exclusions are built at once while sampling candidates.
+const QUERY_BLOCK: usize = 1 << 16;
+
+/// Removes consecutive repeats from sorted `row` in place; returns the number of values kept.
+fn dedup_sorted(row: &mut [u32]) -> usize {
+    let mut kept = 0;
+    for i in 0..row.len() {
+        if i == 0 || row[i] != row[kept - 1] {
+            row[kept] = row[i];
+            kept += 1;
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -200,6 +223,53 @@ mod tests {
         assert!(valid0.iter().all(|x| ![0, 1, 2, 3].contains(x)));
         assert!(valid0.contains(&4), "16 of the 16 allowed items are drawn, so the test item is among them");
         assert!(valid0.iter().any(|&x| x >= 10), "acmr crosses markets");
+    }
+
+    #[test]
+    fn blocked_sampling_equals_one_pass_over_all_queries() {
+        // More queries than one block: the result must not depend on the blocking.
+        let groups = QUERY_BLOCK + 1234;
+        let n_items = 300u32;
+        let mut rng = crate::rng::Rng::for_stream(7, &[1]);
+        let rows: Vec<Vec<u32>> = (0..groups).map(|_| (0..3).map(|_| rng.below(n_items as u64) as u32).collect()).collect();
+        let train = OwnedCsr::from_rows(rows.clone());
+        let valid: Vec<u32> = (0..groups).map(|g| (g as u32 * 7) % n_items).collect();
+        let test: Vec<u32> = (0..groups).map(|g| (g as u32 * 11 + 1) % n_items).collect();
+        let gm = vec![0u16; groups];
+        let gu: Vec<u32> = (0..groups as u32).collect();
+        let hg: Vec<u32> = (0..groups as u32).collect();
+        let user_keys: Vec<u64> = (0..groups as u64).map(|u| u * 31 + 5).collect();
+        let held = HeldOut {
+            group_market: &gm, group_user: &gu, train_items: train.view(), heldout_groups: &hg,
+            valid_item: &valid, test_item: &test,
+        };
+        let catalog = OwnedCsr::from_rows([(0..n_items).collect::<Vec<u32>>()]);
+        let d = |g: usize| format!("group {g}");
+        let got = eval_candidates(&held, catalog.view(), Protocol::Forec, 20, 3, &[9], &user_keys, &d).unwrap();
+        // Reference: every query's exclusion at once, through the public sampler.
+        let excl = OwnedCsr::from_rows((0..groups).map(|g| {
+            let mut v = rows[g].clone();
+            v.extend([valid[g], test[g]]);
+            v.sort_unstable();
+            v.dedup();
+            v
+        }));
+        let keys: Vec<u64> = (0..groups).map(|g| derive_seed(STREAM_TEST, &[9, user_keys[g]])).collect();
+        let want = crate::negatives::sample_distinct(catalog.view(), &vec![0; groups], excl.view(), &keys, 20, 3, &d).unwrap();
+        for g in [0, 1, QUERY_BLOCK - 1, QUERY_BLOCK, groups - 1] {
+            assert_eq!(got.test[g * 21], test[g]);
+            assert_eq!(got.test[g * 21 + 1..(g + 1) * 21], want[g * 20..(g + 1) * 20], "query {g}");
+        }
+        let negatives: Vec<u32> = got.test.chunks(21).flat_map(|r| r[1..].to_vec()).collect();
+        assert_eq!(negatives, want);
+    }
+
+    #[test]
+    fn dedup_sorted_keeps_each_value_once() {
+        let mut v = [1, 1, 2, 5, 5, 5, 9];
+        assert_eq!(dedup_sorted(&mut v), 4);
+        assert_eq!(v[..4], [1, 2, 5, 9]);
+        assert_eq!(dedup_sorted(&mut []), 0);
     }
 
     #[test]
