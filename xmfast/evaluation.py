@@ -262,6 +262,17 @@ def held_out(dataset: PreparedDataset, split: Split) -> HeldOut:
     return dataset.valid if split == "valid" else dataset.test
 
 
+def _queries_of(dataset: PreparedDataset, held: HeldOut, markets: list[str] | None) -> np.ndarray:
+    """Indices of the held-out rows whose market is in `markets` (all rows when None)."""
+    if markets is None:
+        return np.arange(len(held))
+    unknown = [m for m in markets if m not in dataset.markets]
+    if unknown:
+        raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+    codes = [dataset.markets.index(m) for m in markets]
+    return np.flatnonzero(np.isin(np.asarray(dataset.group_market)[np.asarray(held.group)], codes))
+
+
 def _query_ids(dataset: PreparedDataset, held: HeldOut) -> tuple[np.ndarray, list[str], list[str]]:
     group = np.asarray(held.group)
     market = np.asarray(dataset.group_market[group], dtype=np.int64)
@@ -311,13 +322,20 @@ def evaluate_scorer(
     n = len(held)
     if not full:
         candidates = np.asarray(held.candidates)
-        parts = []
-        for start in range(0, n, batch_queries):
-            stop = min(n, start + batch_queries)
-            parts.append(np.asarray(scorer.score(np.asarray(held.group[start:stop]), candidates[start:stop])))
+        # Only the queries that will be reported are scored; the others keep a constant score
+        # and are dropped again by the market filter.
+        wanted = _queries_of(dataset, held, markets)
+        scores: np.ndarray | None = None
+        for start in range(0, wanted.size, batch_queries):
+            rows = wanted[start : start + batch_queries]
+            part = np.asarray(scorer.score(np.asarray(held.group)[rows], candidates[rows]))
+            if scores is None:
+                scores = np.zeros(candidates.shape, dtype=part.dtype)
+            scores[rows] = part
             if progress:
-                progress(stop, n)
-        scores = np.concatenate(parts) if parts else np.zeros(candidates.shape, dtype=np.float32)
+                progress(min(start + batch_queries, wanted.size), wanted.size)
+        if scores is None:
+            scores = np.zeros(candidates.shape, dtype=np.float32)
         return evaluate_sampled(dataset, split, scores, config, markets=markets)
     parts_st: list[Standings] = []
     order: list[np.ndarray] = []

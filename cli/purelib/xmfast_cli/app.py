@@ -210,7 +210,8 @@ def _parse_cutoffs(value: str) -> tuple[int, ...]:
 @user_errors
 def evaluate(
     dataset: Annotated[
-        Optional[Path], typer.Argument(help="A prepared dataset (omit when evaluating --trec-run with --trec-qrels).")
+        Optional[Path],
+        typer.Argument(help="A trained run, or a prepared dataset (omit when evaluating --trec-run with --trec-qrels)."),
     ] = None,
     scores: Annotated[
         Optional[Path],
@@ -262,8 +263,11 @@ def evaluate(
     else:
         from xmfast.dataset import PreparedDataset
 
-        data = PreparedDataset.load(dataset)
         market_filter = _split_list(markets) or None
+        if (dataset / "run.json").is_file():
+            _evaluate_run(dataset, split, config, full, market_filter, json_out, per_user, trec_run, trec_qrels)
+            return
+        data = PreparedDataset.load(dataset)
         if (scores is None) == (baseline is None):
             raise XmfastError("give exactly one of --scores FILE or --baseline pop|cooc")
         if scores is not None:
@@ -303,6 +307,42 @@ def evaluate(
         evaluation.to_json(json_out, per_user=per_user)
 
 
+def _evaluate_run(
+    path: Path, split: str, config: Any, full: bool, markets: Optional[list[str]], json_out: Optional[Path],
+    per_user: bool, trec_run: Optional[Path], trec_qrels: Optional[Path],
+) -> None:
+    """`xmfast evaluate RUN`: the run's selected checkpoint (or baseline) on its own dataset."""
+    import numpy as np
+
+    from xmfast import trec
+    from xmfast.evaluation import evaluate_scorer
+    from xmfast.runs import Run
+    from xmfast.training import load_scorer
+    from xmfast_cli.render import console, progress_bar, results_table
+
+    run = Run.open(path)
+    data = run.load_dataset()
+    scorer = load_scorer(run, data)
+    markets = markets or [data.target]
+    with progress_bar(f"scoring {split}") as update:
+        evaluation = evaluate_scorer(data, split, scorer, config, full=full, markets=markets, progress=update)  # type: ignore[arg-type]
+    evaluation.info.update({"run": str(path), "model": run.model})
+    console.print(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
+    console.print(
+        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
+        highlight=False,
+    )
+    if trec_run is not None:
+        if full:
+            raise XmfastError("--trec-run export covers the stored candidates; drop --full")
+        held = data.valid if split == "valid" else data.test
+        trec.write_run(trec_run, data, split, scorer.score(np.asarray(held.group), np.asarray(held.candidates)), run.model)
+    if trec_qrels is not None:
+        trec.write_qrels(trec_qrels, data, split)
+    if json_out is not None:
+        evaluation.to_json(json_out, per_user=per_user)
+
+
 def _read_scores(path: Path, dataset: Any, split: str) -> Any:
     import numpy as np
 
@@ -331,8 +371,12 @@ def _baseline(name: str, dataset: Any, cooc_markets: Optional[list[str]]) -> Any
 @app.command()
 @user_errors
 def compare(
-    results: Annotated[list[Path], typer.Argument(help="Evaluation JSON files (from evaluate --json); the first is the reference.")],
+    results: Annotated[
+        list[Path],
+        typer.Argument(help="Evaluation JSON files (from evaluate --json) or run directories; the first is the reference."),
+    ],
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics to compare (default: all shared).")] = "",
+    split: Annotated[str, typer.Option(help="For run directories: compare their valid or test results.")] = "test",
 ) -> None:
     """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
     from xmfast.compare import compare_results
@@ -340,9 +384,157 @@ def compare(
 
     if len(results) < 2:
         raise XmfastError("give at least two results files")
+    if split not in ("valid", "test"):
+        raise XmfastError(f"--split: expected valid or test, got {split!r}")
+    results = [p / f"{split}.json" if (p / "run.json").is_file() else p for p in results]
     for other in results[1:]:
         console.print(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
+
+
+def _layers(value: Optional[str]) -> Optional[tuple[int, ...]]:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in _split_list(value))
+    except ValueError:
+        raise XmfastError(f"--layers: expected comma-separated integers, got {value!r}") from None
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[Optional[Path], typer.Argument(help="A prepared dataset (omit with --resume).")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), pop or cooc."),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    config_file: Annotated[
+        Optional[Path], typer.Option("--config", help="TOML file of settings (model, [train], [MODEL]); options override it.")
+    ] = None,
+    sources: Annotated[
+        Optional[str], typer.Option(help="Source markets whose rows augment the target: comma-separated, or all (the ++ variants).")
+    ] = None,
+    augmentation: Annotated[
+        Optional[str], typer.Option(help="full (all source rows) or selected (only source rows of items the target has).")
+    ] = None,
+    sampling: Annotated[
+        Optional[str], typer.Option(help="concat (one shuffled stream) or equal (batches alternate between markets).")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (FOREC: 25).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (FOREC: 1024).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: 0.005 GMF, 0.01 MLP/NMF).")] = None,
+    l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (FOREC: 1e-7).")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Training negatives per positive, resampled every epoch.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, negatives and shuffling.")] = None,
+    patience: Annotated[
+        Optional[int], typer.Option(help="Stop after this many epochs without improvement (default: train all epochs).")
+    ] = None,
+    monitor: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping and the best checkpoint.")] = None,
+    select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
+    embedding_dim: Annotated[Optional[int], typer.Option(help="Embedding size (FOREC: 8).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="MLP tower widths, e.g. 16,64,32,16,8 (first = 2 × embedding).")] = None,
+    pretrained: Annotated[
+        Optional[bool], typer.Option("--pretrained/--no-pretrained", help="nmf: start from trained GMF and MLP runs (FOREC).")
+    ] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="nmf: weight of the MLP head in the joined output layer.")] = None,
+    gmf_run: Annotated[Optional[Path], typer.Option(help="nmf: the GMF run to start from (default: found next to --out).")] = None,
+    mlp_run: Annotated[Optional[Path], typer.Option(help="nmf: the MLP run to start from (default: found next to --out).")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Train a model (or a baseline) into a run directory: config, checkpoints, per-epoch metrics, results."""
+    from xmfast import training
+    from xmfast.configs import experiment_configs, read_config_file
+    from xmfast.dataset import PreparedDataset
+    from xmfast_cli.render import TrainProgress, console, train_summary
+
+    if resume is not None:
+        if dataset is not None and out is not None:
+            raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
+        with TrainProgress() as observer:
+            result = training.resume(resume, dataset_path=dataset, observer=observer)
+        assert result is not None
+        console.print(train_summary(result))
+        return
+    if dataset is None or out is None:
+        raise XmfastError("give a prepared dataset and --out RUN_DIR (or --resume RUN_DIR)")
+    name, spec, model_config, config = experiment_configs(
+        model,
+        read_config_file(config_file) if config_file else None,
+        train_overrides={
+            "sources": _split_list(sources) if sources is not None else None, "augmentation": augmentation,
+            "sampling": sampling, "epochs": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
+            "negatives": negatives, "seed": seed, "patience": patience, "monitor": monitor, "select": select,
+            "device": device, "amp": amp,
+        },
+        model_overrides={"embedding_dim": embedding_dim, "layers": _layers(layers), "pretrained": pretrained,
+                         "alpha": alpha},
+        source=str(config_file),
+    )
+    data = PreparedDataset.load(dataset)
+    given = {k: v for k, v in (("gmf", gmf_run), ("mlp", mlp_run)) if v is not None}
+    with TrainProgress() as observer:
+        result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
+                                observer=observer)
+    assert result is not None
+    console.print(train_summary(result))
+
+
+@app.command()
+@user_errors
+def recommend(
+    run: Annotated[Path, typer.Argument(help="A trained run directory.")],
+    user: Annotated[Optional[list[str]], typer.Option("--user", "-u", help="Original user id (repeatable).")] = None,
+    users_file: Annotated[Optional[Path], typer.Option(help="File of user ids, one per line.")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help="Every user of the market.")] = False,
+    market: Annotated[Optional[str], typer.Option(help="Market of the users (default: the run's target).")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Recommendations per user.")] = 10,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write market,user,rank,item,score CSV here.")] = None,
+    include_known: Annotated[bool, typer.Option(help="Also recommend items the user already has.")] = False,
+    dataset: Annotated[Optional[Path], typer.Option(help="The run's prepared dataset, if it moved.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Top-k products for users by original item id (items they already have left out)."""
+    import numpy as np
+
+    from xmfast.recommend import recommend as top_items
+    from xmfast.recommend import resolve_groups, write_csv
+    from xmfast.runs import Run
+    from xmfast.training import load_scorer
+    from xmfast_cli.render import console, progress_bar, recommendations_table
+
+    r = Run.open(run)
+    data = r.load_dataset(dataset)
+    ids = list(user or [])
+    if users_file is not None:
+        try:
+            ids += [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (FileNotFoundError, UnicodeDecodeError) as e:
+            raise XmfastError(f"{users_file}: cannot read user ids ({e})") from None
+    market_name = market or data.target
+    if all_users:
+        if market_name not in data.markets:
+            raise XmfastError(f"market {market_name!r} is not in the dataset (it has {', '.join(data.markets)})")
+        groups = np.flatnonzero(np.asarray(data.group_market) == data.market_index(market_name))
+    elif ids:
+        groups = resolve_groups(data, ids, market_name)
+    else:
+        raise XmfastError("name users with --user ID, --users-file FILE or --all-users")
+    scorer = load_scorer(r, data, device=device)
+    with progress_bar("recommending") as update:
+        recs = top_items(data, scorer, groups, k, exclude_known=not include_known, progress=update)
+    if out is not None:
+        write_csv(out, recs, data)
+        console.print(f"wrote {recs.items.shape[0]:,} users × {k} recommendations to {out}", highlight=False)
+    if out is None or recs.items.shape[0] <= 5:
+        for table in recommendations_table(recs, data, limit=20):
+            console.print(table)
 
 
 def main() -> None:

@@ -103,3 +103,104 @@ def progress_bar(description: str) -> Iterator[callable]:
             progress.update(task, completed=done, total=total)
 
         yield update
+
+
+class TrainProgress:
+    """Epoch and batch bars for `xmfast train` (an :class:`xmfast.training.TrainObserver`):
+    the batch bar shows the running loss and instances/s; each finished epoch prints a line."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console, transient=True,
+        )
+        self.epoch_task = None
+        self.batch_task = None
+        self._started = 0.0
+        self._instances = 0
+        self._monitor = "ndcg@10"
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_start(self, trainer) -> None:  # noqa: ANN001 - xmfast.training.Trainer
+        cfg = trainer.config
+        self._monitor = cfg.monitor
+        markets = ", ".join(f"{m} {trainer.rows.count(m):,}" for m in trainer.rows.markets)
+        self.on_message(
+            f"[bold]{trainer.spec.name}[/] on {trainer.dataset.target} ({'sources ' + ', '.join(trainer.sources) if trainer.sources else 'target only'}); "
+            f"training rows: {markets}; device {trainer.device}; epochs {trainer.epoch + 1}–{cfg.epochs}"
+        )
+        self.epoch_task = self.progress.add_task("epochs", total=cfg.epochs, completed=trainer.epoch, info="")
+
+    def on_epoch_start(self, epoch: int, batches: int) -> None:
+        import time
+
+        self._started = time.perf_counter()
+        self._instances = 0
+        if self.batch_task is not None:
+            self.progress.remove_task(self.batch_task)
+        self.batch_task = self.progress.add_task(f"epoch {epoch}", total=batches, info="")
+
+    def on_batch(self, mean_loss: float | None, instances: int) -> None:
+        import time
+
+        self._instances += instances
+        if mean_loss is not None:
+            rate = self._instances / max(time.perf_counter() - self._started, 1e-9)
+            self.progress.update(self.batch_task, advance=1, info=f"loss {mean_loss:.4f}, {rate:,.0f} inst/s")
+        else:
+            self.progress.advance(self.batch_task)
+
+    def on_epoch_end(self, record: dict) -> None:
+        v = record["valid"]
+        mark = " [green]best[/]" if record["best"] else ""
+        self.progress.update(self.epoch_task, advance=1, info=f"valid {self._monitor} {v[self._monitor]:.4f}")
+        self.on_message(
+            f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['instances_per_s'] or 0:,.0f} inst/s  "
+            f"valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}{mark}"
+        )
+
+    def on_message(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+
+def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResult
+    """Validation and test results of a finished run."""
+    run = result.run
+    what = f"epoch {result.selected_epoch} of {result.epochs_run}" if result.epochs_run else "baseline"
+    early = ", stopped early" if result.stopped_early else ""
+    table = Table(title=f"{run.model} → {run.path} ({what}{early}; target {run.info['target']}, {len(result.test):,} test users)")
+    table.add_column("split")
+    for m in result.test.metrics:
+        table.add_column(m, justify="right")
+    for name, ev in (("valid", result.valid), ("test", result.test)):
+        agg = ev.aggregate()
+        table.add_row(name, *[f"{agg[m]:.4f}" for m in ev.metrics])
+    return table
+
+
+def recommendations_table(recs, dataset, limit: int = 20) -> list[Table]:  # noqa: ANN001
+    """One small table per user (at most `limit` users)."""
+    tables = []
+    rows = recs.rows(dataset)
+    by_user: dict[tuple[str, str], list] = {}
+    for market, user, rank, item, score in rows:
+        by_user.setdefault((market, user), []).append((rank, item, score))
+    from rich.markup import escape
+
+    for (market, user), items in list(by_user.items())[:limit]:
+        t = Table(title=f"top {len(items)} for user {escape(user)} ({market})")
+        t.add_column("rank", justify="right")
+        t.add_column("item")
+        t.add_column("score", justify="right")
+        for rank, item, score in items:
+            t.add_row(str(rank), escape(item), f"{score:.4f}")
+        tables.append(t)
+    return tables

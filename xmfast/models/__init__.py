@@ -1,0 +1,122 @@
+"""The model zoo: every trainable model and baseline, by name, with its configuration type.
+
+A :class:`ModelSpec` is the one place that says how a model is built, which learning rate it
+defaults to (FOREC's) and which trained runs it starts from (NMF from GMF and MLP). The CLI, the
+run directory and the training engine all look models up here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from xmfast.errors import XmfastError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    config_type: type
+    neural: bool = True
+    default_lr: float = 0.01
+    pretrain: tuple[str, ...] = ()  # models whose trained runs initialise this one
+
+    def build(self, n_users: int, n_items: int, config: Any) -> Any:
+        """The torch module for `n_users` groups and `n_items` items."""
+        return _BUILDERS[self.name](n_users, n_items, config)
+
+    def config_from(self, values: dict[str, Any] | None) -> Any:
+        """The configuration object from plain values (a TOML section, a saved run)."""
+        return config_from_dict(self.config_type, values or {})
+
+
+@dataclass(frozen=True)
+class PopularityConfig:
+    """Item popularity in the target market's training rows."""
+
+
+@dataclass(frozen=True)
+class CooccurrenceConfig:
+    """Sum of an item's co-occurrence with the user's history; counts from `markets` (empty:
+    every market of the dataset)."""
+
+    markets: tuple[str, ...] = ()
+    max_history: int | None = None
+
+
+def _ncf():
+    from xmfast.models import ncf
+
+    return ncf
+
+
+_BUILDERS: dict[str, Callable[[int, int, Any], Any]] = {
+    "gmf": lambda u, i, c: _ncf().GMF(u, i, c),
+    "mlp": lambda u, i, c: _ncf().MLP(u, i, c),
+    "nmf": lambda u, i, c: _ncf().NMF(u, i, c),
+}
+
+
+def _specs() -> dict[str, ModelSpec]:
+    from xmfast.models.ncf import GMFConfig, MLPConfig, NMFConfig
+
+    return {
+        s.name: s
+        for s in (
+            ModelSpec("gmf", "generalised matrix factorisation", GMFConfig, default_lr=0.005),
+            ModelSpec("mlp", "MLP tower over user and item embeddings", MLPConfig, default_lr=0.01),
+            ModelSpec("nmf", "NeuMF: GMF and MLP branches, initialised from their runs", NMFConfig,
+                      default_lr=0.01, pretrain=("gmf", "mlp")),
+            ModelSpec("pop", "item popularity (baseline)", PopularityConfig, neural=False),
+            ModelSpec("cooc", "item co-occurrence with the user's history (baseline)", CooccurrenceConfig,
+                      neural=False),
+        )
+    }
+
+
+def model_names() -> list[str]:
+    return list(_specs())
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec of `name`; ``gmf++``-style aliases name the same model (the ++ is the sources)."""
+    specs = _specs()
+    key = name.lower().removesuffix("++")
+    if key not in specs:
+        raise XmfastError(f"unknown model {name!r} (expected one of {', '.join(specs)}, or gmf++/mlp++/nmf++)")
+    return specs[key]
+
+
+def config_from_dict(config_type: type, values: dict[str, Any]) -> Any:
+    """Builds a (possibly nested) frozen dataclass from plain values, rejecting unknown keys so a
+    typo in a config file is an error rather than a silently ignored setting."""
+    if not is_dataclass(config_type):
+        raise TypeError(f"{config_type} is not a dataclass")
+    known = {f.name: f for f in fields(config_type)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise XmfastError(
+            f"unknown setting {unknown[0]!r} for {config_type.__name__} (known: {', '.join(known) or 'none'})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(config_type(), name) if _has_defaults(config_type) else None
+        if is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return config_type(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise XmfastError(f"{config_type.__name__}: {e}") from None
+
+
+def _has_defaults(config_type: type) -> bool:
+    try:
+        config_type()
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,147 @@
+"""The NCF family as FOREC used it: GMF, MLP and NMF (NeuMF), each scoring (group, item) pairs.
+
+Users are *groups* (a market and a user), so a reviewer active in two markets has two
+embeddings, as in FOREC where each market's users were distinct; items are shared across markets,
+which is what lets source-market data (the ``++`` variants) move the target's item embeddings.
+
+Every model returns logits; training applies the sigmoid inside the loss (numerically the same
+as FOREC's sigmoid + BCE, without its overflow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class GMFConfig:
+    """Generalised matrix factorisation: logit = w · (p_u ⊙ q_i) + b."""
+
+    embedding_dim: int = 8
+    init_std: float = 0.01  # FOREC (after NCF's PyTorch port) draws every weight from N(0, 0.01²)
+
+    def __post_init__(self) -> None:
+        _positive("embedding_dim", self.embedding_dim)
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """A ReLU tower over the concatenated user and item embeddings; `layers[0]` is the width of
+    that concatenation, so each embedding has `layers[0] // 2` dimensions."""
+
+    layers: tuple[int, ...] = (16, 64, 32, 16, 8)
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if len(self.layers) < 2 or any(x <= 0 for x in self.layers):
+            raise ValueError(f"mlp layers must be at least two positive widths, got {list(self.layers)}")
+        if self.layers[0] % 2:
+            raise ValueError(f"mlp layers[0] is the concatenated user+item embedding, so it must be even, got {self.layers[0]}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.layers[0] // 2
+
+
+@dataclass(frozen=True)
+class NMFConfig:
+    """NeuMF: a GMF and an MLP branch with their own embeddings, joined by one output layer.
+
+    With `pretrained` (FOREC's setting) the branches start from trained GMF and MLP runs and the
+    output layer is `alpha` times the MLP head next to `1 - alpha` times the GMF head."""
+
+    gmf: GMFConfig = GMFConfig()
+    mlp: MLPConfig = MLPConfig()
+    pretrained: bool = True
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gmf, dict):
+            object.__setattr__(self, "gmf", GMFConfig(**self.gmf))
+        if isinstance(self.mlp, dict):
+            object.__setattr__(self, "mlp", MLPConfig(**self.mlp))
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"nmf alpha must be in [0, 1], got {self.alpha}")
+
+
+def _init_normal(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Embedding, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class GMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int, config: GMFConfig = GMFConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.user_embedding = nn.Embedding(n_users, config.embedding_dim)
+        self.item_embedding = nn.Embedding(n_items, config.embedding_dim)
+        self.output = nn.Linear(config.embedding_dim, 1)
+        _init_normal(self, config.init_std)
+
+    def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user_embedding(users) * self.item_embedding(items)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(users, items)).squeeze(-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_users: int, n_items: int, config: MLPConfig = MLPConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.user_embedding = nn.Embedding(n_users, config.embedding_dim)
+        self.item_embedding = nn.Embedding(n_items, config.embedding_dim)
+        tower: list[nn.Module] = []
+        for width_in, width_out in zip(config.layers[:-1], config.layers[1:]):
+            tower += [nn.Linear(width_in, width_out), nn.ReLU()]
+        self.tower = nn.Sequential(*tower)
+        self.output = nn.Linear(config.layers[-1], 1)
+        _init_normal(self, config.init_std)
+
+    def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.tower(torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(users, items)).squeeze(-1)
+
+
+class NMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int, config: NMFConfig = NMFConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.gmf = GMF(n_users, n_items, config.gmf)
+        self.mlp = MLP(n_users, n_items, config.mlp)
+        # The branches' own heads are unused inside NMF; they stay so the branches load as is.
+        self.output = nn.Linear(config.mlp.layers[-1] + config.gmf.embedding_dim, 1)
+        _init_normal(self.output, config.gmf.init_std)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([self.mlp.features(users, items), self.gmf.features(users, items)], dim=-1)
+        return self.output(joined).squeeze(-1)
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: GMF, mlp: MLP) -> None:
+        """FOREC's initialisation: both branches copied, the output layer = [alpha · MLP head,
+        (1 - alpha) · GMF head], its bias the same mix of the two biases."""
+        if gmf.config != self.config.gmf or mlp.config != self.config.mlp:
+            raise ValueError(
+                f"pretrained branches do not match NMF's configuration (gmf {gmf.config} vs {self.config.gmf}, "
+                f"mlp {mlp.config} vs {self.config.mlp})"
+            )
+        self.gmf.load_state_dict(gmf.state_dict())
+        self.mlp.load_state_dict(mlp.state_dict())
+        a = self.config.alpha
+        self.output.weight.copy_(torch.cat([a * mlp.output.weight, (1 - a) * gmf.output.weight], dim=-1))
+        self.output.bias.copy_(a * mlp.output.bias + (1 - a) * gmf.output.bias)

@@ -1,0 +1,126 @@
+"""Top-k recommendations for users: every item of the user's market scored by a model, the
+items the user already has left out, the best k kept by the Rust top-k (:func:`core.top_k`)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xmfast import core
+from xmfast._io import write_text_atomic
+from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
+from xmfast.evaluation import Scorer
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """`items[q, r]` is the r-th recommendation (item number, -1 when the market has fewer new
+    items than k) for group `groups[q]`, with its score."""
+
+    groups: np.ndarray
+    items: np.ndarray  # int64, (queries, k)
+    scores: np.ndarray  # float, (queries, k); NaN where items is -1
+
+    def rows(self, dataset: PreparedDataset) -> list[tuple[str, str, int, str, float]]:
+        """(market, user id, rank from 1, item id, score) for every recommendation."""
+        out = []
+        for q, g in enumerate(self.groups):
+            market = dataset.markets[int(dataset.group_market[g])]
+            user = dataset.users[int(dataset.group_user[g])]
+            for r in range(self.items.shape[1]):
+                item = int(self.items[q, r])
+                if item >= 0:
+                    out.append((market, user, r + 1, dataset.items[item], float(self.scores[q, r])))
+        return out
+
+
+def resolve_groups(dataset: PreparedDataset, users: Sequence[str], market: str | None = None) -> np.ndarray:
+    """Groups of original user ids in `market` (default: the dataset's target)."""
+    market = market or dataset.target
+    if market not in dataset.markets:
+        raise XmfastError(f"market {market!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+    m = dataset.market_index(market)
+    code_of_user = {}
+    group_market = np.asarray(dataset.group_market)
+    group_user = np.asarray(dataset.group_user)
+    in_market = np.flatnonzero(group_market == m)
+    for g in in_market:
+        code_of_user[int(group_user[g])] = int(g)
+    groups = []
+    for uid in users:
+        u = dataset.users.get(uid)
+        g = code_of_user.get(u) if u is not None else None
+        if g is None:
+            raise XmfastError(f"user {uid!r} has no ratings in market {market} of this dataset")
+        groups.append(g)
+    return np.asarray(groups, dtype=np.int64)
+
+
+def recommend(
+    dataset: PreparedDataset,
+    scorer: Scorer,
+    groups: np.ndarray,
+    k: int = 10,
+    *,
+    exclude_known: bool = True,
+    batch_groups: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> Recommendations:
+    """The top `k` items of each group's market catalog by `scorer`, leaving out (by default)
+    every item the user has in that market: training, validation and test items."""
+    if k < 1:
+        raise XmfastError(f"k must be at least 1, got {k}")
+    groups = np.asarray(groups, dtype=np.int64)
+    known_offsets, known_items = dataset._all_positives() if exclude_known else (None, None)
+    items = np.full((groups.size, k), -1, dtype=np.int64)
+    scores = np.full((groups.size, k), np.nan, dtype=np.float64)
+    group_market = np.asarray(dataset.group_market)
+    done = 0
+    for m, name in enumerate(dataset.markets):
+        queries = np.flatnonzero(group_market[groups] == m)
+        if queries.size == 0:
+            continue
+        catalog = np.asarray(dataset.catalog(name))
+        for start in range(0, queries.size, batch_groups):
+            q = queries[start : start + batch_groups]
+            g = groups[q]
+            s = np.asarray(scorer.score_all(g, catalog))
+            kwargs = {}
+            if known_offsets is not None:
+                lo = known_offsets[g].astype(np.int64)
+                hi = known_offsets[g + 1].astype(np.int64)
+                flat = np.concatenate([known_items[a:b] for a, b in zip(lo, hi)])
+                segment = np.repeat(np.arange(q.size), hi - lo)
+                # A user's items all belong to the market's catalog; the check keeps this exact
+                # even for a dataset that breaks that rule.
+                columns = np.minimum(np.searchsorted(catalog, flat), catalog.size - 1)
+                inside = catalog[columns] == flat
+                sizes = np.bincount(segment[inside], minlength=q.size)
+                offsets = np.zeros(q.size + 1, dtype=np.uint64)
+                np.cumsum(sizes, out=offsets[1:])
+                kwargs = {"exclude_offsets": offsets, "exclude_items": columns[inside].astype(np.uint32)}
+            top, top_scores = core.top_k(np.ascontiguousarray(s), k, **kwargs)
+            valid = top >= 0
+            items[q] = np.where(valid, catalog[np.where(valid, top, 0)].astype(np.int64), -1)
+            scores[q] = np.where(valid, top_scores, np.nan)
+            done += q.size
+            if progress:
+                progress(done, groups.size)
+    return Recommendations(groups, items, scores)
+
+
+def write_csv(path: Path, recs: Recommendations, dataset: PreparedDataset) -> None:
+    """One line per recommendation: market, user, rank, item, score (written atomically)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["market", "user", "rank", "item", "score"])
+    for market, user, rank, item, score in recs.rows(dataset):
+        writer.writerow([market, user, rank, item, f"{score:.6g}"])
+    write_text_atomic(Path(path), buffer.getvalue())

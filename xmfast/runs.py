@@ -1,0 +1,166 @@
+"""Run directories: everything one training produced, in a layout every command can read.
+
+::
+
+    RUN/
+      run.json          model, model and training configuration, dataset path and fingerprint,
+                        pretrained runs, status (running | interrupted | finished), versions
+      metrics.jsonl     one JSON line per finished epoch (loss, samples/s, validation metrics)
+      checkpoints/      last.pt (model, optimizer, RNG and early-stopping state: resumable)
+                        best.pt (the model of the best validation epoch)
+      valid.json        evaluation of the selected checkpoint (per user, as `xmfast evaluate --json`)
+      test.json
+      results.json      the summary: selected epoch, validation and test aggregates
+
+Baselines (pop, cooc) have no checkpoints; their scorer is rebuilt from the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from xmfast._io import write_json_atomic, write_text_atomic
+from xmfast.dataset import PreparedDataset
+from xmfast.errors import DatasetError, XmfastError
+
+RUN_FORMAT = "xmfast-run"
+RUN_FORMAT_VERSION = 1
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses and tuples as JSON-ready values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+class Run:
+    """A run directory (see the module docstring)."""
+
+    def __init__(self, path: Path, info: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.info = info
+
+    # ---- locations ---------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return str(self.info["model"])
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return str(self.info["dataset"]["fingerprint"])
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.info["train_config"].get("sources", []))
+
+    # ---- life cycle --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, info: dict[str, Any], *, overwrite: bool = False) -> Run:
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise XmfastError(f"{path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
+            if not (path / "run.json").is_file():
+                raise XmfastError(f"{path}: exists and is not a run directory; refusing to overwrite it")
+            import shutil
+
+            shutil.rmtree(path)
+        (path / "checkpoints").mkdir(parents=True)
+        run = cls(path, {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **info})
+        run.save_info()
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        path = Path(path)
+        file = path / "run.json"
+        if not file.is_file():
+            raise XmfastError(f"{path}: not a run directory (no run.json); train one with `xmfast train`")
+        try:
+            info = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise XmfastError(f"{file}: unreadable run description ({e})") from None
+        if info.get("format") != RUN_FORMAT:
+            raise XmfastError(f"{file}: not an xmfast run")
+        if info.get("format_version") != RUN_FORMAT_VERSION:
+            raise XmfastError(
+                f"{file}: run format version {info.get('format_version')}, this xmfast reads {RUN_FORMAT_VERSION}"
+            )
+        return cls(path, info)
+
+    def save_info(self, **updates: Any) -> None:
+        self.info.update(updates)
+        write_json_atomic(self.path / "run.json", to_plain(self.info))
+
+    def load_dataset(self, override: Path | None = None) -> PreparedDataset:
+        """The prepared dataset the run was trained on (or `override`, which must be the same
+        content: evaluating on other candidates would silently change every number)."""
+        where = Path(override) if override is not None else Path(self.info["dataset"]["path"])
+        if override is None and not where.is_absolute() and not where.exists():
+            where = self.path / where
+        try:
+            dataset = PreparedDataset.load(where)
+        except DatasetError as e:
+            raise XmfastError(f"{e} (the dataset of run {self.path}; give it with --dataset if it moved)") from None
+        if dataset.fingerprint != self.dataset_fingerprint:
+            raise XmfastError(
+                f"{where}: dataset fingerprint {dataset.fingerprint[:12]} differs from the one run {self.path} "
+                f"was trained on ({self.dataset_fingerprint[:12]}); re-prepare it with the run's settings"
+            )
+        return dataset
+
+    # ---- per-epoch log -----------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise XmfastError(f"{self.metrics_path}, line {n}: not JSON ({e})") from None
+        return out
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrites the log atomically (resuming truncates it to the checkpointed epochs)."""
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def results(self) -> dict[str, Any]:
+        file = self.path / "results.json"
+        if not file.is_file():
+            raise XmfastError(f"{self.path}: no results yet (status {self.status})")
+        return json.loads(file.read_text(encoding="utf-8"))

@@ -1,0 +1,652 @@
+"""The training engine: pointwise training with per-epoch negatives, validation, early stopping,
+checkpoints and exact resumption. Every neural model of xmfast trains through it.
+
+How an epoch is built. The training rows (target market, plus source rows for the ``++``
+variants) and their groups live as tensors on the device. Each epoch the Rust sampler draws `k`
+negatives per row keyed by (seed, epoch), the rows and negatives become ``rows × (1 + k)``
+labelled instances, and a permutation drawn from a generator seeded by (seed, epoch) orders them
+into batches that are plain index slices: no per-sample Dataset or DataLoader. Because every
+random choice of an epoch is a function of (seed, epoch), resuming from the checkpoint of epoch
+`e` replays epochs `e+1…` exactly as an uninterrupted run would.
+
+Sampling of the ``++`` variants (FOREC's options):
+
+* ``concat``: all instances of all markets in one shuffled stream;
+* ``equal``: batches alternate between markets (target, source 1, source 2, …); an epoch is one
+  pass over the target's instances, and each source contributes as many batches as the target,
+  drawn from its own reshuffled instances (cycling when it has fewer).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from xmfast import core
+from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
+from xmfast.evaluation import EvalConfig, Evaluation, evaluate_scorer, standings
+from xmfast.models import ModelSpec, get_model
+from xmfast.runs import Run, to_plain
+
+Augmentation = Literal["full", "selected"]
+Sampling = Literal["concat", "equal"]
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (FOREC's defaults). `lr` None means the model's own default
+    (0.005 for GMF, 0.01 for MLP and NMF)."""
+
+    epochs: int = 25
+    batch_size: int = 1024
+    lr: float | None = None
+    l2: float = 1e-7
+    negatives: int = 4
+    seed: int = 42
+    patience: int | None = None  # None: train all epochs (FOREC); n: stop after n epochs without improvement
+    monitor: str = "ndcg@10"  # validation metric for early stopping and the best checkpoint
+    select: Literal["best", "last"] = "best"  # which checkpoint the final results use
+    sources: tuple[str, ...] = ()  # source markets whose rows augment the target (the ++ variants)
+    augmentation: Augmentation = "full"
+    sampling: Sampling = "concat"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    eval_batch: int = 4096  # validation queries scored at once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        for name in ("epochs", "batch_size", "negatives", "eval_batch"):
+            if int(getattr(self, name)) < 1:
+                raise XmfastError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise XmfastError(f"patience must be at least 1 (or none), got {self.patience}")
+        if self.augmentation not in ("full", "selected"):
+            raise XmfastError(f"augmentation must be full or selected, got {self.augmentation!r}")
+        if self.sampling not in ("concat", "equal"):
+            raise XmfastError(f"sampling must be concat or equal, got {self.sampling!r}")
+        if self.select not in ("best", "last"):
+            raise XmfastError(f"select must be best or last, got {self.select!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise XmfastError(f"lr must be positive, got {self.lr}")
+        if self.l2 < 0:
+            raise XmfastError(f"l2 must be non-negative, got {self.l2}")
+        EvalConfig(cutoffs=(_cutoff_of(self.monitor),), measures=(self.monitor.split("@")[0],))
+
+    def learning_rate(self, spec: ModelSpec) -> float:
+        return self.lr if self.lr is not None else spec.default_lr
+
+
+def _cutoff_of(metric: str) -> int:
+    name, _, k = metric.partition("@")
+    if name in ("mrr", "auc") and not k:
+        return 10
+    try:
+        return int(k)
+    except ValueError:
+        raise XmfastError(f"monitor must look like ndcg@10, hr@5 or mrr, got {metric!r}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XmfastError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise XmfastError(f"--device {name}: {e}") from None
+
+
+def resolve_sources(dataset: PreparedDataset, sources: tuple[str, ...]) -> tuple[str, ...]:
+    """``("all",)`` means every market of the dataset but the target."""
+    if list(sources) == ["all"]:
+        return tuple(m for m in dataset.markets if m != dataset.target)
+    for m in sources:
+        if m not in dataset.markets:
+            raise XmfastError(f"source market {m!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+        if m == dataset.target:
+            raise XmfastError(f"{m} is the target market; sources are the other markets")
+    return tuple(dict.fromkeys(sources))
+
+
+# ---- the training rows -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingRows:
+    """The rows one model trains on: indices into the dataset's training arrays, per market."""
+
+    rows: np.ndarray  # int64, into train_item
+    group: np.ndarray  # int64, group of each row
+    item: np.ndarray  # int64
+    market: np.ndarray  # int64, position in `markets` (0 = target)
+    markets: tuple[str, ...]  # target first, then the sources used
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def count(self, market: str) -> int:
+        return int(np.sum(self.market == self.markets.index(market)))
+
+
+def training_rows(dataset: PreparedDataset, sources: tuple[str, ...], augmentation: Augmentation) -> TrainingRows:
+    """The target's training rows plus those of `sources` (all of them, or with ``selected``
+    only the rows whose item the target market has)."""
+    markets = (dataset.target, *sources)
+    codes = np.array([dataset.market_index(m) for m in markets], dtype=np.int64)
+    train_group = dataset.train_group().astype(np.int64)
+    row_market_code = np.asarray(dataset.group_market, dtype=np.int64)[train_group]
+    position = np.full(len(dataset.markets), -1, dtype=np.int64)
+    position[codes] = np.arange(codes.size)
+    row_market = position[row_market_code]
+    keep = row_market >= 0
+    item = np.asarray(dataset.train_item, dtype=np.int64)
+    if augmentation == "selected" and sources:
+        in_target = np.zeros(dataset.n_items, dtype=bool)
+        in_target[np.asarray(dataset.catalog(dataset.target), dtype=np.int64)] = True
+        keep &= (row_market == 0) | in_target[item]
+    rows = np.flatnonzero(keep)
+    return TrainingRows(rows, train_group[rows], item[rows], row_market[rows], markets)
+
+
+# ---- scoring with a torch model ------------------------------------------------------------------
+class ModelScorer:
+    """Scores (group, item) pairs with a torch model, in batches, without gradients; implements
+    :class:`xmfast.evaluation.Scorer`."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, batch_pairs: int = 1 << 18, amp: bool = False):
+        self.model = model
+        self.device = device
+        self.batch_pairs = batch_pairs
+        self.amp = amp and device.type == "cuda"
+
+    @torch.no_grad()
+    def _pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        out = np.empty(users.size, dtype=np.float32)
+        for start in range(0, users.size, self.batch_pairs):
+            u = torch.from_numpy(users[start : start + self.batch_pairs]).to(self.device)
+            i = torch.from_numpy(items[start : start + self.batch_pairs]).to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(u, i)
+            out[start : start + u.shape[0]] = logits.float().cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+    def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        users = np.repeat(np.asarray(groups, dtype=np.int64), items.shape[1])
+        return self._pairs(users, items.ravel()).reshape(items.shape)
+
+    def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        groups = np.asarray(groups, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        users = np.repeat(groups, items.size)
+        return self._pairs(users, np.tile(items, groups.size)).reshape(groups.size, items.size)
+
+
+# ---- observer ------------------------------------------------------------------------------------
+class TrainObserver:
+    """Hooks for progress display; the engine calls them, the CLI draws bars. All no-ops here."""
+
+    def on_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, epoch: int, batches: int) -> None: ...
+    def on_batch(self, mean_loss: float | None, instances: int) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+    def on_message(self, text: str) -> None: ...
+
+
+@dataclass
+class EarlyStopping:
+    """Best value of the monitored metric so far and epochs since it last improved."""
+
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Records an epoch's value; True when it is a new best."""
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.stale = value, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    epochs_run: int
+    selected_epoch: int
+    valid: Evaluation
+    test: Evaluation
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return core.stable_hash(f"xmfast-epoch:{seed}:{epoch}") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Trainer:
+    """Trains one neural model of the registry into a run directory."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        run: Run,
+        spec: ModelSpec,
+        model_config: Any,
+        config: TrainConfig,
+        *,
+        pretrained: dict[str, Run] | None = None,
+        observer: TrainObserver | None = None,
+        stop_after: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.run = run
+        self.spec = spec
+        self.model_config = model_config
+        self.config = config
+        self.observer = observer or TrainObserver()
+        # For tests and time-boxed jobs: return (as if interrupted) after this many epochs.
+        self.stop_after = stop_after
+        self.device = resolve_device(config.device)
+        self.amp = config.amp and self.device.type == "cuda"
+        self.sources = resolve_sources(dataset, config.sources)
+        self.rows = training_rows(dataset, self.sources, config.augmentation)
+        if self.rows.count(dataset.target) == 0:
+            raise XmfastError(f"target market {dataset.target}: no training rows")
+        torch.manual_seed(config.seed)
+        self.model: nn.Module = spec.build(dataset.n_groups, dataset.n_items, model_config).to(self.device)
+        if pretrained:
+            self._load_pretrained(pretrained)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate(spec), weight_decay=config.l2)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.sampler = dataset.train_negative_sampler(k=config.negatives, seed=config.seed)
+        self._negatives = np.empty((self.sampler.rows, config.negatives), dtype=np.uint32)
+        self._group = torch.from_numpy(self.rows.group).to(self.device)
+        self._item = torch.from_numpy(self.rows.item).to(self.device)
+        self._market = torch.from_numpy(self.rows.market).to(self.device)
+        self._rows = self.rows.rows
+        self._target_code = dataset.market_index(dataset.target)
+        self.valid_groups = np.flatnonzero(np.asarray(dataset.group_market)[np.asarray(dataset.valid.group)] == self._target_code)
+        self.stopping = EarlyStopping()
+        self.epoch = 0  # epochs finished
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
+        branches = {}
+        for name, run in pretrained.items():
+            spec = get_model(name)
+            cfg = spec.config_from(run.info["model_config"])
+            module = spec.build(self.dataset.n_groups, self.dataset.n_items, cfg)
+            state = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
+            module.load_state_dict(state["model"])
+            branches[name] = module
+        self.model.load_pretrained(branches["gmf"].to(self.device), branches["mlp"].to(self.device))  # type: ignore[operator]
+
+    # ---- one epoch -----------------------------------------------------------------------------
+    def _instances(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Users, items, labels and market of this epoch's instances: each row, then its negatives."""
+        self.sampler.sample_into(self._negatives, epoch)
+        k = self.config.negatives
+        negatives = torch.from_numpy(self._negatives[self._rows].astype(np.int64)).to(self.device)
+        users = torch.cat([self._group, self._group.repeat_interleave(k)])
+        items = torch.cat([self._item, negatives.reshape(-1)])
+        labels = torch.cat([
+            torch.ones(self._group.shape[0], device=self.device),
+            torch.zeros(self._group.shape[0] * k, device=self.device),
+        ])
+        market = torch.cat([self._market, self._market.repeat_interleave(k)])
+        return users, items, labels, market
+
+    def _batches(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
+        """Index batches of this epoch (see the module docstring for the two sampling modes)."""
+        gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
+        size = self.config.batch_size
+        n = market.shape[0]
+        if self.config.sampling == "concat" or len(self.rows.markets) == 1:
+            order = torch.randperm(n, generator=gen).to(self.device)
+            return list(order.split(size))
+        market_cpu = market.cpu()
+        per_market = []
+        for m in range(len(self.rows.markets)):
+            idx = torch.nonzero(market_cpu == m).squeeze(1)
+            per_market.append(idx[torch.randperm(idx.shape[0], generator=gen)] if idx.numel() else idx)
+        target_batches = list(per_market[0].split(size))
+        streams = [target_batches]
+        for idx in per_market[1:]:
+            if idx.numel() == 0:
+                continue
+            own = list(idx.split(size))
+            streams.append([own[b % len(own)] for b in range(len(target_batches))])
+        batches = [stream[b] for b in range(len(target_batches)) for stream in streams]
+        return [b.to(self.device) for b in batches]
+
+    def train_epoch(self, epoch: int) -> tuple[float, int, float]:
+        """One epoch; returns (mean loss, instances, seconds)."""
+        start = time.perf_counter()
+        users, items, labels, market = self._instances(epoch)
+        batches = self._batches(epoch, market)
+        self.observer.on_epoch_start(epoch, len(batches))
+        self.model.train()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        seen = batch = 0
+        for index in batches:
+            u, i, y = users[index], items[index], labels[index]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(u, i)
+            loss = self.loss_fn(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().double() * index.shape[0]
+            seen += int(index.shape[0])
+            batch += 1
+            # Reading the loss synchronises the device, so the display gets it every 64 batches.
+            self.observer.on_batch(float(total) / seen if batch % 64 == 0 else None, int(index.shape[0]))
+        mean_loss = float(total) / max(seen, 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return mean_loss, seen, time.perf_counter() - start
+
+    def validate(self) -> dict[str, float]:
+        """HR@10, NDCG@10 and the monitored metric on the target's validation candidates."""
+        held = self.dataset.valid
+        q = self.valid_groups
+        scorer = ModelScorer(self.model, self.device, amp=self.amp)
+        candidates = np.asarray(held.candidates)
+        parts = [
+            scorer.score(np.asarray(held.group)[q[s : s + self.config.eval_batch]], candidates[q[s : s + self.config.eval_batch]])
+            for s in range(0, q.size, self.config.eval_batch)
+        ]
+        scores = np.concatenate(parts) if parts else np.zeros((0, candidates.shape[1]), dtype=np.float32)
+        names = sorted({"hr@10", "ndcg@10", self.config.monitor})
+        values = standings(scores).values(names, "pessimistic")
+        return {name: float(values[:, j].mean()) if values.shape[0] else float("nan") for j, name in enumerate(names)}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stopping": asdict(self.stopping),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _save(self, path: Path, state: dict[str, Any]) -> None:
+        tmp = path.with_name(f".{path.name}.partial")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def restore(self) -> None:
+        """Loads the run's last checkpoint (model, optimizer, RNG and early-stopping state)."""
+        path = self.run.last_checkpoint
+        if not path.is_file():
+            raise XmfastError(f"{self.run.path}: no checkpoint to resume from (no epoch finished yet); start it again")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise XmfastError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stopping = EarlyStopping(**state["stopping"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+        self.run.write_metrics([r for r in self.run.read_metrics() if r["epoch"] <= self.epoch])
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult | None:
+        """Trains until the epoch budget or early stopping; evaluates the selected checkpoint.
+        Returns None when stopped by `stop_after` (the run stays resumable)."""
+        self.observer.on_start(self)
+        self.run.save_info(status="running")
+        stopped_early = False
+        ran_now = 0
+        while self.epoch < self.config.epochs:
+            if self.config.patience is not None and self.stopping.stale >= self.config.patience:
+                stopped_early = True
+                break
+            if self.stop_after is not None and ran_now >= self.stop_after:
+                self.run.save_info(status="interrupted")
+                return None
+            epoch = self.epoch + 1
+            try:
+                loss, instances, seconds = self.train_epoch(epoch)
+            except KeyboardInterrupt:
+                self.run.save_info(status="interrupted")
+                raise
+            valid = self.validate()
+            improved = self.stopping.update(epoch, valid[self.config.monitor])
+            self.epoch = epoch
+            ran_now += 1
+            record = {
+                "epoch": epoch, "loss": loss, "instances": instances, "seconds": seconds,
+                "instances_per_s": instances / seconds if seconds > 0 else None,
+                "valid": valid, "best": improved,
+            }
+            if improved:
+                self._save(self.run.best_checkpoint, {"version": CHECKPOINT_VERSION, "epoch": epoch,
+                                                      "model": self.model.state_dict()})
+            self._save(self.run.last_checkpoint, self._state())
+            self.run.append_metrics(record)
+            self.observer.on_epoch_end(record)
+        return self.finish(stopped_early)
+
+    def finish(self, stopped_early: bool = False) -> TrainResult:
+        """Evaluates the selected checkpoint on validation and test (target market) and writes
+        valid.json, test.json and results.json."""
+        selected = self.stopping.best_epoch if self.config.select == "best" else self.epoch
+        path = self.run.best_checkpoint if self.config.select == "best" else self.run.last_checkpoint
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        valid, test = evaluate_run_splits(self.dataset, ModelScorer(self.model, self.device, amp=self.amp), self.run)
+        history = self.run.read_metrics()
+        write_results(self.run, selected, valid, test, extra={"epochs_run": self.epoch, "stopped_early": stopped_early})
+        return TrainResult(self.run, self.epoch, selected, valid, test, stopped_early, history)
+
+
+FINAL_EVAL = EvalConfig(cutoffs=(5, 10, 20), measures=("hr", "ndcg", "mrr"))
+
+
+def evaluate_run_splits(dataset: PreparedDataset, scorer: Any, run: Run) -> tuple[Evaluation, Evaluation]:
+    target = [dataset.target]
+    valid = evaluate_scorer(dataset, "valid", scorer, FINAL_EVAL, markets=target)
+    test = evaluate_scorer(dataset, "test", scorer, FINAL_EVAL, markets=target)
+    for e in (valid, test):
+        e.info["run"] = str(run.path)
+        e.info["model"] = run.model
+    valid.to_json(run.path / "valid.json")
+    test.to_json(run.path / "test.json")
+    return valid, test
+
+
+def write_results(run: Run, selected_epoch: int | None, valid: Evaluation, test: Evaluation, extra: dict[str, Any]) -> None:
+    from xmfast._io import write_json_atomic
+
+    write_json_atomic(run.path / "results.json", {
+        "model": run.model, "selected_epoch": selected_epoch, "target": valid.markets and run.info["target"],
+        "valid": valid.aggregate(), "test": test.aggregate(), "queries": len(test), **extra,
+    })
+    run.save_info(status="finished")
+
+
+# ---- the public entry points ---------------------------------------------------------------------
+def run_info(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, config: TrainConfig,
+             pretrained: dict[str, Run] | None = None) -> dict[str, Any]:
+    import platform
+
+    return {
+        "model": spec.name,
+        "model_config": to_plain(model_config),
+        "train_config": to_plain(replace(config, sources=resolve_sources(dataset, config.sources))),
+        "dataset": {"path": str(Path(dataset.path).resolve()) if dataset.path else None,
+                    "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
+        "target": dataset.target,
+        "pretrained": {name: str(r.path.resolve()) for name, r in (pretrained or {}).items()},
+        "versions": {"xmfast": core.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "status": "created",
+    }
+
+
+def train(
+    dataset: PreparedDataset,
+    out: Path,
+    model: str,
+    model_config: Any = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    pretrained: dict[str, Path] | None = None,
+    overwrite: bool = False,
+    observer: TrainObserver | None = None,
+    stop_after: int | None = None,
+) -> TrainResult | None:
+    """Trains `model` on `dataset` into the run directory `out` (see :mod:`xmfast.runs`).
+
+    Baselines (pop, cooc) are "trained" too: their run holds the configuration and results, so
+    every table can list them next to the neural models."""
+    spec = get_model(model)
+    if model.endswith("++") and not config.sources:
+        config = replace(config, sources=("all",))
+    model_config = model_config if model_config is not None else spec.config_type()
+    if not isinstance(model_config, spec.config_type):
+        raise XmfastError(f"model {spec.name} takes a {spec.config_type.__name__}, not {type(model_config).__name__}")
+    if dataset.path is None:
+        raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
+    if not spec.neural:
+        return _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite)
+    runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
+    run = Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
+    trainer = Trainer(dataset, run, spec, model_config, config, pretrained=runs, observer=observer, stop_after=stop_after)
+    return trainer.fit()
+
+
+def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainObserver | None = None,
+           stop_after: int | None = None) -> TrainResult | None:
+    """Continues an interrupted run from its last checkpoint; it ends where an uninterrupted run
+    with the same settings would."""
+    run = Run.open(run_path)
+    if run.status == "finished":
+        raise XmfastError(f"{run_path}: already finished; nothing to resume")
+    spec = get_model(run.model)
+    if not spec.neural:
+        raise XmfastError(f"{run_path}: a {spec.name} baseline has nothing to resume; train it again")
+    dataset = run.load_dataset(dataset_path)
+    model_config = spec.config_from(run.info["model_config"])
+    from xmfast.models import config_from_dict
+
+    config = config_from_dict(TrainConfig, run.info["train_config"])
+    pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
+    trainer = Trainer(dataset, run, spec, model_config, config, pretrained=pretrained, observer=observer,
+                      stop_after=stop_after)
+    trainer.restore()
+    return trainer.fit()
+
+
+def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, config: TrainConfig, out: Path,
+                    given: dict[str, Path] | None) -> dict[str, Run]:
+    """The finished runs that initialise `spec` (NMF: a GMF and an MLP run). Given paths are
+    checked; missing ones are looked for among the sibling directories of `out`: finished runs
+    of the right model on the same dataset, with the same sources and branch configuration."""
+    if not spec.pretrain or not getattr(model_config, "pretrained", False):
+        return {}
+    given = dict(given or {})
+    sources = list(resolve_sources(dataset, config.sources))
+    found: dict[str, Run] = {}
+    for name in spec.pretrain:
+        want_config = to_plain(getattr(model_config, name))
+        if name in given:
+            run = Run.open(given[name])
+            problem = _pretrained_mismatch(run, name, dataset, sources, want_config, config)
+            if problem:
+                raise XmfastError(f"{given[name]}: cannot initialise {spec.name}: {problem}")
+            found[name] = run
+            continue
+        candidates = []
+        parent = out.resolve().parent
+        for path in sorted(parent.iterdir()) if parent.is_dir() else []:
+            if path.resolve() == out.resolve() or not (path / "run.json").is_file():
+                continue
+            try:
+                run = Run.open(path)
+            except XmfastError:
+                continue
+            if not _pretrained_mismatch(run, name, dataset, sources, want_config, config):
+                candidates.append(run)
+        if not candidates:
+            raise XmfastError(
+                f"{spec.name} starts from a trained {name} run, and none was found next to {out} (a finished "
+                f"{name} run on this dataset with sources [{', '.join(sources)}], augmentation "
+                f"{config.augmentation}, sampling {config.sampling} and the same {name} settings); train one "
+                f"first, give it with --{name}-run, or pass --no-pretrained"
+            )
+        found[name] = max(candidates, key=lambda r: r.path.stat().st_mtime)
+    return found
+
+
+def _pretrained_mismatch(run: Run, name: str, dataset: PreparedDataset, sources: list[str], want_config: Any,
+                         config: TrainConfig) -> str | None:
+    tc = run.info.get("train_config", {})
+    if run.model != name:
+        return f"it is a {run.model} run, not {name}"
+    if run.status != "finished":
+        return f"it is not finished (status {run.status})"
+    if run.dataset_fingerprint != dataset.fingerprint:
+        return "it was trained on another dataset"
+    if list(tc.get("sources", [])) != sources:
+        return f"its sources [{', '.join(tc.get('sources', []))}] differ from [{', '.join(sources)}]"
+    if sources and (tc.get("augmentation") != config.augmentation or tc.get("sampling") != config.sampling):
+        return "its augmentation or sampling differs"
+    if run.info.get("model_config") != want_config:
+        return f"its {name} settings {run.info.get('model_config')} differ from {want_config}"
+    return None
+
+
+def _train_baseline(dataset: PreparedDataset, out: Path, spec: ModelSpec, model_config: Any, config: TrainConfig,
+                    *, overwrite: bool) -> TrainResult:
+    run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite)
+    scorer = baseline_scorer(dataset, spec.name, model_config, resolve_sources(dataset, config.sources))
+    valid, test = evaluate_run_splits(dataset, scorer, run)
+    write_results(run, None, valid, test, extra={})
+    return TrainResult(run, 0, 0, valid, test)
+
+
+def baseline_scorer(dataset: PreparedDataset, name: str, model_config: Any, sources: tuple[str, ...]) -> Any:
+    from xmfast.baselines import CooccurrenceScorer, PopularityScorer
+
+    if name == "pop":
+        return PopularityScorer(dataset)
+    # Counts from the configured markets, else from the target and the run's sources (cooc++).
+    markets = list(model_config.markets) or [dataset.target, *sources]
+    return CooccurrenceScorer(dataset, markets, model_config.max_history)
+
+
+def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto", checkpoint: Literal["best", "last"] | None = None) -> Any:
+    """A scorer for a finished (or interrupted) run: its model with the selected checkpoint, or
+    its baseline rebuilt from the dataset."""
+    spec = get_model(run.model)
+    model_config = spec.config_from(run.info["model_config"])
+    if not spec.neural:
+        return baseline_scorer(dataset, spec.name, model_config, tuple(run.sources))
+    which = checkpoint or run.info["train_config"].get("select", "best")
+    path = run.best_checkpoint if which == "best" else run.last_checkpoint
+    if not path.is_file():
+        raise XmfastError(f"{path}: missing; the run has no {which} checkpoint (status {run.status})")
+    dev = resolve_device(device)
+    model = spec.build(dataset.n_groups, dataset.n_items, model_config)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    return ModelScorer(model.to(dev), dev)
