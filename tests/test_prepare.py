@@ -222,7 +222,7 @@ def test_missing_or_damaged_files_are_dataset_errors(sample_dir: Path, tmp_path:
     with pytest.raises(DatasetError, match=r"test_day\.npy: missing"):
         PreparedDataset.load(out)
     (out / "manifest.json").write_text("{ not json")
-    with pytest.raises(DatasetError, match="unreadable manifest"):
+    with pytest.raises(DatasetError, match="manifest.json: unreadable"):
         PreparedDataset.load(out)
     (out / "manifest.json").write_text(json.dumps({"format": "something-else", "format_version": 1}))
     with pytest.raises(DatasetError, match="not an xmfast prepared dataset"):

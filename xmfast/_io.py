@@ -100,3 +100,26 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=1) + "\n")
+
+
+def read_descriptor(
+    directory: Path, name: str, *, fmt: str, version: int, what: str, remedy: str, error: type[Exception]
+) -> dict[str, Any]:
+    """The JSON file `name` that describes a directory xmfast wrote (a prepared dataset's
+    manifest, a run's run.json), checked for its format and version. Every problem is one
+    `error` naming the file and saying what to do (`remedy`)."""
+    directory = Path(directory)
+    file = directory / name
+    if not file.is_file():
+        raise error(f"{directory}: not a {what} (no {name}); {remedy}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{file}: unreadable ({e}); {remedy}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{file}: not an xmfast {what}")
+    if data.get("format_version") != version:
+        raise error(
+            f"{file}: {what} format version {data.get('format_version')}, but this xmfast reads version {version}; {remedy}"
+        )
+    return data

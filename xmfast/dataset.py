@@ -13,7 +13,6 @@ group with stored candidate lists (column 0 is the positive).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from xmfast import core
-from xmfast._io import atomic_directory, digest_file, digest_json, save_array, write_json
+from xmfast._io import atomic_directory, digest_file, digest_json, read_descriptor, save_array, write_json
 from xmfast.errors import DatasetError
 
 FORMAT = "xmfast-prepared"
@@ -195,23 +194,10 @@ class PreparedDataset:
     def load(cls, path: Path, *, verify: bool = False) -> PreparedDataset:
         """Reads a prepared dataset (arrays memory-mapped). `verify` re-checks every digest."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise DatasetError(
-                f"{path}: not a prepared dataset (no manifest.json); run `xmfast prepare` to make one"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{manifest_path}: unreadable manifest ({e})") from None
-        if manifest.get("format") != FORMAT:
-            raise DatasetError(f"{manifest_path}: not an xmfast prepared dataset")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DatasetError(
-                f"{manifest_path}: prepared dataset format version {version}, but this xmfast reads "
-                f"version {FORMAT_VERSION}; re-run `xmfast prepare`"
-            )
+        manifest = read_descriptor(
+            path, "manifest.json", fmt=FORMAT, version=FORMAT_VERSION, what="prepared dataset",
+            remedy="run `xmfast prepare` to make it again", error=DatasetError,
+        )
         files = manifest.get("files", {})
         arrays: dict[str, np.ndarray] = {}
         for name, info in files.items():

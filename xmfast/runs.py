@@ -22,7 +22,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from xmfast._io import write_json_atomic, write_text_atomic
+from xmfast._io import read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
@@ -101,20 +101,10 @@ class Run:
 
     @classmethod
     def open(cls, path: Path) -> Run:
-        path = Path(path)
-        file = path / "run.json"
-        if not file.is_file():
-            raise XmfastError(f"{path}: not a run directory (no run.json); train one with `xmfast train`")
-        try:
-            info = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise XmfastError(f"{file}: unreadable run description ({e})") from None
-        if info.get("format") != RUN_FORMAT:
-            raise XmfastError(f"{file}: not an xmfast run")
-        if info.get("format_version") != RUN_FORMAT_VERSION:
-            raise XmfastError(
-                f"{file}: run format version {info.get('format_version')}, this xmfast reads {RUN_FORMAT_VERSION}"
-            )
+        info = read_descriptor(
+            path, "run.json", fmt=RUN_FORMAT, version=RUN_FORMAT_VERSION, what="run directory",
+            remedy="train one with `xmfast train`", error=XmfastError,
+        )
         return cls(path, info)
 
     def save_info(self, **updates: Any) -> None:
