@@ -266,6 +266,15 @@ def test_cli_train_evaluate_recommend_compare(sample_in: PreparedDataset, tmp_pa
     r = runner.invoke(app, ["evaluate", str(runs / "gmf"), "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e.json").read_text())["overall"] == json.loads((runs / "gmf" / "test.json").read_text())["overall"]
+    # full ranking of the run's model over the market catalog equals the library call
+    r = runner.invoke(app, ["evaluate", str(runs / "gmf"), "--full", "--split", "valid", "--json", str(tmp_path / "f.json")])
+    assert r.exit_code == 0, r.output
+    from xmfast.evaluation import EvalConfig, evaluate_scorer
+
+    direct = evaluate_scorer(sample_in, "valid", load_scorer(Run.open(runs / "gmf"), sample_in, device="cpu"),
+                             EvalConfig(), full=True, markets=["in"])
+    full = json.loads((tmp_path / "f.json").read_text())
+    assert full["mode"] == "full" and full["overall"] == pytest.approx(direct.aggregate(), abs=1e-12)
     user = sample_in.users[int(sample_in.group_user[int(sample_in.test.group[0])])]
     r = runner.invoke(app, ["recommend", str(runs / "gmf"), "--user", user, "-k", "5"])
     assert r.exit_code == 0, r.output

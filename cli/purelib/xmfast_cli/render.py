@@ -176,7 +176,11 @@ def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResul
     run = result.run
     what = f"epoch {result.selected_epoch} of {result.epochs_run}" if result.epochs_run else "baseline"
     early = ", stopped early" if result.stopped_early else ""
-    table = Table(title=f"{run.model} → {run.path} ({what}{early}; target {run.info['target']}, {len(result.test):,} test users)")
+    from xmfast.models import get_model
+
+    name = run.model + ("++" if run.sources and get_model(run.model).neural else "")
+    sources = f", sources {', '.join(run.sources)}" if run.sources else ""
+    table = Table(title=f"{name} → {run.path} ({what}{early}; target {run.info['target']}{sources}, {len(result.test):,} test users)")
     table.add_column("split")
     for m in result.test.metrics:
         table.add_column(m, justify="right")
