@@ -11,7 +11,7 @@ DATA=${DATA:-../shared/xmarket}
 OUT=${OUT:-runs/results}
 TARGETS=${TARGETS:-"uk jp in mx"}
 SEED=${SEED:-42}
-SETTINGS=${SETTINGS:-"single all de"}   # which training settings to run (see below)
+SETTINGS=${SETTINGS:-"single all de"}   # which training settings to run (see below; "each" too for one run per source)
 train() { xmfast train "$@" --seed "$SEED" --device cpu --overwrite; }
 want() { [[ " $SETTINGS " == *" $1 "* ]]; }
 
@@ -28,6 +28,14 @@ for t in $TARGETS; do
     # ++: the target plus every other market (augmentation full, sampling concat).
     train "$ds" -m cooc --sources all -o "$OUT/$t/all/cooc"
     for m in gmf mlp nmf; do train "$ds" -m $m --sources all -o "$OUT/$t/all/$m"; done
+  fi
+  if want each; then
+    # ++ with each other market as the only source (FOREC's setting); docs/results_table.py
+    # reports, per target, the source whose NMF++ has the best validation NDCG@10.
+    for src in ca de fr in jp mx uk; do
+      [ "$src" = "$t" ] && continue
+      for m in gmf mlp nmf; do train "$ds" -m $m --sources "$src" -o "$OUT/$t/src-$src/$m"; done
+    done
   fi
   if [ "$t" = uk ] && want de; then
     # ++ with one source market, de (the largest besides uk).
