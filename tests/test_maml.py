@@ -100,3 +100,32 @@ def test_bad_settings_and_mismatched_tasks_are_errors() -> None:
     z = torch.zeros((2, 3), dtype=torch.long)
     with pytest.raises(XmfastError, match="agree"):
         Tasks(z, z, z.float(), z[:1], z[:1], z[:1].float())
+
+
+def test_maml_run_starts_from_its_nmf_plus_plus_run_and_trains(tmp_path, sample_dir) -> None:  # noqa: ANN001
+    from dataclasses import replace
+
+    from xmfast.models import get_model
+    from xmfast.prepare import PrepareConfig, prepare
+    from xmfast.runs import Run
+    from xmfast.training import MAMLTrainer, TrainConfig, find_pretrained, train
+
+    ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(target="in", sources="all"))
+    runs = tmp_path / "runs"
+    config = TrainConfig(epochs=2, batch_size=256, seed=1, sources=("de",))
+    for m in ("gmf", "mlp", "nmf"):
+        assert train(ds, runs / m, m, config=config) is not None
+    with pytest.raises(XmfastError, match="give source markets"):
+        train(ds, runs / "maml-alone", "maml", config=replace(config, sources=()))
+    spec = get_model("maml")
+    cfg = spec.config_type()
+    pretrained = find_pretrained(ds, spec, cfg, config, runs / "maml", None)
+    assert pretrained["nmf"].path == runs / "nmf"
+    trainer = MAMLTrainer(ds, Run.create(tmp_path / "probe", {"model": "maml"}), spec, cfg, config, pretrained=pretrained)
+    nmf_best = torch.load(runs / "nmf" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in nmf_best.items())
+    result = train(ds, runs / "maml", "maml", config=config)
+    assert result is not None and result.epochs_run == 2
+    log = Run.open(runs / "maml").read_metrics()
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    assert 0 <= result.test.aggregate()["ndcg@10"] <= 1

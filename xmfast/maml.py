@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from xmfast.errors import XmfastError
+from xmfast.models.ncf import NMFConfig
 
 Weights = dict[str, torch.Tensor]
 
@@ -44,6 +45,21 @@ class MAMLConfig:
             raise XmfastError(f"inner_lr must be positive, got {self.inner_lr}")
         if self.test_adaptation_steps < 0:
             raise XmfastError(f"test_adaptation_steps must be 0 or more, got {self.test_adaptation_steps}")
+
+
+@dataclass(frozen=True)
+class MAMLModelConfig:
+    """`xmfast train --model maml`: an NMF (shaped like the NMF++ run it starts from) meta-trained
+    across the target and source markets."""
+
+    nmf: NMFConfig = NMFConfig()
+    maml: MAMLConfig = MAMLConfig()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nmf, dict):
+            object.__setattr__(self, "nmf", NMFConfig(**self.nmf))
+        if isinstance(self.maml, dict):
+            object.__setattr__(self, "maml", MAMLConfig(**self.maml))
 
 
 @dataclass(frozen=True)
@@ -126,3 +142,4 @@ def meta_step(model: nn.Module, optimizer: torch.optim.Optimizer, tasks: Tasks, 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
+

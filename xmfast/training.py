@@ -352,6 +352,10 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
+        if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
+            state = torch.load(pretrained["nmf"].best_checkpoint, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            return
         branches = {}
         for name, run in pretrained.items():
             spec = get_model(name)
@@ -540,6 +544,55 @@ class Trainer:
         return TrainResult(self.run, self.epoch, selected, valid, test, stopped_early, history)
 
 
+class MAMLTrainer(Trainer):
+    """MAML across the run's markets (see :mod:`xmfast.maml`). An epoch is one pass over the
+    target's instances: each meta-step takes, for every market, a support and a query batch of
+    `batch_size` instances from that market's reshuffled instances (cycling through the smaller
+    markets), adapts on the support batch and updates the shared weights from the query losses."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(self.rows.markets) < 2:
+            raise XmfastError("maml meta-learns across markets: give source markets (--sources de, or all)")
+        if self.model_config.maml.test_adaptation_steps:
+            raise XmfastError("test_adaptation_steps > 0 is not implemented yet; evaluate without adaptation (0)")
+        self.use_graphs = False  # the meta-step is not captured; the optimiser need not be capturable
+        self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
+
+    def train_epoch(self, epoch: int) -> tuple[float, int, float]:
+        from xmfast.maml import Tasks, meta_step
+
+        start = time.perf_counter()
+        users, items, labels, market = self._instances(epoch)
+        gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
+        market_cpu = market.cpu()
+        per_market = []
+        for m in range(len(self.rows.markets)):
+            idx = torch.nonzero(market_cpu == m).squeeze(1)
+            per_market.append(idx[torch.randperm(idx.shape[0], generator=gen)].to(self.device))
+        size = self.config.batch_size
+        steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
+        self.observer.on_epoch_start(epoch, steps)
+        self.model.train()
+        total, seen = 0.0, 0
+        offsets = torch.arange(2 * size, device=self.device)
+        for step in range(steps):
+            picks = torch.stack([idx[(step * 2 * size + offsets) % idx.shape[0]] for idx in per_market if idx.numel()])
+            support, query = picks[:, :size], picks[:, size:]
+            tasks = Tasks(users[support], items[support], labels[support], users[query], items[query], labels[query])
+            loss = meta_step(self.model, self.optimizer, tasks, self.model_config.maml)
+            total += loss * picks.numel()
+            seen += int(picks.numel())
+            self.observer.on_batch(total / seen, int(picks.numel()))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return total / max(seen, 1), seen, time.perf_counter() - start
+
+
+def trainer_class(spec: ModelSpec) -> type[Trainer]:
+    return MAMLTrainer if spec.name == "maml" else Trainer
+
+
 FINAL_EVAL = EvalConfig(cutoffs=(5, 10, 20), measures=("hr", "ndcg", "mrr"))
 
 
@@ -609,9 +662,12 @@ def train(
         raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
     if not spec.neural:
         return _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite)
+    if spec.cross_market and not resolve_sources(dataset, config.sources):
+        raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
     runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
     run = Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
-    trainer = Trainer(dataset, run, spec, model_config, config, pretrained=runs, observer=observer, stop_after=stop_after)
+    trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
+                                  stop_after=stop_after)
     return trainer.fit()
 
 
@@ -631,7 +687,7 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
 
     config = config_from_dict(TrainConfig, run.info["train_config"])
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
-    trainer = Trainer(dataset, run, spec, model_config, config, pretrained=pretrained, observer=observer,
+    trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained, observer=observer,
                       stop_after=stop_after)
     trainer.restore()
     return trainer.fit()
@@ -642,7 +698,7 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
     """The finished runs that initialise `spec` (NMF: a GMF and an MLP run). Given paths are
     checked; missing ones are looked for among the sibling directories of `out`: finished runs
     of the right model on the same dataset, with the same sources and branch configuration."""
-    if not spec.pretrain or not getattr(model_config, "pretrained", False):
+    if not spec.pretrain or not getattr(model_config, "pretrained", True):
         return {}
     given = dict(given or {})
     sources = list(resolve_sources(dataset, config.sources))
@@ -672,7 +728,8 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
                 f"{spec.name} starts from a trained {name} run, and none was found next to {out} (a finished "
                 f"{name} run on this dataset with sources [{', '.join(sources)}], augmentation "
                 f"{config.augmentation}, sampling {config.sampling} and the same {name} settings); train one "
-                f"first, give it with --{name}-run, or pass --no-pretrained"
+                f"first or give it with --{name}-run"
+                + (", or pass --no-pretrained" if hasattr(model_config, "pretrained") else "")
             )
         found[name] = max(candidates, key=lambda r: r.path.stat().st_mtime)
     return found

@@ -22,6 +22,7 @@ class ModelSpec:
     neural: bool = True
     default_lr: float = 0.01
     pretrain: tuple[str, ...] = ()  # models whose trained runs initialise this one
+    cross_market: bool = False  # needs source markets (it learns across them)
 
     def build(self, n_users: int, n_items: int, config: Any) -> Any:
         """The torch module for `n_users` groups and `n_items` items."""
@@ -56,10 +57,12 @@ _BUILDERS: dict[str, Callable[[int, int, Any], Any]] = {
     "gmf": lambda u, i, c: _ncf().GMF(u, i, c),
     "mlp": lambda u, i, c: _ncf().MLP(u, i, c),
     "nmf": lambda u, i, c: _ncf().NMF(u, i, c),
+    "maml": lambda u, i, c: _ncf().NMF(u, i, c.nmf),
 }
 
 
 def _specs() -> dict[str, ModelSpec]:
+    from xmfast.maml import MAMLModelConfig
     from xmfast.models.ncf import GMFConfig, MLPConfig, NMFConfig
 
     return {
@@ -69,6 +72,8 @@ def _specs() -> dict[str, ModelSpec]:
             ModelSpec("mlp", "MLP tower over user and item embeddings", MLPConfig, default_lr=0.01),
             ModelSpec("nmf", "NeuMF: GMF and MLP branches, initialised from their runs", NMFConfig,
                       default_lr=0.01, pretrain=("gmf", "mlp")),
+            ModelSpec("maml", "NMF meta-trained across markets with MAML, from an NMF++ run", MAMLModelConfig,
+                      default_lr=0.005, pretrain=("nmf",), cross_market=True),
             ModelSpec("pop", "item popularity (baseline)", PopularityConfig, neural=False),
             ModelSpec("cooc", "item co-occurrence with the user's history (baseline)", CooccurrenceConfig,
                       neural=False),

@@ -407,7 +407,7 @@ def train(
     dataset: Annotated[Optional[Path], typer.Argument(help="A prepared dataset (omit with --resume).")] = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), pop or cooc."),
+        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), maml (needs sources), pop or cooc."),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     config_file: Annotated[
@@ -443,6 +443,7 @@ def train(
     alpha: Annotated[Optional[float], typer.Option(help="nmf: weight of the MLP head in the joined output layer.")] = None,
     gmf_run: Annotated[Optional[Path], typer.Option(help="nmf: the GMF run to start from (default: found next to --out).")] = None,
     mlp_run: Annotated[Optional[Path], typer.Option(help="nmf: the MLP run to start from (default: found next to --out).")] = None,
+    nmf_run: Annotated[Optional[Path], typer.Option(help="maml: the NMF++ run to start from (default: found next to --out).")] = None,
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
     ] = None,
@@ -478,7 +479,7 @@ def train(
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
-    given = {k: v for k, v in (("gmf", gmf_run), ("mlp", mlp_run)) if v is not None}
+    given = {k: v for k, v in (("gmf", gmf_run), ("mlp", mlp_run), ("nmf", nmf_run)) if v is not None}
     with TrainProgress() as observer:
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
                                 observer=observer)
