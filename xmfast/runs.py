@@ -126,7 +126,7 @@ class Run:
                 f"{where}: dataset fingerprint {dataset.fingerprint[:12]} differs from the one run {self.path} "
                 f"was trained on ({self.dataset_fingerprint[:12]}); re-prepare it with the run's settings"
             )
-        return dataset
+        return for_market(dataset, self.info.get("target") or dataset.target)
 
     # ---- per-epoch log -----------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -154,3 +154,15 @@ class Run:
         if not file.is_file():
             raise XmfastError(f"{self.path}: no results yet (status {self.status})")
         return json.loads(file.read_text(encoding="utf-8"))
+
+
+def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:
+    """The same dataset (arrays shared, fingerprint unchanged) with `market` as its target: a
+    fork fine-tuned on one of a dataset's source markets trains and is evaluated there."""
+    if market == dataset.target:
+        return dataset
+    if market not in dataset.markets:
+        raise XmfastError(f"market {market!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+    from dataclasses import replace
+
+    return replace(dataset, target=market, sources=[m for m in dataset.markets if m != market])

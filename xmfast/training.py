@@ -35,7 +35,7 @@ from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
 from xmfast.evaluation import EvalConfig, Evaluation, evaluate_scorer, standings
 from xmfast.models import ModelSpec, get_model
-from xmfast.runs import Run, to_plain
+from xmfast.runs import Run, for_market, to_plain
 
 Augmentation = Literal["full", "selected"]
 Sampling = Literal["concat", "equal"]
@@ -203,13 +203,14 @@ def _adam(model: nn.Module, lr: float, l2: float, device: torch.device, capturab
     """FOREC's optimiser (Adam, L2 as weight decay), with the fused kernel that updates all
     parameters in one pass: on the CPU about 1.5× faster per training step than the default, on
     CUDA a few kernels instead of dozens per step (a CUDA graph needs it capturable)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen weights stay untouched
     if device.type in ("cpu", "cuda"):
         try:
             extra = {"capturable": True} if capturable else {}
-            return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=l2, fused=True, **extra)
+            return torch.optim.Adam(params, lr=lr, weight_decay=l2, fused=True, **extra)
         except (RuntimeError, TypeError, ValueError):  # a torch without the fused kernel here
             pass
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=l2, capturable=capturable)
+    return torch.optim.Adam(params, lr=lr, weight_decay=l2, capturable=capturable)
 
 
 class _GraphStep:
@@ -352,6 +353,10 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
+        if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run
+            state = torch.load(pretrained["base"].best_checkpoint, map_location="cpu", weights_only=True)
+            self.model.fork(state["model"])  # type: ignore[operator]
+            return
         if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
             state = torch.load(pretrained["nmf"].best_checkpoint, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
@@ -662,6 +667,8 @@ def train(
         raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
     if not spec.neural:
         return _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite)
+    if spec.fine_tuned:
+        raise XmfastError(f"{spec.name} is made from a trained run by `xmfast finetune RUN --model {spec.name}`")
     if spec.cross_market and not resolve_sources(dataset, config.sources):
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
     runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
@@ -691,6 +698,53 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
                       stop_after=stop_after)
     trainer.restore()
     return trainer.fit()
+
+
+FOREC_TRAIN = TrainConfig(lr=0.01, l2=1e-3)
+"""FOREC's fine-tuning settings: 25 epochs, lr 0.01 and L2 1e-3 for the market head."""
+
+
+def finetune(
+    base: Path,
+    out: Path,
+    markets: list[str] | None = None,
+    model_config: Any = None,
+    config: TrainConfig = FOREC_TRAIN,
+    *,
+    overwrite: bool = False,
+    observer: TrainObserver | None = None,
+) -> dict[str, TrainResult]:
+    """FOREC: forks the network of a finished MAML (or NMF++) run once per market, freezes all but
+    the last layers, adds a market head and fine-tunes each fork on its market alone. Writes one
+    run per market, `out/<market>`; `markets` default to the base run's target, ``["all"]``
+    means the base run's target and sources."""
+    from xmfast.models.forec import FORECConfig
+
+    base_run = Run.open(base)
+    if base_run.model not in ("maml", "nmf") or base_run.status != "finished":
+        raise XmfastError(f"{base}: FOREC forks a finished maml or nmf run (this is a {base_run.status} {base_run.model} run)")
+    dataset = base_run.load_dataset()
+    base_spec = get_model(base_run.model)
+    base_config = base_spec.config_from(base_run.info["model_config"])
+    nmf_config = base_config.nmf if base_run.model == "maml" else base_config
+    spec = get_model("forec")
+    model_config = replace(model_config or FORECConfig(), nmf=nmf_config)
+    run_markets = [dataset.target, *base_run.sources]
+    wanted = run_markets if markets == ["all"] else (markets or [dataset.target])
+    unknown = [m for m in wanted if m not in dataset.markets]
+    if unknown:
+        raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+    config = replace(config, sources=())
+    results = {}
+    for market in dict.fromkeys(wanted):
+        data = for_market(dataset, market)
+        run = Run.create(Path(out) / market, run_info(data, spec, model_config, config, {"base": base_run}),
+                         overwrite=overwrite)
+        trainer = Trainer(data, run, spec, model_config, config, pretrained={"base": base_run}, observer=observer)
+        result = trainer.fit()
+        assert result is not None
+        results[market] = result
+    return results
 
 
 def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, config: TrainConfig, out: Path,

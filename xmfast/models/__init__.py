@@ -23,6 +23,7 @@ class ModelSpec:
     default_lr: float = 0.01
     pretrain: tuple[str, ...] = ()  # models whose trained runs initialise this one
     cross_market: bool = False  # needs source markets (it learns across them)
+    fine_tuned: bool = False  # made by `xmfast finetune` from another run, not by `xmfast train`
 
     def build(self, n_users: int, n_items: int, config: Any) -> Any:
         """The torch module for `n_users` groups and `n_items` items."""
@@ -53,16 +54,24 @@ def _ncf():
     return ncf
 
 
+def _forec():
+    from xmfast.models import forec
+
+    return forec
+
+
 _BUILDERS: dict[str, Callable[[int, int, Any], Any]] = {
     "gmf": lambda u, i, c: _ncf().GMF(u, i, c),
     "mlp": lambda u, i, c: _ncf().MLP(u, i, c),
     "nmf": lambda u, i, c: _ncf().NMF(u, i, c),
     "maml": lambda u, i, c: _ncf().NMF(u, i, c.nmf),
+    "forec": lambda u, i, c: _forec().FOREC(u, i, c),
 }
 
 
 def _specs() -> dict[str, ModelSpec]:
     from xmfast.maml import MAMLModelConfig
+    from xmfast.models.forec import FORECConfig
     from xmfast.models.ncf import GMFConfig, MLPConfig, NMFConfig
 
     return {
@@ -74,6 +83,8 @@ def _specs() -> dict[str, ModelSpec]:
                       default_lr=0.01, pretrain=("gmf", "mlp")),
             ModelSpec("maml", "NMF meta-trained across markets with MAML, from an NMF++ run", MAMLModelConfig,
                       default_lr=0.005, pretrain=("nmf",), cross_market=True),
+            ModelSpec("forec", "a MAML (or NMF++) run forked per market with a fine-tuned market head "
+                      "(xmfast finetune)", FORECConfig, default_lr=0.01, fine_tuned=True),
             ModelSpec("pop", "item popularity (baseline)", PopularityConfig, neural=False),
             ModelSpec("cooc", "item co-occurrence with the user's history (baseline)", CooccurrenceConfig,
                       neural=False),

@@ -392,13 +392,13 @@ def compare(
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
 
 
-def _layers(value: Optional[str]) -> Optional[tuple[int, ...]]:
+def _layers(value: Optional[str], option: str = "--layers") -> Optional[tuple[int, ...]]:
     if value is None:
         return None
     try:
         return tuple(int(v) for v in _split_list(value))
     except ValueError:
-        raise XmfastError(f"--layers: expected comma-separated integers, got {value!r}") from None
+        raise XmfastError(f"{option}: expected comma-separated integers, got {value!r}") from None
 
 
 @app.command()
@@ -485,6 +485,43 @@ def train(
                                 observer=observer)
     assert result is not None
     console.print(train_summary(result))
+
+
+@app.command()
+@user_errors
+def finetune(
+    run: Annotated[Path, typer.Argument(help="A finished maml run (or nmf run) to fork.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the forks: one run per market, OUT/<market>.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="What to fine-tune: forec.")] = "forec",
+    markets: Annotated[
+        str, typer.Option(help="Comma-separated markets to fork for, or all (the run's target and sources); default: its target.")
+    ] = "",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per market (FOREC: 25).")] = 25,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the trainable layers.")] = 0.01,
+    l2: Annotated[float, typer.Option(help="Adam weight decay of the trainable layers.")] = 1e-3,
+    unfreeze: Annotated[int, typer.Option(help="Last fully-connected layers of the forked tower left trainable.")] = 3,
+    head: Annotated[str, typer.Option(help="Widths of the market head's hidden layers.")] = "16,32,16",
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience (default: all epochs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the head's initialisation, negatives and shuffling.")] = 42,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing fork runs.")] = False,
+) -> None:
+    """Fork a meta-learned model per market, freeze all but its last layers, add a market head and fine-tune (FOREC)."""
+    from xmfast import training
+    from xmfast.models import config_from_dict
+    from xmfast.models.forec import FORECConfig
+    from xmfast_cli.render import TrainProgress, console, train_summary
+
+    if model != "forec":
+        raise XmfastError(f"unknown fine-tuned model {model!r} (expected forec)")
+    model_config = config_from_dict(FORECConfig, {"unfreeze": unfreeze, "head": _layers(head, "--head") or ()})
+    config = config_from_dict(training.TrainConfig, {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience,
+                                                     "seed": seed, "device": device})
+    with TrainProgress() as observer:
+        results = training.finetune(run, out, _split_list(markets) or None, model_config, config,
+                                    overwrite=overwrite, observer=observer)
+    for result in results.values():
+        console.print(train_summary(result))
 
 
 @app.command()
