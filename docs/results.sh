@@ -11,9 +11,10 @@ DATA=${DATA:-../shared/xmarket}
 OUT=${OUT:-runs/results}
 TARGETS=${TARGETS:-"uk jp in mx"}
 SEED=${SEED:-42}
-SETTINGS=${SETTINGS:-"single all de"}   # which training settings to run (see below; "each" too for one run per source)
+SETTINGS=${SETTINGS:-"single all de"}   # which training settings to run (see below; also "each", "forec")
 train() { xmfast train "$@" --seed "$SEED" --device cpu --overwrite; }
 want() { [[ " $SETTINGS " == *" $1 "* ]]; }
+done_run() { [ -f "$1/results.json" ]; }   # a finished run is reused, not retrained
 
 for t in $TARGETS; do
   ds=$OUT/$t/dataset
@@ -35,6 +36,18 @@ for t in $TARGETS; do
     for src in ca de fr in jp mx uk; do
       [ "$src" = "$t" ] && continue
       for m in gmf mlp nmf; do train "$ds" -m $m --sources "$src" -o "$OUT/$t/src-$src/$m"; done
+    done
+  fi
+  if want forec; then
+    # Issue 6: per source, the NMF++ chain, then MAML from NMF++, then FOREC forked from MAML and
+    # fine-tuned on the target. uk uses de; jp, in and mx every other market.
+    if [ "$t" = uk ]; then srcs="de"; else srcs="ca de fr in jp mx uk"; fi
+    for src in $srcs; do
+      [ "$src" = "$t" ] && continue
+      d=$OUT/$t/src-$src
+      for m in gmf mlp nmf; do done_run "$d/$m" || train "$ds" -m $m --sources "$src" -o "$d/$m"; done
+      done_run "$d/maml" || train "$ds" -m maml --sources "$src" -o "$d/maml"
+      done_run "$d/forec/$t" || xmfast finetune "$d/maml" -o "$d/forec" --seed "$SEED" --device cpu --overwrite
     done
   fi
   if [ "$t" = uk ] && want de; then

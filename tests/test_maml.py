@@ -129,3 +129,28 @@ def test_maml_run_starts_from_its_nmf_plus_plus_run_and_trains(tmp_path, sample_
     log = Run.open(runs / "maml").read_metrics()
     assert [r["epoch"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
     assert 0 <= result.test.aggregate()["ndcg@10"] <= 1
+
+
+def test_test_adaptation_changes_only_the_test_results(tmp_path, sample_dir) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from xmfast.prepare import PrepareConfig, prepare
+    from xmfast.training import TrainConfig, train
+    from xmfast_cli.app import app
+
+    ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(target="in", sources="all"))
+    config = TrainConfig(epochs=1, batch_size=256, seed=1, sources=("de",))
+    for m in ("gmf", "mlp", "nmf"):
+        train(ds, tmp_path / "runs" / m, m, config=config)
+    args = ["train", str(tmp_path / "ds"), "-m", "maml", "--sources", "de", "--epochs", "1", "--batch-size", "256", "--seed", "1"]
+    plain = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "runs" / "maml0")])
+    adapted = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "runs" / "maml1"), "--test-adaptation-steps", "1"])
+    assert plain.exit_code == 0 and adapted.exit_code == 0, plain.output + adapted.output
+    import json
+
+    r0 = json.loads((tmp_path / "runs" / "maml0" / "results.json").read_text())
+    r1 = json.loads((tmp_path / "runs" / "maml1" / "results.json").read_text())
+    assert r0["valid"] == r1["valid"]  # validation: the unadapted weights
+    assert r0["test"] != r1["test"]  # test: after one step on the validation interactions
+    info = json.loads((tmp_path / "runs" / "maml1" / "run.json").read_text())
+    assert info["model_config"]["maml"]["test_adaptation_steps"] == 1

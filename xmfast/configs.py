@@ -104,6 +104,8 @@ def _apply_model_overrides(spec: ModelSpec, config: Any, overrides: dict[str, An
             values["mlp"]["layers"] = tuple(value)
         elif spec.name == "nmf" and key in ("pretrained", "alpha"):
             values[key] = value
+        elif spec.name == "maml" and key in ("inner_lr", "inner_steps", "first_order", "test_adaptation_steps"):
+            values["maml"][key] = value
         elif spec.name == "cooc" and key == "markets":
             values["markets"] = tuple(value)
         else:

@@ -19,6 +19,7 @@ Sampling of the ``++`` variants (FOREC's options):
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -543,10 +544,15 @@ class Trainer:
         path = self.run.best_checkpoint if self.config.select == "best" else self.run.last_checkpoint
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
-        valid, test = evaluate_run_splits(self.dataset, ModelScorer(self.model, self.device, amp=self.amp), self.run)
+        scorer = ModelScorer(self.model, self.device, amp=self.amp)
+        valid, test = evaluate_run_splits(self.dataset, scorer, self.run, test_scorer=self._test_scorer(scorer))
         history = self.run.read_metrics()
         write_results(self.run, selected, valid, test, extra={"epochs_run": self.epoch, "stopped_early": stopped_early})
         return TrainResult(self.run, self.epoch, selected, valid, test, stopped_early, history)
+
+    def _test_scorer(self, scorer: ModelScorer) -> ModelScorer:
+        """The scorer of the test split (the selected model itself, unless a subclass adapts it)."""
+        return scorer
 
 
 class MAMLTrainer(Trainer):
@@ -559,8 +565,6 @@ class MAMLTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if len(self.rows.markets) < 2:
             raise XmfastError("maml meta-learns across markets: give source markets (--sources de, or all)")
-        if self.model_config.maml.test_adaptation_steps:
-            raise XmfastError("test_adaptation_steps > 0 is not implemented yet; evaluate without adaptation (0)")
         self.use_graphs = False  # the meta-step is not captured; the optimiser need not be capturable
         self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
 
@@ -594,6 +598,31 @@ class MAMLTrainer(Trainer):
         return total / max(seen, 1), seen, time.perf_counter() - start
 
 
+    def _test_scorer(self, scorer: ModelScorer) -> ModelScorer:
+        """With `test_adaptation_steps` (as FOREC's MAML evaluation did): the selected weights
+        adapted on the target's validation interactions (each held-out item, label 1, and the
+        first `negatives` of its stored candidates, label 0) before scoring the test split.
+        Validation results are always those of the unadapted weights."""
+        from xmfast.maml import adapt, weights_of
+
+        steps = self.model_config.maml.test_adaptation_steps
+        if not steps:
+            return scorer
+        held = self.dataset.valid
+        q = self.valid_groups
+        k = self.config.negatives
+        candidates = torch.from_numpy(np.asarray(held.candidates)[q][:, : 1 + k].astype(np.int64))
+        groups = torch.from_numpy(np.asarray(held.group)[q].astype(np.int64))
+        users = groups[:, None].expand_as(candidates).reshape(-1).to(self.device)
+        items = candidates.reshape(-1).to(self.device)
+        labels = torch.zeros(candidates.shape).index_fill_(1, torch.tensor([0]), 1.0).reshape(-1).to(self.device)
+        weights = {name: w.detach() for name, w in weights_of(self.model).items()}
+        adapted = adapt(self.model, weights, users, items, labels, self.model_config.maml, steps=steps)
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({**self.model.state_dict(), **{n: w.detach() for n, w in adapted.items()}})
+        return ModelScorer(model, self.device, amp=self.amp)
+
+
 def trainer_class(spec: ModelSpec) -> type[Trainer]:
     return MAMLTrainer if spec.name == "maml" else Trainer
 
@@ -601,10 +630,11 @@ def trainer_class(spec: ModelSpec) -> type[Trainer]:
 FINAL_EVAL = EvalConfig(cutoffs=(5, 10, 20), measures=("hr", "ndcg", "mrr"))
 
 
-def evaluate_run_splits(dataset: PreparedDataset, scorer: Any, run: Run) -> tuple[Evaluation, Evaluation]:
+def evaluate_run_splits(dataset: PreparedDataset, scorer: Any, run: Run, *, test_scorer: Any = None
+                        ) -> tuple[Evaluation, Evaluation]:
     target = [dataset.target]
     valid = evaluate_scorer(dataset, "valid", scorer, FINAL_EVAL, markets=target)
-    test = evaluate_scorer(dataset, "test", scorer, FINAL_EVAL, markets=target)
+    test = evaluate_scorer(dataset, "test", test_scorer or scorer, FINAL_EVAL, markets=target)
     for e in (valid, test):
         e.info["run"] = str(run.path)
         e.info["model"] = run.model

@@ -444,6 +444,15 @@ def train(
     gmf_run: Annotated[Optional[Path], typer.Option(help="nmf: the GMF run to start from (default: found next to --out).")] = None,
     mlp_run: Annotated[Optional[Path], typer.Option(help="nmf: the MLP run to start from (default: found next to --out).")] = None,
     nmf_run: Annotated[Optional[Path], typer.Option(help="maml: the NMF++ run to start from (default: found next to --out).")] = None,
+    inner_lr: Annotated[Optional[float], typer.Option(help="maml: the fast (adaptation) learning rate (FOREC: 0.1).")] = None,
+    inner_steps: Annotated[Optional[int], typer.Option(help="maml: adaptation steps per task (FOREC: 1).")] = None,
+    first_order: Annotated[
+        Optional[bool], typer.Option("--first-order/--second-order", help="maml: first-order MAML (default: second order).")
+    ] = None,
+    test_adaptation_steps: Annotated[
+        Optional[int],
+        typer.Option(help="maml: adapt on the target's validation interactions before testing, as FOREC's code did (default 0: no)."),
+    ] = None,
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
     ] = None,
@@ -475,7 +484,8 @@ def train(
             "device": device, "amp": amp,
         },
         model_overrides={"embedding_dim": embedding_dim, "layers": _layers(layers), "pretrained": pretrained,
-                         "alpha": alpha},
+                         "alpha": alpha, "inner_lr": inner_lr, "inner_steps": inner_steps, "first_order": first_order,
+                         "test_adaptation_steps": test_adaptation_steps},
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)

@@ -178,7 +178,8 @@ def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResul
     early = ", stopped early" if result.stopped_early else ""
     from xmfast.models import get_model
 
-    name = run.model + ("++" if run.sources and get_model(run.model).neural else "")
+    spec = get_model(run.model)
+    name = run.model + ("++" if run.sources and spec.neural and not (spec.cross_market or spec.fine_tuned) else "")
     sources = f", sources {', '.join(run.sources)}" if run.sources else ""
     table = Table(title=f"{name} → {run.path} ({what}{early}; target {run.info['target']}{sources}, {len(result.test):,} test users)")
     table.add_column("split")
