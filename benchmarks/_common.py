@@ -240,3 +240,15 @@ class OtherLoad:
             f"(load average now {' '.join(load)}){'; timings are likely inflated' if c > 0.2 else ''}[/]",
             highlight=False,
         )
+
+
+def print_torch(device_name: str) -> tuple[Any, str]:
+    """The torch device of `device_name` and a label naming its GPU, after printing the torch
+    version and thread count (torch is imported here only, so data benchmarks never load it)."""
+    import torch
+
+    device = torch.device(device_name)
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    console.print(f"[dim]torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}{gpu}[/]",
+                  highlight=False)
+    return device, gpu

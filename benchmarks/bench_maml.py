@@ -17,7 +17,7 @@ import statistics
 import time
 
 import torch
-from _common import OtherLoad, console, fmt_rate, fmt_s, print_machine, table
+from _common import print_torch, OtherLoad, console, fmt_rate, fmt_s, print_machine, table
 
 from xmfast.maml import MAMLConfig, Tasks, meta_step
 from xmfast.models.ncf import NMF, NMFConfig
@@ -34,13 +34,10 @@ def main() -> None:
     ap.add_argument("--tasks", default="2,7")
     args = ap.parse_args()
     print_machine()
-    device = torch.device(args.device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    console.print(f"[dim]torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}"
-                  f"{f' ({gpu})' if gpu else ''}[/]", highlight=False)
+    device, gpu = print_torch(args.device)
     load = OtherLoad()
     t = table(f"MAML meta-steps, NMF on {GROUPS:,} groups × {ITEMS:,} items, batch {args.batch}, device {device}"
-              f"{f' ({gpu})' if gpu else ''}", ["tasks", "order", "meta-step (median)", "meta-steps/s", "instances/s"])
+              f"{gpu}", ["tasks", "order", "meta-step (median)", "meta-steps/s", "instances/s"])
     for n_tasks in [int(x) for x in args.tasks.split(",")]:
         for first_order in (False, True):
             torch.manual_seed(0)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REAL_DATA, SAMPLE_DATA, WORK, OtherLoad, console, fmt_rate, fmt_s, print_machine, print_targets, table
+from _common import print_torch, REAL_DATA, SAMPLE_DATA, WORK, OtherLoad, console, fmt_rate, fmt_s, print_machine, print_targets, table
 
 from xmfast.models import get_model
 from xmfast.prepare import PrepareConfig, prepare
@@ -138,17 +138,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print_machine()
-    device = torch.device(args.device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    console.print(f"[dim]torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}"
-                  f"{f' ({gpu})' if gpu else ''}[/]", highlight=False)
+    device, gpu = print_torch(args.device)
     load = OtherLoad()
     out = WORK / f"train-{args.target}"
     dataset = prepare(args.data, out, PrepareConfig(target=args.target, sources="all"), overwrite=True)
     sources = ("all",) if args.sources == "all" else tuple(s for s in args.sources.split(",") if s)
     t = table(
         f"Training throughput, target {args.target}, sources {args.sources or 'none'}, device {device}"
-        f"{f' ({gpu})' if gpu else ''}; instances = rows × (1 + 4 negatives), batch 1024",
+        f"{gpu}; instances = rows × (1 + 4 negatives), batch 1024",
         ["model", "instances/epoch", "batches", "engine epoch (median)", "engine instances/s",
          "DataLoader instances/s", "engine / DataLoader", "eager step floor", "floor / DataLoader",
          "DataLoader, NCF tensor pattern", "engine / that", "validation"],
