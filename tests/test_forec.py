@@ -96,3 +96,13 @@ def test_cli_finetune_all_markets_of_the_run(maml_run: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "e.json").read_text())["overall"] == json.loads((tmp_path / "f" / "de" / "test.json").read_text())["overall"]
     r = CliRunner().invoke(app, ["finetune", str(maml_run), "-o", str(tmp_path / "g"), "--head", "16,x"])
     assert r.exit_code == 2 and "error: --head: expected comma-separated integers, got '16,x'" in r.output
+
+
+def test_finetune_can_fork_an_nmf_plus_plus_run(maml_run: Path, tmp_path: Path) -> None:
+    nmf_run = maml_run.parent / "nmf"
+    results = finetune(nmf_run, tmp_path / "f", None, config=TrainConfig(epochs=1, batch_size=256, lr=0.01, l2=1e-3))
+    assert list(results) == ["in"]
+    base = torch.load(nmf_run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    state = torch.load(tmp_path / "f" / "in" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert torch.equal(state["base.gmf.user_embedding.weight"], base["gmf.user_embedding.weight"])
+    assert Run.open(tmp_path / "f" / "in").info["pretrained"]["base"] == str(nmf_run.resolve())
