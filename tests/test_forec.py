@@ -106,3 +106,16 @@ def test_finetune_can_fork_an_nmf_plus_plus_run(maml_run: Path, tmp_path: Path) 
     state = torch.load(tmp_path / "f" / "in" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert torch.equal(state["base.gmf.user_embedding.weight"], base["gmf.user_embedding.weight"])
     assert Run.open(tmp_path / "f" / "in").info["pretrained"]["base"] == str(nmf_run.resolve())
+
+
+def test_an_interrupted_fork_resumes_to_the_uninterrupted_result(maml_run: Path, tmp_path: Path) -> None:
+    from xmfast.training import resume
+
+    config = TrainConfig(epochs=3, batch_size=256, lr=0.01, l2=1e-3)
+    whole = finetune(maml_run, tmp_path / "whole", ["de"], config=config)["de"]
+    cut = finetune(maml_run, tmp_path / "cut", ["de"], config=config, stop_after=1)
+    assert cut == {"de": None} and Run.open(tmp_path / "cut" / "de").status == "interrupted"
+    resumed = resume(tmp_path / "cut" / "de")
+    assert whole is not None and resumed is not None
+    assert resumed.test.aggregate() == whole.test.aggregate()
+    assert [r["loss"] for r in resumed.run.read_metrics()] == [r["loss"] for r in whole.run.read_metrics()]

@@ -743,7 +743,8 @@ def finetune(
     *,
     overwrite: bool = False,
     observer: TrainObserver | None = None,
-) -> dict[str, TrainResult]:
+    stop_after: int | None = None,
+) -> dict[str, TrainResult | None]:
     """FOREC: forks the network of a finished MAML (or NMF++) run once per market, freezes all but
     the last layers, adds a market head and fine-tunes each fork on its market alone. Writes one
     run per market, `out/<market>`; `markets` default to the base run's target, ``["all"]``
@@ -765,15 +766,14 @@ def finetune(
     if unknown:
         raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
     config = replace(config, sources=())
-    results = {}
+    results: dict[str, TrainResult | None] = {}
     for market in dict.fromkeys(wanted):
         data = for_market(dataset, market)
         run = Run.create(Path(out) / market, run_info(data, spec, model_config, config, {"base": base_run}),
                          overwrite=overwrite)
-        trainer = Trainer(data, run, spec, model_config, config, pretrained={"base": base_run}, observer=observer)
-        result = trainer.fit()
-        assert result is not None
-        results[market] = result
+        trainer = Trainer(data, run, spec, model_config, config, pretrained={"base": base_run}, observer=observer,
+                          stop_after=stop_after)
+        results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
     return results
 
 

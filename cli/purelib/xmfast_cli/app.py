@@ -531,7 +531,8 @@ def finetune(
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config,
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
-        console.print(train_summary(result))
+        if result is not None:
+            console.print(train_summary(result))
 
 
 @app.command()
