@@ -166,6 +166,22 @@ def top_k(
     exclude_offsets: npt.NDArray[np.uint64] | None = None,
     exclude_items: npt.NDArray[np.uint32] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | npt.NDArray[np.float64]]: ...
+def padded_histories(
+    history_offsets: npt.NDArray[np.uint64],
+    history_items: npt.NDArray[np.uint32],
+    rows: npt.NDArray[np.uint32],
+    width: int,
+    pad: int,
+    rule: str = "recent",
+    seed: int = 0,
+    keys: npt.NDArray[np.uint64] | None = None,
+    cooc_indptr: npt.NDArray[np.uint64] | None = None,
+    cooc_indices: npt.NDArray[np.uint32] | None = None,
+    cooc_counts: npt.NDArray[np.uint32] | None = None,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """Fixed-width histories of `rows` (left-aligned, time order, padded with `pad`) and the
+    length kept of each; longer ones are cut by `rule`: recent, random (keyed by `keys`) or cooc."""
+    ...
 def parse_date(text: str) -> int: ...
 def format_date(day: int) -> str: ...
 def stable_hash(text: str) -> int: ...

@@ -112,6 +112,34 @@ class PreparedDataset:
         hits = np.flatnonzero((self.group_user == u) & (self.group_market == self.market_index(market)))
         return int(hits[0]) if hits.size else None
 
+    def group_keys(self) -> np.ndarray:
+        """A stable 64-bit key per group (from the market code and the original user id), so
+        seeded per-group choices do not depend on how groups are numbered."""
+        market_hash = np.array([core.stable_hash(m) for m in self.markets], dtype=np.uint64)
+        user_hash = self.users.stable_hashes()
+        with np.errstate(over="ignore"):
+            return user_hash[np.asarray(self.group_user)] ^ (
+                market_hash[np.asarray(self.group_market)] * np.uint64(0x9E37_79B9_7F4A_7C15)
+            )
+
+    def padded_histories(
+        self, groups: np.ndarray, width: int = 50, rule: str = "recent", seed: int = 0,
+        cooc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Training histories of `groups` as a (len(groups), width) matrix, left-aligned in time
+        order and padded with ``n_items`` (one past the last item), plus the kept lengths.
+        Longer histories are cut by `rule`: ``recent``, ``random`` (seeded per group) or
+        ``cooc`` (the items co-occurring most with the rest; give `cooc` = (indptr, indices,
+        counts) from :func:`core.cooccurrence`)."""
+        groups = np.ascontiguousarray(groups, dtype=np.uint32)
+        extra = {}
+        if cooc is not None:
+            extra = {"cooc_indptr": cooc[0], "cooc_indices": cooc[1], "cooc_counts": cooc[2]}
+        return core.padded_histories(
+            np.asarray(self.train_offsets), np.asarray(self.train_item), groups, width, self.n_items,
+            rule=rule, seed=seed, keys=self.group_keys()[groups], **extra,
+        )
+
     # ---- training negatives ------------------------------------------------------------
     def train_negative_sampler(self, k: int = 4, seed: int = 0) -> core.TrainNegativeSampler:
         """A per-epoch sampler of `k` negatives per training row, following the protocol:

@@ -491,6 +491,56 @@ fn cooccurrence<'py>(
     Ok((vec_to_py(py, c.indptr), vec_to_py(py, c.indices), vec_to_py(py, c.counts)))
 }
 
+/// Fixed-width histories of `rows` (padded with `pad`) and the length kept of each; longer
+/// histories are cut by `rule` (recent, random keyed by `keys`, or cooc with the counts given).
+#[pyfunction]
+#[pyo3(signature = (history_offsets, history_items, rows, width, pad, rule="recent", seed=0, keys=None,
+                    cooc_indptr=None, cooc_indices=None, cooc_counts=None))]
+#[allow(clippy::too_many_arguments)]
+fn padded_histories<'py>(
+    py: Python<'py>,
+    history_offsets: PyReadonlyArray1<'py, u64>,
+    history_items: PyReadonlyArray1<'py, u32>,
+    rows: PyReadonlyArray1<'py, u32>,
+    width: usize,
+    pad: u32,
+    rule: &str,
+    seed: u64,
+    keys: Option<PyReadonlyArray1<'py, u64>>,
+    cooc_indptr: Option<PyReadonlyArray1<'py, u64>>,
+    cooc_indices: Option<PyReadonlyArray1<'py, u32>>,
+    cooc_counts: Option<PyReadonlyArray1<'py, u32>>,
+) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray1<u32>>)> {
+    let rule: xc::history::Truncation = rule.parse().map_err(py_err)?;
+    let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
+    let rows_s = slice("rows", &rows)?;
+    let default_keys: Vec<u64>;
+    let keys_s: &[u64] = match &keys {
+        Some(k) => slice("keys", k)?,
+        None => {
+            default_keys = rows_s.iter().map(|&r| r as u64).collect();
+            &default_keys
+        }
+    };
+    let cooc = match (&cooc_indptr, &cooc_indices, &cooc_counts) {
+        (Some(p), Some(i), Some(c)) => {
+            let indptr = slice("cooc_indptr", p)?.to_vec();
+            Some(xc::cooc::Cooccurrence {
+                n_items: indptr.len().saturating_sub(1),
+                indptr,
+                indices: slice("cooc_indices", i)?.to_vec(),
+                counts: slice("cooc_counts", c)?.to_vec(),
+            })
+        }
+        (None, None, None) => None,
+        _ => return Err(PyValueError::new_err("give all of cooc_indptr, cooc_indices and cooc_counts, or none")),
+    };
+    let (out, lengths) = py
+        .detach(|| xc::history::padded_histories(h, rows_s, width, pad, rule, seed, keys_s, cooc.as_ref()))
+        .map_err(py_err)?;
+    Ok((matrix_to_py(py, out, rows_s.len(), width)?, vec_to_py(py, lengths)))
+}
+
 /// Number of (i, j) pairs nonzero in both co-occurrence structures (each pair counted twice).
 #[pyfunction]
 fn shared_pairs(
@@ -800,6 +850,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(parse_date, m)?)?;
     m.add_function(wrap_pyfunction!(format_date, m)?)?;
+    m.add_function(wrap_pyfunction!(padded_histories, m)?)?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

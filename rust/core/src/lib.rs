@@ -4,11 +4,13 @@
 //! restriction, renumbering) → [`split`] (leave-one-out per market and user) → [`protocol`]
 //! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
 //! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
-//! counts item co-occurrence; [`synth`] writes synthetic XMarket-format data.
+//! counts item co-occurrence; [`history`] pads histories for sequence models; [`synth`] writes
+//! synthetic XMarket-format data.
 
 pub mod cooc;
 pub mod error;
 pub mod filter;
+pub mod history;
 pub mod metrics;
 pub mod negatives;
 pub mod parse;
