@@ -60,8 +60,8 @@ def experiment_configs(
     from xmfast.training import TrainConfig
 
     file = dict(file or {})
-    name = model or file.pop("model", None)
-    file.pop("model", None)
+    file_model = file.pop("model", None)
+    name = model or file_model
     if not name:
         raise XmfastError("name a model with --model (gmf, mlp, nmf, gmf++, mlp++, nmf++, pop, cooc) or in the config file")
     spec = get_model(name)

@@ -395,11 +395,7 @@ class Trainer:
         if self.config.sampling == "concat" or len(self.rows.markets) == 1:
             order = torch.randperm(n, generator=gen).to(self.device)
             return list(order.split(size))
-        market_cpu = market.cpu()
-        per_market = []
-        for m in range(len(self.rows.markets)):
-            idx = torch.nonzero(market_cpu == m).squeeze(1)
-            per_market.append(idx[torch.randperm(idx.shape[0], generator=gen)] if idx.numel() else idx)
+        per_market = self._shuffled_by_market(market, gen)
         target_batches = list(per_market[0].split(size))
         streams = [target_batches]
         for idx in per_market[1:]:
@@ -409,6 +405,15 @@ class Trainer:
             streams.append([own[b % len(own)] for b in range(len(target_batches))])
         batches = [stream[b] for b in range(len(target_batches)) for stream in streams]
         return [b.to(self.device) for b in batches]
+
+    def _shuffled_by_market(self, market: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        """Each market's instance indices (CPU), in an order drawn from `gen`; target first."""
+        market_cpu = market.cpu()
+        out = []
+        for m in range(len(self.rows.markets)):
+            idx = torch.nonzero(market_cpu == m).squeeze(1)
+            out.append(idx[torch.randperm(idx.shape[0], generator=gen)] if idx.numel() else idx)
+        return out
 
     def _step(self, u: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One eager training step; returns the (detached) mean loss of the batch."""
@@ -574,11 +579,7 @@ class MAMLTrainer(Trainer):
         start = time.perf_counter()
         users, items, labels, market = self._instances(epoch)
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
-        market_cpu = market.cpu()
-        per_market = []
-        for m in range(len(self.rows.markets)):
-            idx = torch.nonzero(market_cpu == m).squeeze(1)
-            per_market.append(idx[torch.randperm(idx.shape[0], generator=gen)].to(self.device))
+        per_market = [idx.to(self.device) for idx in self._shuffled_by_market(market, gen)]
         size = self.config.batch_size
         steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
         self.observer.on_epoch_start(epoch, steps)
