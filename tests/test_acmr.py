@@ -3,6 +3,7 @@ changes a score."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,12 +25,12 @@ def test_shapes_and_market_embedding() -> None:
     hist = torch.randint(0, N_ITEMS, (4, 6))
     lengths = torch.tensor([6, 3, 1, 0])
     market = torch.tensor([0, 1, 2, 0])
-    scores = m(hist, lengths, market, torch.tensor([1, 2, 3, 4]))
+    scores = m.score_sequences(hist, lengths, market, torch.tensor([1, 2, 3, 4]))
     assert scores.shape == (4,) and torch.isfinite(scores).all()  # an empty history is still scored
-    assert m(hist, lengths, market, torch.randint(0, N_ITEMS, (4, 5))).shape == (4, 5)
+    assert m.score_sequences(hist, lengths, market, torch.randint(0, N_ITEMS, (4, 5))).shape == (4, 5)
     # the same history and candidate scored in two markets gives two scores
     one = hist[:1].expand(2, 6)
-    s = m(one, torch.tensor([6, 6]), torch.tensor([0, 1]), torch.tensor([7, 7]))
+    s = m.score_sequences(one, torch.tensor([6, 6]), torch.tensor([0, 1]), torch.tensor([7, 7]))
     assert not torch.isclose(s[0], s[1])
 
 
@@ -38,21 +39,21 @@ def test_padding_never_changes_a_score() -> None:
     real = torch.tensor([[3, 9, 4]])
     cands = torch.tensor([[1, 5, 7]])
     market = torch.tensor([2])
-    base = m(real, torch.tensor([3]), market, cands)
+    base = m.score_sequences(real, torch.tensor([3]), market, cands)
     for width, filler in ((6, N_ITEMS), (6, 0), (9, 11)):  # pad item, or any item id past the length
         padded = torch.full((1, width), filler)
         padded[0, :3] = real
-        torch.testing.assert_close(m(padded, torch.tensor([3]), market, cands), base, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.score_sequences(padded, torch.tensor([3]), market, cands), base, rtol=1e-5, atol=1e-6)
     # a user's score does not depend on the other users of the batch
     other = torch.randint(0, N_ITEMS, (1, 3))
-    both = m(torch.cat([real, other]), torch.tensor([3, 3]), torch.tensor([2, 0]), torch.cat([cands, cands]))
+    both = m.score_sequences(torch.cat([real, other]), torch.tensor([3, 3]), torch.tensor([2, 0]), torch.cat([cands, cands]))
     torch.testing.assert_close(both[:1], base, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_reach_every_part() -> None:
     m = _model().train()
     hist = torch.randint(0, N_ITEMS, (3, 6))
-    out = m(hist, torch.tensor([6, 2, 4]), torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]))
+    out = m.score_sequences(hist, torch.tensor([6, 2, 4]), torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]))
     torch.nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([1.0, 0.0, 1.0])).backward()
     for name in ("item_embedding.weight", "market_embedding.weight", "output.weight"):
         assert m.get_parameter(name).grad is not None and m.get_parameter(name).grad.abs().sum() > 0, name
@@ -64,3 +65,85 @@ def test_bad_configuration() -> None:
         ACMRConfig(embedding_dim=30, heads=8)
     with pytest.raises(ValueError, match="truncation"):
         ACMRConfig(truncation="oldest")
+
+
+def test_encoder_block_equals_torch_transformer_layer() -> None:
+    """Our block is nn.TransformerEncoderLayer's maths (post-norm, ReLU), written for speed."""
+    from xmfast.models.acmr import EncoderBlock
+
+    torch.manual_seed(3)
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 64, 0.3, batch_first=True).eval()
+    block = EncoderBlock(16, 4, 64, 0.3).eval()
+    with torch.no_grad():
+        block.in_proj.weight.copy_(ref.self_attn.in_proj_weight)
+        block.in_proj.bias.copy_(ref.self_attn.in_proj_bias)
+        block.out_proj.load_state_dict(ref.self_attn.out_proj.state_dict())
+        block.ff1.load_state_dict(ref.linear1.state_dict())
+        block.ff2.load_state_dict(ref.linear2.state_dict())
+        block.norm1.load_state_dict(ref.norm1.state_dict())
+        block.norm2.load_state_dict(ref.norm2.state_dict())
+        x = torch.randn(5, 7, 16)
+        padding = torch.zeros(5, 7, dtype=torch.bool)
+        padding[1, 3:6] = True
+        padding[4, :6] = True
+        want = ref(x, src_key_padding_mask=padding)
+        got = block(x, padding)
+    torch.testing.assert_close(got[~padding], want[~padding], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_dropout_rate_scale_and_determinism() -> None:
+    from xmfast.models.acmr import dropout
+
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    a = dropout(x, 0.3, True)
+    torch.manual_seed(0)
+    assert torch.equal(a, dropout(x, 0.3, True))  # the global generator drives it (resumable runs)
+    rate = float((a == 0).float().mean())
+    assert abs(rate - 77 / 256) < 0.005  # 0.3 rounded to 1/256
+    assert torch.allclose(torch.unique(a), torch.tensor([0.0, 256 / 179]))  # kept values rescaled
+    assert abs(float(a.mean()) - 1.0) < 0.01
+    assert dropout(x, 0.3, False) is x and dropout(x, 0.0, True) is x
+
+
+def _attached(dataset_path):
+    from xmfast.dataset import PreparedDataset
+
+    ds = PreparedDataset.load(dataset_path)
+    torch.manual_seed(0)
+    model = ACMR(ds.n_items, len(ds.markets), SMALL)
+    model.attach(ds, training_rows=np.arange(int(np.asarray(ds.train_offsets)[-1])))
+    return ds, model
+
+
+@pytest.fixture(scope="module")
+def acmr_dataset(tmp_path_factory: pytest.TempPathFactory, sample_dir):
+    from xmfast.prepare import PrepareConfig, prepare
+
+    path = tmp_path_factory.mktemp("acmr") / "ds"
+    prepare(sample_dir, path, PrepareConfig(target="in", sources="all", protocol="acmr"))
+    return path
+
+
+def test_keyed_scores_equal_the_sequences_they_stand_for(acmr_dataset) -> None:
+    ds, model = _attached(acmr_dataset)
+    model.eval()
+    groups = torch.arange(0, ds.n_groups, 5)
+    items = torch.randint(0, ds.n_items, groups.shape)
+    hist, lengths = ds.padded_histories(groups.numpy().astype(np.uint32), SMALL.history, SMALL.truncation)
+    market = torch.from_numpy(np.asarray(ds.group_market, dtype=np.int64))[groups]
+    want = model.score_sequences(torch.from_numpy(hist.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64)),
+                                 market, items)
+    with torch.no_grad():
+        whole = model(groups, items)
+        model.eval_chunk = 7  # sorted by length and cut per chunk: the same scores
+        chunked = model(groups, items)
+    torch.testing.assert_close(whole, want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    # training keys are rows: the row's history lacks the row's own item
+    model.train()
+    rows = np.arange(0, int(np.asarray(ds.train_offsets)[-1]), 11)
+    hist, lengths = ds.training_row_histories(rows, SMALL.history, SMALL.truncation)
+    assert np.array_equal(model.train_history[rows].numpy(), hist.astype(np.int64))
+    with pytest.raises(RuntimeError, match="attach"):
+        ACMR(ds.n_items, len(ds.markets), SMALL)(torch.tensor([0]), torch.tensor([1]))

@@ -80,7 +80,7 @@ def test_fine_tuning_keeps_frozen_weights_bit_identical_and_forks_are_independen
 def test_finetune_errors(maml_run: Path, tmp_path: Path) -> None:
     with pytest.raises(XmfastError, match="market 'xx' is not in the dataset"):
         finetune(maml_run, tmp_path / "f", ["xx"])
-    with pytest.raises(XmfastError, match="forks a finished maml or nmf run"):
+    with pytest.raises(XmfastError, match="forec fine-tunes a finished maml or nmf run"):
         finetune(maml_run.parent / "gmf", tmp_path / "f")
     ds = Run.open(maml_run).load_dataset()
     with pytest.raises(XmfastError, match="made from a trained run by `xmfast finetune"):

@@ -52,6 +52,66 @@ def test_random_keeps_a_keyed_subsequence(rows: list[list[int]], width: int, see
         assert all(any(x == y for y in it) for x in kept)
 
 
+@given(histories, st.integers(1, 8), st.data())
+@settings(max_examples=60, deadline=None)
+def test_a_left_out_position_is_dropped_before_the_recent_rule(rows: list[list[int]], width: int, data: st.DataObject) -> None:
+    off, items = _csr(rows)
+    keep_all = 2**32 - 1
+    sel, skip = [], []
+    for r, hist in enumerate(rows):  # every position of every row once, and each row whole
+        for p in range(len(hist)):
+            sel.append(r)
+            skip.append(p)
+        sel.append(r)
+        skip.append(keep_all)
+    sel_a, skip_a = np.array(sel, dtype=np.uint32), np.array(skip, dtype=np.uint32)
+    out, lengths = core.padded_histories(off, items, sel_a, width, 999, rule="recent", leave_out=skip_a)
+    for k, (r, p) in enumerate(zip(sel, skip)):
+        hist = list(rows[r])
+        if p != keep_all:
+            del hist[p]
+        want = hist[-width:]
+        assert out[k].tolist() == want + [999] * (width - len(want)) and lengths[k] == len(want)
+    seed = data.draw(st.integers(0, 2**32))
+    rand, rand_len = core.padded_histories(off, items, sel_a, width, 999, rule="random", seed=seed, leave_out=skip_a)
+    for k, (r, p) in enumerate(zip(sel, skip)):
+        hist = list(rows[r])
+        if p != keep_all:
+            del hist[p]
+        it = iter(hist)
+        assert rand_len[k] == min(width, len(hist)) and all(any(x == y for y in it) for x in rand[k, : rand_len[k]])
+
+
+def test_training_row_histories_leave_out_the_rows_own_item(sample_dir: Path, tmp_path: Path) -> None:
+    ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(target="in", sources="all", protocol="acmr"))
+    offsets = np.asarray(ds.train_offsets).astype(np.int64)
+    items = np.asarray(ds.train_item)
+    rows = np.arange(0, offsets[-1], 7)
+    out, lengths = ds.training_row_histories(rows, width=6, rule="recent")
+    group = ds.train_group()[rows].astype(np.int64)
+    for k, r in enumerate(rows):
+        hist = items[offsets[group[k]] : offsets[group[k] + 1]].tolist()
+        del hist[r - offsets[group[k]]]
+        want = hist[-6:]
+        assert out[k].tolist() == want + [ds.n_items] * (6 - len(want)) and lengths[k] == len(want)
+
+
+def test_heldout_as_training_restores_the_sequences(sample_dir: Path, tmp_path: Path) -> None:
+    ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(target="in", sources="all", protocol="acmr"))
+    full = ds.with_heldout_as_training(["de", "uk"])
+    off, items = np.asarray(ds.train_offsets).astype(np.int64), np.asarray(ds.train_item)
+    foff, fitems = np.asarray(full.train_offsets).astype(np.int64), np.asarray(full.train_item)
+    valid = dict(zip(np.asarray(ds.valid.group).tolist(), np.asarray(ds.valid.item).tolist()))
+    test = dict(zip(np.asarray(ds.test.group).tolist(), np.asarray(ds.test.item).tolist()))
+    moved = {ds.market_index("de"), ds.market_index("uk")}
+    for g in range(ds.n_groups):
+        want = items[off[g] : off[g + 1]].tolist()
+        if int(ds.group_market[g]) in moved and g in valid:
+            want += [valid[g], test[g]]
+        assert fitems[foff[g] : foff[g + 1]].tolist() == want
+    assert len(full.valid) == len(ds.valid)  # the held-out sets stay for evaluation
+
+
 def test_cooc_rule_against_plain_python(sample_dir: Path, tmp_path: Path) -> None:
     ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(target="in", sources="all"))
     indptr, indices, counts = core.cooccurrence(

@@ -100,7 +100,7 @@ def test_bad_hyper_parameters_are_errors() -> None:
 
 
 def test_registry_names_and_plus_plus_aliases() -> None:
-    assert model_names() == ["gmf", "mlp", "nmf", "maml", "forec", "pop", "cooc"]
+    assert model_names() == ["gmf", "mlp", "nmf", "maml", "forec", "acmr", "pop", "cooc"]
     assert get_model("NMF++").name == "nmf" and get_model("gmf").default_lr == 0.005
     assert get_model("mlp").default_lr == 0.01 and get_model("nmf").pretrain == ("gmf", "mlp")
     with pytest.raises(XmfastError, match="unknown model 'svd'"):

@@ -57,13 +57,12 @@ def experiment_configs(
 ) -> tuple[str, ModelSpec, Any, Any]:
     """(model name as given, spec, model config, train config) from the layers. Overrides whose
     value is None are not set (they are the CLI options the user did not give)."""
-    from xmfast.training import TrainConfig
-
     file = dict(file or {})
     file_model = file.pop("model", None)
     name = model or file_model
     if not name:
-        raise XmfastError("name a model with --model (gmf, mlp, nmf, gmf++, mlp++, nmf++, pop, cooc) or in the config file")
+        raise XmfastError("name a model with --model (gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, acmr, pop, cooc) or in "
+                          "the config file")
     spec = get_model(name)
     train_values = dict(file.pop("train", {}) or {})
     model_values = dict(file.pop(spec.name, {}) or {})
@@ -73,7 +72,7 @@ def experiment_configs(
     train_values.update({k: v for k, v in (train_overrides or {}).items() if v is not None})
     if name.endswith("++") and not train_values.get("sources"):
         train_values["sources"] = ["all"]
-    train_config = config_from_dict(TrainConfig, train_values)
+    train_config = spec.train_config(**train_values)
     model_config = _apply_model_overrides(spec, spec.config_from(model_values), model_overrides or {})
     return name, spec, model_config, train_config
 
@@ -106,6 +105,8 @@ def _apply_model_overrides(spec: ModelSpec, config: Any, overrides: dict[str, An
             values[key] = value
         elif spec.name == "maml" and key in ("inner_lr", "inner_steps", "first_order", "test_adaptation_steps"):
             values["maml"][key] = value
+        elif spec.name == "acmr" and key in ("embedding_dim", "history", "truncation", "dropout"):
+            values[key] = value
         elif spec.name == "cooc" and key == "markets":
             values["markets"] = tuple(value)
         else:

@@ -178,9 +178,11 @@ def padded_histories(
     cooc_indptr: npt.NDArray[np.uint64] | None = None,
     cooc_indices: npt.NDArray[np.uint32] | None = None,
     cooc_counts: npt.NDArray[np.uint32] | None = None,
+    leave_out: npt.NDArray[np.uint32] | None = None,
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
     """Fixed-width histories of `rows` (left-aligned, time order, padded with `pad`) and the
-    length kept of each; longer ones are cut by `rule`: recent, random (keyed by `keys`) or cooc."""
+    length kept of each; longer ones are cut by `rule`: recent, random (keyed by `keys`) or cooc.
+    `leave_out[r]` drops that position of row r's history first (2**32 - 1: none)."""
     ...
 def parse_date(text: str) -> int: ...
 def format_date(day: int) -> str: ...

@@ -90,6 +90,29 @@ class PreparedDataset:
         sizes = np.diff(self.train_offsets).astype(np.int64)
         return np.repeat(np.arange(self.n_groups, dtype=np.uint32), sizes)
 
+    def with_heldout_as_training(self, markets: list[str] | tuple[str, ...]) -> PreparedDataset:
+        """The same dataset with the validation and test items of `markets` appended to their
+        groups' training rows: the split took them from the end of each group's sequence, so
+        putting them back after the training rows, validation then test, restores it.
+        For pre-training on source markets in full; the held-out sets stay as they are, so only
+        the other markets can still be evaluated fairly."""
+        from dataclasses import replace
+
+        codes = [self.market_index(m) for m in markets]
+        group_market = np.asarray(self.group_market)
+        parts = [(self.train_group().astype(np.int64), np.asarray(self.train_item), np.asarray(self.train_rating),
+                  np.asarray(self.train_day))]
+        for held in (self.valid, self.test):
+            keep = np.isin(group_market[np.asarray(held.group)], codes)
+            parts.append((np.asarray(held.group)[keep].astype(np.int64), np.asarray(held.item)[keep],
+                          np.asarray(held.rating)[keep], np.asarray(held.day)[keep]))
+        group, item, rating, day = (np.concatenate(col) for col in zip(*parts))
+        order = np.argsort(group, kind="stable")  # within a group: training rows, validation, test
+        offsets = np.zeros(self.n_groups + 1, dtype=np.uint64)
+        np.cumsum(np.bincount(group, minlength=self.n_groups), out=offsets[1:])
+        return replace(self, train_offsets=offsets, train_item=item[order].astype(np.uint32),
+                       train_rating=rating[order].astype(np.float32), train_day=day[order].astype(np.int32))
+
     def train_user(self) -> np.ndarray:
         return self.group_user[self.train_group()]
 
@@ -131,13 +154,30 @@ class PreparedDataset:
         Longer histories are cut by `rule`: ``recent``, ``random`` (seeded per group) or
         ``cooc`` (the items co-occurring most with the rest; give `cooc` = (indptr, indices,
         counts) from :func:`core.cooccurrence`)."""
-        groups = np.ascontiguousarray(groups, dtype=np.uint32)
+        return self._padded(np.ascontiguousarray(groups, dtype=np.uint32), None, width, rule, seed, cooc)
+
+    def training_row_histories(
+        self, rows: np.ndarray, width: int = 50, rule: str = "recent", seed: int = 0,
+        cooc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`padded_histories`, one row per training row (indices into `train_item`):
+        its group's training history *without the row's own item*, so a model trained on (history,
+        positive) pairs cannot learn to find the candidate in the history. The random rule draws
+        per row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        offsets = np.asarray(self.train_offsets).astype(np.int64)
+        groups = np.searchsorted(offsets, rows, side="right") - 1
+        position = (rows - offsets[groups]).astype(np.uint32)
+        return self._padded(groups.astype(np.uint32), position, width, rule, seed, cooc)
+
+    def _padded(self, groups: np.ndarray, leave_out: np.ndarray | None, width: int, rule: str, seed: int,
+                cooc: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         extra = {}
         if cooc is not None:
             extra = {"cooc_indptr": cooc[0], "cooc_indices": cooc[1], "cooc_counts": cooc[2]}
         return core.padded_histories(
             np.asarray(self.train_offsets), np.asarray(self.train_item), groups, width, self.n_items,
-            rule=rule, seed=seed, keys=self.group_keys()[groups], **extra,
+            rule=rule, seed=seed, keys=self.group_keys()[groups], leave_out=leave_out, **extra,
         )
 
     # ---- training negatives ------------------------------------------------------------

@@ -60,6 +60,9 @@ class TrainConfig:
     sources: tuple[str, ...] = ()  # source markets whose rows augment the target (the ++ variants)
     augmentation: Augmentation = "full"
     sampling: Sampling = "concat"
+    # The sources' validation and test items become training rows too (ACMR's pre-training uses
+    # the source markets in full); the run can then only be evaluated on its target market.
+    sources_in_full: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # bfloat16 autocast on CUDA (ignored on CPU). Off by default: FOREC's models have 8-wide
     # embeddings, so a step is bound by kernel launches, not arithmetic, and bf16 buys nothing.
@@ -143,6 +146,14 @@ class TrainingRows:
         return int(np.sum(self.market == self.markets.index(market)))
 
 
+def training_view(dataset: PreparedDataset, config: TrainConfig, sources: tuple[str, ...]) -> PreparedDataset:
+    """The dataset a run trains on: itself, or with ``sources_in_full`` the sources' held-out
+    items moved into their training histories (the target's split is untouched)."""
+    if config.sources_in_full and sources:
+        return dataset.with_heldout_as_training(sources)
+    return dataset
+
+
 def training_rows(dataset: PreparedDataset, sources: tuple[str, ...], augmentation: Augmentation) -> TrainingRows:
     """The target's training rows plus those of `sources` (all of them, or with ``selected``
     only the rows whose item the target market has)."""
@@ -168,10 +179,11 @@ class ModelScorer:
     """Scores (group, item) pairs with a torch model, in batches, without gradients; implements
     :class:`xmfast.evaluation.Scorer`."""
 
-    def __init__(self, model: nn.Module, device: torch.device, *, batch_pairs: int = 1 << 18, amp: bool = False):
+    def __init__(self, model: nn.Module, device: torch.device, *, batch_pairs: int | None = None, amp: bool = False):
         self.model = model
         self.device = device
-        self.batch_pairs = batch_pairs
+        # A model may say how many pairs it scores at once (ACMR: each pair is a sequence).
+        self.batch_pairs = batch_pairs or getattr(model, "scoring_batch", 1 << 18)
         self.amp = amp and device.type == "cuda"
 
     @torch.no_grad()
@@ -330,20 +342,26 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.amp = config.amp and self.device.type == "cuda"
         self.sources = resolve_sources(dataset, config.sources)
-        self.rows = training_rows(dataset, self.sources, config.augmentation)
+        self.train_data = training_view(dataset, config, self.sources)
+        self.rows = training_rows(self.train_data, self.sources, config.augmentation)
         if self.rows.count(dataset.target) == 0:
             raise XmfastError(f"target market {dataset.target}: no training rows")
         torch.manual_seed(config.seed)
-        self.model: nn.Module = spec.build(dataset.n_groups, dataset.n_items, model_config).to(self.device)
+        self.model: nn.Module = spec.build(dataset.n_groups, dataset.n_items, model_config,
+                                           len(dataset.markets)).to(self.device)
+        if spec.sequence:  # training-row and group history tables (see xmfast.models.acmr)
+            self.model.attach(self.train_data, self.rows.rows)  # type: ignore[operator]
         if pretrained:
             self._load_pretrained(pretrained)
         self.use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self.optimizer = _adam(self.model, config.learning_rate(spec), config.l2, self.device, self.use_graphs)
         self._graph: _GraphStep | None = None
         self.loss_fn = nn.BCEWithLogitsLoss()
-        self.sampler = dataset.train_negative_sampler(k=config.negatives, seed=config.seed)
+        self.sampler = self.train_data.train_negative_sampler(k=config.negatives, seed=config.seed)
         self._negatives = np.empty((self.sampler.rows, config.negatives), dtype=np.uint32)
-        self._group = torch.from_numpy(self.rows.group).to(self.device)
+        # The key of an instance: its group, or for a sequence model its training row.
+        keys = np.arange(len(self.rows), dtype=np.int64) if spec.sequence else self.rows.group
+        self._group = torch.from_numpy(keys).to(self.device)
         self._item = torch.from_numpy(self.rows.item).to(self.device)
         self._market = torch.from_numpy(self.rows.market).to(self.device)
         self._rows = self.rows.rows
@@ -354,9 +372,12 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
-        if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run
+        if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run; ACMR fine-tunes its own
             state = torch.load(pretrained["base"].best_checkpoint, map_location="cpu", weights_only=True)
-            self.model.fork(state["model"])  # type: ignore[operator]
+            if hasattr(self.model, "fork"):
+                self.model.fork(state["model"])  # type: ignore[operator]
+            else:
+                self.model.load_state_dict(state["model"])
             return
         if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
             state = torch.load(pretrained["nmf"].best_checkpoint, map_location="cpu", weights_only=True)
@@ -624,8 +645,43 @@ class MAMLTrainer(Trainer):
         return ModelScorer(model, self.device, amp=self.amp)
 
 
+class SequenceTrainer(Trainer):
+    """The engine for history models (ACMR). Instances are keyed by training row (see
+    :mod:`xmfast.models.acmr`), and batches are bucketed by history length: the epoch's shuffled
+    batches are taken in windows of `bucket_batches`, each window's instances sorted by history
+    length and cut again into batches of the same sizes, and all batches reshuffled. A batch then
+    holds histories of similar length and the model cuts it to its longest one, which on
+    XMarket makes a batch about 5× narrower than the padded width. Every choice is still a
+    function of (seed, epoch), so resumption stays exact. Steps run eagerly: their shapes vary."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.use_graphs = False
+        self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
+        n, k = len(self.rows), self.config.negatives
+        row_of_instance = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(k)])
+        self._instance_length = self.model.training_lengths().cpu()[row_of_instance]  # type: ignore[operator]
+
+    def _batches(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
+        batches = super()._batches(epoch, market)
+        window = self.model_config.bucket_batches
+        if not window or (self.config.sampling == "equal" and len(self.rows.markets) > 1):
+            return batches  # equal sampling keeps its market alternation
+        gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch) ^ 0x5EC)
+        bucketed: list[torch.Tensor] = []
+        for start in range(0, len(batches), window):
+            part = [b.cpu() for b in batches[start : start + window]]
+            index = torch.cat(part)
+            index = index[torch.argsort(self._instance_length[index], stable=True)]
+            bucketed.extend(index.split([b.shape[0] for b in part]))
+        order = torch.randperm(len(bucketed), generator=gen)
+        return [bucketed[j].to(self.device) for j in order.tolist()]
+
+
 def trainer_class(spec: ModelSpec) -> type[Trainer]:
-    return MAMLTrainer if spec.name == "maml" else Trainer
+    if spec.name == "maml":
+        return MAMLTrainer
+    return SequenceTrainer if spec.sequence else Trainer
 
 
 FINAL_EVAL = EvalConfig(cutoffs=(5, 10, 20), measures=("hr", "ndcg", "mrr"))
@@ -677,7 +733,7 @@ def train(
     out: Path,
     model: str,
     model_config: Any = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     *,
     pretrained: dict[str, Path] | None = None,
     overwrite: bool = False,
@@ -687,8 +743,10 @@ def train(
     """Trains `model` on `dataset` into the run directory `out` (see :mod:`xmfast.runs`).
 
     Baselines (pop, cooc) are "trained" too: their run holds the configuration and results, so
-    every table can list them next to the neural models."""
+    every table can list them next to the neural models. Without `config`, the model's own
+    defaults apply (FOREC's for the NCF family, the paper's schedule for ACMR)."""
     spec = get_model(model)
+    config = config if config is not None else spec.train_config()
     if model.endswith("++") and not config.sources:
         config = replace(config, sources=("all",))
     model_config = model_config if model_config is not None else spec.config_type()
@@ -721,9 +779,7 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
         raise XmfastError(f"{run_path}: a {spec.name} baseline has nothing to resume; train it again")
     dataset = run.load_dataset(dataset_path)
     model_config = spec.config_from(run.info["model_config"])
-    from xmfast.models import config_from_dict
-
-    config = config_from_dict(TrainConfig, run.info["train_config"])
+    config = _run_train_config(run)
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
     trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained, observer=observer,
                       stop_after=stop_after)
@@ -734,46 +790,70 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
 FOREC_TRAIN = TrainConfig(lr=0.01, l2=1e-3)
 """FOREC's fine-tuning settings: 25 epochs, lr 0.01 and L2 1e-3 for the market head."""
 
+# What each fine-tuned model starts from.
+_FINETUNE_BASES = {"forec": ("maml", "nmf"), "acmr": ("acmr",)}
+
 
 def finetune(
     base: Path,
     out: Path,
     markets: list[str] | None = None,
     model_config: Any = None,
-    config: TrainConfig = FOREC_TRAIN,
+    config: TrainConfig | None = None,
     *,
+    model: str = "forec",
     overwrite: bool = False,
     observer: TrainObserver | None = None,
     stop_after: int | None = None,
 ) -> dict[str, TrainResult | None]:
-    """FOREC: forks the network of a finished MAML (or NMF++) run once per market, freezes all but
-    the last layers, adds a market head and fine-tunes each fork on its market alone. Writes one
-    run per market, `out/<market>`; `markets` default to the base run's target, ``["all"]``
-    means the base run's target and sources."""
-    from xmfast.models.forec import FORECConfig
+    """Fine-tunes a finished run on single markets, one run per market, `out/<market>`.
 
+    * ``forec``: forks the network of a MAML (or NMF++) run, freezes all but the last layers,
+      adds a market head and fine-tunes each fork on its market alone (lr 0.01, L2 1e-3).
+    * ``acmr``: continues a pre-trained ACMR run on the market's training rows alone, with the
+      pre-training's schedule (early stopping on NDCG@5).
+
+    `markets` default to the base run's target; ``["all"]`` means its target and sources. A run
+    pre-trained with the sources in full has seen their held-out items, so it is fine-tuned on
+    its target only. `config` None means the model's fine-tuning defaults."""
+    if model not in _FINETUNE_BASES:
+        raise XmfastError(f"unknown fine-tuned model {model!r} (expected {' or '.join(_FINETUNE_BASES)})")
     base_run = Run.open(base)
-    if base_run.model not in ("maml", "nmf") or base_run.status != "finished":
-        raise XmfastError(f"{base}: FOREC forks a finished maml or nmf run (this is a {base_run.status} {base_run.model} run)")
+    bases = _FINETUNE_BASES[model]
+    if base_run.model not in bases or base_run.status != "finished":
+        raise XmfastError(f"{base}: {model} fine-tunes a finished {' or '.join(bases)} run "
+                          f"(this is a {base_run.status} {base_run.model} run)")
     dataset = base_run.load_dataset()
-    base_spec = get_model(base_run.model)
-    base_config = base_spec.config_from(base_run.info["model_config"])
-    nmf_config = base_config.nmf if base_run.model == "maml" else base_config
-    spec = get_model("forec")
-    model_config = replace(model_config or FORECConfig(), nmf=nmf_config)
+    spec = get_model(model)
+    base_config = get_model(base_run.model).config_from(base_run.info["model_config"])
+    if model == "forec":
+        from xmfast.models.forec import FORECConfig
+
+        nmf_config = base_config.nmf if base_run.model == "maml" else base_config
+        model_config = replace(model_config or FORECConfig(), nmf=nmf_config)
+    else:
+        if model_config is not None and model_config != base_config:
+            raise XmfastError(f"{model} fine-tuning keeps the pre-trained architecture; do not give other settings")
+        model_config = base_config
     run_markets = [dataset.target, *base_run.sources]
     wanted = run_markets if markets == ["all"] else (markets or [dataset.target])
     unknown = [m for m in wanted if m not in dataset.markets]
     if unknown:
         raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
-    config = replace(config, sources=())
+    if base_run.info["train_config"].get("sources_in_full") and base_run.sources:
+        leaky = [m for m in wanted if m != dataset.target]
+        if leaky:
+            raise XmfastError(f"{base}: pre-trained with the held-out items of {', '.join(base_run.sources)} as "
+                              f"training rows, so it cannot be evaluated on {leaky[0]}; fine-tune it on "
+                              f"{dataset.target} only")
+    config = replace(config, sources=()) if config is not None else spec.finetune_config()
     results: dict[str, TrainResult | None] = {}
     for market in dict.fromkeys(wanted):
         data = for_market(dataset, market)
         run = Run.create(Path(out) / market, run_info(data, spec, model_config, config, {"base": base_run}),
                          overwrite=overwrite)
-        trainer = Trainer(data, run, spec, model_config, config, pretrained={"base": base_run}, observer=observer,
-                          stop_after=stop_after)
+        trainer = trainer_class(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
+                                      observer=observer, stop_after=stop_after)
         results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
     return results
 
@@ -869,6 +949,15 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto", che
     if not path.is_file():
         raise XmfastError(f"{path}: missing; the run has no {which} checkpoint (status {run.status})")
     dev = resolve_device(device)
-    model = spec.build(dataset.n_groups, dataset.n_items, model_config)
+    model = spec.build(dataset.n_groups, dataset.n_items, model_config, len(dataset.markets))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
-    return ModelScorer(model.to(dev), dev)
+    model = model.to(dev)
+    if spec.sequence:
+        model.attach(training_view(dataset, _run_train_config(run), tuple(run.sources)))
+    return ModelScorer(model, dev)
+
+
+def _run_train_config(run: Run) -> TrainConfig:
+    from xmfast.models import config_from_dict
+
+    return config_from_dict(TrainConfig, run.info["train_config"])

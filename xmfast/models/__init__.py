@@ -24,10 +24,27 @@ class ModelSpec:
     pretrain: tuple[str, ...] = ()  # models whose trained runs initialise this one
     cross_market: bool = False  # needs source markets (it learns across them)
     fine_tuned: bool = False  # made by `xmfast finetune` from another run, not by `xmfast train`
+    # Reads histories (ACMR): the engine attaches the dataset's history tables to the module.
+    sequence: bool = False
+    # The model's own training defaults over TrainConfig's (FOREC's), e.g. ACMR's early stopping.
+    train_defaults: tuple[tuple[str, Any], ...] = ()
+    # Settings of `xmfast finetune` over train_defaults (FOREC's head: lr 0.01, L2 1e-3).
+    finetune_defaults: tuple[tuple[str, Any], ...] = ()
 
-    def build(self, n_users: int, n_items: int, config: Any) -> Any:
-        """The torch module for `n_users` groups and `n_items` items."""
-        return _BUILDERS[self.name](n_users, n_items, config)
+    def build(self, n_users: int, n_items: int, config: Any, n_markets: int = 1) -> Any:
+        """The torch module for `n_users` groups, `n_items` items and `n_markets` markets."""
+        return _BUILDERS[self.name](n_users, n_items, config, n_markets)
+
+    def train_config(self, **overrides: Any) -> Any:
+        """The training configuration of this model: TrainConfig's defaults, the model's own, then
+        `overrides`."""
+        from xmfast.training import TrainConfig
+
+        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **overrides})
+
+    def finetune_config(self, **overrides: Any) -> Any:
+        """The configuration of `xmfast finetune` for this model (always on one market alone)."""
+        return self.train_config(**{**dict(self.finetune_defaults), **overrides, "sources": ()})
 
     def config_from(self, values: dict[str, Any] | None) -> Any:
         """The configuration object from plain values (a TOML section, a saved run)."""
@@ -60,17 +77,25 @@ def _forec():
     return forec
 
 
-_BUILDERS: dict[str, Callable[[int, int, Any], Any]] = {
-    "gmf": lambda u, i, c: _ncf().GMF(u, i, c),
-    "mlp": lambda u, i, c: _ncf().MLP(u, i, c),
-    "nmf": lambda u, i, c: _ncf().NMF(u, i, c),
-    "maml": lambda u, i, c: _ncf().NMF(u, i, c.nmf),
-    "forec": lambda u, i, c: _forec().FOREC(u, i, c),
+def _acmr():
+    from xmfast.models import acmr
+
+    return acmr
+
+
+_BUILDERS: dict[str, Callable[[int, int, Any, int], Any]] = {
+    "gmf": lambda u, i, c, m: _ncf().GMF(u, i, c),
+    "mlp": lambda u, i, c, m: _ncf().MLP(u, i, c),
+    "nmf": lambda u, i, c, m: _ncf().NMF(u, i, c),
+    "maml": lambda u, i, c, m: _ncf().NMF(u, i, c.nmf),
+    "forec": lambda u, i, c, m: _forec().FOREC(u, i, c),
+    "acmr": lambda u, i, c, m: _acmr().ACMR(i, m, c),
 }
 
 
 def _specs() -> dict[str, ModelSpec]:
     from xmfast.maml import MAMLModelConfig
+    from xmfast.models.acmr import ACMRConfig
     from xmfast.models.forec import FORECConfig
     from xmfast.models.ncf import GMFConfig, MLPConfig, NMFConfig
 
@@ -84,7 +109,15 @@ def _specs() -> dict[str, ModelSpec]:
             ModelSpec("maml", "NMF meta-trained across markets with MAML, from an NMF++ run", MAMLModelConfig,
                       default_lr=0.005, pretrain=("nmf",), cross_market=True),
             ModelSpec("forec", "a MAML (or NMF++) run forked per market with a fine-tuned market head "
-                      "(xmfast finetune)", FORECConfig, default_lr=0.01, fine_tuned=True),
+                      "(xmfast finetune)", FORECConfig, default_lr=0.01, fine_tuned=True,
+                      finetune_defaults=(("lr", 0.01), ("l2", 1e-3))),
+            ModelSpec("acmr", "transformer over the user's history with market embeddings, pre-trained on all "
+                      "markets (then xmfast finetune on the target)", ACMRConfig, default_lr=1e-3,
+                      cross_market=True, sequence=True,
+                      # the paper's schedule: up to 50 epochs, early stopping on NDCG@5 with patience 3,
+                      # pre-training on all markets with the sources' held-out items as training rows
+                      train_defaults=(("epochs", 50), ("patience", 3), ("monitor", "ndcg@5"), ("sources", ("all",)),
+                                      ("sources_in_full", True))),
             ModelSpec("pop", "item popularity (baseline)", PopularityConfig, neural=False),
             ModelSpec("cooc", "item co-occurrence with the user's history (baseline)", CooccurrenceConfig,
                       neural=False),

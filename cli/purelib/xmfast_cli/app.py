@@ -407,7 +407,7 @@ def train(
     dataset: Annotated[Optional[Path], typer.Argument(help="A prepared dataset (omit with --resume).")] = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), maml (needs sources), pop or cooc."),
+        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), maml (needs sources), acmr (pre-training on all markets), pop or cooc."),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     config_file: Annotated[
@@ -422,7 +422,12 @@ def train(
     sampling: Annotated[
         Optional[str], typer.Option(help="concat (one shuffled stream) or equal (batches alternate between markets).")
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (FOREC: 25).")] = None,
+    sources_in_full: Annotated[
+        Optional[bool],
+        typer.Option("--sources-in-full/--sources-train-only",
+                     help="The sources' held-out items train too (acmr's default; the run is then evaluated on its target only)."),
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (FOREC: 25; acmr: 50).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (FOREC: 1024).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: 0.005 GMF, 0.01 MLP/NMF).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (FOREC: 1e-7).")] = None,
@@ -435,7 +440,7 @@ def train(
     select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
-    embedding_dim: Annotated[Optional[int], typer.Option(help="Embedding size (FOREC: 8).")] = None,
+    embedding_dim: Annotated[Optional[int], typer.Option(help="Embedding size (FOREC: 8; acmr: 32).")] = None,
     layers: Annotated[Optional[str], typer.Option(help="MLP tower widths, e.g. 16,64,32,16,8 (first = 2 × embedding).")] = None,
     pretrained: Annotated[
         Optional[bool], typer.Option("--pretrained/--no-pretrained", help="nmf: start from trained GMF and MLP runs (FOREC).")
@@ -453,6 +458,11 @@ def train(
         Optional[int],
         typer.Option(help="maml: adapt on the target's validation interactions before testing, as FOREC's code did (default 0: no)."),
     ] = None,
+    history: Annotated[Optional[int], typer.Option(help="acmr: history positions read per user (paper: 50).")] = None,
+    truncation: Annotated[
+        Optional[str], typer.Option(help="acmr: how longer histories are cut: random (the paper), recent or cooc.")
+    ] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="acmr: dropout of the transformer (paper: 0.3).")] = None,
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
     ] = None,
@@ -479,13 +489,14 @@ def train(
         read_config_file(config_file) if config_file else None,
         train_overrides={
             "sources": _split_list(sources) if sources is not None else None, "augmentation": augmentation,
-            "sampling": sampling, "epochs": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
+            "sampling": sampling, "sources_in_full": sources_in_full, "epochs": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
             "negatives": negatives, "seed": seed, "patience": patience, "monitor": monitor, "select": select,
             "device": device, "amp": amp,
         },
         model_overrides={"embedding_dim": embedding_dim, "layers": _layers(layers), "pretrained": pretrained,
                          "alpha": alpha, "inner_lr": inner_lr, "inner_steps": inner_steps, "first_order": first_order,
-                         "test_adaptation_steps": test_adaptation_steps},
+                         "test_adaptation_steps": test_adaptation_steps, "history": history,
+                         "truncation": truncation, "dropout": dropout},
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
@@ -500,35 +511,40 @@ def train(
 @app.command()
 @user_errors
 def finetune(
-    run: Annotated[Path, typer.Argument(help="A finished maml run (or nmf run) to fork.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the forks: one run per market, OUT/<market>.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="What to fine-tune: forec.")] = "forec",
+    run: Annotated[Path, typer.Argument(help="A finished run to fine-tune: maml or nmf (forec), acmr (acmr).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the fine-tuned runs: one per market, OUT/<market>.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="forec (fork per market with a head) or acmr.")] = "forec",
     markets: Annotated[
-        str, typer.Option(help="Comma-separated markets to fork for, or all (the run's target and sources); default: its target.")
+        str, typer.Option(help="Comma-separated markets to fine-tune for, or all (the run's target and sources); default: its target.")
     ] = "",
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per market (FOREC: 25).")] = 25,
-    lr: Annotated[float, typer.Option(help="Adam learning rate of the trainable layers.")] = 0.01,
-    l2: Annotated[float, typer.Option(help="Adam weight decay of the trainable layers.")] = 1e-3,
-    unfreeze: Annotated[int, typer.Option(help="Last fully-connected layers of the forked tower left trainable.")] = 3,
-    head: Annotated[str, typer.Option(help="Widths of the market head's hidden layers.")] = "16,32,16",
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience (default: all epochs).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the head's initialisation, negatives and shuffling.")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing fork runs.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per market (forec: 25; acmr: 50).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (forec: 0.01; acmr: 0.001).")] = None,
+    l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (forec: 1e-3; acmr: 1e-7).")] = None,
+    unfreeze: Annotated[Optional[int], typer.Option(help="forec: last fully-connected layers of the forked tower left trainable (3).")] = None,
+    head: Annotated[Optional[str], typer.Option(help="forec: widths of the market head's hidden layers (16,32,16).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience (forec: all epochs; acmr: 3).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the head's initialisation, negatives and shuffling (42).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing fine-tuned runs.")] = False,
 ) -> None:
-    """Fork a meta-learned model per market, freeze all but its last layers, add a market head and fine-tune (FOREC)."""
+    """Fine-tune a trained run per market: FOREC forks a meta-learned NMF and adds a market head; ACMR continues its pre-training on the target."""
     from xmfast import training
-    from xmfast.models import config_from_dict
+    from xmfast.models import config_from_dict, get_model
     from xmfast.models.forec import FORECConfig
     from xmfast_cli.render import TrainProgress, console, train_summary
 
-    if model != "forec":
-        raise XmfastError(f"unknown fine-tuned model {model!r} (expected forec)")
-    model_config = config_from_dict(FORECConfig, {"unfreeze": unfreeze, "head": _layers(head, "--head") or ()})
-    config = config_from_dict(training.TrainConfig, {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience,
-                                                     "seed": seed, "device": device})
+    if model not in ("forec", "acmr"):
+        raise XmfastError(f"unknown fine-tuned model {model!r} (expected forec or acmr)")
+    model_config = None
+    if model == "forec":
+        values = {"unfreeze": unfreeze, "head": _layers(head, "--head") if head is not None else None}
+        model_config = config_from_dict(FORECConfig, {k: v for k, v in values.items() if v is not None})
+    elif unfreeze is not None or head is not None:
+        raise XmfastError("--unfreeze and --head apply to forec only")
+    given = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
+    config = get_model(model).finetune_config(**{k: v for k, v in given.items() if v is not None})
     with TrainProgress() as observer:
-        results = training.finetune(run, out, _split_list(markets) or None, model_config, config,
+        results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=model,
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
         if result is not None:

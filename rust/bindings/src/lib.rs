@@ -492,10 +492,11 @@ fn cooccurrence<'py>(
 }
 
 /// Fixed-width histories of `rows` (padded with `pad`) and the length kept of each; longer
-/// histories are cut by `rule` (recent, random keyed by `keys`, or cooc with the counts given).
+/// histories are cut by `rule` (recent, random keyed by `keys`, or cooc with the counts given);
+/// `leave_out[r]` drops that position of row r's history first (u32::MAX: none).
 #[pyfunction]
 #[pyo3(signature = (history_offsets, history_items, rows, width, pad, rule="recent", seed=0, keys=None,
-                    cooc_indptr=None, cooc_indices=None, cooc_counts=None))]
+                    cooc_indptr=None, cooc_indices=None, cooc_counts=None, leave_out=None))]
 #[allow(clippy::too_many_arguments)]
 fn padded_histories<'py>(
     py: Python<'py>,
@@ -510,6 +511,7 @@ fn padded_histories<'py>(
     cooc_indptr: Option<PyReadonlyArray1<'py, u64>>,
     cooc_indices: Option<PyReadonlyArray1<'py, u32>>,
     cooc_counts: Option<PyReadonlyArray1<'py, u32>>,
+    leave_out: Option<PyReadonlyArray1<'py, u32>>,
 ) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray1<u32>>)> {
     let rule: xc::history::Truncation = rule.parse().map_err(py_err)?;
     let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
@@ -535,8 +537,12 @@ fn padded_histories<'py>(
         (None, None, None) => None,
         _ => return Err(PyValueError::new_err("give all of cooc_indptr, cooc_indices and cooc_counts, or none")),
     };
+    let leave_out_s = match &leave_out {
+        Some(l) => Some(slice("leave_out", l)?),
+        None => None,
+    };
     let (out, lengths) = py
-        .detach(|| xc::history::padded_histories(h, rows_s, width, pad, rule, seed, keys_s, cooc.as_ref()))
+        .detach(|| xc::history::padded_histories(h, rows_s, width, pad, rule, seed, keys_s, cooc.as_ref(), leave_out_s))
         .map_err(py_err)?;
     Ok((matrix_to_py(py, out, rows_s.len(), width)?, vec_to_py(py, lengths)))
 }

@@ -9,6 +9,11 @@
 //!   co-occurrence counts with the other positions), ties to the more recent item.
 //!
 //! Kept items always stay in their time order.
+//!
+//! A training row must not see its own positive item in its history (the model would learn to
+//! look the candidate up), so each row may name one position of its history to leave out before
+//! the width and the rule apply; the random rule then keys on (key, left-out position) so the
+//! rows of one user draw different subsets.
 
 use crate::cooc::Cooccurrence;
 use crate::error::{Error, Result};
@@ -35,9 +40,13 @@ impl std::str::FromStr for Truncation {
     }
 }
 
+/// Position value meaning "leave nothing out" in `leave_out`.
+pub const KEEP_ALL: u32 = u32::MAX;
+
 /// Padded histories of `rows` (indices into `histories`): `rows.len() × width` items and the
 /// length kept for each row. `keys[r]` keys the random rule for row `r`; `cooc` is required by
-/// the co-occurrence rule.
+/// the co-occurrence rule; `leave_out[r]`, when given, is a position of row `r`'s history to
+/// drop first ([`KEEP_ALL`] for none).
 #[allow(clippy::too_many_arguments)]
 pub fn padded_histories(
     histories: Csr<'_>,
@@ -48,6 +57,7 @@ pub fn padded_histories(
     seed: u64,
     keys: &[u64],
     cooc: Option<&Cooccurrence>,
+    leave_out: Option<&[u32]>,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
     if width == 0 {
         return Err(Error::invalid("history width must be at least 1"));
@@ -61,16 +71,36 @@ pub fn padded_histories(
     if rule == Truncation::Cooc && cooc.is_none() {
         return Err(Error::invalid("the cooc truncation rule needs co-occurrence counts"));
     }
+    if let Some(skip) = leave_out {
+        if skip.len() != rows.len() {
+            return Err(Error::invalid("rows and leave_out differ in length"));
+        }
+        if let Some(r) = (0..rows.len()).find(|&r| skip[r] != KEEP_ALL && skip[r] as usize >= histories.row(rows[r] as usize).len()) {
+            return Err(Error::invalid(format!(
+                "leave_out position {} is past the end of history row {} ({} items)",
+                skip[r], rows[r], histories.row(rows[r] as usize).len()
+            )));
+        }
+    }
     let mut out = vec![pad; rows.len() * width];
     let mut lengths = vec![0u32; rows.len()];
     out.par_chunks_mut(width).zip(lengths.par_iter_mut()).enumerate().for_each(|(r, (slot, len))| {
-        let hist = histories.row(rows[r] as usize);
+        let full = histories.row(rows[r] as usize);
+        let skip = leave_out.map_or(KEEP_ALL, |s| s[r]);
+        let without: Vec<u32>;
+        let (hist, key) = if skip == KEEP_ALL {
+            (full, vec![keys[r]])
+        } else {
+            let p = skip as usize;
+            without = [&full[..p], &full[p + 1..]].concat();
+            (&without[..], vec![keys[r], skip as u64])
+        };
         if hist.len() <= width {
             slot[..hist.len()].copy_from_slice(hist);
             *len = hist.len() as u32;
             return;
         }
-        let keep = kept_positions(hist, width, rule, seed, keys[r], cooc);
+        let keep = kept_positions(hist, width, rule, seed, &key, cooc);
         for (s, &p) in slot.iter_mut().zip(&keep) {
             *s = hist[p];
         }
@@ -80,13 +110,13 @@ pub fn padded_histories(
 }
 
 /// Positions (ascending) of the `width` items a rule keeps from a longer history.
-fn kept_positions(hist: &[u32], width: usize, rule: Truncation, seed: u64, key: u64, cooc: Option<&Cooccurrence>) -> Vec<usize> {
+fn kept_positions(hist: &[u32], width: usize, rule: Truncation, seed: u64, key: &[u64], cooc: Option<&Cooccurrence>) -> Vec<usize> {
     let n = hist.len();
     let mut keep: Vec<usize> = match rule {
         Truncation::Recent => (n - width..n).collect(),
         Truncation::Random => {
             // Partial Fisher–Yates over the positions.
-            let mut rng = Rng::for_stream(seed, &[key]);
+            let mut rng = Rng::for_stream(seed, key);
             let mut pos: Vec<usize> = (0..n).collect();
             for i in 0..width {
                 let j = i + rng.below((n - i) as u64) as usize;
@@ -122,7 +152,7 @@ mod tests {
     #[test]
     fn short_histories_are_copied_and_padded() {
         let h = csr();
-        let (out, len) = padded_histories(h.view(), &[1, 2], 3, 99, Truncation::Recent, 0, &[0, 0], None).unwrap();
+        let (out, len) = padded_histories(h.view(), &[1, 2], 3, 99, Truncation::Recent, 0, &[0, 0], None, None).unwrap();
         assert_eq!(out, [1, 2, 99, 99, 99, 99]);
         assert_eq!(len, [2, 0]);
     }
@@ -130,7 +160,7 @@ mod tests {
     #[test]
     fn recent_keeps_the_last_items_in_order() {
         let h = csr();
-        let (out, len) = padded_histories(h.view(), &[0], 3, 99, Truncation::Recent, 0, &[0], None).unwrap();
+        let (out, len) = padded_histories(h.view(), &[0], 3, 99, Truncation::Recent, 0, &[0], None, None).unwrap();
         assert_eq!(out, [7, 8, 9]);
         assert_eq!(len, [3]);
     }
@@ -138,12 +168,12 @@ mod tests {
     #[test]
     fn random_keeps_a_seeded_subset_in_time_order() {
         let h = csr();
-        let (a, _) = padded_histories(h.view(), &[0, 0], 3, 99, Truncation::Random, 1, &[10, 10], None).unwrap();
+        let (a, _) = padded_histories(h.view(), &[0, 0], 3, 99, Truncation::Random, 1, &[10, 10], None, None).unwrap();
         assert_eq!(a[..3], a[3..]); // same key, same subset
         assert!(a[..3].windows(2).all(|w| w[0] < w[1]), "time order kept: {a:?}");
         let mut seen = std::collections::HashSet::new();
         for key in 0..200u64 {
-            let (b, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Random, 1, &[key], None).unwrap();
+            let (b, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Random, 1, &[key], None, None).unwrap();
             seen.insert(b);
         }
         assert_eq!(seen.len(), 10, "every 3-subset of 5 items appears"); // C(5,3) = 10
@@ -159,20 +189,41 @@ mod tests {
             counts: vec![3, 1, 3, 1],
         };
         let h = csr();
-        let (out, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], Some(&c)).unwrap();
+        let (out, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], Some(&c), None).unwrap();
         // scores: 5→3, 6→0, 7→1, 8→0, 9→4: keep 9, 5, 7 in time order
         assert_eq!(out, [5, 7, 9]);
-        let (two, _) = padded_histories(h.view(), &[0], 4, 99, Truncation::Cooc, 0, &[0], Some(&c)).unwrap();
+        let (two, _) = padded_histories(h.view(), &[0], 4, 99, Truncation::Cooc, 0, &[0], Some(&c), None).unwrap();
         // the fourth slot is a tie between 6 and 8 (both 0): the more recent, 8, wins
         assert_eq!(two, [5, 7, 8, 9]);
     }
 
     #[test]
+    fn a_left_out_position_is_dropped_before_the_rule() {
+        let h = csr();
+        let (out, len) =
+            padded_histories(h.view(), &[0, 0, 1], 3, 99, Truncation::Recent, 0, &[0, 0, 0], None, Some(&[4, 1, KEEP_ALL]))
+                .unwrap();
+        // row 0 without 9 → 6 7 8 (the last three); without 6 → 7 8 9; row 1 untouched
+        assert_eq!(out, [6, 7, 8, 7, 8, 9, 1, 2, 99]);
+        assert_eq!(len, [3, 3, 2]);
+        let (short, len) =
+            padded_histories(h.view(), &[1], 3, 99, Truncation::Recent, 0, &[0], None, Some(&[0])).unwrap();
+        assert_eq!((short, len), (vec![2, 99, 99], vec![1]));
+        // the random rule draws per left-out position: never the left-out item, in time order
+        for p in 0..5u32 {
+            let (r, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Random, 5, &[7], None, Some(&[p])).unwrap();
+            assert!(!r.contains(&(5 + p)) && r.windows(2).all(|w| w[0] < w[1]), "{p}: {r:?}");
+        }
+        assert!(padded_histories(h.view(), &[1], 3, 99, Truncation::Recent, 0, &[0], None, Some(&[2])).is_err());
+        assert!(padded_histories(h.view(), &[1], 3, 99, Truncation::Recent, 0, &[0], None, Some(&[])).is_err());
+    }
+
+    #[test]
     fn bad_arguments() {
         let h = csr();
-        assert!(padded_histories(h.view(), &[3], 3, 99, Truncation::Recent, 0, &[0], None).is_err());
-        assert!(padded_histories(h.view(), &[0], 0, 99, Truncation::Recent, 0, &[0], None).is_err());
-        assert!(padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], None).is_err());
+        assert!(padded_histories(h.view(), &[3], 3, 99, Truncation::Recent, 0, &[0], None, None).is_err());
+        assert!(padded_histories(h.view(), &[0], 0, 99, Truncation::Recent, 0, &[0], None, None).is_err());
+        assert!(padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], None, None).is_err());
         assert!("oldest".parse::<Truncation>().is_err());
     }
 }
