@@ -14,10 +14,18 @@ TARGETS=${TARGETS:-"de fr ca jp mx in uk"}
 SEED=${SEED:-42}
 DEVICE=${DEVICE:-auto}
 done_run() { [ -f "$1/results.json" ]; }   # a finished run is reused, not retrained
+started() { [ -f "$1/checkpoints/last.pt" ]; }   # an interrupted one is resumed
 
 for t in $TARGETS; do
   ds=$OUT/$t/dataset
   [ -f "$ds/manifest.json" ] || xmfast prepare "$DATA" --target "$t" --sources all --protocol acmr --seed 42 --out "$ds"
-  done_run "$OUT/$t/pretrain" || xmfast train "$ds" -m acmr -o "$OUT/$t/pretrain" --seed "$SEED" --device "$DEVICE" --overwrite
-  done_run "$OUT/$t/finetune/$t" || xmfast finetune "$OUT/$t/pretrain" -m acmr -o "$OUT/$t/finetune" --seed "$SEED" --device "$DEVICE" --overwrite
+  pre=$OUT/$t/pretrain ft=$OUT/$t/finetune
+  if ! done_run "$pre"; then
+    if started "$pre"; then xmfast train --resume "$pre"
+    else xmfast train "$ds" -m acmr -o "$pre" --seed "$SEED" --device "$DEVICE" --overwrite; fi
+  fi
+  if ! done_run "$ft/$t"; then
+    if started "$ft/$t"; then xmfast train --resume "$ft/$t"
+    else xmfast finetune "$pre" -m acmr -o "$ft" --seed "$SEED" --device "$DEVICE" --overwrite; fi
+  fi
 done

@@ -332,3 +332,49 @@ def test_model_scorer_scores_pairs_like_the_model(sample_in: PreparedDataset) ->
     np.testing.assert_allclose(
         scorer.score_all(groups[:2], np.array([1, 2, 3])), scorer.score(groups[:2], np.array([[1, 2, 3]] * 2)), rtol=1e-5
     )
+
+
+def test_a_run_being_written_is_locked(sample_in: PreparedDataset, tmp_path: Path) -> None:
+    done = train(sample_in, tmp_path / "r", "gmf", config=replace(FAST, epochs=1))
+    assert done is not None
+    cut = train(sample_in, tmp_path / "cut", "gmf", config=replace(FAST, epochs=2), stop_after=1)
+    assert cut is None
+    with Run.open(tmp_path / "r").writing():  # as if another process were training into it
+        with pytest.raises(XmfastError, match="another xmfast process is writing this run"):
+            train(sample_in, tmp_path / "r", "gmf", config=replace(FAST, epochs=1), overwrite=True)
+        r = CliRunner().invoke(app, ["train", str(sample_in.path), "-m", "gmf", "-o", str(tmp_path / "r"), "--overwrite"])
+        assert r.exit_code == 2 and "another xmfast process is writing this run" in r.output
+    assert (tmp_path / "r" / "results.json").is_file()  # untouched
+    with Run.open(tmp_path / "cut").writing():
+        with pytest.raises(XmfastError, match="another xmfast process is writing this run"):
+            resume(tmp_path / "cut")
+    assert resume(tmp_path / "cut") is not None  # the lock went with its holder
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_in: PreparedDataset, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [str(sample_in.path), "-m", "gmf", "--epochs", "3", "--batch-size", "32", "--device", "cpu", "--seed", "5"]
+    whole = CliRunner().invoke(app, ["train", *args, "-o", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    cli = [sys.executable, "-c", "from xmfast_cli.app import main; main()"]
+    # (run from tmp_path: in the repository root `-c` would import the uncompiled source tree)
+    proc = subprocess.Popen([*cli, "train", *args, "-o", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # somewhere in epoch 2, after epoch 1's checkpoint
+    proc.wait()
+    assert Run.open(tmp_path / "killed").status == "running"
+    r = subprocess.run([*cli, "train", "--resume", str(tmp_path / "killed")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    final = lambda p: json.loads((p / "results.json").read_text())  # noqa: E731
+    a, b = final(tmp_path / "whole"), final(tmp_path / "killed")
+    assert a["test"] == b["test"] and a["valid"] == b["valid"] and a["selected_epoch"] == b["selected_epoch"]

@@ -17,7 +17,10 @@ Baselines (pop, cooc) have no checkpoints; their scorer is rebuilt from the data
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,27 @@ from xmfast.errors import DatasetError, XmfastError
 
 RUN_FORMAT = "xmfast-run"
 RUN_FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def _directory_lock(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking flock on the directory itself (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise XmfastError(
+                f"{path}: another xmfast process is writing this run; wait for it to finish, or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def to_plain(value: Any) -> Any:
@@ -93,11 +117,20 @@ class Run:
                 raise XmfastError(f"{path}: exists and is not a run directory; refusing to overwrite it")
             import shutil
 
-            shutil.rmtree(path)
+            with _directory_lock(path):  # never delete a run another process is writing
+                shutil.rmtree(path)
         (path / "checkpoints").mkdir(parents=True)
         run = cls(path, {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **info})
         run.save_info()
         return run
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Run]:
+        """Holds the run's lock while a process trains into it: a second command writing the
+        same run directory (training, resuming, overwriting) refuses instead of interleaving
+        checkpoints. The operating system drops the lock when the process ends, however it ends."""
+        with _directory_lock(self.path):
+            yield self
 
     @classmethod
     def open(cls, path: Path) -> Run:

@@ -762,9 +762,10 @@ def train(
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
     runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
     run = Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
-    trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
-                                  stop_after=stop_after)
-    return trainer.fit()
+    with run.writing():
+        trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
+                                      stop_after=stop_after)
+        return trainer.fit()
 
 
 def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainObserver | None = None,
@@ -781,10 +782,11 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     model_config = spec.config_from(run.info["model_config"])
     config = _run_train_config(run)
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
-    trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained, observer=observer,
-                      stop_after=stop_after)
-    trainer.restore()
-    return trainer.fit()
+    with run.writing():
+        trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained,
+                                      observer=observer, stop_after=stop_after)
+        trainer.restore()
+        return trainer.fit()
 
 
 FOREC_TRAIN = TrainConfig(lr=0.01, l2=1e-3)
@@ -852,9 +854,10 @@ def finetune(
         data = for_market(dataset, market)
         run = Run.create(Path(out) / market, run_info(data, spec, model_config, config, {"base": base_run}),
                          overwrite=overwrite)
-        trainer = trainer_class(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
-                                      observer=observer, stop_after=stop_after)
-        results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
+        with run.writing():
+            trainer = trainer_class(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
+                                          observer=observer, stop_after=stop_after)
+            results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
     return results
 
 
@@ -922,8 +925,9 @@ def _train_baseline(dataset: PreparedDataset, out: Path, spec: ModelSpec, model_
                     *, overwrite: bool) -> TrainResult:
     run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite)
     scorer = baseline_scorer(dataset, spec.name, model_config, resolve_sources(dataset, config.sources))
-    valid, test = evaluate_run_splits(dataset, scorer, run)
-    write_results(run, None, valid, test, extra={})
+    with run.writing():
+        valid, test = evaluate_run_splits(dataset, scorer, run)
+        write_results(run, None, valid, test, extra={})
     return TrainResult(run, 0, 0, valid, test)
 
 

@@ -171,6 +171,37 @@ def stats(
 
 @app.command()
 @user_errors
+def download(
+    markets: Annotated[str, typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the rating files.")],
+    category: Annotated[str, typer.Option(help="XMarket category, e.g. Electronics.")] = "Electronics",
+    base_url: Annotated[str, typer.Option(help="Where the files are: BASE/{market}/{category}/ratings_{market}_{category}.txt.gz.")] = "https://ciir.cs.umass.edu/downloads/XMarket/FULL",
+    overwrite: Annotated[bool, typer.Option(help="Fetch files that are already there again.")] = False,
+) -> None:
+    """Download official XMarket rating files (resumes partial downloads; checks each gzip before it is kept)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from xmfast.download import download as fetch
+    from xmfast_cli.render import console, err_console
+
+    names = _split_list(markets)
+    if not names:
+        raise XmfastError("--markets: name at least one market, e.g. uk,de")
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True) as bars:
+
+        def progress(market: str):
+            task = bars.add_task(market, total=None)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        results = fetch(names, category, out, base_url=base_url, overwrite=overwrite, progress=progress)
+    for r in results:
+        how = "already complete" if r.skipped else (f"resumed at {r.resumed_from:,} bytes" if r.resumed_from else "downloaded")
+        console.print(f"{r.market}: {r.path} ({r.bytes:,} bytes, {how})", highlight=False)
+
+
+@app.command()
+@user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the files to (created if needed).")],
     markets: Annotated[str, typer.Option(help="Comma-separated market codes, largest market first.")] = "uk,de,in",

@@ -1,0 +1,139 @@
+"""Fetching the official XMarket rating files.
+
+Each file is streamed into ``NAME.part`` beside its destination. An interrupted download is
+resumed from the part's size with an HTTP ``Range`` request (a server that ignores the range
+answers 200, and the file is fetched again from the start). A finished part is checked by
+reading it as gzip to the end — a truncated or corrupted archive fails there — and only then
+renamed into place, so a rating file that exists is always a complete one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from xmfast.errors import DataError, XmfastError
+from xmfast.markets import check_market_code
+
+XMARKET_BASE_URL = "https://ciir.cs.umass.edu/downloads/XMarket/FULL"
+CHUNK = 1 << 20
+
+# (bytes so far, total bytes or None when the server does not say)
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    market: str
+    path: Path
+    bytes: int
+    resumed_from: int  # bytes already there from an earlier, interrupted download
+    skipped: bool  # the file was already complete
+
+
+def rating_file_name(market: str, category: str) -> str:
+    return f"ratings_{market}_{category}.txt.gz"
+
+
+def rating_file_url(market: str, category: str, base_url: str = XMARKET_BASE_URL) -> str:
+    return f"{base_url.rstrip('/')}/{market}/{category}/{rating_file_name(market, category)}"
+
+
+def check_gzip(path: Path) -> None:
+    """Reads `path` as gzip to the end; raises DataError naming the file when it is not a
+    complete gzip archive."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a complete gzip file ({e})") from None
+
+
+def download(
+    markets: Sequence[str],
+    category: str,
+    out_dir: Path,
+    *,
+    base_url: str = XMARKET_BASE_URL,
+    overwrite: bool = False,
+    timeout: float = 60.0,
+    progress: Callable[[str], Progress] | None = None,
+) -> list[Downloaded]:
+    """Downloads ``ratings_{market}_{category}.txt.gz`` for each market into `out_dir`.
+    `progress(market)` returns the callback that reports that file's bytes."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", category):
+        raise XmfastError(f"category {category!r}: expected a name like Electronics or Home_and_Kitchen")
+    for m in markets:
+        check_market_code(m)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        _fetch(rating_file_url(m, category, base_url), out_dir / rating_file_name(m, category), m,
+               overwrite=overwrite, timeout=timeout, progress=progress(m) if progress else None)
+        for m in dict.fromkeys(markets)
+    ]
+
+
+def _fetch(url: str, dest: Path, market: str, *, overwrite: bool, timeout: float, progress: Progress | None
+           ) -> Downloaded:
+    if dest.exists() and not overwrite:
+        check_gzip(dest)  # an existing file must be whole; pass --overwrite to fetch it again
+        return Downloaded(market, dest, dest.stat().st_size, 0, skipped=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the part already holds the whole file
+            response = None
+        else:
+            raise XmfastError(f"{url}: HTTP {e.code} {e.reason} (check --markets, --category and --base-url)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise XmfastError(f"{url}: cannot connect ({reason}); the partial file is kept and resumed next time") from None
+    resumed_from = 0
+    if response is not None:
+        with response:
+            if response.status == 206 and have:
+                resumed_from = have
+                mode = "ab"
+            else:  # 200: the server sends the whole file
+                have, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            done = have
+            try:
+                with open(part, mode) as f:
+                    while block := response.read(CHUNK):
+                        f.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except (OSError, urllib.error.URLError) as e:
+                raise XmfastError(f"{url}: download interrupted after {done:,} bytes ({e}); run the same command "
+                                  "again to resume") from None
+            if total is not None and done < total:
+                raise XmfastError(f"{url}: the server sent {done:,} of {total:,} bytes; run the same command again "
+                                  "to resume")
+    try:
+        check_gzip(part)
+    except DataError:
+        part.unlink()  # a complete transfer that is not a gzip archive: start afresh next time
+        raise DataError(f"{url}: the downloaded file is not a complete gzip archive (removed; try again, or check "
+                        "the URL)") from None
+    os.replace(part, dest)
+    return Downloaded(market, dest, dest.stat().st_size, resumed_from, skipped=False)
+
+
+__all__ = ["XMARKET_BASE_URL", "Downloaded", "check_gzip", "download", "rating_file_name", "rating_file_url"]
