@@ -378,3 +378,37 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(sample_in: Pr
     final = lambda p: json.loads((p / "results.json").read_text())  # noqa: E731
     a, b = final(tmp_path / "whole"), final(tmp_path / "killed")
     assert a["test"] == b["test"] and a["valid"] == b["valid"] and a["selected_epoch"] == b["selected_epoch"]
+
+
+def test_damaged_or_foreign_checkpoints_are_one_error_line(sample_in: PreparedDataset, sample_uk: PreparedDataset,
+                                                           tmp_path: Path) -> None:
+    import shutil
+
+    for name, data in (("in", sample_in), ("uk", sample_uk)):
+        assert train(data, tmp_path / name, "gmf", config=replace(FAST, epochs=1)) is not None
+    best = lambda run: tmp_path / run / "checkpoints" / "best.pt"  # noqa: E731
+    cases = {
+        "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        "empty": lambda p: p.write_bytes(b""),
+        "random": lambda p: p.write_bytes(bytes(range(256)) * 8),
+        "foreign": lambda p: shutil.copy(best("uk"), p),  # another dataset's checkpoint
+        "no-model": lambda p: torch.save({"version": 1}, p),
+    }
+    messages = {"truncated": "not a readable checkpoint", "empty": "not a readable checkpoint",
+                "random": "not a readable checkpoint", "foreign": "belongs to another run",
+                "no-model": "not an xmfast checkpoint"}
+    for case, damage in cases.items():
+        shutil.copytree(tmp_path / "in", tmp_path / case)
+        damage(best(case))
+        before = best(case).read_bytes()
+        r = CliRunner().invoke(app, ["evaluate", str(tmp_path / case)])
+        assert r.exit_code == 2 and messages[case] in r.output and "Traceback" not in r.output, (case, r.output)
+        assert best(case).read_bytes() == before  # nothing changed
+    # a checkpoint of another model in this run's place
+    assert train(sample_in, tmp_path / "mlp", "mlp", config=replace(FAST, epochs=1)) is not None
+    shutil.copytree(tmp_path / "in", tmp_path / "swapped")
+    ck = torch.load(best("mlp"), weights_only=False)
+    ck.pop("model_name")  # as an older checkpoint without its model's name
+    torch.save(ck, best("swapped"))
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "swapped")])
+    assert r.exit_code == 2 and "weights do not fit the run's model" in r.output

@@ -312,6 +312,41 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def read_checkpoint(path: Path, run: Run | None = None) -> dict[str, Any]:
+    """A checkpoint's contents, or one clear error: a missing, truncated or foreign file, or (when
+    `run` is given) a checkpoint written for another dataset or model."""
+    import pickle
+
+    if not Path(path).is_file():
+        raise XmfastError(f"{path}: missing; the run has no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as e:
+        raise XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'}"
+                          f"); the file is damaged: train the run again") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise XmfastError(f"{path}: not an xmfast checkpoint (no model weights); train the run again")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise XmfastError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    if run is not None:
+        if "dataset" in state and state["dataset"] != run.dataset_fingerprint:
+            raise XmfastError(f"{path}: written for dataset {str(state['dataset'])[:12]}, but the run's dataset is "
+                              f"{run.dataset_fingerprint[:12]}; the checkpoint belongs to another run")
+        if "model_name" in state and state["model_name"] != run.model:
+            raise XmfastError(f"{path}: a {state['model_name']} checkpoint in a {run.model} run; it belongs to another run")
+    return state
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], path: Path) -> None:
+    """`module.load_state_dict(weights)`, with a mismatch reported as one error naming `path`."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0].rstrip(":")
+        raise XmfastError(f"{path}: its weights do not fit the run's model ({first}); the checkpoint belongs to "
+                          "another model or settings") from None
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return core.stable_hash(f"xmfast-epoch:{seed}:{epoch}") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -373,23 +408,23 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
         if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run; ACMR fine-tunes its own
-            state = torch.load(pretrained["base"].best_checkpoint, map_location="cpu", weights_only=True)
+            state = read_checkpoint(pretrained["base"].best_checkpoint, pretrained["base"])
             if hasattr(self.model, "fork"):
                 self.model.fork(state["model"])  # type: ignore[operator]
             else:
-                self.model.load_state_dict(state["model"])
+                load_weights(self.model, state["model"], pretrained["base"].best_checkpoint)
             return
         if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
-            state = torch.load(pretrained["nmf"].best_checkpoint, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model"])
+            state = read_checkpoint(pretrained["nmf"].best_checkpoint, pretrained["nmf"])
+            load_weights(self.model, state["model"], pretrained["nmf"].best_checkpoint)
             return
         branches = {}
         for name, run in pretrained.items():
             spec = get_model(name)
             cfg = spec.config_from(run.info["model_config"])
             module = spec.build(self.dataset.n_groups, self.dataset.n_items, cfg)
-            state = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
-            module.load_state_dict(state["model"])
+            state = read_checkpoint(run.best_checkpoint, run)
+            load_weights(module, state["model"], run.best_checkpoint)
             branches[name] = module
         self.model.load_pretrained(branches["gmf"].to(self.device), branches["mlp"].to(self.device))  # type: ignore[operator]
 
@@ -490,9 +525,13 @@ class Trainer:
         return {name: float(values[:, j].mean()) if values.shape[0] else float("nan") for j, name in enumerate(names)}
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint is for: checked when it is loaded (see :func:`read_checkpoint`)."""
+        return {"version": CHECKPOINT_VERSION, "dataset": self.dataset.fingerprint, "model_name": self.spec.name}
+
     def _state(self) -> dict[str, Any]:
         return {
-            "version": CHECKPOINT_VERSION,
+            **self._identity(),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -513,10 +552,8 @@ class Trainer:
             raise XmfastError(f"{self.run.path}: no checkpoint to resume from (no epoch finished yet); start it again")
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; model and optimizer
         # tensors are copied onto the model's device by load_state_dict.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise XmfastError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
-        self.model.load_state_dict(state["model"])
+        state = read_checkpoint(path, self.run)
+        load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.stopping = EarlyStopping(**state["stopping"])
         torch.set_rng_state(state["torch_rng"])
@@ -556,7 +593,7 @@ class Trainer:
                 "valid": valid, "best": improved,
             }
             if improved:
-                self._save(self.run.best_checkpoint, {"version": CHECKPOINT_VERSION, "epoch": epoch,
+                self._save(self.run.best_checkpoint, {**self._identity(), "epoch": epoch,
                                                       "model": self.model.state_dict()})
             self._save(self.run.last_checkpoint, self._state())
             self.run.append_metrics(record)
@@ -568,8 +605,7 @@ class Trainer:
         valid.json, test.json and results.json."""
         selected = self.stopping.best_epoch if self.config.select == "best" else self.epoch
         path = self.run.best_checkpoint if self.config.select == "best" else self.run.last_checkpoint
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, read_checkpoint(path, self.run)["model"], path)
         scorer = ModelScorer(self.model, self.device, amp=self.amp)
         valid, test = evaluate_run_splits(self.dataset, scorer, self.run, test_scorer=self._test_scorer(scorer))
         history = self.run.read_metrics()
@@ -945,7 +981,10 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto", che
     """A scorer for a finished (or interrupted) run: its model with the selected checkpoint, or
     its baseline rebuilt from the dataset."""
     spec = get_model(run.model)
-    model_config = spec.config_from(run.info["model_config"])
+    try:
+        model_config = spec.config_from(run.info["model_config"])
+    except XmfastError as e:
+        raise XmfastError(f"{run.path / 'run.json'}: {e}; the file was edited or belongs to another version") from None
     if not spec.neural:
         return baseline_scorer(dataset, spec.name, model_config, tuple(run.sources))
     which = checkpoint or run.info["train_config"].get("select", "best")
@@ -954,7 +993,7 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto", che
         raise XmfastError(f"{path}: missing; the run has no {which} checkpoint (status {run.status})")
     dev = resolve_device(device)
     model = spec.build(dataset.n_groups, dataset.n_items, model_config, len(dataset.markets))
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    load_weights(model, read_checkpoint(path, run)["model"], path)
     model = model.to(dev)
     if spec.sequence:
         model.attach(training_view(dataset, _run_train_config(run), tuple(run.sources)))
