@@ -118,7 +118,12 @@ def read_descriptor(
         raise error(f"{file}: unreadable ({e}); {remedy}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{file}: not an xmfast {what}")
-    if data.get("format_version") != version:
+    if "format_version" not in data:
+        raise error(f"{file}: no format_version (damaged or edited by hand); {remedy}")
+    found = data["format_version"]
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise error(f"{file}: format_version is {found!r}, not an integer version number (damaged or edited by hand); {remedy}")
+    if found != version:
         raise error(
             f"{file}: {what} format version {data.get('format_version')}, but this xmfast reads version {version}; {remedy}"
         )

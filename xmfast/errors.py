@@ -7,6 +7,8 @@ helps, what to do. The CLI prints that line and exits with status 2.
 
 from __future__ import annotations
 
+import numbers
+
 
 class XmfastError(Exception):
     """Bad input or a bad request; the message is meant for the user as is."""
@@ -18,3 +20,19 @@ class DataError(XmfastError):
 
 class DatasetError(XmfastError):
     """A prepared dataset is missing, incomplete, or of another format version."""
+
+
+U32_MAX = 2**32 - 1
+"""Largest count the Rust core takes for thresholds, widths and sizes (a u32)."""
+U64_MAX = 2**64 - 1
+
+
+def check_int(name: str, value: int, low: int = 1, high: int = U32_MAX) -> None:
+    """Raises XmfastError naming `name` (a setting or option) unless ``low <= value <= high``;
+    values go to the Rust core as fixed-width integers, where a bigger one is an OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise XmfastError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise XmfastError(f"{name} must be at least {low}, got {value}")
+    if value > high:
+        raise XmfastError(f"{name} must be at most {high}, got {value}")

@@ -27,7 +27,7 @@ import numpy as np
 from xmfast import core
 from xmfast._io import write_json_atomic
 from xmfast.dataset import HeldOut, PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, check_int
 
 TiePolicy = Literal["pessimistic", "optimistic", "expected", "trec"]
 TIE_POLICIES: tuple[str, ...] = ("pessimistic", "optimistic", "expected", "trec")
@@ -56,6 +56,8 @@ class EvalConfig:
             )
         if not self.cutoffs or any(k < 1 for k in self.cutoffs):
             raise XmfastError("cut-offs must be positive integers")
+        for k in self.cutoffs:
+            check_int("cut-off", k)  # the Rust metrics read k as a u32
 
     @property
     def metric_names(self) -> list[str]:
@@ -302,6 +304,69 @@ def evaluate_sampled(
         keys = dataset.items.order_keys()[np.asarray(held.candidates)]
     st = standings(scores, keys=keys)
     return _finish(dataset, split, "sampled", held, st, config, markets)
+
+
+NPY_MAGIC = b"\x93NUMPY"
+SCORES_FORMATS = "a scores file is a .npy float matrix (queries × stored candidates, saved with numpy.save) or a TREC run"
+
+
+def read_scores(path: Path, dataset: PreparedDataset, split: Split) -> np.ndarray:
+    """Scores of the stored candidates of `split` from a file: a .npy matrix (recognised by its
+    NumPy header, whatever the name) or else a TREC run. Every problem is one XmfastError that
+    names the file; nothing is unpickled."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except FileNotFoundError:
+        raise XmfastError(f"{path}: no such scores file") from None
+    except IsADirectoryError:
+        raise XmfastError(f"{path}: a directory, not a scores file; {SCORES_FORMATS}") from None
+    except OSError as e:
+        raise XmfastError(f"{path}: cannot read the scores file ({e.strerror or e})") from None
+    if not head.startswith(NPY_MAGIC):
+        if path.suffix.lower() == ".npy":
+            raise XmfastError(f"{path}: not a .npy file (no NumPy header); {SCORES_FORMATS}")
+        if head.startswith(b"PK\x03\x04"):
+            raise XmfastError(f"{path}: a zip archive (.npz?), not one scores matrix; {SCORES_FORMATS}")
+        from xmfast import trec
+
+        try:
+            run = trec.read_run(path)
+        except XmfastError as e:
+            if "expected 6 columns" in str(e) or "not UTF-8 text" in str(e):
+                raise XmfastError(f"{e}; {SCORES_FORMATS}") from None
+            raise
+        return trec.run_to_scores(run, dataset, split, path)
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy's advice to set allow_pickle=True would be unsafe here
+            raise XmfastError(f"{path}: holds Python objects (a pickled object array), not numbers; {SCORES_FORMATS}") from None
+        raise XmfastError(f"{path}: damaged .npy file ({_one_line(e)}); {SCORES_FORMATS}") from None
+    except (EOFError, OSError, SyntaxError, TypeError, UnicodeError) as e:
+        raise XmfastError(f"{path}: damaged .npy file ({_one_line(e)}); {SCORES_FORMATS}") from None
+    try:
+        scores = _as_score_array(scores)
+    except XmfastError as e:
+        raise XmfastError(f"{path}: {e}") from None
+    expected = held_out(dataset, split).candidates.shape
+    if scores.shape != expected:
+        raise XmfastError(
+            f"{path}: scores have shape {scores.shape} but the {split} candidates have shape {expected} "
+            f"(one row per {split} query, column 0 its held-out item); score the stored {split} candidates"
+        )
+    nan = np.isnan(scores)
+    if nan.any():
+        row, col = (int(x) for x in np.argwhere(nan)[0])
+        raise XmfastError(
+            f"{path}: {int(nan.sum()):,} scores are NaN (first: row {row}, column {col}); give every candidate a number"
+        )
+    return scores
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def evaluate_scorer(

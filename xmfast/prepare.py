@@ -18,7 +18,7 @@ import numpy as np
 from xmfast import core
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
-from xmfast.errors import DataError, XmfastError
+from xmfast.errors import DataError, XmfastError, check_int
 from xmfast.markets import check_market_code, discover, resolve_markets
 from xmfast.ratings import Ratings, read_ratings
 
@@ -34,8 +34,8 @@ class KCore:
     fixpoint: bool = False  # False: one pass, items then users (FOREC); True: until stable
 
     def __post_init__(self) -> None:
-        if self.min_user < 1 or self.min_item < 1:
-            raise XmfastError("k-core thresholds must be at least 1")
+        check_int("k-core threshold min_user", self.min_user)
+        check_int("k-core threshold min_item", self.min_item)
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise XmfastError(f"unknown protocol {self.protocol!r} (expected forec or acmr)")
-        if self.eval_negatives < 1:
-            raise XmfastError("the number of evaluation negatives must be at least 1")
+        check_int("the number of evaluation negatives", self.eval_negatives)
         if self.min_interactions < 3:
             raise XmfastError("min_interactions must be at least 3 (train, validation, test)")
+        check_int("min_interactions", self.min_interactions, 3)
         if not 0 <= self.seed < 2**63:
             raise XmfastError("seed must be between 0 and 2^63-1")
 

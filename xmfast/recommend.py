@@ -13,7 +13,7 @@ import numpy as np
 from xmfast import core
 from xmfast._io import write_text_atomic
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, check_int
 from xmfast.evaluation import Scorer
 
 
@@ -73,8 +73,7 @@ def recommend(
 ) -> Recommendations:
     """The top `k` items of each group's market catalog by `scorer`, leaving out (by default)
     every item the user has in that market: training, validation and test items."""
-    if k < 1:
-        raise XmfastError(f"k must be at least 1, got {k}")
+    check_int("k", k)
     groups = np.asarray(groups, dtype=np.int64)
     known_offsets, known_items = dataset._all_positives() if exclude_known else (None, None)
     items = np.full((groups.size, k), -1, dtype=np.int64)

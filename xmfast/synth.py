@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xmfast import core
-from xmfast.errors import XmfastError
+from xmfast.errors import U64_MAX, XmfastError, check_int
 from xmfast.markets import check_market_code
 
 
@@ -27,6 +27,13 @@ class SynthConfig:
     size_decay: float = 1.0  # market m (0-based) gets a share ∝ (m + 1)^-size_decay
     seed: int = 0
     raw_category: str | None = None  # write ratings_{m}_{category}.txt.gz instead of {m}_5core.txt
+
+    def __post_init__(self) -> None:
+        # The Rust generator takes these as fixed-width integers (its own checks say what is too small).
+        check_int("ratings", self.ratings, 0, U64_MAX)
+        for name in ("items", "topics", "min_per_user"):
+            check_int(name, getattr(self, name), 0)
+        check_int("seed", self.seed, 0, U64_MAX)
 
 
 SAMPLE = SynthConfig(markets=["uk", "de", "jp", "in"], ratings=24_000, items=1_500, topics=30, seed=2026)

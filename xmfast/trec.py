@@ -117,6 +117,10 @@ def _lines(path: Path):
         raise XmfastError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise XmfastError(f"{path}: not UTF-8 text ({e})") from None
+    except IsADirectoryError:
+        raise XmfastError(f"{path}: a directory, not a TREC file") from None
+    except OSError as e:
+        raise XmfastError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def run_to_scores(run: Run, dataset: PreparedDataset, split: str, path: Path | str = "run") -> np.ndarray:
@@ -137,11 +141,23 @@ def run_to_scores(run: Run, dataset: PreparedDataset, split: str, path: Path | s
     return out
 
 
-def evaluate_run(run: Run, qrels: dict[str, dict[str, int]], config: EvalConfig) -> Evaluation:
+def evaluate_run(
+    run: Run,
+    qrels: dict[str, dict[str, int]],
+    config: EvalConfig,
+    *,
+    run_path: Path | str = "run",
+    qrels_path: Path | str = "qrels",
+    allow_missing: bool = False,
+) -> Evaluation:
     """Evaluates a run against qrels with one relevant document per query, with no prepared
     dataset: the candidates of a query are the documents the run lists for it. A query whose
-    relevant document is absent from the run (or that the run lacks) scores 0 on every metric,
-    as trec_eval counts it with ``-c``. Queries named ``market:user`` are grouped by market."""
+    relevant document is absent from its ranking scores 0 on every metric (it was not retrieved).
+    A query of the qrels that the run lacks altogether is an error (a run for another split or
+    dataset, or a truncated file), unless `allow_missing`: then it too scores 0, as trec_eval
+    counts it with ``-c``. Either way ``info["unretrieved"]`` counts the queries that score 0
+    for want of their document and ``info["missing_queries"]`` those the run lacks. Queries
+    named ``market:user`` are grouped by market. The paths only name the files in errors."""
     from xmfast import core
     from xmfast.evaluation import Evaluation, Standings
 
@@ -150,8 +166,16 @@ def evaluate_run(run: Run, qrels: dict[str, dict[str, int]], config: EvalConfig)
     for qid in qids:
         relevant = [d for d, r in qrels[qid].items() if r > 0]
         if len(relevant) != 1:
-            raise XmfastError(f"qrels: query {qid} has {len(relevant)} relevant documents; leave-one-out needs exactly 1")
+            raise XmfastError(
+                f"{qrels_path}: query {qid} has {len(relevant)} relevant documents; leave-one-out needs exactly 1"
+            )
         positives.append(relevant[0])
+    missing = [q for q in qids if q not in run.docs]
+    if missing and not allow_missing:
+        raise XmfastError(
+            f"{run_path}: no lines for {len(missing):,} of the {len(qids):,} queries in {qrels_path} (first: {missing[0]}); "
+            "rank every query of the qrels (a run of another split or dataset, or cut short?)"
+        )
     all_docs = sorted({d for qid in qids for d in run.docs.get(qid, [])} | set(positives), key=str.encode)
     key_of = {d: i for i, d in enumerate(all_docs)}
     found = np.array([p in run.docs.get(q, ()) for q, p in zip(qids, positives)], dtype=bool)
@@ -174,5 +198,5 @@ def evaluate_run(run: Run, qrels: dict[str, dict[str, int]], config: EvalConfig)
     markets = sorted({q.split(":", 1)[0] if ":" in q else "all" for q in qids})
     query_market = np.array([markets.index(q.split(":", 1)[0] if ":" in q else "all") for q in qids], dtype=np.int64)
     users = [q.split(":", 1)[1] if ":" in q else q for q in qids]
-    info = {"unretrieved": int((~found).sum())}
+    info = {"unretrieved": int((~found).sum()), "missing_queries": len(missing)}
     return Evaluation("run", "sampled", config, markets, query_market, users, positives, st, values, info)

@@ -33,6 +33,8 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (XmfastError, core.DataFormatError) as e:
+            if getattr(e, "shown_by_rank0", False):  # under torchrun: rank 0's error, printed there
+                raise typer.Exit(2) from None
             from rich.markup import escape
 
             from xmfast_cli.render import err_console
@@ -61,6 +63,15 @@ def main_options(
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = None) -> None:
+    """Integer options bound for the Rust core's fixed-width integers (u32 unless `high`), checked
+    under the option's own name before any work starts."""
+    from xmfast.errors import U32_MAX, check_int
+
+    for name, value in options.items():
+        check_int(name, value, low, U32_MAX if high is None else high)
 
 
 @app.command()
@@ -99,6 +110,8 @@ def prepare(
     from xmfast.stats import market_stats
     from xmfast_cli.render import console, market_table, steps
 
+    _check_ints({"--min-user": min_user, "--min-item": min_item, "--reference-min-user": reference_min_user,
+                 "--reference-min-item": reference_min_item, "--eval-negatives": eval_negatives})
     config = PrepareConfig(
         target=target,
         sources="all" if sources.strip() == "all" else _split_list(sources),
@@ -182,13 +195,13 @@ def download(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from xmfast.download import download as fetch
-    from xmfast_cli.render import console, err_console
+    from xmfast_cli.render import console, err_console, live
 
     names = _split_list(markets)
     if not names:
         raise XmfastError("--markets: name at least one market, e.g. uk,de")
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err_console, transient=True) as bars:
+                  console=err_console, transient=True, disable=not live()) as bars:
 
         def progress(market: str):
             task = bars.add_task(market, total=None)
@@ -220,6 +233,11 @@ def synth(
     from xmfast.synth import SAMPLE, SynthConfig, synthesize
     from xmfast_cli.render import console
 
+    if not sample:
+        from xmfast.errors import U64_MAX
+
+        _check_ints({"--items": items, "--topics": topics, "--min-per-user": min_per_user}, low=0)
+        _check_ints({"--ratings": ratings, "--seed": seed}, low=0, high=U64_MAX)
     config = SAMPLE if sample else SynthConfig(
         markets=_split_list(markets), ratings=ratings, items=items, topics=topics,
         mean_per_user=mean_per_user, min_per_user=min_per_user, seed=seed, raw_category=raw_category,
@@ -234,6 +252,8 @@ def _parse_cutoffs(value: str) -> tuple[int, ...]:
         cutoffs = tuple(int(v) for v in _split_list(value))
     except ValueError:
         raise XmfastError(f"--cutoffs: expected comma-separated integers, got {value!r}") from None
+    for k in cutoffs:
+        _check_ints({"--cutoffs": k})
     return cutoffs
 
 
@@ -289,7 +309,8 @@ def evaluate(
 
         if trec_run is None or trec_qrels is None:
             raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
-        evaluation = trec.evaluate_run(trec.read_run(trec_run), trec.read_qrels(trec_qrels), config)
+        evaluation = trec.evaluate_run(trec.read_run(trec_run), trec.read_qrels(trec_qrels), config,
+                                       run_path=trec_run, qrels_path=trec_qrels)
         title = f"{trec_run} against {trec_qrels}"
     else:
         from xmfast.dataset import PreparedDataset
@@ -375,18 +396,9 @@ def _evaluate_run(
 
 
 def _read_scores(path: Path, dataset: Any, split: str) -> Any:
-    import numpy as np
+    from xmfast.evaluation import read_scores
 
-    if path.suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise XmfastError(f"{path}: no such file") from None
-        except ValueError as e:
-            raise XmfastError(f"{path}: not a readable .npy array ({e})") from None
-    from xmfast import trec
-
-    return trec.run_to_scores(trec.read_run(path), dataset, split, path)
+    return read_scores(path, dataset, split)  # type: ignore[arg-type]
 
 
 def _baseline(name: str, dataset: Any, cooc_markets: Optional[list[str]]) -> Any:
@@ -503,6 +515,7 @@ def train(
     from xmfast import training
     from xmfast.configs import experiment_configs, read_config_file
     from xmfast.dataset import PreparedDataset
+    from xmfast.distributed import is_main
     from xmfast_cli.render import TrainProgress, console, train_summary
 
     if resume is not None:
@@ -511,7 +524,8 @@ def train(
         with TrainProgress() as observer:
             result = training.resume(resume, dataset_path=dataset, observer=observer)
         assert result is not None
-        console.print(train_summary(result))
+        if is_main():  # under torchrun every rank returns the result; rank 0 prints it
+            console.print(train_summary(result))
         return
     if dataset is None or out is None:
         raise XmfastError("give a prepared dataset and --out RUN_DIR (or --resume RUN_DIR)")
@@ -536,7 +550,8 @@ def train(
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
                                 observer=observer)
     assert result is not None
-    console.print(train_summary(result))
+    if is_main():
+        console.print(train_summary(result))
 
 
 @app.command()
@@ -560,6 +575,7 @@ def finetune(
 ) -> None:
     """Fine-tune a trained run per market: FOREC forks a meta-learned NMF and adds a market head; ACMR continues its pre-training on the target."""
     from xmfast import training
+    from xmfast.distributed import is_main
     from xmfast.models import config_from_dict, get_model
     from xmfast.models.forec import FORECConfig
     from xmfast_cli.render import TrainProgress, console, train_summary
@@ -578,7 +594,7 @@ def finetune(
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=model,
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
-        if result is not None:
+        if result is not None and is_main():
             console.print(train_summary(result))
 
 
@@ -605,6 +621,7 @@ def recommend(
     from xmfast.training import load_scorer
     from xmfast_cli.render import console, progress_bar, recommendations_table
 
+    _check_ints({"--k": k})
     r = Run.open(run)
     data = r.load_dataset(dataset)
     ids = list(user or [])

@@ -15,6 +15,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def live() -> bool:
+    """Whether progress displays are shown: only on an interactive standard error. Elsewhere
+    (a pipe, a log file) rich's transient display leaves nothing but a blank line on stop, which
+    would stand before an `error:` line or after the output."""
+    return err_console.is_interactive
+
+
 def market_table(stats: Sequence[MarketStats], target: str, title: str) -> Table:
     table = Table(title=title)
     for col in ("market", "users", "items", "ratings", "density", f"items shared with {target}"):
@@ -50,7 +57,7 @@ def steps(description: str) -> Iterator[callable]:
     """A transient spinner that shows which step a long command is in."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err_console, transient=True,
+        console=err_console, transient=True, disable=not live(),
     ) as progress:
         task = progress.add_task(description, total=None)
 
@@ -95,7 +102,7 @@ def progress_bar(description: str) -> Iterator[callable]:
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True,
+        console=err_console, transient=True, disable=not live(),
     ) as progress:
         task = progress.add_task(description, total=None)
 
@@ -115,6 +122,7 @@ class TrainProgress:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console, transient=True,
+            disable=not live(),
         )
         self.epoch_task = None
         self.batch_task = None

@@ -2,9 +2,10 @@
 //!
 //! Two layouts are read: the processed 5-core files (`userId itemId rate date` header) and the
 //! official full files `ratings_{market}_{category}.txt.gz` (no header). Columns are separated by
-//! spaces or tabs; gzip is detected from the magic bytes, not the file name. Each file is parsed
-//! in parallel chunks that intern ids locally; the chunk vocabularies are then merged in input
-//! order, so numbering is by first appearance exactly as a sequential reader would give.
+//! spaces or tabs; gzip is detected from the magic bytes, not the file name; a leading UTF-8
+//! byte-order mark is skipped. Each file is parsed in parallel chunks that intern ids locally;
+//! the chunk vocabularies are then merged in input order, so numbering is by first appearance
+//! exactly as a sequential reader would give.
 
 use crate::error::{Error, Result};
 use crate::vocab::Vocab;
@@ -21,6 +22,9 @@ pub const XMARKET_MARKETS: [&str; 18] = [
 ];
 
 pub const HEADER: [&str; 4] = ["userId", "itemId", "rate", "date"];
+
+/// The UTF-8 byte-order mark, skipped at the start of a file.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// One input file and the market its rows belong to.
 #[derive(Clone, Debug)]
@@ -135,6 +139,10 @@ pub fn format_date(days: i32) -> String {
 /// Returns (content, on-disk size, blake3 of the on-disk bytes, was gzip).
 pub fn read_maybe_gzip(path: &Path) -> Result<(Vec<u8>, u64, String, bool)> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if raw.is_empty() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
+        // Said plainly: "no ratings" would hide that the download (or copy) never happened.
+        return Err(Error::file(path, "empty file (0 bytes), not a gzip archive; re-download the file"));
+    }
     let digest = if raw.len() > 1 << 20 {
         blake3::Hasher::new().update_rayon(&raw).finalize()
     } else {
@@ -324,6 +332,11 @@ fn chunk_bounds(text: &[u8], parts: usize) -> Vec<(usize, usize)> {
 
 /// Parses one file's content and appends its rows to `out`.
 fn parse_into(out: &mut Ratings, market_index: u16, path: &Path, text: &[u8]) -> Result<(bool, u64)> {
+    // A UTF-8 byte-order mark (written by many Windows tools) is not part of the first field.
+    let text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
+    if text.starts_with(b"\xff\xfe") || text.starts_with(b"\xfe\xff") {
+        return Err(Error::file(path, "UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"));
+    }
     // The header, if any, is the first non-blank line.
     let mut body_start = 0;
     let mut had_header = false;
@@ -581,6 +594,44 @@ mod tests {
         assert!(err.to_string().contains("truncated gzip"), "{err}");
         let missing = read_ratings(&[Source { market: "de".into(), path: dir.path().join("nope.txt") }]).unwrap_err();
         assert!(missing.to_string().contains("nope.txt"), "{missing}");
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_skipped() {
+        let plain = parse_bytes("uk", "f.txt", SAMPLE.as_bytes()).unwrap();
+        let with_bom = [UTF8_BOM, SAMPLE.as_bytes()].concat();
+        let r = parse_bytes("uk", "f.txt", &with_bom).unwrap();
+        assert!(r.files[0].had_header);
+        assert_eq!((&r.users, &r.items, &r.user, &r.item, &r.rating, &r.day),
+                   (&plain.users, &plain.items, &plain.user, &plain.item, &plain.rating, &plain.day));
+        // Without a header too, and line numbers still count from the first line.
+        let raw = [UTF8_BOM, b"u1 i1 5 2020-01-02\nu2 i2 x 2020-01-02\n"].concat();
+        assert_eq!(err_of(&raw), "f.txt:2: non-numeric rating \"x\"");
+        let r = parse_bytes("uk", "f.txt", &[UTF8_BOM, b"u1 i1 5 2020-01-02\n"].concat()).unwrap();
+        assert_eq!(r.users.iter().collect::<Vec<_>>(), ["u1"]);
+        // Only at the start: a mark inside the data is part of an id.
+        let r = parse_bytes("uk", "f.txt", &[b"u1 i1 5 2020-01-02\n", UTF8_BOM, b"u2 i1 5 2020-01-02\n"].concat()).unwrap();
+        assert_eq!(r.users.get(1), "\u{feff}u2");
+        // A BOM alone is an empty file.
+        assert_eq!(err_of(UTF8_BOM), "f.txt: no ratings in file (empty, or only a header)");
+        assert_eq!(
+            err_of(b"\xff\xfeu\x001\x00"),
+            "f.txt: UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+        );
+    }
+
+    #[test]
+    fn an_empty_gz_file_is_not_a_gzip_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("ratings_uk_Electronics.txt.gz");
+        std::fs::write(&gz, b"").unwrap();
+        let err = read_ratings(&[Source { market: "uk".into(), path: gz.clone() }]).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: empty file (0 bytes), not a gzip archive; re-download the file", gz.display()));
+        // A plain empty file still says it has no ratings.
+        let txt = dir.path().join("uk_5core.txt");
+        std::fs::write(&txt, b"").unwrap();
+        let err = read_ratings(&[Source { market: "uk".into(), path: txt }]).unwrap_err().to_string();
+        assert!(err.ends_with("no ratings in file (empty, or only a header)"), "{err}");
     }
 
     #[test]

@@ -142,8 +142,20 @@ pub fn eval_candidates(
         let g = held.heldout_groups[k] as usize;
         derive_seed(stream, &[market_keys[held.group_market[g] as usize], user_keys[held.group_user[g] as usize]])
     };
-    let width = negatives + 1;
+    let width = negatives
+        .checked_add(1)
+        .filter(|w| w.checked_mul(q).is_some())
+        .ok_or_else(|| Error::invalid(format!("{negatives} evaluation negatives per query is too many")))?;
+    let largest_pool = query_pool.iter().map(|&p| pools.view().row(p as usize).len()).max().unwrap_or(0);
     let assemble = |positives: &[u32], held_out: &[&[u32]], stream: u64| -> Result<Vec<u32>> {
+        if q > 0 && negatives >= largest_pool {
+            // No query can have that many negatives (its own held-out item is in its pool and
+            // excluded): report the first one, exactly as below, before allocating a candidate
+            // matrix that may not fit in memory.
+            let excl = exclusion(0..1, held_out);
+            let describe = |i: usize| describe_group(held.heldout_groups[i] as usize);
+            check_available(pools.view(), &query_pool[..1], excl.view(), negatives, &describe)?;
+        }
         let mut out = vec![0u32; q * width];
         out.par_chunks_mut(width).zip(positives.par_iter()).for_each(|(row, &p)| row[0] = p);
         for start in (0..q).step_by(QUERY_BLOCK) {
@@ -217,6 +229,14 @@ mod tests {
         // Asking for 6 negatives is impossible for group 0 under forec.
         let err = eval_candidates(&held, mi.view(), Protocol::Forec, 6, 1, &[1, 2], &[5, 6], &d).unwrap_err();
         assert!(err.to_string().starts_with("group 0: only 5 items"), "{err}");
+        // Far more than any pool holds: the same error, before a candidate matrix of that width
+        // is allocated (one of 2^40 columns would abort the process).
+        for n in [10, 1 << 40] {
+            let err = eval_candidates(&held, mi.view(), Protocol::Forec, n, 1, &[1, 2], &[5, 6], &d).unwrap_err();
+            assert!(err.to_string().starts_with("group 0: only 5 items"), "{err}");
+        }
+        let err = eval_candidates(&held, mi.view(), Protocol::Forec, usize::MAX, 1, &[1, 2], &[5, 6], &d).unwrap_err();
+        assert!(err.to_string().contains("too many"), "{err}");
         // acmr: pool is all 20 items; valid excludes train + valid item, may include the test item.
         let a = eval_candidates(&held, mi.view(), Protocol::Acmr, 16, 1, &[1, 2], &[5, 6], &d).unwrap();
         let valid0: Vec<u32> = a.valid[1..17].to_vec();
