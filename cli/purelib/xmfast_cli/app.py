@@ -650,6 +650,76 @@ def recommend(
             console.print(table)
 
 
+@app.command("run")
+@user_errors
+def run_experiment(
+    experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and what would run; run nothing.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: the file's `out`).")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
+) -> None:
+    """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
+    from xmfast import experiment as xp
+    from xmfast_cli.render import ExperimentProgress, console, plan_table
+
+    exp = xp.read_experiment(experiment, out=out)
+    plan = xp.plan(exp)
+    actions = xp.stage_actions(plan)
+    if dry_run:
+        console.print(plan_table(plan, actions))
+        return
+    with ExperimentProgress() as observer:
+        result = xp.run_experiment(plan, observer=observer)
+    ran = len(result.executed)
+    console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
+                  f"({sum(result.seconds.values()):.0f} s)", highlight=False)
+    if report:
+        from xmfast.report import build_report, collect_runs, write_report
+
+        runs = collect_runs([exp.out])
+        path = write_report(build_report(runs), exp.out / "report.md", title=f"{exp.name}: results",
+                            preface=_experiment_preface(exp, experiment))
+        console.print(f"report: {path}", highlight=False)
+
+
+def _experiment_preface(exp: Any, path: Path) -> str:
+    text = exp.description.strip()
+    made = f"Made by `xmfast run {path}` (data `{exp.data}`, protocol {exp.protocol}, seeds {', '.join(map(str, exp.seeds))})."
+    return f"{text}\n\n{made}" if text else made
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories, or directories to search for finished runs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Markdown file to write (CSV, JSON and plots go beside it).")],
+    title: Annotated[str, typer.Option(help="The report's title.")] = "xmfast report",
+    preface: Annotated[
+        Optional[Path], typer.Option(help="A markdown file whose text goes under the title (how the runs were made).")
+    ] = None,
+    published: Annotated[
+        Optional[Path], typer.Option(help="A published-figures TOML (default: the one shipped with xmfast).")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots.")] = True,
+) -> None:
+    """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
+    from xmfast.report import build_report, collect_runs, read_published, write_report
+    from xmfast_cli.render import console, report_table
+
+    text = ""
+    if preface is not None:
+        try:
+            text = preface.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError) as e:
+            raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
+    built = build_report(collect_runs(runs), published=read_published(published) if published else None)
+    path = write_report(built, out, title=title, preface=text, plots=plots)
+    for table in report_table(built):
+        console.print(table)
+    console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
+                  f"{', plots' if plots else ''})", highlight=False)
+
+
 def main() -> None:
     """Entry point of the `xmfast` script."""
     app()

@@ -217,3 +217,71 @@ def recommendations_table(recs, dataset, limit: int = 20) -> list[Table]:  # noq
             t.add_row(str(rank), escape(item), f"{score:.4f}")
         tables.append(t)
     return tables
+
+
+class ExperimentProgress(TrainProgress):
+    """`xmfast run`: an overall bar over the stages that run, with the epoch and batch bars of
+    the current training beneath it (one live display: rich allows only one at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_task = None
+
+    def on_plan(self, plan, actions) -> None:  # noqa: ANN001 - xmfast.experiment.Plan
+        todo = sum(1 for a in actions.values() if a != "cached")
+        self.on_message(f"[bold]{plan.experiment.name}[/]: {len(plan.stages)} stages, {todo} to run, "
+                        f"{len(plan.stages) - todo} reused")
+        self.stage_task = self.progress.add_task("stages", total=todo, info="")
+
+    def on_stage_start(self, stage, action, index: int, total: int) -> None:  # noqa: ANN001
+        for task in (self.epoch_task, self.batch_task):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.epoch_task = self.batch_task = None
+        verb = {"resume": "resuming", "run": "running"}[action]
+        self.progress.update(self.stage_task, info=stage.id)
+        self.on_message(f"[{index}/{total}] {verb} {stage.kind} {stage.id}")
+
+    def on_stage_end(self, stage, seconds: float) -> None:  # noqa: ANN001
+        self.progress.advance(self.stage_task)
+
+    def training_observer(self, stage):  # noqa: ANN001, ANN201
+        return self
+
+
+def plan_table(plan, actions) -> Table:  # noqa: ANN001 - xmfast.experiment.Plan
+    """`xmfast run --dry-run`: every stage, what it depends on and what running would do."""
+    todo = sum(1 for a in actions.values() if a != "cached")
+    t = Table(title=f"{plan.experiment.name}: {len(plan.stages)} stages, {todo} to run "
+                    f"({plan.experiment.out})")
+    t.add_column("stage", no_wrap=True)
+    t.add_column("kind")
+    t.add_column("after")
+    t.add_column("action")
+    style = {"cached": "dim", "resume": "yellow", "run": "bold"}
+    for s in plan.stages:
+        t.add_row(s.id, s.kind, ", ".join(d.rsplit("/", 1)[-1] for d in s.deps if not d.endswith("/dataset")) or "–",
+                  f"[{style[actions[s.id]]}]{actions[s.id]}[/]")
+    return t
+
+
+def report_table(report) -> list[Table]:  # noqa: ANN001 - xmfast.report.Report
+    """The report's main table, one per market, for the terminal."""
+    tables = []
+    for s in report.sections:
+        t = Table(title=f"{s.target} (protocol {s.protocol}, {s.users:,} test users)")
+        t.add_column("model")
+        t.add_column("seeds", justify="right")
+        for m in report.metrics:
+            t.add_column(m, justify="right")
+        t.add_column("Δ vs nmf (p)", justify="right")
+        for r in s.rows:
+            cells = []
+            for m in report.metrics:
+                text = f"{r.mean[m]:.4f}" + (f" ± {r.std[m]:.4f}" if len(r.runs) > 1 else "")
+                cells.append(f"[bold]{text}[/]" if s.best[m] == r.name else text)
+            vs = r.vs_nmf
+            t.add_row(r.name, str(len(r.runs)), *cells,
+                      "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p:.2g})")
+        tables.append(t)
+    return tables

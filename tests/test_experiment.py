@@ -1,0 +1,189 @@
+"""`xmfast run`: the planner's graph, its cache (a re-run does nothing; a changed setting re-runs
+exactly what depends on it), resuming an interrupted experiment, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xmfast.errors import XmfastError
+from xmfast.experiment import plan, read_experiment, run_experiment, stage_actions
+from xmfast_cli.app import app
+
+runner = CliRunner()
+
+
+def write_experiment(path: Path, sample_dir: Path, out: Path, body: str) -> Path:
+    path.write_text(f'data = "{sample_dir}"\nout = "{out}"\n' + body, encoding="utf-8")
+    return path
+
+
+def deps_of(p, stage_id: str) -> set[str]:
+    return set(p.by_id()[stage_id].deps)
+
+
+def test_plan_adds_prerequisites_in_dependency_order(sample_dir: Path, tmp_path: Path) -> None:
+    exp = read_experiment(write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out",
+                                           'targets = ["in"]\nmodels = ["nmf", "forec", "acmr"]\nseeds = [7]\n'))
+    p = plan(exp)
+    ids = [s.id for s in p.stages]
+    assert ids == [
+        "in/dataset",
+        "in/single/s7/gmf", "in/single/s7/mlp", "in/single/s7/nmf",
+        "in/all/s7/gmf++", "in/all/s7/mlp++", "in/all/s7/nmf++", "in/all/s7/maml", "in/all/s7/forec",
+        "in/all/s7/acmr-pretrain", "in/all/s7/acmr",
+    ]
+    assert deps_of(p, "in/single/s7/nmf") == {"in/dataset", "in/single/s7/gmf", "in/single/s7/mlp"}
+    assert deps_of(p, "in/all/s7/nmf++") == {"in/dataset", "in/all/s7/gmf++", "in/all/s7/mlp++"}
+    assert deps_of(p, "in/all/s7/maml") == {"in/dataset", "in/all/s7/nmf++"}
+    assert deps_of(p, "in/all/s7/forec") == {"in/dataset", "in/all/s7/maml"}
+    assert deps_of(p, "in/all/s7/acmr") == {"in/dataset", "in/all/s7/acmr-pretrain"}
+    by = p.by_id()
+    assert by["in/all/s7/nmf++"].pretrained == {"gmf": "in/all/s7/gmf++", "mlp": "in/all/s7/mlp++"}
+    assert by["in/all/s7/forec"].kind == "finetune" and by["in/all/s7/acmr"].kind == "finetune"
+    # every dependency comes before its dependent
+    seen: set[str] = set()
+    for s in p.stages:
+        assert set(s.deps) <= seen
+        seen.add(s.id)
+    # NMF's branches are the GMF and MLP settings (one place for each hyper-parameter)
+    assert by["in/single/s7/nmf"].settings["model_config"]["gmf"] == by["in/single/s7/gmf"].settings["model_config"]
+    assert by["in/all/s7/maml"].settings["model_config"]["nmf"] == by["in/all/s7/nmf++"].settings["model_config"]
+
+
+def test_each_source_and_all_targets(sample_dir: Path, tmp_path: Path) -> None:
+    exp = read_experiment(write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out",
+                                           'sources = "each"\nmodels = ["pop", "nmf++"]\nseeds = [1, 2]\n'))
+    p = plan(exp)
+    targets = sorted({s.target for s in p.stages})
+    assert targets == ["de", "in", "jp", "uk"]  # "all": every market of the sample
+    in_nmf = sorted(s.id for s in p.stages if s.target == "in" and s.label == "nmf++")
+    assert in_nmf == [f"in/src-{m}/s{seed}/nmf++" for m in ("de", "jp", "uk") for seed in (1, 2)]
+    assert all(s.sources == (s.setting[4:],) for s in p.stages if s.label == "nmf++")
+    assert len({s.key for s in p.stages}) == len(p.stages)  # keys tell stages apart
+
+
+def test_run_caches_and_reruns_only_what_a_change_touches(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    body = 'targets = ["in"]\nmodels = ["pop", "nmf"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 1\n'
+    path = write_experiment(tmp_path / "e.toml", sample_dir, out, body)
+    first = run_experiment(plan(read_experiment(path)))
+    assert sorted(first.executed) == ["in/dataset", "in/single/s1/gmf", "in/single/s1/mlp", "in/single/s1/nmf",
+                                      "in/single/s1/pop"]
+    results = json.loads((out / "in/single/s1/nmf/results.json").read_text())
+    assert results["model"] == "nmf" and 0 <= results["test"]["ndcg@10"] <= 1
+    run_info = json.loads((out / "in/single/s1/nmf/run.json").read_text())
+    assert Path(run_info["pretrained"]["gmf"]) == (out / "in/single/s1/gmf").resolve()
+
+    again = run_experiment(plan(read_experiment(path)))
+    assert again.executed == []
+    assert set(again.actions.values()) == {"cached"}
+
+    # a setting of NMF alone: only NMF runs again
+    write_experiment(path, sample_dir, out, body + "[model.nmf]\nalpha = 0.3\n")
+    assert run_experiment(plan(read_experiment(path))).executed == ["in/single/s1/nmf"]
+    # a setting of GMF: GMF and the NMF that starts from it, not MLP or pop
+    write_experiment(path, sample_dir, out, body + "[model.nmf]\nalpha = 0.3\n[train.gmf]\nlr = 0.002\n")
+    assert run_experiment(plan(read_experiment(path))).executed == ["in/single/s1/gmf", "in/single/s1/nmf"]
+    # the split's seed: everything
+    write_experiment(path, sample_dir, out, body + "[model.nmf]\nalpha = 0.3\n[train.gmf]\nlr = 0.002\n"
+                     "[prepare]\nseed = 5\n")
+    assert len(run_experiment(plan(read_experiment(path))).executed) == 5
+    # the device says where a run trains, not what it is: nothing re-runs
+    write_experiment(path, sample_dir, out, body.replace('"cpu"', '"auto"') + "[model.nmf]\nalpha = 0.3\n"
+                     "[train.gmf]\nlr = 0.002\n[prepare]\nseed = 5\n")
+    assert run_experiment(plan(read_experiment(path))).executed == []
+
+
+def test_a_deleted_output_is_made_again(sample_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    path = write_experiment(tmp_path / "e.toml", sample_dir, out,
+                            'targets = ["in"]\nmodels = ["gmf"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 1\n')
+    run_experiment(plan(read_experiment(path)))
+    shutil.rmtree(out / "in/single/s1/gmf")
+    assert run_experiment(plan(read_experiment(path))).executed == ["in/single/s1/gmf"]
+
+
+def test_an_interrupted_experiment_continues_where_it_stopped(sample_dir: Path, tmp_path: Path) -> None:
+    body = 'targets = ["in"]\nmodels = ["gmf"]\nseeds = [3]\ndevice = "cpu"\n[train]\nepochs = 3\n'
+    whole = write_experiment(tmp_path / "a.toml", sample_dir, tmp_path / "a", body)
+    run_experiment(plan(read_experiment(whole)))
+
+    broken = write_experiment(tmp_path / "b.toml", sample_dir, tmp_path / "b", body)
+    p = plan(read_experiment(broken))
+    stopped = run_experiment(p, stop_after=1)  # as if killed after epoch 1's checkpoint
+    assert stopped.executed == ["in/dataset", "in/single/s3/gmf"]
+    assert stage_actions(p)["in/single/s3/gmf"] == "resume"
+    assert stage_actions(p)["in/dataset"] == "cached"
+    done = run_experiment(plan(read_experiment(broken)))
+    assert done.actions["in/single/s3/gmf"] == "resume" and done.executed == ["in/single/s3/gmf"]
+    a = json.loads((tmp_path / "a/in/single/s3/gmf/results.json").read_text())
+    b = json.loads((tmp_path / "b/in/single/s3/gmf/results.json").read_text())
+    assert a["test"] == b["test"] and a["selected_epoch"] == b["selected_epoch"]
+
+
+def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = write_experiment(
+        tmp_path / "e.toml", sample_dir, out,
+        'targets = ["in"]\nsources = ["de"]\nmodels = ["forec", "acmr"]\nseeds = [1]\ndevice = "cpu"\n'
+        "[train]\nepochs = 1\n[finetune.forec]\nepochs = 1\n[finetune.acmr]\nepochs = 1\n"
+        "[model.acmr]\nembedding_dim = 8\nblocks = 1\nheads = 2\nhistory = 10\n",
+    )
+    result = run_experiment(plan(read_experiment(path)))
+    assert "in/src-de/s1/forec" in result.executed and "in/src-de/s1/acmr" in result.executed
+    forec = json.loads((out / "in/src-de/s1/forec/in/run.json").read_text())
+    assert forec["model"] == "forec" and Path(forec["pretrained"]["base"]) == (out / "in/src-de/s1/maml").resolve()
+    acmr = json.loads((out / "in/src-de/s1/acmr/in/run.json").read_text())
+    assert acmr["model"] == "acmr" and acmr["train_config"]["epochs"] == 1
+    assert (out / "in/src-de/s1/acmr/in/results.json").is_file()
+    assert run_experiment(plan(read_experiment(path))).executed == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('models = ["gmf"]\ncolour = 1\n', "unknown key 'colour'"),
+        ('models = ["gmff"]\n', "unknown model 'gmff'"),
+        ('models = ["gmf"]\ntargets = ["zz"]\n', "unknown market code 'zz'"),
+        ('models = ["gmf"]\ntargets = ["fr"]\n', "target 'fr' has no rating file"),
+        ('models = ["gmf"]\n[train]\nepochz = 3\n', "unknown setting 'epochz'"),
+        ('models = ["gmf"]\n[model.nmf]\nalfa = 3\n', "[model.nmf]: unknown setting 'alfa'"),
+        ('models = ["gmf"]\n[finetune.gmf]\nepochs = 3\n', "only forec and acmr"),
+        ('models = ["gmf"]\nseeds = [1, 1]\n', "distinct"),
+        ('models = ["gmf"]\nprotocol = "x"\n', "protocol must be forec or acmr"),
+        ('models = ["gmf"]\n[prepare]\ntarget = "uk"\n', "cannot set 'target'"),
+    ],
+)
+def test_bad_experiment_files_are_one_error_line(sample_dir: Path, tmp_path: Path, body: str, message: str) -> None:
+    path = write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out", body)
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(XmfastError):
+        plan(read_experiment(path))
+
+
+def test_cli_dry_run_then_run_then_report(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = write_experiment(tmp_path / "e.toml", sample_dir, out,
+                            'name = "tiny"\ntargets = ["in"]\nmodels = ["pop", "gmf"]\nseeds = [1, 2]\n'
+                            'device = "cpu"\n[train]\nepochs = 1\n')
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "in/single/s2/gmf" in dry.output and "5 to run" in dry.output
+    assert not out.exists()  # a dry run writes nothing
+    done = runner.invoke(app, ["run", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "5 stages, 5 run, 0 reused" in done.output
+    report = (out / "report.md").read_text()
+    assert "| gmf | – | 1, 2 |" in report and "report-plots/bars.png" in report
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert "0 to run" in dry.output and "cached" in dry.output

@@ -1,0 +1,509 @@
+"""Experiments: one TOML file names a grid (targets × source settings × models × seeds); the
+planner turns it into a dependency graph of stages and runs each stage once.
+
+::
+
+    name = "quickstart"
+    data = "data/sample"            # paths are relative to the directory xmfast is run from
+    out = "runs/quickstart"
+    protocol = "forec"              # forec or acmr
+    targets = ["in"]                # or "all": every market in `data`
+    sources = "all"                 # "all" (one pooled set), "each" (one run per other market), or ["de", "uk"]
+    models = ["pop", "cooc", "gmf", "mlp", "nmf", "nmf++", "maml", "forec", "acmr"]
+    seeds = [1, 2, 3]
+    device = "cpu"                  # auto, cpu, cuda
+
+    [prepare]                       # PrepareConfig settings (seed = the split's seed, kept for all runs)
+    [train]                         # TrainConfig settings for every model; a sub-table per model:
+    [train.acmr]                    #   epochs = 10
+    [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
+    [model.nmf]                     # hyper-parameters (the model's configuration dataclass)
+
+The graph: ``prepare`` → ``gmf``, ``mlp`` → ``nmf``; their ``++`` versions on the sources →
+``maml`` (from ``nmf++``) → ``forec`` (``xmfast finetune``); ``acmr`` pre-training → ``acmr``
+fine-tuning. A model's prerequisites are planned even when the file does not list them.
+
+Each stage has a key: a digest of everything that determines its output (its settings and the
+keys of the stages it reads). A ledger under ``OUT/.stages`` records the key each output was
+made with, so a re-run does only what is missing or changed, continues interrupted training
+from its last checkpoint, and re-runs exactly the stages downstream of a changed setting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from xmfast._io import digest_json, write_json_atomic
+from xmfast.errors import XmfastError
+
+StageKind = Literal["prepare", "train", "finetune"]
+Action = Literal["cached", "resume", "run"]
+
+# Model names an experiment may list, and what each one plans.
+NCF = ("gmf", "mlp", "nmf")
+EXPERIMENT_MODELS = ("pop", "cooc", "gmf", "mlp", "nmf", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr")
+_TOP_KEYS = {"name", "data", "out", "protocol", "targets", "sources", "models", "seeds", "device", "description",
+             "prepare", "train", "finetune", "model"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment file, checked (see the module docstring)."""
+
+    name: str
+    data: Path
+    out: Path
+    protocol: str = "forec"
+    targets: tuple[str, ...] | Literal["all"] = "all"
+    sources: tuple[str, ...] | Literal["all", "each"] = "all"
+    models: tuple[str, ...] = ("pop", "gmf", "mlp", "nmf")
+    seeds: tuple[int, ...] = (42,)
+    device: str = "auto"
+    description: str = ""
+    prepare: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # shared TrainConfig settings
+    train_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finetune_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        where = f"{self.path}: " if self.path else ""
+        if self.protocol not in ("forec", "acmr"):
+            raise XmfastError(f"{where}protocol must be forec or acmr, got {self.protocol!r}")
+        if not self.models:
+            raise XmfastError(f"{where}models is empty; list some of {', '.join(EXPERIMENT_MODELS)}")
+        for m in self.models:
+            if m not in EXPERIMENT_MODELS:
+                raise XmfastError(f"{where}unknown model {m!r} in models (expected {', '.join(EXPERIMENT_MODELS)})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise XmfastError(f"{where}seeds must be a non-empty list of distinct integers")
+        for table, names in (("train", self.train_by_model), ("finetune", self.finetune_by_model),
+                             ("model", self.model_settings)):
+            for name in names:
+                if name not in ("pop", "cooc", *NCF, "maml", "forec", "acmr"):
+                    raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r}")
+        for name in self.finetune_by_model:
+            if name not in ("forec", "acmr"):
+                raise XmfastError(f"{where}[finetune.{name}]: only forec and acmr have a fine-tuning stage")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: Path) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise XmfastError(f"{where}: {what} has the wrong type ({value!r})")
+    return value
+
+
+def _markets_or(value: Any, words: tuple[str, ...], what: str, where: Path) -> Any:
+    """One of `words`, or market codes (a list, or one code as a string) as a tuple."""
+    if isinstance(value, str):
+        return value if value in words else (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(dict.fromkeys(value))
+    raise XmfastError(f"{where}: {what} must be {' or '.join(repr(w) for w in words)} or a list of market codes")
+
+
+def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
+    """Reads and checks an experiment file; every unknown key is an error naming it."""
+    from xmfast.configs import read_config_file
+
+    path = Path(path)
+    raw = read_config_file(path)
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise XmfastError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("data", "out"):
+        if key not in raw and not (key == "out" and out is not None):
+            raise XmfastError(f"{path}: missing {key!r} (the {'rating files directory' if key == 'data' else 'output directory'})")
+    train = dict(_expect(raw.get("train", {}), dict, "[train]", path))
+    train_by_model = {k: train.pop(k) for k in list(train) if isinstance(train[k], dict)}
+    seeds = _expect(raw.get("seeds", [42]), list, "seeds", path)
+    for s in seeds:
+        _expect(s, int, "each seed", path)
+    models = _expect(raw.get("models", list(Experiment.models)), list, "models", path)
+    for m in models:
+        _expect(m, str, "each model", path)
+    return Experiment(
+        name=_expect(raw.get("name", path.stem), str, "name", path),
+        data=Path(_expect(raw["data"], str, "data", path)),
+        out=Path(out) if out is not None else Path(_expect(raw["out"], str, "out", path)),
+        protocol=_expect(raw.get("protocol", "forec"), str, "protocol", path),
+        targets=_markets_or(raw.get("targets", "all"), ("all",), "targets", path),
+        sources=_markets_or(raw.get("sources", "all"), ("all", "each"), "sources", path),
+        models=tuple(dict.fromkeys(models)),
+        seeds=tuple(seeds),
+        device=_expect(raw.get("device", "auto"), str, "device", path),
+        description=_expect(raw.get("description", ""), str, "description", path),
+        prepare=dict(_expect(raw.get("prepare", {}), dict, "[prepare]", path)),
+        train=train,
+        train_by_model=train_by_model,
+        finetune_by_model=dict(_expect(raw.get("finetune", {}), dict, "[finetune]", path)),
+        model_settings=dict(_expect(raw.get("model", {}), dict, "[model]", path)),
+        path=path,
+    )
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One unit of work: prepare a dataset, train a model, or fine-tune a trained run."""
+
+    id: str  # also the output's place under the experiment's `out`: "in/all/s1/nmf"
+    kind: StageKind
+    target: str
+    path: Path
+    label: str = ""  # the name tables use: "nmf++", "acmr (pre-trained)"
+    model: str | None = None
+    sources: tuple[str, ...] = ()
+    setting: str = ""  # "single", "all", "src-de"
+    seed: int | None = None
+    deps: tuple[str, ...] = ()
+    pretrained: dict[str, str] = field(default_factory=dict)  # branch name -> id of the stage it starts from
+    settings: dict[str, Any] = field(default_factory=dict)  # what determines the output (JSON)
+    key: str = ""
+
+    @property
+    def result_path(self) -> Path:
+        """The directory holding the stage's results (a fine-tuned run sits in `path/target`)."""
+        return self.path / self.target if self.kind == "finetune" else self.path
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: Experiment
+    stages: list[Stage]  # in dependency order
+
+    def by_id(self) -> dict[str, Stage]:
+        return {s.id: s for s in self.stages}
+
+
+def _data_signature(data: Path, category: str | None) -> list[list[Any]]:
+    """What the rating files are, cheaply: names, sizes and modification times."""
+    from xmfast.markets import discover
+
+    out = []
+    for market, f in sorted(discover(data, category).items()):
+        st = f.path.stat()
+        out.append([market, f.path.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _setting_of(sources: tuple[str, ...] | str) -> str:
+    if sources == () or sources == "":
+        return "single"
+    if sources == ("all",):
+        return "all"
+    return "src-" + "+".join(sources)
+
+
+def _check_settings(config_type: type, values: dict[str, Any], where: str) -> None:
+    from xmfast.models import config_from_dict
+
+    try:
+        config_from_dict(config_type, values)
+    except XmfastError as e:
+        raise XmfastError(f"{where}: {e}") from None
+
+
+def plan(experiment: Experiment) -> Plan:
+    """The stages of `experiment` in dependency order, each with its key."""
+    from xmfast.markets import check_market_code, discover
+    from xmfast.models import get_model
+    from xmfast.prepare import KCore, PrepareConfig
+    from xmfast.runs import to_plain
+    from xmfast.training import TrainConfig
+
+    exp = experiment
+    where = str(exp.path or exp.name)
+    prep_values = dict(exp.prepare)
+    for key in ("target", "sources", "protocol"):
+        if key in prep_values:
+            raise XmfastError(f"{where}: [prepare] cannot set {key!r}; it comes from the experiment's own keys")
+    for key in ("kcore", "reference_kcore"):
+        if isinstance(prep_values.get(key), dict):
+            prep_values[key] = KCore(**prep_values[key])
+    try:
+        PrepareConfig(target="uk", **prep_values)
+    except TypeError as e:
+        raise XmfastError(f"{where}: [prepare]: {e}") from None
+    available = sorted(discover(exp.data, prep_values.get("category")))
+    targets = available if exp.targets == "all" else list(exp.targets)
+    for t in targets:
+        check_market_code(t)
+        if t not in available:
+            raise XmfastError(f"{where}: target {t!r} has no rating file in {exp.data} (found {', '.join(available)})")
+    if isinstance(exp.sources, tuple):
+        for s in exp.sources:
+            check_market_code(s)
+            if s not in available:
+                raise XmfastError(f"{where}: source {s!r} has no rating file in {exp.data}")
+    for name, values in exp.train_by_model.items():
+        _check_settings(TrainConfig, {**exp.train, **values}, f"{where}: [train.{name}]")
+    _check_settings(TrainConfig, exp.train, f"{where}: [train]")
+    for name, values in exp.finetune_by_model.items():
+        _check_settings(TrainConfig, values, f"{where}: [finetune.{name}]")
+
+    wanted = set(exp.models)
+    needs_sources = wanted & {"cooc", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr"}
+    # prerequisites: nmf needs gmf and mlp; maml nmf++ (and so gmf++ and mlp++); forec maml
+    if "forec" in wanted:
+        wanted.add("maml")
+    if "maml" in wanted:
+        wanted.add("nmf++")
+    for m in NCF[2:]:
+        if m in wanted:
+            wanted |= {"gmf", "mlp"}
+        if m + "++" in wanted:
+            wanted |= {"gmf++", "mlp++"}
+
+    model_configs = _model_configs(exp, where)
+    data_signature = _data_signature(exp.data, prep_values.get("category"))
+    stages: list[Stage] = []
+
+    def add(stage: Stage, deps: Sequence[Stage] = ()) -> Stage:
+        stage.deps = tuple(d.id for d in deps)
+        stage.key = digest_json({"kind": stage.kind, "settings": stage.settings, "deps": [d.key for d in deps]})
+        stages.append(stage)
+        return stage
+
+    def train_config(name: str, sources: tuple[str, ...], seed: int) -> dict[str, Any]:
+        spec = get_model(name)
+        values = {**exp.train, **exp.train_by_model.get(name, {}), "seed": seed, "sources": sources,
+                  "device": exp.device}
+        return to_plain(spec.train_config(**values))
+
+    def finetune_config(name: str, seed: int) -> dict[str, Any]:
+        values = {**exp.finetune_by_model.get(name, {}), "seed": seed, "device": exp.device}
+        return to_plain(get_model(name).finetune_config(**values))
+
+    def settings(name: str, config: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
+        # device changes where a run trains, not what it is: a run moved to a GPU is not stale
+        kept = {k: v for k, v in config.items() if k not in ("device", "eval_batch")}
+        return {"model": name, "model_config": to_plain(model_configs[name]), "train_config": kept,
+                "finetune": finetune}
+
+    if isinstance(exp.sources, tuple):
+        source_sets = [tuple(exp.sources)]
+    elif exp.sources == "all":
+        source_sets = [("all",)]
+    else:
+        source_sets = []  # per target below
+
+    for t in targets:
+        prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
+        dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
+                            label="dataset", settings={"prepare": to_plain(prep), "data": data_signature}))
+        sets = source_sets or [(m,) for m in available if m != t]
+        if not needs_sources:
+            sets = []
+        for seed in exp.seeds:
+            def train_stage(name: str, sources: tuple[str, ...], label: str,
+                            deps: Sequence[Stage] = (), pretrained: dict[str, Stage] | None = None) -> Stage:
+                setting = _setting_of(sources)
+                config = train_config(name, sources, seed)
+                s = settings(name, config)
+                s["pretrained"] = sorted(pretrained or {})
+                slug = label.replace(" (pre-trained)", "-pretrain")
+                return add(Stage(id=f"{t}/{setting}/s{seed}/{slug}", kind="train", target=t,
+                                 path=exp.out / t / setting / f"s{seed}" / slug, label=label, model=name,
+                                 sources=sources, setting=setting, seed=seed, settings=s,
+                                 pretrained={k: v.id for k, v in (pretrained or {}).items()}),
+                           [dataset, *deps, *(pretrained or {}).values()])
+
+            if "pop" in wanted:
+                train_stage("pop", (), "pop")
+            single: dict[str, Stage] = {}
+            for m in ("gmf", "mlp"):
+                if m in wanted:
+                    single[m] = train_stage(m, (), m)
+            if "nmf" in wanted:
+                train_stage("nmf", (), "nmf", pretrained={"gmf": single["gmf"], "mlp": single["mlp"]})
+            for sources in sets:
+                if "cooc" in wanted:
+                    train_stage("cooc", sources, "cooc")
+                pooled: dict[str, Stage] = {}
+                for m in ("gmf", "mlp"):
+                    if m + "++" in wanted:
+                        pooled[m] = train_stage(m, sources, m + "++")
+                if "nmf++" in wanted:
+                    pooled["nmf"] = train_stage("nmf", sources, "nmf++",
+                                                pretrained={"gmf": pooled["gmf"], "mlp": pooled["mlp"]})
+                if "maml" in wanted:
+                    maml = train_stage("maml", sources, "maml", pretrained={"nmf": pooled["nmf"]})
+                    if "forec" in wanted:
+                        setting = _setting_of(sources)
+                        config = finetune_config("forec", seed)
+                        add(Stage(id=f"{t}/{setting}/s{seed}/forec", kind="finetune", target=t,
+                                  path=exp.out / t / setting / f"s{seed}" / "forec", label="forec", model="forec",
+                                  sources=sources, setting=setting, seed=seed,
+                                  settings=settings("forec", config, finetune=True)), [dataset, maml])
+                if "acmr" in wanted:
+                    pre = train_stage("acmr", sources, "acmr (pre-trained)")
+                    setting = _setting_of(sources)
+                    config = finetune_config("acmr", seed)
+                    add(Stage(id=f"{t}/{setting}/s{seed}/acmr", kind="finetune", target=t,
+                              path=exp.out / t / setting / f"s{seed}" / "acmr", label="acmr", model="acmr",
+                              sources=sources, setting=setting, seed=seed,
+                              settings=settings("acmr", config, finetune=True)), [dataset, pre])
+    return Plan(exp, stages)
+
+
+def _model_configs(exp: Experiment, where: str) -> dict[str, Any]:
+    """Each model's configuration; NMF's branches are the GMF and MLP settings, MAML's network is
+    NMF's, so a chain always fits together (one place for each hyper-parameter)."""
+    from xmfast.models import get_model
+
+    configs: dict[str, Any] = {}
+    for name in ("pop", "cooc", "gmf", "mlp", "nmf", "maml", "forec", "acmr"):
+        values = exp.model_settings.get(name, {})
+        if name in ("nmf", "maml", "forec") and any(k in values for k in ("gmf", "mlp", "nmf")):
+            raise XmfastError(f"{where}: [model.{name}] cannot set the branches of the chain; set them in "
+                              f"[model.gmf], [model.mlp] and [model.nmf]")
+        try:
+            configs[name] = get_model(name).config_from(values)
+        except XmfastError as e:
+            raise XmfastError(f"{where}: [model.{name}]: {e}") from None
+    configs["nmf"] = replace(configs["nmf"], gmf=configs["gmf"], mlp=configs["mlp"])
+    configs["maml"] = replace(configs["maml"], nmf=configs["nmf"])
+    if any(f.name == "nmf" for f in fields(configs["forec"])):
+        configs["forec"] = replace(configs["forec"], nmf=configs["nmf"])
+    return configs
+
+
+# ---- state and execution -------------------------------------------------------------------------
+def _ledger_path(exp: Experiment, stage: Stage) -> Path:
+    return exp.out / ".stages" / (stage.id.replace("/", "__") + ".json")
+
+
+def _read_ledger(exp: Experiment, stage: Stage) -> dict[str, Any]:
+    import json
+
+    path = _ledger_path(exp, stage)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _complete(stage: Stage) -> bool:
+    if stage.kind == "prepare":
+        return (stage.path / "manifest.json").is_file()
+    return (stage.result_path / "results.json").is_file()
+
+
+def _resumable(stage: Stage) -> bool:
+    run = stage.result_path
+    return stage.kind != "prepare" and (run / "checkpoints" / "last.pt").is_file() and (run / "run.json").is_file()
+
+
+def stage_actions(p: Plan) -> dict[str, Action]:
+    """What executing the plan would do with each stage: nothing (cached: made with the same
+    key and complete), continue it (resume) or run it from scratch."""
+    actions: dict[str, Action] = {}
+    for stage in p.stages:
+        ledger = _read_ledger(p.experiment, stage)
+        same = ledger.get("key") == stage.key
+        if same and ledger.get("status") == "finished" and _complete(stage):
+            actions[stage.id] = "cached"
+        elif same and ledger.get("status") == "started" and _resumable(stage) and not _complete(stage):
+            actions[stage.id] = "resume"
+        else:
+            actions[stage.id] = "run"
+    return actions
+
+
+class ExperimentObserver:
+    """What the CLI shows while an experiment runs; the defaults do nothing."""
+
+    def on_plan(self, plan: Plan, actions: dict[str, Action]) -> None: ...
+    def on_stage_start(self, stage: Stage, action: Action, index: int, total: int) -> None: ...
+    def on_stage_end(self, stage: Stage, seconds: float) -> None: ...
+
+    def training_observer(self, stage: Stage) -> Any:
+        """A TrainObserver for the stage's epochs (None: silent)."""
+        return None
+
+
+@dataclass
+class ExperimentResult:
+    plan: Plan
+    actions: dict[str, Action]
+    seconds: dict[str, float]  # per executed stage
+
+    @property
+    def executed(self) -> list[str]:
+        return list(self.seconds)
+
+
+def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
+                   stop_after: int | None = None) -> ExperimentResult:
+    """Executes the stages that are not cached, in dependency order. Interrupting it is safe:
+    a re-run continues (an interrupted training resumes from its last checkpoint).
+
+    `stop_after` ends the first executed training stage after that many epochs, as a crash
+    would; tests use it to check that a re-run continues."""
+    observer = observer or ExperimentObserver()
+    actions = stage_actions(p)
+    observer.on_plan(p, actions)
+    by_id = p.by_id()
+    todo = [s for s in p.stages if actions[s.id] != "cached"]
+    seconds: dict[str, float] = {}
+    for n, stage in enumerate(todo, 1):
+        observer.on_stage_start(stage, actions[stage.id], n, len(todo))
+        t0 = time.perf_counter()
+        write_json_atomic(_ledger_path(p.experiment, stage), {"id": stage.id, "key": stage.key, "status": "started"})
+        finished = _execute(p.experiment, stage, actions[stage.id], by_id, observer.training_observer(stage),
+                            stop_after)
+        seconds[stage.id] = time.perf_counter() - t0
+        if not finished:
+            return ExperimentResult(p, actions, seconds)
+        write_json_atomic(_ledger_path(p.experiment, stage), {"id": stage.id, "key": stage.key, "status": "finished",
+                                                              "seconds": seconds[stage.id]})
+        observer.on_stage_end(stage, seconds[stage.id])
+    return ExperimentResult(p, actions, seconds)
+
+
+def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Stage], train_observer: Any,
+             stop_after: int | None) -> bool:
+    from xmfast import training
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models import config_from_dict, get_model
+    from xmfast.prepare import KCore, PrepareConfig
+    from xmfast.prepare import prepare as run_prepare
+
+    if stage.kind == "prepare":
+        values = dict(stage.settings["prepare"])
+        for key in ("kcore", "reference_kcore"):
+            values[key] = KCore(**values[key])
+        config = PrepareConfig(**values)
+        run_prepare(exp.data, stage.path, config, overwrite=True)
+        return True
+    if action == "resume":
+        return training.resume(stage.result_path, observer=train_observer, stop_after=stop_after) is not None
+    assert stage.model is not None
+    spec = get_model(stage.model)
+    model_config = spec.config_from(stage.settings["model_config"])
+    config = config_from_dict(training.TrainConfig, {**stage.settings["train_config"], "device": exp.device})
+    deps = [by_id[d] for d in stage.deps]
+    if stage.kind == "finetune":
+        base = next(d for d in deps if d.kind == "train")
+        if stage.path.exists() and not (stage.path / stage.target / "run.json").is_file() and any(stage.path.iterdir()):
+            raise XmfastError(f"{stage.path}: exists and is not this experiment's output; remove it or change out")
+        results = training.finetune(base.path, stage.path, [stage.target], None if stage.model == "acmr" else model_config,
+                                    config, model=stage.model, overwrite=True, observer=train_observer,
+                                    stop_after=stop_after)
+        return all(r is not None for r in results.values())
+    dataset = PreparedDataset.load(by_id[stage.deps[0]].path)
+    pretrained = {name: by_id[d].path for name, d in stage.pretrained.items()}
+    result = training.train(dataset, stage.path, stage.model, model_config, config, pretrained=pretrained,
+                            overwrite=True, observer=train_observer, stop_after=stop_after)
+    return result is not None
+
+
+__all__ = ["Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "plan", "read_experiment",
+           "run_experiment", "stage_actions"]

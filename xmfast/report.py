@@ -1,0 +1,531 @@
+"""Reports over finished runs: per target market and model, test metrics as mean ± standard
+deviation over seeds, the best per column marked, paired significance tests against NMF and the
+best baseline, published reference figures beside ours, and plots.
+
+The numbers come only from the runs' own files (``results.json`` for the aggregates,
+``test.json`` for the per-user values the tests pair, ``metrics.jsonl`` for the curves), so a
+report can always be traced back to the runs it lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmfast._io import digest_json, write_json_atomic, write_text_atomic
+from xmfast.errors import XmfastError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+REPORT_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
+TEST_METRIC = "ndcg@10"  # the metric significance tests and plots use
+BASELINES = ("pop", "cooc")
+ALPHA = 0.05
+NCF = ("gmf", "mlp", "nmf")
+
+
+# ---- reading runs --------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One finished run, as the report needs it."""
+
+    path: Path
+    label: str
+    model: str
+    target: str
+    protocol: str
+    fingerprint: str
+    sources: tuple[str, ...]
+    seed: int
+    settings: str  # digest of what distinguishes runs other than the seed
+    valid: dict[str, float]
+    test: dict[str, float]
+    selected_epoch: int | None
+    markets: int  # markets in the dataset (to say "all others")
+    inputs: dict[str, str] = field(default_factory=dict)  # market -> blake3 of its rating file
+
+    def per_user(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Per test query: the metrics (from test.json), keyed by (market, user)."""
+        data = _read_json(self.path / "test.json")
+        records = data.get("per_user")
+        if not isinstance(records, list):
+            raise XmfastError(f"{self.path / 'test.json'}: no per-user records (needed for significance tests)")
+        return {(r["market"], r["user"]): r for r in records}
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                value = rec.get("valid", {}).get(metric)
+                if value is not None:
+                    out.append((int(rec["epoch"]), float(value)))
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XmfastError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XmfastError(f"{path}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise XmfastError(f"{path}: not a JSON object")
+    return value
+
+
+def run_label(info: dict[str, Any]) -> str:
+    """The name a table gives a run: ``nmf++`` for the NCF family with sources, ``acmr
+    (pre-trained)`` for an ACMR run that was not fine-tuned."""
+    model = str(info["model"])
+    sources = info.get("train_config", {}).get("sources") or []
+    if model in NCF and sources:
+        return model + "++"
+    if model == "acmr" and "base" not in (info.get("pretrained") or {}):
+        return "acmr (pre-trained)"
+    return model
+
+
+def read_run(path: Path) -> RunRecord:
+    info = _read_json(path / "run.json")
+    results = _read_json(path / "results.json")
+    tc = dict(info.get("train_config", {}))
+    seed = int(tc.pop("seed", 0))
+    for k in ("device", "eval_batch", "amp", "cuda_graphs"):
+        tc.pop(k, None)
+    manifest = Path(str(info.get("dataset", {}).get("path") or "")) / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        markets = len(data.get("markets", []))
+        inputs = {str(i["market"]): str(i["blake3"]) for i in data.get("inputs", [])}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        # the dataset moved: sources are listed rather than called "all others", no published figures
+        markets, inputs = 0, {}
+    sources = tuple(tc_sources := info.get("train_config", {}).get("sources") or ())
+    base = (info.get("pretrained") or {}).get("base")
+    if base and not tc_sources:  # a fine-tuned run: the sources are those its base learned from
+        try:
+            sources = tuple(_read_json(Path(base) / "run.json").get("train_config", {}).get("sources") or ())
+        except XmfastError:
+            pass
+    return RunRecord(
+        path=path, label=run_label(info), model=str(info["model"]), target=str(info.get("target") or results["target"]),
+        protocol=str(info.get("dataset", {}).get("protocol", "?")),
+        fingerprint=str(info.get("dataset", {}).get("fingerprint", "")),
+        sources=sources, seed=seed,
+        settings=digest_json({"model": info.get("model"), "model_config": info.get("model_config"), "train": tc,
+                              "finetune": "base" in (info.get("pretrained") or {})})[:8],
+        valid=dict(results["valid"]), test=dict(results["test"]), selected_epoch=results.get("selected_epoch"),
+        markets=markets, inputs=inputs,
+    )
+
+
+def collect_runs(paths: Iterable[Path]) -> list[RunRecord]:
+    """Every finished run (a directory with run.json and results.json) at or under `paths`."""
+    found: dict[Path, RunRecord] = {}
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise XmfastError(f"{root}: no such run or directory")
+        candidates = [root] if (root / "run.json").is_file() else sorted(p.parent for p in root.rglob("run.json"))
+        for run_dir in candidates:
+            if ".partial-" in str(run_dir) or not (run_dir / "results.json").is_file():
+                continue
+            found.setdefault(run_dir.resolve(), read_run(run_dir))
+    if not found:
+        raise XmfastError(f"no finished runs under {', '.join(str(p) for p in paths)} (a run has run.json and results.json)")
+    return list(found.values())
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairedTest:
+    """A two-sided paired t-test of per-user values: mean difference (a − b), t and p."""
+
+    n: int
+    mean_difference: float
+    t: float
+    p: float
+
+
+def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedTest:
+    """Student's paired t-test (Sakai 2014 and Smucker et al. 2007 found it agrees with the
+    randomisation test on IR metrics). Identical inputs give p = 1."""
+    from scipy import stats
+
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise XmfastError("a paired test needs at least two paired values")
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1))
+    if sd == 0.0:
+        return PairedTest(len(x), mean, 0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0)
+    t = mean / (sd / math.sqrt(len(x)))
+    p = float(2 * stats.t.sf(abs(t), df=len(x) - 1))
+    return PairedTest(len(x), mean, t, p)
+
+
+# ---- published figures ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishedFigure:
+    source: str
+    cite: str
+    protocol: str
+    data: dict[str, str]  # market -> blake3 of the rating files the figure was measured on
+    model: str
+    target: str
+    metric: str
+    value: float
+
+
+def read_published(path: Path | None = None) -> list[PublishedFigure]:
+    """The published figures shipped with xmfast (xmfast/published.toml), or those of `path`."""
+    path = Path(path) if path is not None else Path(__file__).with_name("published.toml")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XmfastError(f"{path}: no such published-figures file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise XmfastError(f"{path}: not valid TOML ({e})") from None
+    sources = data.get("sources", {})
+    datasets = data.get("data", {})
+    out = []
+    for n, fig in enumerate(data.get("figures", []), 1):
+        src = sources.get(fig.get("source"))
+        if src is None:
+            raise XmfastError(f"{path}: figure {n} names an unknown source {fig.get('source')!r}")
+        if src.get("data") not in datasets:
+            raise XmfastError(f"{path}: source {fig['source']!r} names no [data.NAME] table of file digests")
+        for target, value in fig["values"].items():
+            out.append(PublishedFigure(fig["source"], src["cite"], src["protocol"], dict(datasets[src["data"]]),
+                                       fig["model"], target, fig["metric"], float(value)))
+    return out
+
+
+# ---- the report ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One model in one section: its runs over seeds."""
+
+    label: str
+    sources: tuple[str, ...]
+    settings: str
+    runs: list[RunRecord]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    vs_nmf: PairedTest | None = None
+    vs_baseline: PairedTest | None = None
+    published: PublishedFigure | None = None
+    name: str = ""  # unique in its section: the label, with the sources when several rows share it
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.runs)
+
+
+@dataclass
+class Section:
+    """The runs of one target market on one prepared dataset."""
+
+    protocol: str
+    target: str
+    fingerprint: str
+    rows: list[Row]
+    users: int = 0
+    best: dict[str, str] = field(default_factory=dict)  # metric -> row name with the best mean
+    baseline: str | None = None  # the best baseline's row name
+
+
+@dataclass
+class Report:
+    sections: list[Section]
+    metrics: tuple[str, ...]
+    published: list[PublishedFigure]
+
+    def rows(self) -> Iterable[tuple[Section, Row]]:
+        for s in self.sections:
+            for r in s.rows:
+                yield s, r
+
+
+def _sources_text(row: Row, markets: int) -> str:
+    if not row.sources:
+        return "–"
+    if markets and len(row.sources) == markets - 1 and len(row.sources) > 1:
+        return f"all {len(row.sources)} others"
+    return ", ".join(row.sources)
+
+
+_ORDER = ["pop", "cooc", "gmf", "mlp", "nmf", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr (pre-trained)", "acmr"]
+
+
+def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_METRICS,
+                 published: Sequence[PublishedFigure] | None = None) -> Report:
+    """Groups runs by (dataset, model label, sources, settings): each group's seeds are one row."""
+    published = list(read_published() if published is None else published)
+    sections: dict[tuple[str, str, str], dict[tuple[str, tuple[str, ...], str], list[RunRecord]]] = {}
+    for r in runs:
+        sections.setdefault((r.protocol, r.target, r.fingerprint), {}).setdefault((r.label, r.sources, r.settings), []).append(r)
+    out = []
+    for (protocol, target, fingerprint), groups in sorted(sections.items()):
+        rows = []
+        for (label, sources, settings), group in groups.items():
+            seeds = [r.seed for r in group]
+            if len(set(seeds)) != len(seeds):
+                dup = next(s for s in seeds if seeds.count(s) > 1)
+                paths = ", ".join(str(r.path) for r in group if r.seed == dup)
+                raise XmfastError(f"runs {paths} are the same model, settings and seed ({dup}); report one of them")
+            row = Row(label, sources, settings, sorted(group, key=lambda r: r.seed))
+            for m in metrics:
+                values = np.array([r.test.get(m, np.nan) for r in group], dtype=np.float64)
+                row.mean[m] = float(values.mean())
+                row.std[m] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            inputs = group[0].inputs
+            row.published = next((f for f in published if f.protocol == protocol and f.target == target
+                                  and f.model == label and f.metric == TEST_METRIC and inputs
+                                  and all(f.data.get(m) == d for m, d in inputs.items())), None)
+            rows.append(row)
+        rows.sort(key=lambda r: (_ORDER.index(r.label) if r.label in _ORDER else len(_ORDER), r.label, r.sources, r.settings))
+        _name_rows(rows)
+        section = Section(protocol, target, fingerprint, rows)
+        for m in metrics:
+            section.best[m] = max(rows, key=lambda r: r.mean[m]).name
+        _significance(section)
+        out.append(section)
+    return Report(out, tuple(metrics), published)
+
+
+def _name_rows(rows: list[Row]) -> None:
+    for row in rows:
+        same = [r for r in rows if r.label == row.label]
+        row.name = row.label
+        if len(same) > 1:
+            if len({r.sources for r in same}) == len(same):
+                row.name = f"{row.label} ({', '.join(row.sources) or 'target only'})"
+            else:
+                row.name = f"{row.label} [{row.settings}]"
+
+
+def _mean_per_user(row: Row) -> dict[tuple[str, str], float]:
+    per_seed = [r.per_user() for r in row.runs]
+    keys = set(per_seed[0]).intersection(*per_seed[1:])
+    return {k: float(np.mean([p[k][TEST_METRIC] for p in per_seed])) for k in keys}
+
+
+def _significance(section: Section) -> None:
+    """Each row against NMF (single market) and against the best baseline (by mean test NDCG@10):
+    paired t-tests on the per-user test NDCG@10, averaged over each row's seeds."""
+    per_user = {row.name: _mean_per_user(row) for row in section.rows}
+    section.users = max((len(v) for v in per_user.values()), default=0)
+    nmf = next((r for r in section.rows if r.label == "nmf" and not r.sources), None)
+    baselines = [r for r in section.rows if r.label in BASELINES]
+    baseline = max(baselines, key=lambda r: r.mean.get(TEST_METRIC, -1.0)) if baselines else None
+    section.baseline = baseline.name if baseline else None
+
+    def test(row: Row, ref: Row | None) -> PairedTest | None:
+        if ref is None or ref is row:
+            return None
+        a, b = per_user[row.name], per_user[ref.name]
+        keys = sorted(set(a) & set(b))
+        if len(keys) < 2:
+            return None
+        return paired_t_test([a[k] for k in keys], [b[k] for k in keys])
+
+    for row in section.rows:
+        row.vs_nmf = test(row, nmf)
+        row.vs_baseline = test(row, baseline)
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def _cell(row: Row, metric: str, best: bool) -> str:
+    text = f"{row.mean[metric]:.4f}"
+    if len(row.runs) > 1:
+        text += f" ± {row.std[metric]:.4f}"
+    return f"**{text}**" if best else text
+
+
+def _test_cell(t: PairedTest | None) -> str:
+    if t is None:
+        return "–"
+    mark = " ✱" if t.p < ALPHA else ""
+    return f"{t.mean_difference:+.4f} (p {t.p:.3g}){mark}"
+
+
+def report_records(report: Report) -> list[dict[str, Any]]:
+    """The report's table as plain records (the CSV and JSON outputs)."""
+    out = []
+    for s, r in report.rows():
+        rec: dict[str, Any] = {
+            "protocol": s.protocol, "target": s.target, "dataset": s.fingerprint[:16], "model": r.name,
+            "label": r.label, "sources": list(r.sources), "settings": r.settings, "seeds": r.seeds,
+            "users": s.users, "runs": [str(x.path) for x in r.runs],
+        }
+        for m in report.metrics:
+            rec[f"{m} mean"] = r.mean[m]
+            rec[f"{m} std"] = r.std[m]
+            rec[f"{m} per seed"] = [x.test.get(m) for x in r.runs]
+        for name, t in (("vs nmf", r.vs_nmf), ("vs best baseline", r.vs_baseline)):
+            rec[f"{name} diff"] = t.mean_difference if t else None
+            rec[f"{name} p"] = t.p if t else None
+        rec["published " + TEST_METRIC] = r.published.value if r.published else None
+        rec["published source"] = r.published.source if r.published else None
+        out.append(rec)
+    return out
+
+
+def render_markdown(report: Report, *, title: str, preface: str = "", plots: dict[str, str] | None = None) -> str:
+    lines = [f"# {title}", ""]
+    if preface.strip():
+        lines += [preface.strip(), ""]
+    lines += [
+        "Test metrics of the selected checkpoint, mean ± standard deviation over seeds (the seeds column); "
+        "**bold** is the best mean of the column in its market. The two Δ columns are paired t-tests on the "
+        f"per-user test {TEST_METRIC.upper().replace('NDCG', 'NDCG')} (averaged over each model's seeds) against single-market NMF and "
+        f"against the best baseline (pop or cooc, by mean test NDCG@10): the mean difference and the "
+        f"two-sided p-value, ✱ when p < {ALPHA} (not corrected for multiple comparisons). The published "
+        "column is a figure from the literature for the same protocol, market and model (sources below).",
+        "",
+    ]
+    for s in report.sections:
+        lines += [f"## {s.target} (protocol {s.protocol}, dataset {s.fingerprint[:12]}, {s.users:,} test users)", ""]
+        head = ["model", "sources", "seeds", *(m.upper().replace("NDCG", "NDCG").replace("HR", "HR") for m in report.metrics),
+                "Δ vs NMF", f"Δ vs {s.baseline or 'baseline'}", "published NDCG@10"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for r in s.rows:
+            markets = max((x.markets for x in r.runs), default=0)
+            cells = [r.name, _sources_text(r, markets), ", ".join(map(str, r.seeds)),
+                     *(_cell(r, m, s.best[m] == r.name) for m in report.metrics),
+                     _test_cell(r.vs_nmf), _test_cell(r.vs_baseline),
+                     f"{r.published.value:.3f}" if r.published else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for key in (f"curves-{s.target}-{s.fingerprint[:8]}", f"ranks-{s.target}-{s.fingerprint[:8]}"):
+            if plots and key in plots:
+                lines += [f"![{key}]({plots[key]})", ""]
+    if plots and "bars" in plots:
+        lines += ["## Test NDCG@10 per market", "", f"![bars]({plots['bars']})", ""]
+    used = sorted({r.published.source: r.published.cite for _, r in report.rows() if r.published}.items())
+    if used:
+        lines += ["## Published figures", ""]
+        lines += [f"- `{src}`: {cite}" for src, cite in used]
+        lines.append("")
+    lines += ["## Runs", "", "| market | model | seed | run directory |", "|---|---|---|---|"]
+    for s, r in report.rows():
+        for x in r.runs:
+            lines.append(f"| {s.target} | {r.name} | {x.seed} | `{x.path}` |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(report: Report, directory: Path) -> dict[str, str]:
+    """PNG plots under `directory`; returns their names relative to the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    labels = list(dict.fromkeys(r.name for _, r in report.rows()))
+    palette = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
+    color = {name: palette(i % palette.N) for i, name in enumerate(labels)}  # one colour per model in every plot
+
+    def save(fig: Any, key: str) -> None:
+        path = directory / f"{key}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        plt.close(fig)
+        tmp.replace(path)
+        made[key] = f"{directory.name}/{path.name}"
+
+    for s in report.sections:
+        suffix = f"{s.target}-{s.fingerprint[:8]}"
+        fig, ax = plt.subplots(figsize=(7, 4))
+        drawn = False
+        for r in s.rows:
+            curves = [dict(x.curve(TEST_METRIC)) for x in r.runs]
+            epochs = sorted(set().union(*curves)) if curves else []
+            if not epochs:
+                continue
+            means = [np.mean([c[e] for c in curves if e in c]) for e in epochs]
+            ax.plot(epochs, means, marker=".", label=r.name, color=color[r.name])
+            drawn = True
+        if drawn:
+            ax.set(title=f"{s.target}: validation {TEST_METRIC.upper()} per epoch (mean over seeds)",
+                   xlabel="epoch", ylabel=f"validation {TEST_METRIC.upper()}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small", ncol=2)
+            save(fig, f"curves-{suffix}")
+        else:
+            plt.close(fig)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in s.rows:
+            ranks = np.concatenate([[u["rank"] for u in x.per_user().values()] for x in r.runs]).astype(np.float64)
+            if len(ranks) == 0:
+                continue
+            top = int(ranks.max()) + 1
+            cdf = [(ranks < k).mean() for k in range(1, top + 1)]
+            ax.step(range(1, top + 1), cdf, where="post", label=r.name, color=color[r.name])
+        ax.set(title=f"{s.target}: share of test users with the positive in the top k", xlabel="k (rank cut-off)",
+               ylabel="share of users", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncol=2)
+        save(fig, f"ranks-{suffix}")
+    if labels:
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(report.sections) * max(1, len(labels)) / 3), 4))
+        width = 0.8 / len(labels)
+        xs = np.arange(len(report.sections))
+        for i, name in enumerate(labels):
+            means, errs = [], []
+            for s in report.sections:
+                r = next((r for r in s.rows if r.name == name), None)
+                means.append(r.mean[TEST_METRIC] if r else np.nan)
+                errs.append(r.std[TEST_METRIC] if r else 0.0)
+            ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name, color=color[name])
+        ax.set_xticks(xs, [f"{s.target} ({s.protocol})" for s in report.sections])
+        ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small", ncol=3)
+        save(fig, "bars")
+    return made
+
+
+def write_report(report: Report, out: Path, *, title: str = "xmfast report", preface: str = "",
+                 plots: bool = True) -> Path:
+    """Writes ``out`` (markdown) and, beside it, ``<stem>.csv``, ``<stem>.json`` and the plots
+    under ``<stem>-plots/``. Every file is written under a temporary name and renamed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    made = _plots(report, out.parent / f"{out.stem}-plots") if plots else {}
+    records = report_records(report)
+    buffer = io.StringIO()
+    columns = list(records[0]) if records else []
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
+    write_text_atomic(out.with_suffix(".csv"), buffer.getvalue())
+    write_json_atomic(out.with_suffix(".json"), {"format": "xmfast-report", "rows": records})
+    write_text_atomic(out, render_markdown(report, title=title, preface=preface, plots=made))
+    return out
+
+
+__all__ = ["PairedTest", "PublishedFigure", "Report", "RunRecord", "build_report", "collect_runs", "paired_t_test",
+           "read_published", "render_markdown", "report_records", "write_report"]
