@@ -187,3 +187,20 @@ def test_cli_dry_run_then_run_then_report(sample_dir: Path, tmp_path: Path) -> N
     assert "| gmf | – | 1, 2 |" in report and "report-plots/bars.png" in report
     dry = runner.invoke(app, ["run", str(path), "--dry-run"])
     assert "0 to run" in dry.output and "cached" in dry.output
+
+
+def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files in experiments/ read and plan from the repository root, as the README runs them."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    counts = {}
+    for name in ("quickstart", "xmarket", "forec-pairwise", "acmr"):
+        p = plan(read_experiment(root / "experiments" / f"{name}.toml"))
+        counts[name] = len(p.stages)
+        assert p.stages[0].kind == "prepare"
+    # quickstart: dataset + 3 seeds × (pop, gmf, mlp, nmf, cooc, gmf++, mlp++, nmf++, maml, forec, acmr ×2)
+    assert counts["quickstart"] == 1 + 3 * 12
+    # xmarket: 7 × (dataset + 3 × 10); acmr: 7 × (dataset + pop, cooc, pre-train, fine-tune)
+    assert counts["xmarket"] == 7 * (1 + 3 * 10) and counts["acmr"] == 7 * 5
+    # pairwise: 7 targets × (dataset + 3 seeds × (pop, gmf, mlp, nmf + 6 sources × 5))
+    assert counts["forec-pairwise"] == 7 * (1 + 3 * (4 + 6 * 5))
