@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the NCF family on the real XMarket Electronics 5-core files and writes the runs under
-# $OUT (default runs/results). docs/results.md records what this produced; rerun it with
+# $OUT (default runs/results). docs/analysis.md records what this produced; rerun it with
 #   bash docs/results.sh                      # every target below
 #   TARGETS="uk" bash docs/results.sh         # one target
 # Settings: protocol forec, seed 42, FOREC's defaults (25 epochs, batch 1024, 4 negatives,

@@ -1,4 +1,4 @@
-"""The ACMR table of docs/results.md (issue 7): test HR@5, HR@10, NDCG@5 and NDCG@10 of each
+"""The ACMR table of docs/analysis.md (issue 7): test HR@5, HR@10, NDCG@5 and NDCG@10 of each
 target market after pre-training and after fine-tuning, beside the published fine-tuned NDCG@10.
 
     python docs/results_acmr.py runs/acmr

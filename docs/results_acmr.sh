@@ -2,7 +2,7 @@
 # ACMR on the real XMarket Electronics 5-core files under protocol acmr (issue 7): for each
 # target, every other market is a source; pre-training on all markets (the sources in full plus
 # the target's training split), then fine-tuning on the target. Runs go under $OUT (default
-# runs/acmr); docs/results.md records what this produced. Rerun with
+# runs/acmr); docs/analysis.md records what this produced. Rerun with
 #   TARGETS="jp in" bash docs/results_acmr.sh
 # Settings: the paper's (embedding 32, 4 blocks, 8 heads, feed-forward ×4, dropout 0.3, history
 # 50 with random truncation, Adam lr 1e-3, L2 1e-7, batch 1024, 4 negatives, up to 50 epochs per

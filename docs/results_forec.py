@@ -1,4 +1,4 @@
-"""Tables of docs/results.md for issue 6: NMF, NMF++, MAML and FOREC per target market, each
+"""Tables of docs/analysis.md for issue 6: NMF, NMF++, MAML and FOREC per target market, each
 cross-market model with the source whose run validates best (NDCG@10), for several seeds.
 
     python docs/results_forec.py runs/results runs/seeds/s1 runs/seeds/s2

@@ -1,4 +1,4 @@
-"""Prints the markdown tables of docs/results.md from the runs that docs/results.sh wrote."""
+"""Prints the markdown tables of docs/analysis.md from the runs that docs/results.sh wrote."""
 
 from __future__ import annotations
 
