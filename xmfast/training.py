@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xmfast import core
+from xmfast import core, distributed
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
 from xmfast.evaluation import EvalConfig, Evaluation, evaluate_scorer, standings
@@ -371,10 +371,13 @@ class Trainer:
         self.spec = spec
         self.model_config = model_config
         self.config = config
-        self.observer = observer or TrainObserver()
+        # Under torchrun (see xmfast.distributed) rank 0 alone reports progress and writes the run.
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.observer = (observer if self.main else None) or TrainObserver()
         # For tests and time-boxed jobs: return (as if interrupted) after this many epochs.
         self.stop_after = stop_after
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.amp = config.amp and self.device.type == "cuda"
         self.sources = resolve_sources(dataset, config.sources)
         self.train_data = training_view(dataset, config, self.sources)
@@ -388,7 +391,8 @@ class Trainer:
             self.model.attach(self.train_data, self.rows.rows)  # type: ignore[operator]
         if pretrained:
             self._load_pretrained(pretrained)
-        self.use_graphs = config.cuda_graphs and self.device.type == "cuda"
+        self.use_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
+        self._parallel: nn.Module | None = None  # the model in DistributedDataParallel (world > 1)
         self.optimizer = _adam(self.model, config.learning_rate(spec), config.l2, self.device, self.use_graphs)
         self._graph: _GraphStep | None = None
         self.loss_fn = nn.BCEWithLogitsLoss()
@@ -483,6 +487,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """One epoch; returns (mean loss, instances, seconds)."""
+        if self.world > 1:
+            return self._train_epoch_sharded(epoch)
         start = time.perf_counter()
         users, items, labels, market = self._instances(epoch)
         batches = self._batches(epoch, market)
@@ -508,6 +514,50 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return mean_loss, seen, time.perf_counter() - start
+
+    def _seed_rank(self, epoch: int) -> None:
+        """Under torchrun: the global RNG (dropout) seeded by (seed, epoch, rank), so the ranks
+        draw different masks for their shards and a resumed run draws what it would have drawn."""
+        torch.manual_seed(_epoch_seed(self.config.seed, epoch) + self.rank)
+
+    def _train_epoch_sharded(self, epoch: int) -> tuple[float, int, float]:
+        """One epoch as rank `rank` of `world` (see :mod:`xmfast.distributed`): the global batches
+        of the epoch, of which this rank trains the instances ``rank::world`` through
+        DistributedDataParallel. The loss of a shard is its summed loss times ``world / batch``,
+        so DDP's mean of the ranks' gradients is the gradient of the whole batch's mean loss.
+        Returns the mean loss and instances over all ranks."""
+        start = time.perf_counter()
+        self._seed_rank(epoch)
+        users, items, labels, market = self._instances(epoch)
+        batches = self._batches(epoch, market)
+        self.observer.on_epoch_start(epoch, len(batches))
+        self.model.train()
+        if self._parallel is None:
+            self._parallel = distributed.wrap(self.model, self.device)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        seen = 0
+        for batch, index in enumerate(batches, 1):
+            n = int(index.shape[0])
+            own = index[self.rank :: self.world]
+            weight = self.world / n
+            if own.numel() == 0:  # a last batch smaller than the world: take part with zero weight
+                own, weight = index[:1], 0.0
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+                logits = self._parallel(users[own], items[own])
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels[own], reduction="sum")
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * weight).backward()
+            self.optimizer.step()
+            if weight:
+                total += loss.detach().double()
+                seen += int(own.shape[0])
+            self.observer.on_batch(float(total) / seen if batch % 64 == 0 and seen else None, n)
+        sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(seen), dtype=torch.float64,
+                                                                            device=self.device)]))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        instances = int(sums[1].item())
+        return float(sums[0].item()) / max(instances, 1), instances, time.perf_counter() - start
 
     def validate(self) -> dict[str, float]:
         """HR@10, NDCG@10 and the monitored metric on the target's validation candidates."""
@@ -552,7 +602,7 @@ class Trainer:
             raise XmfastError(f"{self.run.path}: no checkpoint to resume from (no epoch finished yet); start it again")
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; model and optimizer
         # tensors are copied onto the model's device by load_state_dict.
-        state = read_checkpoint(path, self.run)
+        state = read_checkpoint(path, self.run)  # every rank loads it; rank 0 alone writes
         load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.stopping = EarlyStopping(**state["stopping"])
@@ -560,14 +610,18 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
-        self.run.write_metrics([r for r in self.run.read_metrics() if r["epoch"] <= self.epoch])
+        if self.main:
+            self.run.write_metrics([r for r in self.run.read_metrics() if r["epoch"] <= self.epoch])
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult | None:
         """Trains until the epoch budget or early stopping; evaluates the selected checkpoint.
-        Returns None when stopped by `stop_after` (the run stays resumable)."""
+        Returns None when stopped by `stop_after` (the run stays resumable). Under torchrun every
+        rank runs the loop; rank 0 validates (every rank gets its metrics, so all stop at the same
+        epoch) and writes checkpoints, metrics and results."""
         self.observer.on_start(self)
-        self.run.save_info(status="running")
+        if self.main:
+            self.run.save_info(status="running")
         stopped_early = False
         ran_now = 0
         while self.epoch < self.config.epochs:
@@ -575,15 +629,17 @@ class Trainer:
                 stopped_early = True
                 break
             if self.stop_after is not None and ran_now >= self.stop_after:
-                self.run.save_info(status="interrupted")
+                if self.main:
+                    self.run.save_info(status="interrupted")
                 return None
             epoch = self.epoch + 1
             try:
                 loss, instances, seconds = self.train_epoch(epoch)
             except KeyboardInterrupt:
-                self.run.save_info(status="interrupted")
+                if self.main:
+                    self.run.save_info(status="interrupted")
                 raise
-            valid = self.validate()
+            valid = self.validate() if self.world == 1 else distributed.on_main(self.validate)
             improved = self.stopping.update(epoch, valid[self.config.monitor])
             self.epoch = epoch
             ran_now += 1
@@ -592,12 +648,15 @@ class Trainer:
                 "instances_per_s": instances / seconds if seconds > 0 else None,
                 "valid": valid, "best": improved,
             }
-            if improved:
-                self._save(self.run.best_checkpoint, {**self._identity(), "epoch": epoch,
-                                                      "model": self.model.state_dict()})
-            self._save(self.run.last_checkpoint, self._state())
-            self.run.append_metrics(record)
+            if self.main:
+                if improved:
+                    self._save(self.run.best_checkpoint, {**self._identity(), "epoch": epoch,
+                                                          "model": self.model.state_dict()})
+                self._save(self.run.last_checkpoint, self._state())
+                self.run.append_metrics(record)
             self.observer.on_epoch_end(record)
+        if self.world > 1:  # rank 0 evaluates and writes; every rank returns its results
+            return distributed.on_main(lambda: self.finish(stopped_early))
         return self.finish(stopped_early)
 
     def finish(self, stopped_early: bool = False) -> TrainResult:
@@ -617,6 +676,21 @@ class Trainer:
         return scorer
 
 
+class _MetaObjective(nn.Module):
+    """MAML's meta-loss as a module (its forward takes a meta-batch's tensors), so that
+    DistributedDataParallel can reduce its gradients under torchrun."""
+
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        from xmfast.maml import Tasks, meta_loss, weights_of
+
+        return meta_loss(self.model, weights_of(self.model), Tasks(*tensors), self.config)
+
+
 class MAMLTrainer(Trainer):
     """MAML across the run's markets (see :mod:`xmfast.maml`). An epoch is one pass over the
     target's instances: each meta-step takes, for every market, a support and a query batch of
@@ -633,6 +707,8 @@ class MAMLTrainer(Trainer):
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         from xmfast.maml import Tasks, meta_step
 
+        if self.world > 1:
+            return self._train_epoch_sharded(epoch)
         start = time.perf_counter()
         users, items, labels, market = self._instances(epoch)
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
@@ -655,6 +731,53 @@ class MAMLTrainer(Trainer):
             torch.cuda.synchronize(self.device)
         return total / max(seen, 1), seen, time.perf_counter() - start
 
+    def _train_epoch_sharded(self, epoch: int) -> tuple[float, int, float]:
+        """One epoch as rank `rank` of `world`: the same meta-steps as in one process, of which
+        this rank computes the tasks (markets) ``rank::world`` through DistributedDataParallel.
+        A rank's meta-loss is weighted by its share of the tasks (times `world`, as DDP averages),
+        so the reduced gradient is the meta-gradient of all tasks."""
+        from xmfast.maml import weights_of
+
+        start = time.perf_counter()
+        self._seed_rank(epoch)
+        users, items, labels, market = self._instances(epoch)
+        gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
+        per_market = [idx.to(self.device) for idx in self._shuffled_by_market(market, gen)]
+        size = self.config.batch_size
+        steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
+        self.observer.on_epoch_start(epoch, steps)
+        self.model.train()
+        if self._parallel is None:
+            self._parallel = distributed.wrap(_MetaObjective(self.model, self.model_config.maml), self.device)
+        weights = list(weights_of(self.model).values())
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        seen = 0
+        offsets = torch.arange(2 * size, device=self.device)
+        for step in range(steps):
+            picks = torch.stack([idx[(step * 2 * size + offsets) % idx.shape[0]] for idx in per_market if idx.numel()])
+            mine = picks[self.rank :: self.world]
+            weight = mine.shape[0] / picks.shape[0] * self.world
+            if mine.shape[0] == 0:  # more ranks than tasks: take part with zero weight
+                mine, weight = picks[:1], 0.0
+            support, query = mine[:, :size], mine[:, size:]
+            loss = self._parallel(users[support], items[support], labels[support],
+                                  users[query], items[query], labels[query])
+            (loss * weight).backward()
+            for p in weights:  # meta_step gives every weight a gradient (zero when unused)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if weight:
+                total += loss.detach().double() * mine.numel()
+                seen += int(mine.numel())
+            self.observer.on_batch(float(total) / seen if seen else None, int(picks.numel()))
+        sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(seen), dtype=torch.float64,
+                                                                            device=self.device)]))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        instances = int(sums[1].item())
+        return float(sums[0].item()) / max(instances, 1), instances, time.perf_counter() - start
 
     def _test_scorer(self, scorer: ModelScorer) -> ModelScorer:
         """With `test_adaptation_steps` (as FOREC's MAML evaluation did): the selected weights
@@ -780,9 +903,13 @@ def train(
 
     Baselines (pop, cooc) are "trained" too: their run holds the configuration and results, so
     every table can list them next to the neural models. Without `config`, the model's own
-    defaults apply (FOREC's for the NCF family, the paper's schedule for ACMR)."""
+    defaults apply (FOREC's for the NCF family, the paper's schedule for ACMR).
+
+    Started by ``torchrun`` with more than one process, every process calls this and they train
+    together (see :mod:`xmfast.distributed`); rank 0 writes the run, every rank returns its result."""
     spec = get_model(model)
     config = config if config is not None else spec.train_config()
+    distributed.init(config.device)
     if model.endswith("++") and not config.sources:
         config = replace(config, sources=("all",))
     model_config = model_config if model_config is not None else spec.config_type()
@@ -791,14 +918,17 @@ def train(
     if dataset.path is None:
         raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
     if not spec.neural:
-        return _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite)
+        return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite))
     if spec.fine_tuned:
         raise XmfastError(f"{spec.name} is made from a trained run by `xmfast finetune RUN --model {spec.name}`")
     if spec.cross_market and not resolve_sources(dataset, config.sources):
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
-    runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
-    run = Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
-    with run.writing():
+    def create() -> tuple[dict[str, Run], Run]:
+        runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
+        return runs, Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
+
+    runs, run = distributed.on_main(create)
+    with distributed.writing(run):
         trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
                                       stop_after=stop_after)
         return trainer.fit()
@@ -817,8 +947,9 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     dataset = run.load_dataset(dataset_path)
     model_config = spec.config_from(run.info["model_config"])
     config = _run_train_config(run)
+    distributed.init(config.device)
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
-    with run.writing():
+    with distributed.writing(run):
         trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained,
                                       observer=observer, stop_after=stop_after)
         trainer.restore()
@@ -885,12 +1016,13 @@ def finetune(
                               f"training rows, so it cannot be evaluated on {leaky[0]}; fine-tune it on "
                               f"{dataset.target} only")
     config = replace(config, sources=()) if config is not None else spec.finetune_config()
+    distributed.init(config.device)
     results: dict[str, TrainResult | None] = {}
     for market in dict.fromkeys(wanted):
         data = for_market(dataset, market)
-        run = Run.create(Path(out) / market, run_info(data, spec, model_config, config, {"base": base_run}),
-                         overwrite=overwrite)
-        with run.writing():
+        run = distributed.on_main(lambda: Run.create(Path(out) / market, run_info(
+            data, spec, model_config, config, {"base": base_run}), overwrite=overwrite))
+        with distributed.writing(run):
             trainer = trainer_class(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
                                           observer=observer, stop_after=stop_after)
             results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
