@@ -330,3 +330,21 @@ def test_random_bytes_parse_or_raise_data_error(tmp_path_factory: pytest.TempPat
         assert str(e).startswith(str(f)) and "\n" not in str(e), str(e)
     else:
         assert len(r) == r.files[0]["rows"] > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--negatives", 99999999999, "negatives must be at most 1000, got 99999999999"),
+        ("--negatives", 0, "negatives must be at least 1, got 0"),
+        ("--epochs", 10**12, "epochs must be at most 1000000"),
+        ("--batch-size", 2**31, "batch_size must be at most 2147483647"),
+        ("--seed", 2**63, "seed must be at most 9223372036854775807"),
+        ("--seed", -1, "seed must be at least 0"),
+    ],
+)
+def test_train_settings_out_of_bounds_are_one_error_line(dataset: Path, tmp_path: Path, option: str, value: int,
+                                                        message: str) -> None:
+    out = tmp_path / "run"
+    assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, option, value), message)
+    assert not out.exists()

@@ -33,7 +33,7 @@ from torch import nn
 
 from xmfast import core, distributed
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, check_int
 from xmfast.evaluation import EvalConfig, Evaluation, evaluate_scorer, standings
 from xmfast.models import ModelSpec, get_model
 from xmfast.runs import Run, for_market, to_plain
@@ -74,9 +74,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
-        for name in ("epochs", "batch_size", "negatives", "eval_batch"):
-            if int(getattr(self, name)) < 1:
-                raise XmfastError(f"{name} must be at least 1, got {getattr(self, name)}")
+        # bounds a user can mistype past: the Rust sampler takes u32 counts and a u64 seed, and
+        # `negatives` rows × k negatives are held in memory every epoch
+        for name, high in (("epochs", 1_000_000), ("batch_size", 2**31 - 1), ("negatives", 1000),
+                           ("eval_batch", 2**24)):
+            check_int(name, getattr(self, name), 1, high)
+        check_int("seed", self.seed, 0, 2**63 - 1)
         if self.patience is not None and self.patience < 1:
             raise XmfastError(f"patience must be at least 1 (or none), got {self.patience}")
         if self.augmentation not in ("full", "selected"):
