@@ -204,3 +204,11 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     assert counts["xmarket"] == 7 * (1 + 3 * 10) and counts["acmr"] == 7 * 5
     # pairwise: 7 targets × (dataset + 3 seeds × (pop, gmf, mlp, nmf + 6 sources × 5))
     assert counts["forec-pairwise"] == 7 * (1 + 3 * (4 + 6 * 5))
+
+
+def test_run_refuses_torchrun(sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out", 'models = ["gmf"]\n')
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "without torchrun" in result.output
+    assert not (tmp_path / "out").exists()

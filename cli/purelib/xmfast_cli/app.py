@@ -659,9 +659,13 @@ def run_experiment(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
+    from xmfast import distributed
     from xmfast import experiment as xp
     from xmfast_cli.render import ExperimentProgress, console, plan_table
 
+    if distributed.launched():
+        raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
+                          "(torchrun is for one `xmfast train` or `xmfast finetune` at a time)")
     exp = xp.read_experiment(experiment, out=out)
     plan = xp.plan(exp)
     actions = xp.stage_actions(plan)
