@@ -314,6 +314,14 @@ def plan(experiment: Experiment) -> Plan:
                                  pretrained={k: v.id for k, v in (pretrained or {}).items()}),
                            [dataset, *deps, *(pretrained or {}).values()])
 
+            def finetune_stage(name: str, sources: tuple[str, ...], base: Stage) -> Stage:
+                setting = _setting_of(sources)
+                return add(Stage(id=f"{t}/{setting}/s{seed}/{name}", kind="finetune", target=t,
+                                 path=exp.out / t / setting / f"s{seed}" / name, label=name, model=name,
+                                 sources=sources, setting=setting, seed=seed,
+                                 settings=settings(name, finetune_config(name, seed), finetune=True)),
+                           [dataset, base])
+
             if "pop" in wanted:
                 train_stage("pop", (), "pop")
             single: dict[str, Stage] = {}
@@ -335,20 +343,9 @@ def plan(experiment: Experiment) -> Plan:
                 if "maml" in wanted:
                     maml = train_stage("maml", sources, "maml", pretrained={"nmf": pooled["nmf"]})
                     if "forec" in wanted:
-                        setting = _setting_of(sources)
-                        config = finetune_config("forec", seed)
-                        add(Stage(id=f"{t}/{setting}/s{seed}/forec", kind="finetune", target=t,
-                                  path=exp.out / t / setting / f"s{seed}" / "forec", label="forec", model="forec",
-                                  sources=sources, setting=setting, seed=seed,
-                                  settings=settings("forec", config, finetune=True)), [dataset, maml])
+                        finetune_stage("forec", sources, maml)
                 if "acmr" in wanted:
-                    pre = train_stage("acmr", sources, "acmr (pre-trained)")
-                    setting = _setting_of(sources)
-                    config = finetune_config("acmr", seed)
-                    add(Stage(id=f"{t}/{setting}/s{seed}/acmr", kind="finetune", target=t,
-                              path=exp.out / t / setting / f"s{seed}" / "acmr", label="acmr", model="acmr",
-                              sources=sources, setting=setting, seed=seed,
-                              settings=settings("acmr", config, finetune=True)), [dataset, pre])
+                    finetune_stage("acmr", sources, train_stage("acmr", sources, "acmr (pre-trained)"))
     return Plan(exp, stages)
 
 

@@ -707,12 +707,11 @@ class MAMLTrainer(Trainer):
         self.use_graphs = False  # the meta-step is not captured; the optimiser need not be capturable
         self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
 
-    def train_epoch(self, epoch: int) -> tuple[float, int, float]:
-        from xmfast.maml import Tasks, meta_step
-
-        if self.world > 1:
-            return self._train_epoch_sharded(epoch)
-        start = time.perf_counter()
+    def _meta_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], int,
+                                               torch.Tensor]:
+        """An epoch's instances with each market's indices shuffled (a function of (seed, epoch)),
+        the number of meta-steps (support + query batches of the largest market) and the offsets
+        that pick a step's 2 × batch instances from each market, cycling through smaller ones."""
         users, items, labels, market = self._instances(epoch)
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         per_market = [idx.to(self.device) for idx in self._shuffled_by_market(market, gen)]
@@ -720,8 +719,17 @@ class MAMLTrainer(Trainer):
         steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
         self.observer.on_epoch_start(epoch, steps)
         self.model.train()
+        return users, items, labels, per_market, steps, torch.arange(2 * size, device=self.device)
+
+    def train_epoch(self, epoch: int) -> tuple[float, int, float]:
+        from xmfast.maml import Tasks, meta_step
+
+        if self.world > 1:
+            return self._train_epoch_sharded(epoch)
+        start = time.perf_counter()
+        users, items, labels, per_market, steps, offsets = self._meta_epoch(epoch)
+        size = self.config.batch_size
         total, seen = 0.0, 0
-        offsets = torch.arange(2 * size, device=self.device)
         for step in range(steps):
             picks = torch.stack([idx[(step * 2 * size + offsets) % idx.shape[0]] for idx in per_market if idx.numel()])
             support, query = picks[:, :size], picks[:, size:]
@@ -743,19 +751,13 @@ class MAMLTrainer(Trainer):
 
         start = time.perf_counter()
         self._seed_rank(epoch)
-        users, items, labels, market = self._instances(epoch)
-        gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
-        per_market = [idx.to(self.device) for idx in self._shuffled_by_market(market, gen)]
+        users, items, labels, per_market, steps, offsets = self._meta_epoch(epoch)
         size = self.config.batch_size
-        steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
-        self.observer.on_epoch_start(epoch, steps)
-        self.model.train()
         if self._parallel is None:
             self._parallel = distributed.wrap(_MetaObjective(self.model, self.model_config.maml), self.device)
         weights = list(weights_of(self.model).values())
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         seen = 0
-        offsets = torch.arange(2 * size, device=self.device)
         for step in range(steps):
             picks = torch.stack([idx[(step * 2 * size + offsets) % idx.shape[0]] for idx in per_market if idx.numel()])
             mine = picks[self.rank :: self.world]
