@@ -248,7 +248,7 @@ class Section:
     fingerprint: str
     rows: list[Row]
     users: int = 0
-    best: dict[str, str] = field(default_factory=dict)  # metric -> row name with the best mean
+    best: dict[str, set[str]] = field(default_factory=dict)  # metric -> the rows with the best mean (ties: all)
     baseline: str | None = None  # the best baseline's row name
 
 
@@ -305,7 +305,8 @@ def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_M
         _name_rows(rows)
         section = Section(protocol, target, fingerprint, rows)
         for m in metrics:
-            section.best[m] = max(rows, key=lambda r: r.mean[m]).name
+            top = max(r.mean[m] for r in rows)
+            section.best[m] = {r.name for r in rows if r.mean[m] >= top - 1e-12}
         _significance(section)
         out.append(section)
     return Report(out, tuple(metrics), published)
@@ -411,7 +412,7 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
         for r in s.rows:
             markets = max((x.markets for x in r.runs), default=0)
             cells = [r.name, _sources_text(r, markets), ", ".join(map(str, r.seeds)),
-                     *(_cell(r, m, s.best[m] == r.name) for m in report.metrics),
+                     *(_cell(r, m, r.name in s.best[m]) for m in report.metrics),
                      _test_cell(r.vs_nmf), _test_cell(r.vs_baseline),
                      f"{r.published.value:.3f}" if r.published else ""]
             lines.append("| " + " | ".join(cells) + " |")

@@ -279,7 +279,7 @@ def report_table(report) -> list[Table]:  # noqa: ANN001 - xmfast.report.Report
             cells = []
             for m in report.metrics:
                 text = f"{r.mean[m]:.4f}" + (f" ± {r.std[m]:.4f}" if len(r.runs) > 1 else "")
-                cells.append(f"[bold]{text}[/]" if s.best[m] == r.name else text)
+                cells.append(f"[bold]{text}[/]" if r.name in s.best[m] else text)
             vs = r.vs_nmf
             t.add_row(r.name, str(len(r.runs)), *cells,
                       "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p:.2g})")
