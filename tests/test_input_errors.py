@@ -348,3 +348,15 @@ def test_train_settings_out_of_bounds_are_one_error_line(dataset: Path, tmp_path
     out = tmp_path / "run"
     assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, option, value), message)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("files", [[], "x", {"users.txt": 3}])
+def test_manifest_files_of_the_wrong_shape(dataset: Path, tmp_path: Path, files) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"] = files
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    before = dir_bytes(copy)
+    assert_user_error(invoke("stats", copy), "manifest.json", "'files' is not a table of file records")
+    assert dir_bytes(copy) == before

@@ -267,6 +267,10 @@ class PreparedDataset:
             remedy="run `xmfast prepare` to make it again", error=DatasetError,
         )
         files = manifest.get("files", {})
+        where = path / "manifest.json"
+        if not isinstance(files, dict) or not all(isinstance(i, dict) for i in files.values()):
+            raise DatasetError(f"{where}: 'files' is not a table of file records (the manifest was edited or "
+                               "damaged); run `xmfast prepare` to make it again")
         arrays: dict[str, np.ndarray] = {}
         for name, info in files.items():
             file = path / name
@@ -279,7 +283,7 @@ class PreparedDataset:
                     arrays[name[:-4]] = np.load(file, mmap_mode="r", allow_pickle=False)
                 except ValueError as e:
                     raise DatasetError(f"{file}: unreadable array ({e}); re-run `xmfast prepare`") from None
-                if list(arrays[name[:-4]].shape) != info["shape"] or str(arrays[name[:-4]].dtype) != info["dtype"]:
+                if list(arrays[name[:-4]].shape) != info.get("shape") or str(arrays[name[:-4]].dtype) != info.get("dtype"):
                     raise DatasetError(f"{file}: shape or dtype differs from the manifest; re-run `xmfast prepare`")
         try:
             held = {
