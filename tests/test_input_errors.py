@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -84,11 +85,32 @@ def test_the_library_configurations_check_the_bounds_too() -> None:
         ("--ratings", "-5", "--ratings must be at least 0, got -5"),
         ("--ratings", str(2**64), f"--ratings must be at most {2**64 - 1}"),
         ("--seed", "-1", "--seed must be at least 0, got -1"),
+        ("--items", "0", "--items must be at least 1, got 0"),
+        ("--topics", "0", "--topics must be at least 1, got 0"),
+        ("--min-per-user", "0", "--min-per-user must be at least 1, got 0"),
+        ("--mean-per-user", "nan", "--mean-per-user must be a number at least --min-per-user (5), got nan"),
+        ("--mean-per-user", "4.5", "--mean-per-user must be a number at least --min-per-user (5), got 4.5"),
     ],
 )
 def test_synth_integer_options_name_the_option(tmp_path: Path, option: str, value: str, message: str) -> None:
     assert_user_error(invoke("synth", tmp_path / "s", option, value), message)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"items": 0}, "items must be at least 1, got 0"),
+        ({"mean_per_user": float("nan")}, "mean_per_user must be a number at least min_per_user (5), got nan"),
+        ({"focus": 1.5}, "focus is a share, between 0 and 1, got 1.5"),
+        ({"focus": float("nan")}, "focus is a share, between 0 and 1, got nan"),
+        ({"size_decay": float("inf")}, "size_decay must be a number at least 0, got inf"),
+        ({"size_decay": -0.5}, "size_decay must be a number at least 0, got -0.5"),
+    ],
+)
+def test_synth_config_rejects_settings_the_generator_cannot_use(setting: dict, message: str) -> None:
+    with pytest.raises(XmfastError, match=re.escape(message)):
+        SynthConfig(**setting)
 
 
 def test_recommend_k_beyond_u32_names_the_option(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ that regenerating it gives the committed bytes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,11 +30,18 @@ class SynthConfig:
     raw_category: str | None = None  # write ratings_{m}_{category}.txt.gz instead of {m}_5core.txt
 
     def __post_init__(self) -> None:
-        # The Rust generator takes these as fixed-width integers (its own checks say what is too small).
+        # Checked here, before anything is written: the Rust generator takes these as fixed-width
+        # integers and floats, where NaN would pass its comparisons and make a silent mess.
         check_int("ratings", self.ratings, 0, U64_MAX)
         for name in ("items", "topics", "min_per_user"):
-            check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0, U64_MAX)
+        if not math.isfinite(self.mean_per_user) or self.mean_per_user < self.min_per_user:
+            raise XmfastError(f"mean_per_user must be a number at least min_per_user ({self.min_per_user}), got {self.mean_per_user}")
+        if not 0.0 <= self.focus <= 1.0:  # also false for NaN
+            raise XmfastError(f"focus is a share, between 0 and 1, got {self.focus}")
+        if not (math.isfinite(self.size_decay) and self.size_decay >= 0.0):
+            raise XmfastError(f"size_decay must be a number at least 0, got {self.size_decay}")
 
 
 SAMPLE = SynthConfig(markets=["uk", "de", "jp", "in"], ratings=24_000, items=1_500, topics=30, seed=2026)
@@ -48,6 +56,7 @@ def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
     if len(set(config.markets)) != len(config.markets):
         raise XmfastError("each market may appear only once")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         files = core.synthesize(
@@ -56,6 +65,8 @@ def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
             size_decay=config.size_decay, seed=config.seed, raw_category=config.raw_category,
         )
     except ValueError as e:
+        if created and not any(out_dir.iterdir()):  # a refused request leaves no trace behind
+            out_dir.rmdir()
         raise XmfastError(str(e)) from None
     (out_dir / "synth.json").write_text(
         json.dumps({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)

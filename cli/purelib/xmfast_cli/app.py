@@ -236,8 +236,10 @@ def synth(
     if not sample:
         from xmfast.errors import U64_MAX
 
-        _check_ints({"--items": items, "--topics": topics, "--min-per-user": min_per_user}, low=0)
+        _check_ints({"--items": items, "--topics": topics, "--min-per-user": min_per_user}, low=1)
         _check_ints({"--ratings": ratings, "--seed": seed}, low=0, high=U64_MAX)
+        if not mean_per_user >= min_per_user:  # also false for NaN
+            raise XmfastError(f"--mean-per-user must be a number at least --min-per-user ({min_per_user}), got {mean_per_user}")
     config = SAMPLE if sample else SynthConfig(
         markets=_split_list(markets), ratings=ratings, items=items, topics=topics,
         mean_per_user=mean_per_user, min_per_user=min_per_user, seed=seed, raw_category=raw_category,
