@@ -237,9 +237,16 @@ def test_recommend_leaves_out_known_items_and_matches_a_plain_sort(sample_in: Pr
         assert recs.scores[q].tolist() == [float(i) for i in expected]
     with_known = recommend(d, _ItemIdScorer(), groups[:1], k=3, exclude_known=False)
     assert with_known.items[0].tolist() == sorted(catalog.tolist(), reverse=True)[:3]
-    # more than the catalog: padded with -1
+    # more than the catalog: as wide as the catalog, every new item once, then -1 (score NaN)
+    g = int(groups[0])
+    new_items = catalog.size - len(set(items[offsets[g] : offsets[g + 1]].tolist()))
     big = recommend(d, _ItemIdScorer(), groups[:1], k=catalog.size + 5)
-    assert (big.items[0] == -1).sum() >= 5 and np.isnan(big.scores[0][big.items[0] == -1]).all()
+    assert big.items.shape == (1, catalog.size)
+    assert (big.items[0] >= 0).sum() == new_items and (big.items[0, new_items:] == -1).all()
+    assert np.isnan(big.scores[0, new_items:]).all()
+    # the largest k the core takes allocates nothing beyond the catalog either
+    huge = recommend(d, _ItemIdScorer(), groups[:1], k=2**32 - 1)
+    assert np.array_equal(huge.items, big.items)
 
 
 def test_resolve_groups_by_original_user_id(sample_in: PreparedDataset) -> None:

@@ -20,11 +20,12 @@ from xmfast.evaluation import Scorer
 @dataclass(frozen=True)
 class Recommendations:
     """`items[q, r]` is the r-th recommendation (item number, -1 when the market has fewer new
-    items than k) for group `groups[q]`, with its score."""
+    items than k) for group `groups[q]`, with its score. The width is k, or the largest catalog
+    of the queried markets when that is smaller (no column could hold an item)."""
 
     groups: np.ndarray
-    items: np.ndarray  # int64, (queries, k)
-    scores: np.ndarray  # float, (queries, k); NaN where items is -1
+    items: np.ndarray  # int64, (queries, min(k, largest catalog))
+    scores: np.ndarray  # float, same shape; NaN where items is -1
 
     def rows(self, dataset: PreparedDataset) -> list[tuple[str, str, int, str, float]]:
         """(market, user id, rank from 1, item id, score) for every recommendation."""
@@ -76,9 +77,12 @@ def recommend(
     check_int("k", k)
     groups = np.asarray(groups, dtype=np.int64)
     known_offsets, known_items = dataset._all_positives() if exclude_known else (None, None)
+    group_market = np.asarray(dataset.group_market)
+    # A k beyond every catalog (say --k 4000000000) must not allocate columns no item can fill.
+    queried = np.unique(group_market[groups]) if groups.size else np.zeros(0, dtype=np.int64)
+    k = min(k, max((len(dataset.catalog(dataset.markets[int(m)])) for m in queried), default=1))
     items = np.full((groups.size, k), -1, dtype=np.int64)
     scores = np.full((groups.size, k), np.nan, dtype=np.float64)
-    group_market = np.asarray(dataset.group_market)
     done = 0
     for m, name in enumerate(dataset.markets):
         queries = np.flatnonzero(group_market[groups] == m)
