@@ -283,6 +283,17 @@ def test_data_format_error_is_a_value_error(tmp_path: Path) -> None:
     assert str(exc.value) == f"{f}:1: expected 4 columns (userId itemId rate date), found 3"
 
 
+def test_file_digest_is_the_digest_read_ratings_records(tmp_path: Path) -> None:
+    import hashlib
+
+    f = write_text(tmp_path / "uk_5core.txt", "userId itemId rate date\nu1 B1 5.0 2020-01-01\n")
+    recorded = core.read_ratings([("uk", str(f))])["files"][0]["blake3"]
+    assert core.file_digest(f) == core.file_digest(str(f)) == recorded
+    assert len(recorded) == 64 and recorded != hashlib.sha256(f.read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        core.file_digest(tmp_path / "missing.txt")
+
+
 def test_data_format_error_lives_in_xmfast_core_and_pickles(tmp_path: Path) -> None:
     """Errors cross process boundaries (multiprocessing, data-loader workers) by pickling, which
     looks the class up by its module: it must be `xmfast.core`, where the class is found."""

@@ -98,6 +98,34 @@ def test_run_caches_and_reruns_only_what_a_change_touches(sample_dir: Path, tmp_
     assert run_experiment(plan(read_experiment(path))).executed == []
 
 
+def test_the_cache_follows_the_rating_files_content_not_their_times(sample_dir: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    out = tmp_path / "out"
+    path = write_experiment(tmp_path / "e.toml", data, out,
+                            'targets = ["in"]\nmodels = ["pop"]\nseeds = [1]\ndevice = "cpu"\n')
+    assert run_experiment(plan(read_experiment(path))).executed == ["in/dataset", "in/single/s1/pop"]
+    # a fresh copy of the same files (new modification times): everything is still cached
+    shutil.rmtree(data)
+    shutil.copytree(sample_dir, data, copy_function=shutil.copyfile)
+    for f in data.iterdir():
+        os.utime(f, ns=(1, 1))
+    assert set(stage_actions(plan(read_experiment(path))).values()) == {"cached"}
+    # one changed rating (same size, same time): the dataset and what depends on it run again
+    uk = data / "uk_5core.txt"
+    stat = uk.stat()
+    lines = uk.read_text(encoding="utf-8").splitlines(keepends=True)
+    user, item, rate, date = lines[1].split(" ")
+    lines[1] = " ".join([user, item, "1.0" if rate != "1.0" else "2.0", date])
+    uk.write_text("".join(lines), encoding="utf-8")
+    os.utime(uk, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert uk.stat().st_size == stat.st_size
+    assert run_experiment(plan(read_experiment(path))).executed == ["in/dataset", "in/single/s1/pop"]
+
+
 def test_a_deleted_output_is_made_again(sample_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -55,6 +55,9 @@ class TrainNegativeSampler:
     def sample(self, epoch: int) -> npt.NDArray[np.uint32]: ...
     def sample_into(self, out: npt.NDArray[np.uint32], epoch: int) -> None: ...
 
+def file_digest(path: str | PathLike[str]) -> str:
+    """blake3 of the file's bytes on disk (hex), as ``read_ratings`` records it per input."""
+
 def read_ratings(sources: list[tuple[str, str | PathLike[str]]]) -> dict[str, Any]: ...
 def kcore_mask(
     market: npt.NDArray[np.uint16],

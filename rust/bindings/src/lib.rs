@@ -178,6 +178,13 @@ impl Vocab {
     }
 }
 
+/// blake3 of a file's bytes as stored on disk (hex), the digest ``read_ratings`` records for
+/// each input; streamed, with the GIL released.
+#[pyfunction]
+fn file_digest(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    py.detach(|| xc::parse::file_digest(&path)).map_err(py_err)
+}
+
 /// Reads XMarket rating files into columns with shared user and item vocabularies.
 ///
 /// `sources` is a list of (market, path). Returns a dict with `markets`, `users`, `items`
@@ -841,6 +848,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Vocab>()?;
     m.add_class::<TrainNegativeSampler>()?;
     m.add_function(wrap_pyfunction!(read_ratings, m)?)?;
+    m.add_function(wrap_pyfunction!(file_digest, m)?)?;
     m.add_function(wrap_pyfunction!(kcore_mask, m)?)?;
     m.add_function(wrap_pyfunction!(restrict_items_mask, m)?)?;
     m.add_function(wrap_pyfunction!(compact_ids, m)?)?;

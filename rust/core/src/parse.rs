@@ -135,6 +135,15 @@ pub fn format_date(days: i32) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// blake3 of a file's bytes as stored on disk, hex: the digest `read_ratings` records for each
+/// input, without parsing. Streams the file, so its size does not matter.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut hasher).map_err(|e| Error::io(path, e))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// Reads a file fully, decompressing gzip (detected by magic bytes; multi-member aware).
 /// Returns (content, on-disk size, blake3 of the on-disk bytes, was gzip).
 pub fn read_maybe_gzip(path: &Path) -> Result<(Vec<u8>, u64, String, bool)> {
@@ -565,6 +574,38 @@ mod tests {
         assert_eq!(r.users.get(5), "user5");
         assert!(r.user.iter().enumerate().all(|(i, &u)| u as usize == i % 977));
         assert!(r.item.iter().enumerate().all(|(i, &it)| it as usize == i % 313));
+    }
+
+    #[test]
+    fn file_digest_is_the_digest_read_ratings_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, b"").unwrap();
+        // blake3's published digest of the empty input
+        assert_eq!(file_digest(&empty).unwrap(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+        // beyond 1 MiB read_ratings hashes in parallel, and file_digest streams: still one digest
+        let big = dir.path().join("uk_5core.txt");
+        let mut text = String::from("userId itemId rate date\n");
+        for i in 0..120_000 {
+            text.push_str(&format!("u{} i{} 4.0 2020-01-02\n", i % 977, i % 313));
+        }
+        assert!(text.len() > 2 << 20);
+        std::fs::write(&big, &text).unwrap();
+        let gz = dir.path().join("de_5core.txt.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(SAMPLE.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        let r = read_ratings(&[
+            Source { market: "uk".into(), path: big.clone() },
+            Source { market: "de".into(), path: gz.clone() },
+        ])
+        .unwrap();
+        assert_eq!(file_digest(&big).unwrap(), r.files[0].blake3);
+        assert_eq!(file_digest(&big).unwrap(), blake3::hash(text.as_bytes()).to_hex().to_string());
+        assert_eq!(file_digest(&gz).unwrap(), r.files[1].blake3); // the compressed bytes, not the text
+        let missing = dir.path().join("missing.txt");
+        let err = file_digest(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.txt"), "{err}");
     }
 
     #[test]
