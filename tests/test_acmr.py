@@ -147,3 +147,30 @@ def test_keyed_scores_equal_the_sequences_they_stand_for(acmr_dataset) -> None:
     assert np.array_equal(model.train_history[rows].numpy(), hist.astype(np.int64))
     with pytest.raises(RuntimeError, match="attach"):
         ACMR(ds.n_items, len(ds.markets), SMALL)(torch.tensor([0]), torch.tensor([1]))
+
+
+def test_the_original_codes_training_histories_contain_the_rows_own_item(acmr_dataset) -> None:
+    from dataclasses import replace
+
+    from xmfast.dataset import PreparedDataset
+
+    ds = PreparedDataset.load(acmr_dataset)
+    item = np.asarray(ds.train_item).astype(np.int64)
+    group = ds.train_group().astype(np.int64)
+    rows = np.arange(item.size)
+    offsets = np.asarray(ds.train_offsets).astype(np.int64)
+    width = int(np.diff(offsets).max())  # wide enough that no history is cut
+    # a row's item elsewhere in its group's history: the same item rated twice (no --dedup)
+    repeated = np.array([(item[offsets[g]:offsets[g + 1]] == item[r]).sum() > 1 for r, g in zip(rows, group)])
+    assert 0 < repeated.sum() < rows.size / 10
+    for leave_out in (True, False):
+        config = replace(SMALL, history=width, leave_out_own_item=leave_out)
+        model = ACMR(ds.n_items, len(ds.markets), config)
+        model.attach(ds, training_rows=rows)
+        hist = model.train_history.numpy()
+        own = (hist == item[:, None]).any(axis=1)
+        if leave_out:  # the row's own position is left out, a repeat of its item is not
+            assert np.array_equal(own, repeated)
+        else:  # the group's whole history, the same for every row of the group, own item included
+            assert own.all()
+            assert np.array_equal(hist, model.group_history.numpy()[group])

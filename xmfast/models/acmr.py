@@ -46,6 +46,11 @@ class ACMRConfig:
     history: int = 50  # history positions; the candidate takes one more
     truncation: str = "random"  # how longer histories are cut: random (the original), recent or cooc
     history_seed: int = 0  # seed of the random truncation rule
+    # A training row is scored with its group's history without the row's own item, as the test
+    # item is absent from the history it is tested with. False reproduces the original code, which
+    # scores every training instance with the user's whole training history: a positive finds
+    # itself there, a shortcut ("in the history, so positive") that never holds at test time.
+    leave_out_own_item: bool = True
     # Training batches are sorted by history length within windows of this many batches (then the
     # window's batches are shuffled), so a batch is cut to a short width; 0 turns it off.
     bucket_batches: int = 64
@@ -150,8 +155,8 @@ class ACMR(nn.Module):
     def attach(self, dataset: PreparedDataset, training_rows: np.ndarray | None = None,
                market_codes: np.ndarray | None = None) -> None:
         """Builds the history tables from `dataset`: every group's history (evaluation) and, when
-        given, one history per training row (indices into the dataset's training arrays) without
-        the row's own item. `market_codes` maps the dataset's market index to this model's
+        given, one history per training row (indices into the dataset's training arrays), without
+        the row's own item unless the configuration says otherwise. `market_codes` maps the dataset's market index to this model's
         market embedding row (default: the same index)."""
         cfg = self.config
         cooc = None
@@ -172,8 +177,12 @@ class ACMR(nn.Module):
         self._set("group", hist, lengths, group_market, dev)
         if training_rows is not None:
             rows = np.asarray(training_rows, dtype=np.int64)
-            hist, lengths = dataset.training_row_histories(rows, cfg.history, cfg.truncation, cfg.history_seed, cooc)
             row_group = dataset.train_group()[rows].astype(np.int64)
+            if cfg.leave_out_own_item:
+                hist, lengths = dataset.training_row_histories(rows, cfg.history, cfg.truncation, cfg.history_seed, cooc)
+            else:
+                hist, lengths = dataset.padded_histories(row_group.astype(np.uint32), cfg.history, cfg.truncation,
+                                                         cfg.history_seed, cooc)
             self._set("train", hist, lengths, group_market[row_group], dev)
 
     def _set(self, prefix: str, hist: np.ndarray, lengths: np.ndarray, market: np.ndarray, dev: torch.device) -> None:
