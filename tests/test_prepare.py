@@ -21,7 +21,6 @@ from xmfast import core
 from xmfast.dataset import FORMAT, FORMAT_VERSION, PreparedDataset, load_dataset
 from xmfast.errors import DataError, DatasetError, XmfastError
 from xmfast.prepare import KCore, PrepareConfig, prepare
-from xmfast.ratings import read_ratings
 from xmfast.stats import market_stats
 
 SAMPLE_MARKETS = ["in", "de", "jp", "uk"]  # target first, then the others alphabetically
