@@ -18,7 +18,7 @@ child times training steps of that NMF (5.56M groups, 1.45M items: 112M paramete
 batches, at FOREC's batch of 1024 and at a large batch: FOREC's dense Adam with L2 updates every
 parameter at every step, so a step costs about the same whatever the batch, and the projected
 epoch (steps × time per step) says whether a full epoch is worth starting. `--epoch-batch` sets
-the batch of the timed epoch (default 65536; FOREC's 1024 projects to about 10 hours on 2 cores).
+the batch of the timed epoch (default 65536; FOREC's 1024 projects to 15–18 hours on 2 cores, see RESULTS.md).
 
     python benchmarks/bench_scale_train.py                     # 50M ratings
     python benchmarks/bench_scale_train.py --no-epoch          # prepare and the step timing only

@@ -79,8 +79,8 @@ def recommend(
     known_offsets, known_items = dataset._all_positives() if exclude_known else (None, None)
     group_market = np.asarray(dataset.group_market)
     # A k beyond every catalog (say --k 4000000000) must not allocate columns no item can fill.
-    queried = np.unique(group_market[groups]) if groups.size else np.zeros(0, dtype=np.int64)
-    k = min(k, max((len(dataset.catalog(dataset.markets[int(m)])) for m in queried), default=1))
+    catalog_sizes = np.diff(np.asarray(dataset.market_item_offsets).astype(np.int64))
+    k = min(k, int(catalog_sizes[group_market[groups]].max(initial=1)))
     items = np.full((groups.size, k), -1, dtype=np.int64)
     scores = np.full((groups.size, k), np.nan, dtype=np.float64)
     done = 0

@@ -156,8 +156,9 @@ class ACMR(nn.Module):
                market_codes: np.ndarray | None = None) -> None:
         """Builds the history tables from `dataset`: every group's history (evaluation) and, when
         given, one history per training row (indices into the dataset's training arrays), without
-        the row's own item unless the configuration says otherwise. `market_codes` maps the dataset's market index to this model's
-        market embedding row (default: the same index)."""
+        the row's own item unless the configuration says otherwise (`leave_out_own_item`).
+        `market_codes` maps the dataset's market index to this model's market embedding row
+        (default: the same index)."""
         cfg = self.config
         cooc = None
         if cfg.truncation == "cooc":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -238,7 +239,7 @@ def synth(
 
         _check_ints({"--items": items, "--topics": topics, "--min-per-user": min_per_user}, low=1)
         _check_ints({"--ratings": ratings, "--seed": seed}, low=0, high=U64_MAX)
-        if not mean_per_user >= min_per_user:  # also false for NaN
+        if not (math.isfinite(mean_per_user) and mean_per_user >= min_per_user):  # SynthConfig's rule, under the option's name
             raise XmfastError(f"--mean-per-user must be a number at least --min-per-user ({min_per_user}), got {mean_per_user}")
     config = SAMPLE if sample else SynthConfig(
         markets=_split_list(markets), ratings=ratings, items=items, topics=topics,
