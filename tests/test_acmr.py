@@ -67,8 +67,10 @@ def test_bad_configuration() -> None:
         ACMRConfig(truncation="oldest")
 
 
-def test_encoder_block_equals_torch_transformer_layer() -> None:
-    """Our block is nn.TransformerEncoderLayer's maths (post-norm, ReLU), written for speed."""
+@pytest.mark.parametrize("fused", [False, True], ids=["keys-first", "sdpa"])
+def test_encoder_block_equals_torch_transformer_layer(fused: bool) -> None:
+    """Our block is nn.TransformerEncoderLayer's maths (post-norm, ReLU), written for speed; both
+    attention paths (the CPU's keys-first one, and the fused one CUDA takes) give it."""
     from xmfast.models.acmr import EncoderBlock
 
     torch.manual_seed(3)
@@ -87,7 +89,7 @@ def test_encoder_block_equals_torch_transformer_layer() -> None:
         padding[1, 3:6] = True
         padding[4, :6] = True
         want = ref(x, src_key_padding_mask=padding)
-        got = block(x, padding)
+        got = block(x, padding, fused=fused)
     torch.testing.assert_close(got[~padding], want[~padding], rtol=1e-5, atol=1e-5)
 
 

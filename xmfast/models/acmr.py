@@ -102,12 +102,14 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """`x` (B, L, d); `padding` (B, L), True where a position is padding (never attended to)."""
+    def forward(self, x: torch.Tensor, padding: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+        """`x` (B, L, d); `padding` (B, L), True where a position is padding (never attended to).
+        `fused` picks ``scaled_dot_product_attention`` (default: on every device but the CPU); the
+        tests set it to check that path on the CPU too."""
         b, length, d = x.shape
         h, dh = self.heads, d // self.heads
         q, k, v = self.in_proj(x).view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4)  # each (B, h, L, dh)
-        if x.device.type == "cpu":
+        if not (x.device.type != "cpu" if fused is None else fused):
             bias = torch.zeros(b, 1, length, 1, dtype=x.dtype).masked_fill_(padding[:, None, :, None], float("-inf"))
             bias = bias.expand(b, h, length, 1).reshape(b * h, length, 1)
             # scores transposed: (B·h, keys, queries), softmax over the keys (axis 1)
