@@ -222,7 +222,7 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     counts = {}
-    for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr"):
+    for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr", "acmr-shortcut"):
         p = plan(read_experiment(root / "experiments" / f"{name}.toml"))
         counts[name] = len(p.stages)
         assert p.stages[0].kind == "prepare"
@@ -232,6 +232,10 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     assert counts["xmarket"] == 7 * (1 + 3 * 10) and counts["acmr"] == 7 * 5
     # xmarket-acmr: jp and in × (dataset + pre-train, fine-tune), one seed
     assert counts["xmarket-acmr"] == 2 * 3
+    # acmr-shortcut: jp × (dataset + pre-train, fine-tune), with the original code's histories
+    assert counts["acmr-shortcut"] == 3
+    shortcut = plan(read_experiment(root / "experiments" / "acmr-shortcut.toml"))
+    assert all(s.settings["model_config"]["leave_out_own_item"] is False for s in shortcut.stages if s.kind != "prepare")
     # pairwise: 7 targets × (dataset + 3 seeds × (pop, gmf, mlp, nmf + 6 sources × 5))
     assert counts["forec-pairwise"] == 7 * (1 + 3 * (4 + 6 * 5))
 
