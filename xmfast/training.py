@@ -450,13 +450,17 @@ class Trainer:
         return users, items, labels, market
 
     def _batches(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
-        """Index batches of this epoch (see the module docstring for the two sampling modes)."""
+        """Index batches of this epoch, on the device."""
+        return [b.to(self.device) for b in self._batch_order(epoch, market)]
+
+    def _batch_order(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
+        """Index batches of this epoch, built on the CPU (see the module docstring for the two
+        sampling modes); a subclass may reorder them before they move to the device."""
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         size = self.config.batch_size
         n = market.shape[0]
         if self.config.sampling == "concat" or len(self.rows.markets) == 1:
-            order = torch.randperm(n, generator=gen).to(self.device)
-            return list(order.split(size))
+            return list(torch.randperm(n, generator=gen).split(size))
         per_market = self._shuffled_by_market(market, gen)
         target_batches = list(per_market[0].split(size))
         streams = [target_batches]
@@ -465,8 +469,7 @@ class Trainer:
                 continue
             own = list(idx.split(size))
             streams.append([own[b % len(own)] for b in range(len(target_batches))])
-        batches = [stream[b] for b in range(len(target_batches)) for stream in streams]
-        return [b.to(self.device) for b in batches]
+        return [stream[b] for b in range(len(target_batches)) for stream in streams]
 
     def _shuffled_by_market(self, market: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         """Each market's instance indices (CPU), in an order drawn from `gen`; target first."""
@@ -825,20 +828,20 @@ class SequenceTrainer(Trainer):
         row_of_instance = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(k)])
         self._instance_length = self.model.training_lengths().cpu()[row_of_instance]  # type: ignore[operator]
 
-    def _batches(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
-        batches = super()._batches(epoch, market)
+    def _batch_order(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
+        batches = super()._batch_order(epoch, market)
         window = self.model_config.bucket_batches
         if not window or (self.config.sampling == "equal" and len(self.rows.markets) > 1):
             return batches  # equal sampling keeps its market alternation
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch) ^ 0x5EC)
         bucketed: list[torch.Tensor] = []
         for start in range(0, len(batches), window):
-            part = [b.cpu() for b in batches[start : start + window]]
+            part = batches[start : start + window]
             index = torch.cat(part)
             index = index[torch.argsort(self._instance_length[index], stable=True)]
             bucketed.extend(index.split([b.shape[0] for b in part]))
         order = torch.randperm(len(bucketed), generator=gen)
-        return [bucketed[j].to(self.device) for j in order.tolist()]
+        return [bucketed[j] for j in order.tolist()]
 
 
 def trainer_class(spec: ModelSpec) -> type[Trainer]:
