@@ -106,12 +106,20 @@ class HandStep:
     update is torch's own fused Adam kernel, with the state an ``Adam(fused=True)`` would hold."""
 
     def __init__(self, model: GMF) -> None:
-        self.params = [model.user_embedding.weight.data, model.item_embedding.weight.data,
-                       model.output.weight.data, model.output.bias.data]
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
+        self._adam_state([model.user_embedding.weight.data, model.item_embedding.weight.data,
+                          model.output.weight.data, model.output.bias.data], LR)
+
+    def _adam_state(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr = params, lr
+        self.grads = [torch.zeros_like(p) for p in params]
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in params]
+
+    def _update(self) -> None:
+        torch._foreach_add_(self.steps, 1)  # Adam counts the step before its update, as torch.optim.Adam does
+        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
+                           beta1=0.9, beta2=0.999, weight_decay=L2, eps=1e-8, amsgrad=False, maximize=False)
 
     def __call__(self, u: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> None:
         users, items, w, b = self.params
@@ -123,9 +131,7 @@ class HandStep:
         self.grads[1].zero_().index_add_(0, i, gw * eu)
         self.grads[2].copy_(product.t().mv(g).unsqueeze(0))
         self.grads[3].copy_(g.sum().reshape(1))
-        torch._foreach_add_(self.steps, 1)  # Adam counts the step before its update, as torch.optim.Adam does
-        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=LR,
-                           beta1=0.9, beta2=0.999, weight_decay=L2, eps=1e-8, amsgrad=False, maximize=False)
+        self._update()
 
 
 class NMFHandStep(HandStep):
@@ -136,16 +142,12 @@ class NMFHandStep(HandStep):
 
     def __init__(self, model: NMF) -> None:
         self.layers = [m for m in model.mlp.tower if isinstance(m, torch.nn.Linear)]
-        self.params = [model.gmf.user_embedding.weight.data, model.gmf.item_embedding.weight.data,
-                       model.mlp.user_embedding.weight.data, model.mlp.item_embedding.weight.data,
-                       model.output.weight.data, model.output.bias.data]
+        params = [model.gmf.user_embedding.weight.data, model.gmf.item_embedding.weight.data,
+                  model.mlp.user_embedding.weight.data, model.mlp.item_embedding.weight.data,
+                  model.output.weight.data, model.output.bias.data]
         for layer in self.layers:
-            self.params += [layer.weight.data, layer.bias.data]
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
-        self.lr = NMF_LR
+            params += [layer.weight.data, layer.bias.data]
+        self._adam_state(params, NMF_LR)
 
     def __call__(self, u: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> None:
         gu, gi, mu, mi, wo, bo = self.params[:6]
@@ -175,9 +177,7 @@ class NMFHandStep(HandStep):
         half = mu.shape[1]
         g_mu.zero_().index_add_(0, u, g_h[:, :half])
         g_mi.zero_().index_add_(0, i, g_h[:, half:])
-        torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
-                           beta1=0.9, beta2=0.999, weight_decay=L2, eps=1e-8, amsgrad=False, maximize=False)
+        self._update()
 
 
 def optimiser_only_step(model: torch.nn.Module, lr: float):
