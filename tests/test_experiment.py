@@ -232,8 +232,8 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     assert counts["xmarket"] == 7 * (1 + 3 * 10) and counts["acmr"] == 7 * 5
     # xmarket-acmr: jp and in × (dataset + pre-train, fine-tune), one seed
     assert counts["xmarket-acmr"] == 2 * 3
-    # acmr-shortcut: jp × (dataset + pre-train, fine-tune), with the original code's histories
-    assert counts["acmr-shortcut"] == 3
+    # acmr-shortcut: jp and in × (dataset + pre-train, fine-tune), with the original code's histories
+    assert counts["acmr-shortcut"] == 2 * 3
     shortcut = plan(read_experiment(root / "experiments" / "acmr-shortcut.toml"))
     assert all(s.settings["model_config"]["leave_out_own_item"] is False for s in shortcut.stages if s.kind != "prepare")
     # pairwise: 7 targets × (dataset + 3 seeds × (pop, gmf, mlp, nmf + 6 sources × 5))
