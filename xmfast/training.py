@@ -450,8 +450,11 @@ class Trainer:
         return users, items, labels, market
 
     def _batches(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
-        """Index batches of this epoch, on the device."""
-        return [b.to(self.device) for b in self._batch_order(epoch, market)]
+        """Index batches of this epoch, on the device (moved in one copy, then split)."""
+        order = self._batch_order(epoch, market)
+        if not order:
+            return []
+        return list(torch.cat(order).to(self.device).split([b.shape[0] for b in order]))
 
     def _batch_order(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
         """Index batches of this epoch, built on the CPU (see the module docstring for the two
