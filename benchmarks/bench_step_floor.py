@@ -192,9 +192,13 @@ def optimiser_only_step(model: torch.nn.Module, lr: float):
     return step
 
 
+def model_config(name: str) -> GMFConfig | NMFConfig:
+    return GMFConfig() if name == "gmf" else NMFConfig(pretrained=False)
+
+
 def fresh(name: str, n_users: int, n_items: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return GMF(n_users, n_items, GMFConfig()) if name == "gmf" else NMF(n_users, n_items, NMFConfig(pretrained=False))
+    return get_model(name).build(n_users, n_items, model_config(name))
 
 
 def measure(name: str, dataset, data: list[tuple[torch.Tensor, ...]], warmup: int, loader_batches: int) -> None:
@@ -212,8 +216,7 @@ def measure(name: str, dataset, data: list[tuple[torch.Tensor, ...]], warmup: in
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = get_model(name)
-        config = GMFConfig() if name == "gmf" else NMFConfig(pretrained=False)
-        trainer = Trainer(dataset, Run.create(Path(tmp) / name, {"model": name}), spec, config,
+        trainer = Trainer(dataset, Run.create(Path(tmp) / name, {"model": name}), spec, model_config(name),
                           TrainConfig(sources=("all",), device="cpu"))
         loader = loader_rate(trainer, name, loader_batches, torch.device("cpu"))
 

@@ -176,16 +176,15 @@ class ACMR(nn.Module):
         group_market = codes[np.asarray(dataset.group_market, dtype=np.int64)]
         dev = self.item_embedding.weight.device
         groups = np.arange(dataset.n_groups, dtype=np.uint32)
-        hist, lengths = dataset.padded_histories(groups, cfg.history, cfg.truncation, cfg.history_seed, cooc)
-        self._set("group", hist, lengths, group_market, dev)
+        group_hist, group_lengths = dataset.padded_histories(groups, cfg.history, cfg.truncation, cfg.history_seed, cooc)
+        self._set("group", group_hist, group_lengths, group_market, dev)
         if training_rows is not None:
             rows = np.asarray(training_rows, dtype=np.int64)
             row_group = dataset.train_group()[rows].astype(np.int64)
             if cfg.leave_out_own_item:
                 hist, lengths = dataset.training_row_histories(rows, cfg.history, cfg.truncation, cfg.history_seed, cooc)
-            else:
-                hist, lengths = dataset.padded_histories(row_group.astype(np.uint32), cfg.history, cfg.truncation,
-                                                         cfg.history_seed, cooc)
+            else:  # the row's group's history, as built above
+                hist, lengths = group_hist[row_group], group_lengths[row_group]
             self._set("train", hist, lengths, group_market[row_group], dev)
 
     def _set(self, prefix: str, hist: np.ndarray, lengths: np.ndarray, market: np.ndarray, dev: torch.device) -> None:
