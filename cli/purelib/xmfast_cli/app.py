@@ -109,7 +109,7 @@ def prepare(
     from xmfast.prepare import KCore, PrepareConfig
     from xmfast.prepare import prepare as run_prepare
     from xmfast.stats import market_stats
-    from xmfast_cli.render import console, market_table, steps
+    from xmfast_cli.render import console, market_table, show, steps
 
     _check_ints({"--min-user": min_user, "--min-item": min_item, "--reference-min-user": reference_min_user,
                  "--reference-min-item": reference_min_item, "--eval-negatives": eval_negatives})
@@ -128,7 +128,7 @@ def prepare(
     with steps("prepare") as on_step:
         dataset = run_prepare(data_dir, out, config, overwrite=overwrite, on_step=on_step)
     counts = dataset.manifest["counts"]
-    console.print(market_table(market_stats(dataset, dataset.target), dataset.target, f"Prepared dataset {out}"))
+    show(market_table(market_stats(dataset, dataset.target), dataset.target, f"Prepared dataset {out}"))
     console.print(
         f"protocol [bold]{dataset.protocol}[/], {counts['evaluated_groups']:,} evaluated (market, user) groups, "
         f"{counts['train_rows']:,} training rows, {dataset.valid.candidates.shape[1] - 1} negatives per held-out item, "
@@ -151,13 +151,13 @@ def stats(
     from xmfast.markets import discover, resolve_markets
     from xmfast.ratings import read_ratings
     from xmfast.stats import cross_market, market_stats
-    from xmfast_cli.render import console, market_table, overlap_tables
+    from xmfast_cli.render import console, market_table, overlap_tables, show
 
     if (path / "manifest.json").is_file():
         dataset = PreparedDataset.load(path)
         tgt = target or dataset.target
         per_market = market_stats(dataset, tgt)
-        console.print(market_table(per_market, tgt, f"Prepared dataset {path}"))
+        show(market_table(per_market, tgt, f"Prepared dataset {path}"))
         report: dict[str, Any] = {"markets": [s.as_dict() for s in per_market]}
     else:
         available = discover(path, category)
@@ -167,9 +167,8 @@ def stats(
         ratings = read_ratings([(m, available[m].path) for m in chosen])
         per_market = market_stats(ratings, tgt)
         cm = cross_market(ratings)
-        console.print(market_table(per_market, tgt, f"Rating files in {path}"))
-        for table in overlap_tables(cm):
-            console.print(table)
+        show(market_table(per_market, tgt, f"Rating files in {path}"))
+        show(*overlap_tables(cm))
         console.print(f"all markets together: {len(ratings.items):,} distinct items, {len(ratings):,} ratings")
         report = {
             "markets": [s.as_dict() for s in per_market],
@@ -302,7 +301,7 @@ def evaluate(
     import numpy as np
 
     from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
-    from xmfast_cli.render import console, progress_bar, results_table
+    from xmfast_cli.render import console, progress_bar, results_table, show
 
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
@@ -353,7 +352,7 @@ def evaluate(
             from xmfast import trec
 
             trec.write_run(trec_run, data, split, matrix)
-    console.print(results_table(evaluation, title))
+    show(results_table(evaluation, title))
     console.print(
         f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
         highlight=False,
@@ -373,7 +372,7 @@ def _evaluate_run(
     from xmfast.evaluation import evaluate_scorer
     from xmfast.runs import Run
     from xmfast.training import load_scorer
-    from xmfast_cli.render import console, progress_bar, results_table
+    from xmfast_cli.render import console, progress_bar, results_table, show
 
     run = Run.open(path)
     data = run.load_dataset()
@@ -382,7 +381,7 @@ def _evaluate_run(
     with progress_bar(f"scoring {split}") as update:
         evaluation = evaluate_scorer(data, split, scorer, config, full=full, markets=markets, progress=update)  # type: ignore[arg-type]
     evaluation.info.update({"run": str(path), "model": run.model})
-    console.print(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
+    show(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
     console.print(
         f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
         highlight=False,
@@ -426,7 +425,7 @@ def compare(
 ) -> None:
     """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
     from xmfast.compare import compare_results
-    from xmfast_cli.render import comparison_table, console
+    from xmfast_cli.render import comparison_table, console, show
 
     if len(results) < 2:
         raise XmfastError("give at least two results files")
@@ -434,7 +433,7 @@ def compare(
         raise XmfastError(f"--split: expected valid or test, got {split!r}")
     results = [p / f"{split}.json" if (p / "run.json").is_file() else p for p in results]
     for other in results[1:]:
-        console.print(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
+        show(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
 
 
@@ -519,7 +518,7 @@ def train(
     from xmfast.configs import experiment_configs, read_config_file
     from xmfast.dataset import PreparedDataset
     from xmfast.distributed import is_main
-    from xmfast_cli.render import TrainProgress, console, train_summary
+    from xmfast_cli.render import TrainProgress, show, train_summary
 
     if resume is not None:
         if dataset is not None and out is not None:
@@ -528,7 +527,7 @@ def train(
             result = training.resume(resume, dataset_path=dataset, observer=observer)
         assert result is not None
         if is_main():  # under torchrun every rank returns the result; rank 0 prints it
-            console.print(train_summary(result))
+            show(train_summary(result))
         return
     if dataset is None or out is None:
         raise XmfastError("give a prepared dataset and --out RUN_DIR (or --resume RUN_DIR)")
@@ -554,7 +553,7 @@ def train(
                                 observer=observer)
     assert result is not None
     if is_main():
-        console.print(train_summary(result))
+        show(train_summary(result))
 
 
 @app.command()
@@ -581,7 +580,7 @@ def finetune(
     from xmfast.distributed import is_main
     from xmfast.models import config_from_dict, get_model
     from xmfast.models.forec import FORECConfig
-    from xmfast_cli.render import TrainProgress, console, train_summary
+    from xmfast_cli.render import TrainProgress, show, train_summary
 
     if model not in ("forec", "acmr"):
         raise XmfastError(f"unknown fine-tuned model {model!r} (expected forec or acmr)")
@@ -598,7 +597,7 @@ def finetune(
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
         if result is not None and is_main():
-            console.print(train_summary(result))
+            show(train_summary(result))
 
 
 @app.command()
@@ -622,7 +621,7 @@ def recommend(
     from xmfast.recommend import resolve_groups, write_csv
     from xmfast.runs import Run
     from xmfast.training import load_scorer
-    from xmfast_cli.render import console, progress_bar, recommendations_table
+    from xmfast_cli.render import console, progress_bar, recommendations_table, show
 
     _check_ints({"--k": k})
     r = Run.open(run)
@@ -649,8 +648,7 @@ def recommend(
         write_csv(out, recs, data)
         console.print(f"wrote {recs.items.shape[0]:,} users × {k} recommendations to {out}", highlight=False)
     if out is None or recs.items.shape[0] <= 5:
-        for table in recommendations_table(recs, data, limit=20):
-            console.print(table)
+        show(*recommendations_table(recs, data, limit=20))
 
 
 @app.command("run")
@@ -664,7 +662,7 @@ def run_experiment(
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
     from xmfast import distributed
     from xmfast import experiment as xp
-    from xmfast_cli.render import ExperimentProgress, console, plan_table
+    from xmfast_cli.render import ExperimentProgress, console, plan_table, show
 
     if distributed.launched():
         raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
@@ -673,7 +671,7 @@ def run_experiment(
     plan = xp.plan(exp)
     actions = xp.stage_actions(plan)
     if dry_run:
-        console.print(plan_table(plan, actions))
+        show(plan_table(plan, actions))
         return
     with ExperimentProgress() as observer:
         result = xp.run_experiment(plan, observer=observer)
@@ -711,7 +709,7 @@ def report(
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
     from xmfast.report import build_report, collect_runs, read_published, write_report
-    from xmfast_cli.render import console, report_table
+    from xmfast_cli.render import console, report_table, show
 
     text = ""
     if preface is not None:
@@ -721,8 +719,7 @@ def report(
             raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None)
     path = write_report(built, out, title=title, preface=text, plots=plots)
-    for table in report_table(built):
-        console.print(table)
+    show(*report_table(built))
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
                   f"{', plots' if plots else ''})", highlight=False)
 

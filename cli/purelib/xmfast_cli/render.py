@@ -5,14 +5,130 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
+from dataclasses import dataclass, field
+
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from xmfast.stats import CrossMarket, MarketStats
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+# ---- tables that never cut a number ---------------------------------------------------------
+@dataclass
+class Grid:
+    """A table's content, apart from how it is drawn: :func:`show` draws it as a rich table on a
+    terminal (split into column groups that fit, never an ellipsis in a number) and as plain,
+    complete text anywhere else (a pipe, a Slurm or CI log), where rich would cut it at 80
+    columns. Cells may hold rich markup (bold for the best value); plain text drops it."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    # Headers for a narrow terminal (e.g. `N@10` for `ndcg@10`); default: the headers.
+    short: list[str] | None = None
+    keys: int = 1  # leading columns that name a row, repeated in every column group
+    left: int | None = None  # columns aligned left (default: the key columns); the rest right
+
+    def add_row(self, *cells: str) -> None:
+        if len(cells) != len(self.headers):
+            raise ValueError(f"{len(cells)} cells for {len(self.headers)} columns")
+        self.rows.append(list(cells))
+
+
+_SHORT_METRIC = {"hr": "HR", "ndcg": "N", "precision": "P", "map": "MAP", "mrr": "MRR", "auc": "AUC", "recall": "R"}
+
+
+def short_metric(name: str) -> str:
+    """`ndcg@10` → `N@10`, `precision@5` → `P@5`, `mrr` → `MRR`: headers for narrow tables."""
+    base, at, k = name.partition("@")
+    return _SHORT_METRIC.get(base, base) + at + k
+
+
+def _plain(cell: str) -> str:
+    return Text.from_markup(cell).plain
+
+
+def _widths(grid: Grid, headers: list[str]) -> list[int]:
+    return [max([Text.from_markup(h).cell_len] + [Text.from_markup(r[c]).cell_len for r in grid.rows])
+            for c, h in enumerate(headers)]
+
+
+def plain_text(grid: Grid) -> str:
+    """The table as aligned plain text, every cell complete (for pipes and log files)."""
+    headers = [_plain(h) for h in grid.headers]
+    rows = [[_plain(c) for c in r] for r in grid.rows]
+    widths = [max([len(h)] + [len(r[c]) for r in rows]) for c, h in enumerate(headers)]
+    left = grid.keys if grid.left is None else grid.left
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [_plain(grid.title), line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _column_groups(widths: list[int], keys: int, room: int) -> list[list[int]]:
+    """The non-key columns split into consecutive groups that fit `room` cells beside the key
+    columns (a rich table with borders costs 3 cells per column plus 1)."""
+    base = 1 + sum(w + 3 for w in widths[:keys])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = base
+    for c in range(keys, len(widths)):
+        cost = widths[c] + 3
+        if current and used + cost > room:
+            groups.append(current)
+            current, used = [], base
+        current.append(c)
+        used += cost
+    if current or not groups:
+        groups.append(current)
+    return groups
+
+
+def rich_tables(grid: Grid, width: int) -> list[Table]:
+    """The grid as rich tables for a terminal `width` cells wide: full headers if they fit, else
+    the short ones, else the columns split into groups (each repeating the key columns). Number
+    columns never wrap or shrink; only a long key (a run name) may fold onto a second line."""
+    headers = grid.headers
+    widths = _widths(grid, headers)
+    if 1 + sum(w + 3 for w in widths) > width and grid.short is not None:
+        headers = grid.short
+        widths = _widths(grid, headers)
+    left = grid.keys if grid.left is None else grid.left
+    groups = _column_groups(widths, grid.keys, width)
+    tables = []
+    for g, group in enumerate(groups):
+        title = grid.title if g == 0 else f"{grid.title} (continued, {g + 1}/{len(groups)})"
+        table = Table(title=title)
+        columns = list(range(grid.keys)) + group
+        for c in columns:
+            if c < grid.keys:
+                table.add_column(headers[c], justify="left" if c < left else "right", overflow="fold")
+            else:
+                table.add_column(headers[c], justify="left" if c < left else "right", no_wrap=True,
+                                 min_width=widths[c])
+        for r in grid.rows:
+            table.add_row(*[r[c] for c in columns])
+        tables.append(table)
+    return tables
+
+
+def show(*grids: Grid, to: Console | None = None) -> None:
+    """Prints tables where a person or a log will read them: see :class:`Grid`."""
+    out = to or console
+    for grid in grids:
+        if out.is_terminal:
+            for table in rich_tables(grid, out.width):
+                out.print(table)
+        else:
+            out.print(plain_text(grid), markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
 def live() -> bool:
@@ -22,10 +138,9 @@ def live() -> bool:
     return err_console.is_interactive
 
 
-def market_table(stats: Sequence[MarketStats], target: str, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("market", "users", "items", "ratings", "density", f"items shared with {target}"):
-        table.add_column(col, justify="left" if col == "market" else "right")
+def market_table(stats: Sequence[MarketStats], target: str, title: str) -> Grid:
+    table = Grid(title, ["market", "users", "items", "ratings", "density", f"items shared with {target}"],
+                 short=["market", "users", "items", "ratings", "density", f"shared w/ {target}"])
     for s in stats:
         name = f"[bold]{s.market}[/] (target)" if s.market == target else s.market
         table.add_row(
@@ -35,13 +150,9 @@ def market_table(stats: Sequence[MarketStats], target: str, title: str) -> Table
     return table
 
 
-def overlap_tables(cm: CrossMarket) -> list[Table]:
-    items = Table(title="Items shared between markets")
-    pairs = Table(title="Co-occurring item pairs shared between markets (row's pairs also seen in column)")
-    for t in (items, pairs):
-        t.add_column("")
-        for m in cm.markets:
-            t.add_column(m, justify="right")
+def overlap_tables(cm: CrossMarket) -> list[Grid]:
+    items = Grid("Items shared between markets", ["", *cm.markets])
+    pairs = Grid("Co-occurring item pairs shared between markets (row's pairs also seen in column)", ["", *cm.markets])
     for a, name in enumerate(cm.markets):
         items.add_row(name, *[f"{v:,}" for v in cm.shared_items[a]])
         own = cm.pairs[a]
@@ -67,13 +178,10 @@ def steps(description: str) -> Iterator[callable]:
         yield on_step
 
 
-def results_table(evaluation, title: str) -> Table:  # noqa: ANN001 - xmfast.evaluation.Evaluation
+def results_table(evaluation, title: str) -> Grid:  # noqa: ANN001 - xmfast.evaluation.Evaluation
     """Per-market and overall means of every metric, with query counts."""
-    table = Table(title=title)
-    table.add_column("market")
-    table.add_column("queries", justify="right")
-    for m in evaluation.metrics:
-        table.add_column(m, justify="right")
+    metrics = list(evaluation.metrics)
+    table = Grid(title, ["market", "queries", *metrics], short=["market", "queries", *map(short_metric, metrics)])
     counts = evaluation.counts()
     for market, values in evaluation.per_market().items():
         table.add_row(market, f"{counts[market]:,}", *[f"{values[m]:.4f}" for m in evaluation.metrics])
@@ -82,10 +190,10 @@ def results_table(evaluation, title: str) -> Table:  # noqa: ANN001 - xmfast.eva
     return table
 
 
-def comparison_table(comparison) -> Table:  # noqa: ANN001 - xmfast.compare.Comparison
-    table = Table(title=f"B = {comparison.name_b} against A = {comparison.name_a} ({comparison.queries:,} paired queries)")
-    for col in ("metric", "A", "B", "B-A", "wins/losses", "t p", "Wilcoxon p", "sign p"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+def comparison_table(comparison) -> Grid:  # noqa: ANN001 - xmfast.compare.Comparison
+    table = Grid(f"B = {comparison.name_b} against A = {comparison.name_a} ({comparison.queries:,} paired queries)",
+                 ["metric", "A", "B", "B-A", "wins/losses", "t p", "Wilcoxon p", "sign p"],
+                 short=["metric", "A", "B", "B-A", "wins/losses", "t p", "W p", "sign p"])
     for c in comparison.metrics:
         mark = "*" if c.wilcoxon_pvalue < 0.05 else ""
         table.add_row(
@@ -179,7 +287,7 @@ class TrainProgress:
         self.progress.console.print(text, highlight=False)
 
 
-def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResult
+def train_summary(result) -> Grid:  # noqa: ANN001 - xmfast.training.TrainResult
     """Validation and test results of a finished run."""
     run = result.run
     what = f"epoch {result.selected_epoch} of {result.epochs_run}" if result.epochs_run else "baseline"
@@ -189,17 +297,16 @@ def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResul
     spec = get_model(run.model)
     name = run.model + ("++" if run.sources and spec.neural and not (spec.cross_market or spec.fine_tuned) else "")
     sources = f", sources {', '.join(run.sources)}" if run.sources else ""
-    table = Table(title=f"{name} → {run.path} ({what}{early}; target {run.info['target']}{sources}, {len(result.test):,} test users)")
-    table.add_column("split")
-    for m in result.test.metrics:
-        table.add_column(m, justify="right")
+    metrics = list(result.test.metrics)
+    table = Grid(f"{name} → {run.path} ({what}{early}; target {run.info['target']}{sources}, {len(result.test):,} test users)",
+                 ["split", *metrics], short=["split", *map(short_metric, metrics)])
     for name, ev in (("valid", result.valid), ("test", result.test)):
         agg = ev.aggregate()
         table.add_row(name, *[f"{agg[m]:.4f}" for m in ev.metrics])
     return table
 
 
-def recommendations_table(recs, dataset, limit: int = 20) -> list[Table]:  # noqa: ANN001
+def recommendations_table(recs, dataset, limit: int = 20) -> list[Grid]:  # noqa: ANN001
     """One small table per user (at most `limit` users)."""
     tables = []
     rows = recs.rows(dataset)
@@ -209,10 +316,7 @@ def recommendations_table(recs, dataset, limit: int = 20) -> list[Table]:  # noq
     from rich.markup import escape
 
     for (market, user), items in list(by_user.items())[:limit]:
-        t = Table(title=f"top {len(items)} for user {escape(user)} ({market})")
-        t.add_column("rank", justify="right")
-        t.add_column("item")
-        t.add_column("score", justify="right")
+        t = Grid(f"top {len(items)} for user {escape(user)} ({market})", ["rank", "item", "score"], left=2)
         for rank, item, score in items:
             t.add_row(str(rank), escape(item), f"{score:.4f}")
         tables.append(t)
@@ -249,15 +353,11 @@ class ExperimentProgress(TrainProgress):
         return self
 
 
-def plan_table(plan, actions) -> Table:  # noqa: ANN001 - xmfast.experiment.Plan
+def plan_table(plan, actions) -> Grid:  # noqa: ANN001 - xmfast.experiment.Plan
     """`xmfast run --dry-run`: every stage, what it depends on and what running would do."""
     todo = sum(1 for a in actions.values() if a != "cached")
-    t = Table(title=f"{plan.experiment.name}: {len(plan.stages)} stages, {todo} to run "
-                    f"({plan.experiment.out})")
-    t.add_column("stage", no_wrap=True)
-    t.add_column("kind")
-    t.add_column("after")
-    t.add_column("action")
+    t = Grid(f"{plan.experiment.name}: {len(plan.stages)} stages, {todo} to run ({plan.experiment.out})",
+             ["stage", "kind", "after", "action"], left=4)
     style = {"cached": "dim", "resume": "yellow", "run": "bold"}
     for s in plan.stages:
         t.add_row(s.id, s.kind, ", ".join(d.rsplit("/", 1)[-1] for d in s.deps if not d.endswith("/dataset")) or "–",
@@ -265,16 +365,14 @@ def plan_table(plan, actions) -> Table:  # noqa: ANN001 - xmfast.experiment.Plan
     return t
 
 
-def report_table(report) -> list[Table]:  # noqa: ANN001 - xmfast.report.Report
+def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
     """The report's main table, one per market, for the terminal."""
     tables = []
+    metrics = list(report.metrics)
     for s in report.sections:
-        t = Table(title=f"{s.target} (protocol {s.protocol}, {s.users:,} test users)")
-        t.add_column("model")
-        t.add_column("seeds", justify="right")
-        for m in report.metrics:
-            t.add_column(m, justify="right")
-        t.add_column("Δ vs nmf (p)", justify="right")
+        t = Grid(f"{s.target} (protocol {s.protocol}, {s.users:,} test users)",
+                 ["model", "seeds", *metrics, "Δ vs nmf (p)"],
+                 short=["model", "seeds", *map(short_metric, metrics), "Δ nmf (p)"])
         for r in s.rows:
             cells = []
             for m in report.metrics:
