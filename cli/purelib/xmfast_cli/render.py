@@ -74,22 +74,23 @@ def plain_text(grid: Grid) -> str:
 
 
 def _column_groups(widths: list[int], keys: int, room: int) -> list[list[int]]:
-    """The non-key columns split into consecutive groups that fit `room` cells beside the key
-    columns (a rich table with borders costs 3 cells per column plus 1)."""
+    """The non-key columns split into the fewest consecutive groups, as even in size as possible,
+    that each fit `room` cells beside the key columns (a rich table with borders costs 3 cells
+    per column plus 1). A column too wide for any group gets one of its own."""
     base = 1 + sum(w + 3 for w in widths[:keys])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    used = base
-    for c in range(keys, len(widths)):
-        cost = widths[c] + 3
-        if current and used + cost > room:
-            groups.append(current)
-            current, used = [], base
-        current.append(c)
-        used += cost
-    if current or not groups:
-        groups.append(current)
-    return groups
+    columns = list(range(keys, len(widths)))
+    if not columns:
+        return [[]]
+    for n in range(1, len(columns) + 1):
+        size, extra = divmod(len(columns), n)
+        groups, start = [], 0
+        for g in range(n):
+            end = start + size + (1 if g < extra else 0)
+            groups.append(columns[start:end])
+            start = end
+        if all(base + sum(widths[c] + 3 for c in group) <= room or len(group) == 1 for group in groups):
+            return groups
+    return [[c] for c in columns]
 
 
 def rich_tables(grid: Grid, width: int) -> list[Table]:
@@ -105,7 +106,7 @@ def rich_tables(grid: Grid, width: int) -> list[Table]:
     groups = _column_groups(widths, grid.keys, width)
     tables = []
     for g, group in enumerate(groups):
-        title = grid.title if g == 0 else f"{grid.title} (continued, {g + 1}/{len(groups)})"
+        title = grid.title if len(groups) == 1 else f"{grid.title} ({g + 1}/{len(groups)})"
         table = Table(title=title)
         columns = list(range(grid.keys)) + group
         for c in columns:
