@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +63,15 @@ def main_options(
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_output(path: Optional[Path], kind: str, *inputs: Optional[Path]) -> None:
+    """Refuses an output path before any work (see xmfast.outputs): `kind` names the artefact."""
+    if path is not None:
+        from xmfast import outputs
+        from xmfast._io import check_output
+
+        check_output(path, getattr(outputs, kind), inputs=inputs)
 
 
 def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = None) -> None:
@@ -153,6 +161,7 @@ def stats(
     from xmfast.stats import cross_market, market_stats
     from xmfast_cli.render import console, market_table, overlap_tables
 
+    _check_output(json_out, "STATS_JSON", path)
     if (path / "manifest.json").is_file():
         dataset = PreparedDataset.load(path)
         tgt = target or dataset.target
@@ -180,7 +189,10 @@ def stats(
             },
         }
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from xmfast import outputs
+        from xmfast._io import write_json_atomic
+
+        write_json_atomic(json_out, {"format": outputs.STATS_FORMAT, **report}, kind=outputs.STATS_JSON, inputs=[path])
 
 
 @app.command()
@@ -307,6 +319,10 @@ def evaluate(
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
+    _check_output(json_out, "EVALUATION_JSON", dataset, scores, trec_run, trec_qrels)
+    if dataset is not None:  # with a dataset, --trec-run and --trec-qrels are exports
+        _check_output(trec_run, "TREC_RUN", dataset, scores, trec_qrels)
+        _check_output(trec_qrels, "TREC_QRELS", dataset, scores, trec_run)
     if dataset is None:
         from xmfast import trec
 
@@ -625,6 +641,7 @@ def recommend(
     from xmfast_cli.render import console, progress_bar, recommendations_table
 
     _check_ints({"--k": k})
+    _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
     r = Run.open(run)
     data = r.load_dataset(dataset)
     ids = list(user or [])
@@ -685,7 +702,7 @@ def run_experiment(
 
         runs = collect_runs([exp.out])
         path = write_report(build_report(runs), exp.out / "report.md", title=f"{exp.name}: results",
-                            preface=_experiment_preface(exp, experiment))
+                            preface=_experiment_preface(exp, experiment), inputs=[exp.out])
         console.print(f"report: {path}", highlight=False)
 
 
@@ -720,7 +737,7 @@ def report(
         except (FileNotFoundError, UnicodeDecodeError) as e:
             raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None)
-    path = write_report(built, out, title=title, preface=text, plots=plots)
+    path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     for table in report_table(built):
         console.print(table)
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
