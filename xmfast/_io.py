@@ -198,14 +198,16 @@ def _held(path: Path) -> Iterator[None]:
 
 
 def sweep_leftovers(target: Path) -> list[Path]:
-    """Removes the ``.NAME.partial-*`` / ``.NAME.old-*`` siblings of `target` that a killed
-    writer left (those no live process holds a lock on); returns them."""
+    """Cleans up after killed writers of `target`: a ``.NAME.old-*`` sibling (the previous
+    output, moved aside an instant before the new one was renamed in) is put back when `target`
+    is missing, and every other ``.NAME.old-*`` / ``.NAME.partial-*`` that no live process
+    holds a lock on is removed. Returns what was removed."""
     target = Path(target)
     parent = target.parent
     if fcntl is None or not parent.is_dir():
         return []
     removed = []
-    for prefix in (f".{target.name}.partial-", f".{target.name}.old-"):
+    for prefix in (f".{target.name}.old-", f".{target.name}.partial-"):
         for p in sorted(parent.glob(glob_escape(prefix) + "*")):
             try:
                 fd = os.open(p, os.O_RDONLY)
@@ -214,11 +216,14 @@ def sweep_leftovers(target: Path) -> list[Path]:
             try:
                 if not _try_lock(fd):
                     continue  # a live writer's
-                if p.is_dir() and not p.is_symlink():
+                if prefix.endswith(".old-") and not os.path.lexists(target):
+                    os.replace(p, target)
+                elif p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
                 else:
                     p.unlink(missing_ok=True)
-                removed.append(p)
+                    removed.append(p)
             finally:
                 os.close(fd)
     return removed
