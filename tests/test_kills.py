@@ -3,20 +3,18 @@ SIGKILL would) at each file creation and each rename they make, one kill point a
 then the same command (or `train --resume`, for a run with a finished epoch) must finish with
 the results of an uninterrupted run, bit for bit on the CPU, and leave no leftover behind.
 
-Each command runs in a forked child of this (already warm) process, so a kill point costs a
-fraction of a second: the child counts write events (open for writing, mkdir, rename, replace)
-and dies at the n-th. torch runs single-threaded in the children, as in the references.
+Each command runs in a child forked from one warm helper process (tests/kill_zygote.py), so a
+kill point costs a fraction of a second: the child counts write events (open for writing,
+mkdir, rename, replace) and dies at the n-th. torch runs single-threaded in every child.
 """
 
 from __future__ import annotations
 
-import builtins
-import io
 import json
 import os
-import select
-import signal
-import time
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,74 +23,19 @@ import pytest
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills are injected into forked children")
 
 KILLED = 137
+_zygote: list[subprocess.Popen] = []
 
 
 def xmfast(*args: Any, kill_at: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Runs `xmfast ARGS` in a forked child; with `kill_at`, the child dies at its kill_at-th
     write event. Returns {"code", "events", "output"} (code 137 when killed)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 70
-        try:
-            os.close(read_end)
-            code = _child(write_end, [str(a) for a in args], kill_at)
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read_end)
-            pytest.fail(f"xmfast {' '.join(map(str, args))} hung (kill_at={kill_at})")
-        chunk = os.read(read_end, 1 << 16)
-        if not chunk:
-            break
-        data += chunk
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == KILLED:
-        return {"code": KILLED, "events": kill_at, "output": ""}
-    assert code == 0, f"child failed ({code}): {data[-2000:]!r}"
-    return json.loads(data)
-
-
-def _child(pipe: int, args: list[str], kill_at: int | None) -> int:
-    import torch
-    from typer.testing import CliRunner
-
-    from xmfast_cli.app import app
-
-    torch.set_num_threads(1)
-    count = [0]
-
-    def event() -> None:
-        count[0] += 1
-        if count[0] == kill_at:
-            os._exit(KILLED)
-
-    def counted(fn, writes=lambda *a, **k: True):  # noqa: ANN001, ANN202
-        def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
-            if writes(*a, **k):
-                event()
-            return fn(*a, **k)
-
-        return wrapper
-
-    def opens_for_writing(file, mode="r", *a, **k) -> bool:  # noqa: ANN001, ANN002, ANN003
-        return isinstance(mode, str) and any(c in mode for c in "wxa+")
-
-    builtins.open = io.open = counted(builtins.open, opens_for_writing)
-    os.replace, os.rename, os.mkdir = counted(os.replace), counted(os.rename), counted(os.mkdir)
-    result = CliRunner().invoke(app, args)
-    output = " ".join(result.output.split())[-3000:]  # rich wraps lines at the terminal width
-    os.write(pipe, json.dumps({"code": result.exit_code, "events": count[0], "output": output}).encode())
-    return 0
+    (proc,) = _zygote
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps({"args": [str(a) for a in args], "kill_at": kill_at, "timeout": timeout}) + "\n")
+    proc.stdin.flush()
+    answer = json.loads(proc.stdout.readline())
+    assert answer["code"] != -1, f"xmfast {' '.join(map(str, args))} (kill_at={kill_at}): {answer['output']}"
+    return answer
 
 
 def leftovers(root: Path) -> list[str]:
@@ -114,26 +57,25 @@ def run_facts(run: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Rating files and a prepared dataset small enough that a training takes a fraction of a second."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # before any fork: the children then never touch a thread pool
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_zygote.py"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    _zygote.append(proc)
     root = tmp_path_factory.mktemp("kills")
     assert xmfast("synth", root / "raw", "--markets", "uk,in", "--ratings", "3000", "--items", "200",
                   "--topics", "10")["code"] == 0
     assert xmfast("prepare", root / "raw", "-t", "in", "-s", "uk", "-o", root / "ds")["code"] == 0
-    # Imports done once here, so that every forked child starts warm. No torch computation here:
-    # a child forked after one could hang on a thread pool's lock.
-    import torch._dynamo  # noqa: F401 - imported by the first optimizer: 10 s
-    from xmfast import experiment, report, training  # noqa: F401
-    from xmfast_cli import app, render  # noqa: F401
-
     yield root
-    torch.set_num_threads(threads)
+    _zygote.clear()
+    proc.stdin.close()  # type: ignore[union-attr]
+    proc.wait(timeout=60)
 
 
 def kill_points(total: int, stride: int) -> range:
-    return range(1, total + 1, stride)
+    """Every `stride`-th write event (every one with XMFAST_KILL_MATRIX=full): prepare and train
+    are killed at every event by default; finetune and run, made of the same writes plus their
+    own, at a sample of them that keeps the suite quick."""
+    return range(1, total + 1, 1 if os.environ.get("XMFAST_KILL_MATRIX") == "full" else stride)
 
 
 def continue_training(run: Path, *command: Any) -> dict[str, Any]:
@@ -148,10 +90,11 @@ def test_prepare_killed_at_each_write_leaves_the_old_dataset_or_the_new(tiny: Pa
     assert ref["code"] == 0 and ref["events"] > 10
     want = dir_bytes(tmp_path / "ref")
     out = tmp_path / "k" / "ds"
-    assert xmfast("prepare", tiny / "raw", "-t", "in", "-s", "uk", "-o", out)["code"] == 0  # the dataset it replaces
-    old = dir_bytes(out)
+    assert xmfast("prepare", tiny / "raw", "-t", "in", "-s", "uk", "-o", tmp_path / "old")["code"] == 0
+    old = dir_bytes(tmp_path / "old")
     command = ("prepare", tiny / "raw", "-t", "in", "-s", "uk", "--seed", "7", "-o", out, "--overwrite")
     for n in kill_points(ref["events"], 1):
+        shutil.copytree(tmp_path / "old", out)  # the dataset it replaces
         assert xmfast(*command, kill_at=n)["code"] == KILLED
         found = dir_bytes(out) if out.exists() else None
         if found is None:  # killed between the two renames: the old one waits beside it
@@ -162,11 +105,7 @@ def test_prepare_killed_at_each_write_leaves_the_old_dataset_or_the_new(tiny: Pa
         assert again["code"] == 0, (n, again["output"])
         assert dir_bytes(out) == want, f"kill at {n}"
         assert leftovers(out.parent) == [], f"kill at {n}"
-        (out.parent / "ds").rename(out.parent / "new")  # start the next kill from the old dataset again
-        assert xmfast("prepare", tiny / "raw", "-t", "in", "-s", "uk", "-o", out)["code"] == 0
-        import shutil
-
-        shutil.rmtree(out.parent / "new")
+        shutil.rmtree(out)
 
 
 def test_train_killed_at_each_write_resumes_to_the_same_results(tiny: Path, tmp_path: Path) -> None:
@@ -245,7 +184,7 @@ def test_xmfast_run_killed_at_each_write_continues_on_the_next_run(tiny: Path, t
     results = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("results.json"))
     want = {r: json.loads((tmp_path / "ref" / r).read_text()) for r in results}
     assert len(want) == 2
-    for n in kill_points(ref["events"], 2):
+    for n in kill_points(ref["events"], 3):
         out = tmp_path / f"k{n}"
         file = experiment(out)
         assert xmfast("run", file, "--no-report", kill_at=n)["code"] == KILLED
