@@ -111,13 +111,18 @@ def _overlap(out: Path, other: Path, *, descendants: bool) -> str | None:
     return None
 
 
+def _a(what: str) -> str:
+    return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
+
+
 def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] = (),
                  containers: Iterable[Path | None] = (), overwrite: bool = True) -> Path:
     """Refuses, with one error line, an output that would replace or damage anything but an
     xmfast `kind` artefact: an existing path of another kind (a foreign file or folder, a file
     where a directory goes or the reverse), an input of the command or a directory holding one
     (paths resolved, symlinks followed), or, for `inputs`, a path inside one. `containers` are
-    inputs that may hold the output (directories searched for runs). Returns `path`."""
+    inputs that may hold the output (directories searched for runs). Leftovers of killed writers
+    of `path` are swept first (:func:`sweep_leftovers`). Returns `path`."""
     path = Path(path)
     real = path.resolve()
     for inputs_, descendants in ((inputs, True), (containers, False)):
@@ -128,15 +133,22 @@ def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] 
             if relation:
                 raise OutputError(f"{path}: {relation} {'the' if relation == 'is' else 'an'} input {given} of this "
                                   f"command; choose an output outside every input")
+    above = real.parent
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OutputError(f"{path}: cannot write it: {above} is not a directory; choose another location")
+    if real.parent.is_dir():
+        sweep_leftovers(real)  # first: a previous output a killed writer moved aside comes back
     if not os.path.lexists(real):
         return path
     if kind.directory:
         if not real.is_dir():
-            raise OutputError(f"{path}: exists and is not a directory (a {kind.what} is one); choose another output path")
+            raise OutputError(f"{path}: exists and is not a directory ({_a(kind.what)} is one); choose another output path")
         if _holds_no_file(real):
             return path
         if not kind.recognise(real):
-            raise OutputError(f"{path}: exists and is not a {kind.what}; xmfast replaces only its own outputs: "
+            raise OutputError(f"{path}: exists and is not {_a(kind.what)}; xmfast replaces only its own outputs: "
                               f"choose another output path, or move it away yourself")
         if not overwrite:
             raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
@@ -146,7 +158,7 @@ def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] 
     if not real.is_file():
         raise OutputError(f"{path}: exists and is not a regular file; choose another output path")
     if real.stat().st_size and not kind.recognise(real):
-        raise OutputError(f"{path}: exists and is not a {kind.what} written by xmfast; choose another file name, "
+        raise OutputError(f"{path}: exists and is not {_a(kind.what)} written by xmfast; choose another file name, "
                           f"or move it away yourself")
     if not overwrite:
         raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
@@ -269,22 +281,21 @@ def atomic_directory(target: Path, *, overwrite: bool, kind: OutputKind | None =
         tmp.mkdir()
     old: Path | None = None
     try:
-        with _held(tmp):
+        with _held(tmp), output_errors(given):  # a full disk while the caller writes: one line too
             yield tmp
-            with output_errors(given):
-                _fsync_tree(tmp)
-                if kind is not None:  # the check again, right before the swap: the world may have changed
-                    check_output(given, kind, inputs=inputs, overwrite=overwrite)
-                if os.path.lexists(target):
-                    if not overwrite:
-                        raise OutputError(f"{given}: already exists (pass --overwrite to replace it)")
-                    with _exclusive(target, given):
-                        old = _temporary(target, "old")
-                        os.replace(target, old)
-                        os.replace(tmp, target)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
+            _fsync_tree(tmp)
+            if kind is not None:  # the check again, right before the swap: the world may have changed
+                check_output(given, kind, inputs=inputs, overwrite=overwrite)
+            if os.path.lexists(target):
+                if not overwrite and not (target.is_dir() and _holds_no_file(target)):
+                    raise OutputError(f"{given}: already exists (pass --overwrite to replace it)")
+                with _exclusive(target, given):
+                    old = _temporary(target, "old")
+                    os.replace(target, old)
                     os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
     except BaseException:
         # Put the previous directory back if it was moved aside and not replaced.
         if old is not None and os.path.lexists(old) and not os.path.lexists(target):

@@ -49,7 +49,7 @@ FINETUNE_DIR = OutputKind("fine-tuning output directory (one run per market)", T
 EXPERIMENT_DIR = OutputKind("experiment output directory (with a .stages ledger)", True,
                             lambda p: (p / ".stages").is_dir())
 SYNTH_DIR = OutputKind("synthetic data directory (with synth.json)", True, lambda p: (p / "synth.json").is_file())
-REPORT_MD = OutputKind("xmfast report", False, lambda p: first_line(p) == REPORT_MARKER or _report_beside(p))
+REPORT_MD = OutputKind("report", False, lambda p: first_line(p) == REPORT_MARKER or _report_beside(p))
 REPORT_JSON = OutputKind("report JSON", False, lambda p: json_format(p) == REPORT_FORMAT)
 REPORT_CSV = OutputKind("report CSV", False, lambda p: _report_beside(p) or first_line(p).startswith("protocol,target,"))
 REPORT_PLOTS = OutputKind("report plot directory", True,

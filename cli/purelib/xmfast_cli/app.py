@@ -162,11 +162,12 @@ def stats(
     from xmfast_cli.render import console, market_table, overlap_tables
 
     _check_output(json_out, "STATS_JSON", path)
+    shown: list[Any] = []  # printed after --json is written: a failed write prints nothing but its error
     if (path / "manifest.json").is_file():
         dataset = PreparedDataset.load(path)
         tgt = target or dataset.target
         per_market = market_stats(dataset, tgt)
-        console.print(market_table(per_market, tgt, f"Prepared dataset {path}"))
+        shown.append(market_table(per_market, tgt, f"Prepared dataset {path}"))
         report: dict[str, Any] = {"markets": [s.as_dict() for s in per_market]}
     else:
         available = discover(path, category)
@@ -176,10 +177,8 @@ def stats(
         ratings = read_ratings([(m, available[m].path) for m in chosen])
         per_market = market_stats(ratings, tgt)
         cm = cross_market(ratings)
-        console.print(market_table(per_market, tgt, f"Rating files in {path}"))
-        for table in overlap_tables(cm):
-            console.print(table)
-        console.print(f"all markets together: {len(ratings.items):,} distinct items, {len(ratings):,} ratings")
+        shown += [market_table(per_market, tgt, f"Rating files in {path}"), *overlap_tables(cm),
+                  f"all markets together: {len(ratings.items):,} distinct items, {len(ratings):,} ratings"]
         report = {
             "markets": [s.as_dict() for s in per_market],
             "distinct_items": len(ratings.items),
@@ -193,6 +192,8 @@ def stats(
         from xmfast._io import write_json_atomic
 
         write_json_atomic(json_out, {"format": outputs.STATS_FORMAT, **report}, kind=outputs.STATS_JSON, inputs=[path])
+    for item in shown:
+        console.print(item)
 
 
 @app.command()
@@ -369,13 +370,13 @@ def evaluate(
             from xmfast import trec
 
             trec.write_run(trec_run, data, split, matrix)
+    if json_out is not None:
+        evaluation.to_json(json_out, per_user=per_user)
     console.print(results_table(evaluation, title))
     console.print(
         f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
         highlight=False,
     )
-    if json_out is not None:
-        evaluation.to_json(json_out, per_user=per_user)
 
 
 def _evaluate_run(
@@ -398,11 +399,6 @@ def _evaluate_run(
     with progress_bar(f"scoring {split}") as update:
         evaluation = evaluate_scorer(data, split, scorer, config, full=full, markets=markets, progress=update)  # type: ignore[arg-type]
     evaluation.info.update({"run": str(path), "model": run.model})
-    console.print(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
-    console.print(
-        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
-        highlight=False,
-    )
     if trec_run is not None:
         if full:
             raise XmfastError("--trec-run export covers the stored candidates; drop --full")
@@ -412,6 +408,11 @@ def _evaluate_run(
         trec.write_qrels(trec_qrels, data, split)
     if json_out is not None:
         evaluation.to_json(json_out, per_user=per_user)
+    console.print(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
+    console.print(
+        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
+        highlight=False,
+    )
 
 
 def _read_scores(path: Path, dataset: Any, split: str) -> Any:
