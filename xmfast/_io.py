@@ -93,7 +93,7 @@ def first_line(path: Path) -> str:
         return ""
 
 
-def _holds_no_file(path: Path) -> bool:
+def holds_no_file(path: Path) -> bool:
     """True for a directory with no file anywhere below it (nothing to lose by replacing it)."""
     for _root, _dirs, files in os.walk(path):
         if files:
@@ -145,7 +145,7 @@ def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] 
     if kind.directory:
         if not real.is_dir():
             raise OutputError(f"{path}: exists and is not a directory ({_a(kind.what)} is one); choose another output path")
-        if _holds_no_file(real):
+        if holds_no_file(real):
             return path
         if not kind.recognise(real):
             raise OutputError(f"{path}: exists and is not {_a(kind.what)}; xmfast replaces only its own outputs: "
@@ -287,9 +287,9 @@ def atomic_directory(target: Path, *, overwrite: bool, kind: OutputKind | None =
             if kind is not None:  # the check again, right before the swap: the world may have changed
                 check_output(given, kind, inputs=inputs, overwrite=overwrite)
             if os.path.lexists(target):
-                if not overwrite and not (target.is_dir() and _holds_no_file(target)):
+                if not overwrite and not (target.is_dir() and holds_no_file(target)):
                     raise OutputError(f"{given}: already exists (pass --overwrite to replace it)")
-                with _exclusive(target, given):
+                with _exclusive(target, given, kind.what if kind else "output"):
                     old = _temporary(target, "old")
                     os.replace(target, old)
                     os.replace(tmp, target)
@@ -305,7 +305,7 @@ def atomic_directory(target: Path, *, overwrite: bool, kind: OutputKind | None =
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path, shown: Path) -> Iterator[None]:
+def _exclusive(path: Path, shown: Path, what: str) -> Iterator[None]:
     """Holds `path`'s lock (see :meth:`xmfast.runs.Run.writing`) or refuses: a directory a live
     process writes into is never moved away under it."""
     if fcntl is None or not path.is_dir():  # pragma: no cover
@@ -314,7 +314,7 @@ def _exclusive(path: Path, shown: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDONLY)
     try:
         if not _try_lock(fd):
-            raise OutputError(f"{shown}: another xmfast process is writing it; wait for it to finish, "
+            raise OutputError(f"{shown}: another xmfast process is writing this {what}; wait for it to finish, "
                               f"or choose another output")
         yield
     finally:

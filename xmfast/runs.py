@@ -25,7 +25,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from xmfast._io import read_descriptor, write_json_atomic, write_text_atomic
+from xmfast._io import holds_no_file, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
@@ -72,12 +72,12 @@ def _restartable(path: Path, info: dict[str, Any]) -> bool:
     """A run directory that the same command may start again: it never finished an epoch (or
     holds no file at all) and was created with the same settings as `info`."""
     if not (path / "run.json").exists():
-        return not any(p.is_file() for p in path.rglob("*"))
+        return holds_no_file(path)
     try:
         old = Run.open(path)
     except XmfastError:
         return False
-    if old.status == "finished" or old.epochs_done:
+    if old.status == "finished" or old.finished_an_epoch:
         return False
     same = {k: v for k, v in to_plain(info).items() if k not in _VOLATILE}
     return {k: v for k, v in old.info.items() if k not in _VOLATILE} == same
@@ -150,7 +150,7 @@ class Run:
         return cls(path, info)
 
     @property
-    def epochs_done(self) -> bool:
+    def finished_an_epoch(self) -> bool:
         """Whether an epoch has finished (its checkpoint is what --resume continues from)."""
         return self.last_checkpoint.is_file()
 

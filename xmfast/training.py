@@ -965,7 +965,7 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     with distributed.writing(run):
         trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained,
                                       observer=observer, stop_after=stop_after)
-        if run.epochs_done:
+        if run.finished_an_epoch:
             trainer.restore()
         else:  # killed before its first checkpoint: nothing to continue, so it starts over
             if distributed.is_main():
