@@ -289,7 +289,9 @@ def test_existing_out_without_overwrite(sample_dir: Path, tmp_path: Path) -> Non
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert_user_error(invoke("prepare", sample_dir, "-t", "in", "-o", out), str(out), "already exists", "--overwrite")
+    # A folder of someone's files: refused, and --overwrite is not what to do about it.
+    line = assert_user_error(invoke("prepare", sample_dir, "-t", "in", "-o", out), str(out), "is not a prepared dataset")
+    assert "--overwrite" not in line
     assert dir_bytes(out) == {"notes.txt": b"keep me"}
 
 

@@ -242,20 +242,27 @@ def test_format_version_mismatch_names_the_version(sample_dir: Path, tmp_path: P
 
 def test_existing_output_is_refused_without_overwrite(sample_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
+    config = PrepareConfig(target="in", sources=["de"])
+    prepare(sample_dir, out, config)
+    before = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    with pytest.raises(XmfastError, match="already exists"):
+        prepare(sample_dir, out, PrepareConfig(target="in", sources=["jp"]))
+    d = prepare(sample_dir, None, config)
+    with pytest.raises(XmfastError, match="already exists"):
+        d.save(out)
+    assert json.loads((out / "manifest.json").read_text())["fingerprint"] == before
+    # With overwrite a prepared dataset is replaced as a whole.
+    prepare(sample_dir, out, PrepareConfig(target="in", sources=["jp"]), overwrite=True)
+    assert PreparedDataset.load(out, verify=True).markets == ["in", "jp"]
+
+
+def test_a_foreign_directory_is_never_replaced(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "thesis"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    config = PrepareConfig(target="in", sources=["de"])
-    with pytest.raises(XmfastError, match="already exists"):
-        prepare(sample_dir, out, config)
+    with pytest.raises(XmfastError, match="is not a prepared dataset"):
+        prepare(sample_dir, out, PrepareConfig(target="in", sources=["de"]), overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    d = prepare(sample_dir, None, config)
-    with pytest.raises(DatasetError, match="already exists"):
-        d.save(out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    # With overwrite the directory is replaced as a whole.
-    prepare(sample_dir, out, config, overwrite=True)
-    assert not (out / "keep.txt").exists()
-    assert PreparedDataset.load(out, verify=True).fingerprint == json.loads((out / "manifest.json").read_text())["fingerprint"]
 
 
 def _fail_on_call(n: int, real, exc: BaseException):

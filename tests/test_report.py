@@ -143,7 +143,7 @@ def test_report_cli(tiny_runs: Path, tmp_path: Path) -> None:
                                  "--title", "Tiny"])
     assert result.exit_code == 0, result.output
     text = out.read_text()
-    assert text.startswith("# Tiny") and "| nmf | – | 1, 2, 3 |" in text and "gmf++" not in text
+    assert text.startswith("<!-- xmfast-report -->\n# Tiny") and "| nmf | – | 1, 2, 3 |" in text and "gmf++" not in text
     assert not (tmp_path / "rep" / "report-plots").exists()
     bad = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(out)])
     assert bad.exit_code == 2 and "no such run or directory" in bad.output

@@ -235,12 +235,13 @@ class PreparedDataset:
                 out[f"{split_name}_{f.name}"] = getattr(held, f.name)
         return out
 
-    def save(self, path: Path, *, overwrite: bool = False) -> Path:
-        """Writes the dataset atomically; returns the path."""
+    def save(self, path: Path, *, overwrite: bool = False, inputs: tuple[Path, ...] | list[Path] = ()) -> Path:
+        """Writes the dataset atomically; returns the path. Only a prepared dataset (or a path
+        holding no file) outside every input is replaced (see :mod:`xmfast.outputs`)."""
+        from xmfast import outputs
+
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise DatasetError(f"{path}: already exists (pass --overwrite to replace it)")
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        with atomic_directory(path, overwrite=overwrite, kind=outputs.DATASET, inputs=inputs) as tmp:
             digests: dict[str, Any] = {}
             for name, array in self.arrays().items():
                 save_array(tmp / f"{name}.npy", array)

@@ -451,6 +451,11 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
 
     `stop_after` ends the first executed training stage after that many epochs, as a crash
     would; tests use it to check that a re-run continues."""
+    from xmfast import outputs
+    from xmfast._io import check_output
+
+    # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
+    check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=[p.experiment.data])
     observer = observer or ExperimentObserver()
     actions = stage_actions(p)
     observer.on_plan(p, actions)
@@ -496,8 +501,6 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     deps = [by_id[d] for d in stage.deps]
     if stage.kind == "finetune":
         base = next(d for d in deps if d.kind == "train")
-        if stage.path.exists() and not (stage.path / stage.target / "run.json").is_file() and any(stage.path.iterdir()):
-            raise XmfastError(f"{stage.path}: exists and is not this experiment's output; remove it or change out")
         results = training.finetune(base.path, stage.path, [stage.target], None if stage.model == "acmr" else model_config,
                                     config, model=stage.model, overwrite=True, observer=train_observer,
                                     stop_after=stop_after)

@@ -213,8 +213,11 @@ def prepare(
 ) -> PreparedDataset:
     """Reads, filters, splits and samples candidates; writes the dataset atomically to `out_dir`
     (unless None) and returns it. Same inputs and configuration give byte-identical output."""
-    if out_dir is not None and Path(out_dir).exists() and not overwrite:
-        raise XmfastError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    if out_dir is not None:  # before the work: refused at once, not after minutes of it
+        from xmfast import outputs
+        from xmfast._io import check_output
+
+        check_output(Path(out_dir), outputs.DATASET, inputs=[data_dir], overwrite=overwrite)
     on_step("read")
     markets, ratings = load_inputs(data_dir, config)
     on_step("filter")
@@ -227,5 +230,5 @@ def prepare(
     if out_dir is None:
         return dataset
     on_step("write")
-    dataset.save(Path(out_dir), overwrite=overwrite)
+    dataset.save(Path(out_dir), overwrite=overwrite, inputs=[data_dir])
     return PreparedDataset.load(Path(out_dir))

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xmfast._io import digest_json, write_json_atomic, write_text_atomic
+from xmfast._io import digest_json, sweep_leftovers, write_json_atomic, write_text_atomic
 from xmfast.errors import XmfastError
 
 if sys.version_info >= (3, 11):
@@ -450,7 +451,8 @@ def _plots(report: Report, directory: Path) -> dict[str, str]:
 
     def save(fig: Any, key: str) -> None:
         path = directory / f"{key}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
+        sweep_leftovers(path)
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(fig)
         tmp.replace(path)
@@ -509,12 +511,23 @@ def _plots(report: Report, directory: Path) -> dict[str, str]:
 
 
 def write_report(report: Report, out: Path, *, title: str = "xmfast report", preface: str = "",
-                 plots: bool = True) -> Path:
-    """Writes ``out`` (markdown) and, beside it, ``<stem>.csv``, ``<stem>.json`` and the plots
-    under ``<stem>-plots/``. Every file is written under a temporary name and renamed."""
+                 plots: bool = True, inputs: Sequence[Path] = ()) -> Path:
+    """Writes ``out`` (markdown, its first line a marker) and, beside it, ``<stem>.csv``,
+    ``<stem>.json`` and the plots under ``<stem>-plots/``. Every file is written under a
+    temporary name and renamed; none replaces anything but a report's files, nor the `inputs`
+    (the run directories or folders the report reads, which may hold it)."""
+    from xmfast import outputs
+    from xmfast._io import check_output, output_errors
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    made = _plots(report, out.parent / f"{out.stem}-plots") if plots else {}
+    plot_dir = out.parent / f"{out.stem}-plots"
+    # Every file it would replace is checked before any is written (see xmfast.outputs).
+    for path, kind in ((out, outputs.REPORT_MD), (out.with_suffix(".csv"), outputs.REPORT_CSV),
+                       (out.with_suffix(".json"), outputs.REPORT_JSON), (plot_dir, outputs.REPORT_PLOTS)):
+        check_output(path, kind, containers=inputs)
+    with output_errors(plot_dir):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        made = _plots(report, plot_dir) if plots else {}
     records = report_records(report)
     buffer = io.StringIO()
     columns = list(records[0]) if records else []
@@ -523,8 +536,8 @@ def write_report(report: Report, out: Path, *, title: str = "xmfast report", pre
     for rec in records:
         writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
     write_text_atomic(out.with_suffix(".csv"), buffer.getvalue())
-    write_json_atomic(out.with_suffix(".json"), {"format": "xmfast-report", "rows": records})
-    write_text_atomic(out, render_markdown(report, title=title, preface=preface, plots=made))
+    write_json_atomic(out.with_suffix(".json"), {"format": outputs.REPORT_FORMAT, "rows": records})
+    write_text_atomic(out, outputs.REPORT_MARKER + "\n" + render_markdown(report, title=title, preface=preface, plots=made))
     return out
 
 

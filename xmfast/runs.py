@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from xmfast._io import read_descriptor, write_json_atomic, write_text_atomic
+from xmfast._io import holds_no_file, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
@@ -63,6 +63,24 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     return value
+
+
+_VOLATILE = ("status", "versions")  # what a re-run of the same command may change in run.json
+
+
+def _restartable(path: Path, info: dict[str, Any]) -> bool:
+    """A run directory that the same command may start again: it never finished an epoch (or
+    holds no file at all) and was created with the same settings as `info`."""
+    if not (path / "run.json").exists():
+        return holds_no_file(path)
+    try:
+        old = Run.open(path)
+    except XmfastError:
+        return False
+    if old.status == "finished" or old.finished_an_epoch:
+        return False
+    same = {k: v for k, v in to_plain(info).items() if k not in _VOLATILE}
+    return {k: v for k, v in old.info.items() if k not in _VOLATILE} == same
 
 
 class Run:
@@ -108,21 +126,33 @@ class Run:
 
     # ---- life cycle --------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, info: dict[str, Any], *, overwrite: bool = False) -> Run:
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                raise XmfastError(f"{path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
-            if not (path / "run.json").is_file():
-                raise XmfastError(f"{path}: exists and is not a run directory; refusing to overwrite it")
-            import shutil
+    def create(cls, path: Path, info: dict[str, Any], *, overwrite: bool = False,
+               inputs: Iterable[Path | None] = ()) -> Run:
+        """Makes the run directory: built with its run.json under a temporary name and renamed
+        into place, so a run directory without run.json never appears, whenever the process dies.
 
-            with _directory_lock(path):  # never delete a run another process is writing
-                shutil.rmtree(path)
-        (path / "checkpoints").mkdir(parents=True)
-        run = cls(path, {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **info})
-        run.save_info()
-        return run
+        An existing path is replaced only when it is a run (or holds no file) and is none of
+        `inputs` (the dataset, the runs it starts from): with `overwrite`, or when it is a run
+        that never finished an epoch and was created with the same settings (the same command,
+        killed early, starts it again cleanly)."""
+        from xmfast import outputs
+        from xmfast._io import atomic_directory, check_output
+
+        path = Path(path)
+        inputs = list(inputs)
+        info = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **info}
+        check_output(path, outputs.RUN, inputs=inputs)  # a foreign path is refused even with --overwrite
+        if path.exists() and not overwrite and not _restartable(path, info):
+            raise XmfastError(f"{path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
+        with atomic_directory(path, overwrite=True, kind=outputs.RUN, inputs=inputs) as tmp:
+            (tmp / "checkpoints").mkdir()
+            write_json_atomic(tmp / "run.json", to_plain(info))
+        return cls(path, info)
+
+    @property
+    def finished_an_epoch(self) -> bool:
+        """Whether an epoch has finished (its checkpoint is what --resume continues from)."""
+        return self.last_checkpoint.is_file()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Run]:
@@ -166,7 +196,11 @@ class Run:
         if not self.metrics_path.is_file():
             return []
         out = []
-        for n, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), 1):
+        text = self.metrics_path.read_text(encoding="utf-8")
+        # A last line without its newline is an append a kill interrupted: that epoch's
+        # checkpoint was never written after it (see Trainer.fit), so it is not part of the log.
+        lines = text.split("\n")[:-1]
+        for n, line in enumerate(lines, 1):
             if line.strip():
                 try:
                     out.append(json.loads(line))

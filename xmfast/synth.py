@@ -50,27 +50,29 @@ SAMPLE = SynthConfig(markets=["uk", "de", "jp", "in"], ratings=24_000, items=1_5
 
 
 def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
-    """Writes one file per market plus ``synth.json`` (the configuration) into `out_dir`."""
+    """Writes one file per market plus ``synth.json`` (the configuration) into `out_dir`, all at
+    once (a directory renamed into place): an existing `out_dir` is replaced only when it is
+    synthetic data (or holds no file), and a refused request or a kill leaves no trace."""
+    from xmfast import outputs
+    from xmfast._io import atomic_directory
+
     for m in config.markets:
         check_market_code(m)
     if len(set(config.markets)) != len(config.markets):
         raise XmfastError("each market may appear only once")
     out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        files = core.synthesize(
-            str(out_dir), list(config.markets), ratings=config.ratings, items=config.items, topics=config.topics,
-            min_per_user=config.min_per_user, mean_per_user=config.mean_per_user, focus=config.focus,
-            size_decay=config.size_decay, seed=config.seed, raw_category=config.raw_category,
+    with atomic_directory(out_dir, overwrite=True, kind=outputs.SYNTH_DIR) as tmp:
+        try:
+            files = core.synthesize(
+                str(tmp), list(config.markets), ratings=config.ratings, items=config.items, topics=config.topics,
+                min_per_user=config.min_per_user, mean_per_user=config.mean_per_user, focus=config.focus,
+                size_decay=config.size_decay, seed=config.seed, raw_category=config.raw_category,
+            )
+        except ValueError as e:
+            raise XmfastError(str(e)) from None
+        (tmp / "synth.json").write_text(
+            json.dumps({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
+            + "\n",
+            encoding="utf-8",
         )
-    except ValueError as e:
-        if created and not any(out_dir.iterdir()):  # a refused request leaves no trace behind
-            out_dir.rmdir()
-        raise XmfastError(str(e)) from None
-    (out_dir / "synth.json").write_text(
-        json.dumps({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
-        + "\n",
-        encoding="utf-8",
-    )
-    return files
+    return [{**f, "path": str(out_dir / Path(f["path"]).name)} for f in files]

@@ -660,8 +660,10 @@ class Trainer:
                 if improved:
                     self._save(self.run.best_checkpoint, {**self._identity(), "epoch": epoch,
                                                           "model": self.model.state_dict()})
-                self._save(self.run.last_checkpoint, self._state())
+                # The log line before the checkpoint: a kill between them leaves a line that
+                # --resume drops (it keeps epochs up to the checkpoint's), never a missing one.
                 self.run.append_metrics(record)
+                self._save(self.run.last_checkpoint, self._state())
             self.observer.on_epoch_end(record)
         if self.world > 1:  # rank 0 evaluates and writes; every rank returns its results
             return distributed.on_main(lambda: self.finish(stopped_early))
@@ -935,7 +937,8 @@ def train(
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
     def create() -> tuple[dict[str, Run], Run]:
         runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
-        return runs, Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite)
+        return runs, Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite,
+                                inputs=[dataset.path, *(r.path for r in runs.values())])
 
     runs, run = distributed.on_main(create)
     with distributed.writing(run):
@@ -962,7 +965,12 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     with distributed.writing(run):
         trainer = trainer_class(spec)(dataset, run, spec, model_config, config, pretrained=pretrained,
                                       observer=observer, stop_after=stop_after)
-        trainer.restore()
+        if run.finished_an_epoch:
+            trainer.restore()
+        else:  # killed before its first checkpoint: nothing to continue, so it starts over
+            if distributed.is_main():
+                run.write_metrics([])
+            (observer or TrainObserver()).on_message(f"{run_path}: no epoch had finished; training it from epoch 0")
         return trainer.fit()
 
 
@@ -1026,12 +1034,17 @@ def finetune(
                               f"training rows, so it cannot be evaluated on {leaky[0]}; fine-tune it on "
                               f"{dataset.target} only")
     config = replace(config, sources=()) if config is not None else spec.finetune_config()
+    from xmfast import outputs
+    from xmfast._io import check_output
+
+    inputs = [base_run.path, dataset.path]
+    check_output(Path(out), outputs.FINETUNE_DIR, inputs=inputs)
     distributed.init(config.device)
     results: dict[str, TrainResult | None] = {}
     for market in dict.fromkeys(wanted):
         data = for_market(dataset, market)
         run = distributed.on_main(lambda: Run.create(Path(out) / market, run_info(
-            data, spec, model_config, config, {"base": base_run}), overwrite=overwrite))
+            data, spec, model_config, config, {"base": base_run}), overwrite=overwrite, inputs=inputs))
         with distributed.writing(run):
             trainer = trainer_class(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
                                           observer=observer, stop_after=stop_after)
@@ -1101,7 +1114,7 @@ def _pretrained_mismatch(run: Run, name: str, dataset: PreparedDataset, sources:
 
 def _train_baseline(dataset: PreparedDataset, out: Path, spec: ModelSpec, model_config: Any, config: TrainConfig,
                     *, overwrite: bool) -> TrainResult:
-    run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite)
+    run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite, inputs=[dataset.path])
     scorer = baseline_scorer(dataset, spec.name, model_config, resolve_sources(dataset, config.sources))
     with run.writing():
         valid, test = evaluate_run_splits(dataset, scorer, run)

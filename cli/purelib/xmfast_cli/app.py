@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +63,15 @@ def main_options(
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_output(path: Optional[Path], kind: str, *inputs: Optional[Path]) -> None:
+    """Refuses an output path before any work (see xmfast.outputs): `kind` names the artefact."""
+    if path is not None:
+        from xmfast import outputs
+        from xmfast._io import check_output
+
+        check_output(path, getattr(outputs, kind), inputs=inputs)
 
 
 def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = None) -> None:
@@ -151,13 +159,15 @@ def stats(
     from xmfast.markets import discover, resolve_markets
     from xmfast.ratings import read_ratings
     from xmfast.stats import cross_market, market_stats
-    from xmfast_cli.render import console, market_table, overlap_tables, show
+    from xmfast_cli.render import Grid, console, market_table, overlap_tables, show
 
+    _check_output(json_out, "STATS_JSON", path)
+    shown: list[Any] = []  # printed after --json is written: a failed write prints nothing but its error
     if (path / "manifest.json").is_file():
         dataset = PreparedDataset.load(path)
         tgt = target or dataset.target
         per_market = market_stats(dataset, tgt)
-        show(market_table(per_market, tgt, f"Prepared dataset {path}"))
+        shown.append(market_table(per_market, tgt, f"Prepared dataset {path}"))
         report: dict[str, Any] = {"markets": [s.as_dict() for s in per_market]}
     else:
         available = discover(path, category)
@@ -167,9 +177,8 @@ def stats(
         ratings = read_ratings([(m, available[m].path) for m in chosen])
         per_market = market_stats(ratings, tgt)
         cm = cross_market(ratings)
-        show(market_table(per_market, tgt, f"Rating files in {path}"))
-        show(*overlap_tables(cm))
-        console.print(f"all markets together: {len(ratings.items):,} distinct items, {len(ratings):,} ratings")
+        shown += [market_table(per_market, tgt, f"Rating files in {path}"), *overlap_tables(cm),
+                  f"all markets together: {len(ratings.items):,} distinct items, {len(ratings):,} ratings"]
         report = {
             "markets": [s.as_dict() for s in per_market],
             "distinct_items": len(ratings.items),
@@ -179,7 +188,15 @@ def stats(
             },
         }
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from xmfast import outputs
+        from xmfast._io import write_json_atomic
+
+        write_json_atomic(json_out, {"format": outputs.STATS_FORMAT, **report}, kind=outputs.STATS_JSON, inputs=[path])
+    for item in shown:
+        if isinstance(item, Grid):
+            show(item)
+        else:
+            console.print(item)
 
 
 @app.command()
@@ -306,6 +323,10 @@ def evaluate(
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
+    _check_output(json_out, "EVALUATION_JSON", dataset, scores, trec_run, trec_qrels)
+    if dataset is not None:  # with a dataset, --trec-run and --trec-qrels are exports
+        _check_output(trec_run, "TREC_RUN", dataset, scores, trec_qrels)
+        _check_output(trec_qrels, "TREC_QRELS", dataset, scores, trec_run)
     if dataset is None:
         from xmfast import trec
 
@@ -352,13 +373,13 @@ def evaluate(
             from xmfast import trec
 
             trec.write_run(trec_run, data, split, matrix)
+    if json_out is not None:
+        evaluation.to_json(json_out, per_user=per_user)
     show(results_table(evaluation, title))
     console.print(
         f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
         highlight=False,
     )
-    if json_out is not None:
-        evaluation.to_json(json_out, per_user=per_user)
 
 
 def _evaluate_run(
@@ -381,11 +402,6 @@ def _evaluate_run(
     with progress_bar(f"scoring {split}") as update:
         evaluation = evaluate_scorer(data, split, scorer, config, full=full, markets=markets, progress=update)  # type: ignore[arg-type]
     evaluation.info.update({"run": str(path), "model": run.model})
-    show(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
-    console.print(
-        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
-        highlight=False,
-    )
     if trec_run is not None:
         if full:
             raise XmfastError("--trec-run export covers the stored candidates; drop --full")
@@ -395,6 +411,11 @@ def _evaluate_run(
         trec.write_qrels(trec_qrels, data, split)
     if json_out is not None:
         evaluation.to_json(json_out, per_user=per_user)
+    show(results_table(evaluation, f"{run.model} run {path} ({split}, {'full ranking' if full else 'sampled candidates'})"))
+    console.print(
+        f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
+        highlight=False,
+    )
 
 
 def _read_scores(path: Path, dataset: Any, split: str) -> Any:
@@ -624,6 +645,7 @@ def recommend(
     from xmfast_cli.render import console, progress_bar, recommendations_table, show
 
     _check_ints({"--k": k})
+    _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
     r = Run.open(run)
     data = r.load_dataset(dataset)
     ids = list(user or [])
@@ -683,7 +705,7 @@ def run_experiment(
 
         runs = collect_runs([exp.out])
         path = write_report(build_report(runs), exp.out / "report.md", title=f"{exp.name}: results",
-                            preface=_experiment_preface(exp, experiment))
+                            preface=_experiment_preface(exp, experiment), inputs=[exp.out])
         console.print(f"report: {path}", highlight=False)
 
 
@@ -718,7 +740,7 @@ def report(
         except (FileNotFoundError, UnicodeDecodeError) as e:
             raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None)
-    path = write_report(built, out, title=title, preface=text, plots=plots)
+    path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     show(*report_table(built))
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
                   f"{', plots' if plots else ''})", highlight=False)
