@@ -87,6 +87,18 @@ class PreparedDataset:
     def market_index(self, name: str) -> int:
         return self.markets.index(name)
 
+    def require_evaluated_users(self) -> None:
+        """Refuses a target market without validation and test users (none kept the three
+        interactions a split needs): training on it could only report undefined figures."""
+        held = np.asarray(self.group_market)[np.asarray(self.test.group)]
+        if not np.any(held == self.market_index(self.target)):
+            where = f"{self.path}: " if self.path else ""
+            raise XmfastError(
+                f"{where}market {self.target} has no validation or test users (no user there kept the "
+                "3 ratings a leave-one-out split needs), so there is nothing to evaluate; choose another "
+                "target, or prepare with lower --min-user/--min-item thresholds"
+            )
+
     def train_group(self) -> np.ndarray:
         """Group of every training row."""
         sizes = np.diff(self.train_offsets).astype(np.int64)

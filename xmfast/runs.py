@@ -18,14 +18,13 @@ Baselines (pop, cooc) have no checkpoints; their scorer is rebuilt from the data
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from xmfast._io import read_descriptor, write_json_atomic, write_text_atomic
+from xmfast._io import json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
@@ -169,24 +168,30 @@ class Run:
         for n, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
+                    out.append(loads_strict(line))
+                except ValueError as e:
                     raise XmfastError(f"{self.metrics_path}, line {n}: not JSON ({e})") from None
         return out
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrites the log atomically (resuming truncates it to the checkpointed epochs)."""
-        write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_text_atomic(self.metrics_path, "".join(json_text(r, sort_keys=True) + "\n" for r in records))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json_text(record, sort_keys=True) + "\n")
 
     def results(self) -> dict[str, Any]:
         file = self.path / "results.json"
         if not file.is_file():
             raise XmfastError(f"{self.path}: no results yet (status {self.status})")
-        return json.loads(file.read_text(encoding="utf-8"))
+        try:
+            data = loads_strict(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise XmfastError(f"{file}: not a JSON results file ({e}); train the run again") from None
+        if not isinstance(data, dict):
+            raise XmfastError(f"{file}: not a results file (no table of figures); train the run again")
+        return data
 
 
 def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:

@@ -6,12 +6,12 @@ that regenerating it gives the committed bytes.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xmfast import core
+from xmfast._io import json_text
 from xmfast.errors import U64_MAX, XmfastError, check_int
 from xmfast.markets import check_market_code
 
@@ -32,7 +32,7 @@ class SynthConfig:
     def __post_init__(self) -> None:
         # Checked here, before anything is written: the Rust generator takes these as fixed-width
         # integers and floats, where NaN would pass its comparisons and make a silent mess.
-        check_int("ratings", self.ratings, 0, U64_MAX)
+        check_int("ratings", self.ratings, 1, U64_MAX)  # the generator refuses counts too small for every market
         for name in ("items", "topics", "min_per_user"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0, U64_MAX)
@@ -69,7 +69,7 @@ def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
             out_dir.rmdir()
         raise XmfastError(str(e)) from None
     (out_dir / "synth.json").write_text(
-        json.dumps({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
+        json_text({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
         + "\n",
         encoding="utf-8",
     )

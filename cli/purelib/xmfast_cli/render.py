@@ -67,6 +67,11 @@ def steps(description: str) -> Iterator[callable]:
         yield on_step
 
 
+def figure(value: float | None) -> str:
+    """A metric for a table; None (no query to average over) is shown as such, not as nan."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def results_table(evaluation, title: str) -> Table:  # noqa: ANN001 - xmfast.evaluation.Evaluation
     """Per-market and overall means of every metric, with query counts."""
     table = Table(title=title)
@@ -76,9 +81,9 @@ def results_table(evaluation, title: str) -> Table:  # noqa: ANN001 - xmfast.eva
         table.add_column(m, justify="right")
     counts = evaluation.counts()
     for market, values in evaluation.per_market().items():
-        table.add_row(market, f"{counts[market]:,}", *[f"{values[m]:.4f}" for m in evaluation.metrics])
+        table.add_row(market, f"{counts[market]:,}", *[figure(values[m]) for m in evaluation.metrics])
     overall = evaluation.aggregate()
-    table.add_row("[bold]all[/]", f"[bold]{len(evaluation):,}[/]", *[f"[bold]{overall[m]:.4f}[/]" for m in evaluation.metrics])
+    table.add_row("[bold]all[/]", f"[bold]{len(evaluation):,}[/]", *[f"[bold]{figure(overall[m])}[/]" for m in evaluation.metrics])
     return table
 
 
@@ -195,7 +200,7 @@ def train_summary(result) -> Table:  # noqa: ANN001 - xmfast.training.TrainResul
         table.add_column(m, justify="right")
     for name, ev in (("valid", result.valid), ("test", result.test)):
         agg = ev.aggregate()
-        table.add_row(name, *[f"{agg[m]:.4f}" for m in ev.metrics])
+        table.add_row(name, *[figure(agg[m]) for m in ev.metrics])
     return table
 
 
