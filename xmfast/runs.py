@@ -137,6 +137,7 @@ class Run:
             path, "run.json", fmt=RUN_FORMAT, version=RUN_FORMAT_VERSION, what="run directory",
             remedy="train one with `xmfast train`", error=XmfastError,
         )
+        _check_info(Path(path) / "run.json", info)
         return cls(path, info)
 
     def save_info(self, **updates: Any) -> None:
@@ -192,6 +193,31 @@ class Run:
         if not isinstance(data, dict):
             raise XmfastError(f"{file}: not a results file (no table of figures); train the run again")
         return data
+
+
+# The run.json fields later code reads, with their types (a dotted name is inside a table).
+_INFO_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("model", str), ("model_config", dict), ("train_config", dict), ("dataset", dict), ("dataset.path", str),
+    ("dataset.fingerprint", str), ("target", (str, type(None))), ("status", str), ("pretrained", dict),
+)
+
+
+def _check_info(file: Path, info: dict[str, Any]) -> None:
+    """Type-checks the run.json fields used later, so an edited or damaged one is one error
+    naming the field here, not a TypeError or a wrong lookup wherever it is first used."""
+    for name, kind in _INFO_FIELDS:
+        value: Any = info
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        optional = name in ("target", "pretrained", "status")
+        if value is None and optional:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            want = "a table" if kind is dict else "a string"
+            raise XmfastError(f"{file}: {name} is {json_text(value)}, not {want} (edited or damaged); "
+                              "train the run again")
+    if not all(isinstance(p, str) for p in (info.get("pretrained") or {}).values()):
+        raise XmfastError(f"{file}: pretrained must map names to run paths (edited or damaged); train the run again")
 
 
 def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:
