@@ -1,9 +1,10 @@
 """The prepared dataset: what `xmfast prepare` writes and every model reads.
 
 On disk it is a directory of ``.npy`` arrays, two id lists and ``manifest.json`` (format
-version, settings, input digests, per-array digests, fingerprint). The manifest is written last
-inside a temporary directory that is renamed into place, so a directory with a manifest is
-always complete.
+version, settings, input digests, per-file shapes, dtypes and digests, fingerprint). The manifest
+is written last inside a temporary directory that is renamed into place, so a directory with a
+manifest is always complete; every load verifies the files against it (see
+:meth:`PreparedDataset.load`), since a file changed afterwards would otherwise give wrong figures.
 
 Layout. Each (market, user) pair is a *group*. Training rows are stored group by group in
 sequence order (oldest first), so the same arrays serve pointwise models (rows) and history
@@ -417,9 +418,26 @@ def _verified_arrays(
             print(f"note: {VERIFY_ENV}=shapes: {path}: shapes, dtypes and manifest checked; {SHAPES_SKIPS}",
                   file=sys.stderr)
         return arrays, vocabs[0], vocabs[1]
-    _check_digests(path, files, expected)
-    _check_ranges(path, arrays, len(manifest["markets"]), len(vocabs[0]), len(vocabs[1]))
+    signature = _signature(path, expected)
+    if _verified.get(str(path.resolve())) != signature:
+        _check_digests(path, files, expected)
+        _check_ranges(path, arrays, len(manifest["markets"]), len(vocabs[0]), len(vocabs[1]))
+        _verified[str(path.resolve())] = signature
     return arrays, vocabs[0], vocabs[1]
+
+
+_verified: dict[str, tuple] = {}
+"""Datasets this process verified in full, with their files' signatures: `xmfast run` loads the
+same dataset for every stage, and a file rewritten since changes its signature."""
+
+
+def _signature(path: Path, names: list[str]) -> tuple:
+    """Identity, size and modification time of every file (and of the manifest)."""
+    out = []
+    for name in [*names, "manifest.json"]:
+        st = (path / name).stat()
+        out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
 
 
 def _check_shapes(path: Path, a: dict[str, np.ndarray], n_markets: int) -> None:

@@ -142,12 +142,15 @@ pub fn format_date(days: i32) -> String {
 pub fn file_digest(path: &Path) -> Result<String> {
     const BLOCK: usize = 16 << 20;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_or(BLOCK as u64, |m| m.len());
+    // No bigger than the file (plus one byte to see its end): small files are hashed on every load too.
+    let block = usize::try_from(size).map_or(BLOCK, |n| n.saturating_add(1).min(BLOCK));
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BLOCK];
+    let mut buf = vec![0u8; block];
     loop {
         // Fill the block (a read may return less), so the parallel hash gets large inputs.
         let mut filled = 0;
-        while filled < BLOCK {
+        while filled < block {
             match file.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -158,8 +161,12 @@ pub fn file_digest(path: &Path) -> Result<String> {
         if filled == 0 {
             break;
         }
-        hasher.update_rayon(&buf[..filled]);
-        if filled < BLOCK {
+        if filled >= 1 << 17 {
+            hasher.update_rayon(&buf[..filled]); // below ~128 KiB threads cost more than they save
+        } else {
+            hasher.update(&buf[..filled]);
+        }
+        if filled < block {
             break;
         }
     }
