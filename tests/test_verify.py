@@ -339,3 +339,18 @@ def test_a_run_json_field_of_the_wrong_type_is_named(pop_run: Path, tmp_path: Pa
     info["model_config"], info["dataset"]["fingerprint"] = {}, 12
     (run / "run.json").write_text(json.dumps(info))
     assert_user_error(invoke("evaluate", run), "run.json: dataset.fingerprint is 12, not a string")
+
+
+def test_a_process_verifies_an_unchanged_dataset_once(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`xmfast run` loads the dataset for every stage: hashed once, unless a file changed since."""
+    from xmfast import dataset as d
+
+    PreparedDataset.load(copy)
+    calls = []
+    monkeypatch.setattr(d, "_check_digests", lambda *a: calls.append(a))
+    PreparedDataset.load(copy)
+    assert calls == []
+    f = copy / "test_rating.npy"
+    f.write_bytes(f.read_bytes())  # same bytes, new modification time: verified again
+    PreparedDataset.load(copy)
+    assert len(calls) == 1

@@ -330,8 +330,7 @@ def evaluate(
 
                 where = Run.open(dataset).info.get("dataset", {}).get("path", "DATASET")
                 raise XmfastError(f"{option} does not apply to a run ({dataset} is evaluated with its own model); "
-                                  f"to evaluate {option.removeprefix('--')} give the run's prepared dataset: "
-                                  f"xmfast evaluate {where} {option} ...")
+                                  f"give the run's prepared dataset instead: xmfast evaluate {where} {option} ...")
             _evaluate_run(dataset, split, config, full, market_filter, json_out, per_user, trec_run, trec_qrels)
             return
         data = PreparedDataset.load(dataset)
