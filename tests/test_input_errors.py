@@ -82,7 +82,10 @@ def test_the_library_configurations_check_the_bounds_too() -> None:
         ("--items", "99999999999", f"--items must be at most {U32_MAX}"),
         ("--topics", str(U32_MAX + 1), f"--topics must be at most {U32_MAX}"),
         ("--min-per-user", str(U32_MAX + 1), f"--min-per-user must be at most {U32_MAX}"),
-        ("--ratings", "-5", "--ratings must be at least 0, got -5"),
+        ("--ratings", "-5", "--ratings must be at least 1, got -5"),
+        ("--ratings", "0", "--ratings must be at least 1, got 0"),
+        ("--ratings", "20", "ratings 20 is too few for market in to get one user (9 ratings per user on average); "
+                            "give at least 25"),
         ("--ratings", str(2**64), f"--ratings must be at most {2**64 - 1}"),
         ("--seed", "-1", "--seed must be at least 0, got -1"),
         ("--items", "0", "--items must be at least 1, got 0"),

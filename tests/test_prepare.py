@@ -193,11 +193,12 @@ def test_verify_detects_a_flipped_byte(sample_dir: Path, tmp_path: Path) -> None
     data = bytearray(f.read_bytes())
     data[-3] ^= 0x01  # inside the array data: the header (and so the shape) stays valid
     f.write_bytes(bytes(data))
-    # Without verification the corruption goes unnoticed (only shapes are checked)...
-    PreparedDataset.load(out)
-    # ...with it, the file is named.
-    with pytest.raises(DatasetError, match=r"train_item\.npy: content does not match the manifest \(corrupted\)"):
-        PreparedDataset.load(out, verify=True)
+    # With the explicit opt-out the corruption goes unnoticed (only shapes are checked)...
+    PreparedDataset.load(out, verify="shapes")
+    # ...by default every load names the file.
+    for verify in (None, True, "full"):
+        with pytest.raises(DatasetError, match=r"train_item\.npy: content differs from the digest in manifest\.json"):
+            PreparedDataset.load(out, verify=verify)
 
 
 def test_verify_detects_a_changed_vocabulary(sample_dir: Path, tmp_path: Path) -> None:
@@ -205,8 +206,8 @@ def test_verify_detects_a_changed_vocabulary(sample_dir: Path, tmp_path: Path) -
     prepare(sample_dir, out, PrepareConfig(target="in", sources=["de"]))
     f = out / "items.txt"
     f.write_bytes(f.read_bytes().replace(b"B", b"C", 1))
-    with pytest.raises(DatasetError, match=r"items\.txt: content does not match"):
-        PreparedDataset.load(out, verify=True)
+    with pytest.raises(DatasetError, match=r"items\.txt: content differs from the digest"):
+        PreparedDataset.load(out)
 
 
 def test_missing_or_damaged_files_are_dataset_errors(sample_dir: Path, tmp_path: Path) -> None:

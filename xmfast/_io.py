@@ -54,8 +54,35 @@ def digest_json(value: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=32).hexdigest()
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (Python or NumPy) replaced by None: an undefined
+    figure is JSON null, never the literal NaN that strict JSON readers reject."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """Strict JSON text of `value` (see :func:`finite`); every JSON file xmfast writes goes
+    through here."""
+    return json.dumps(finite(value), allow_nan=False, **options)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (not strict JSON)")
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses NaN and Infinity (ValueError; JSONDecodeError is one)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json_text(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -351,7 +378,7 @@ def write_text_atomic(path: Path, text: str, *, kind: OutputKind | None = None,
 
 def write_json_atomic(path: Path, value: Any, **check: Any) -> None:
     """JSON through :func:`write_text_atomic` (same checks)."""
-    write_text_atomic(path, json.dumps(value, indent=1) + "\n", **check)
+    write_text_atomic(path, json_text(value, indent=1) + "\n", **check)
 
 
 def read_descriptor(
@@ -365,8 +392,8 @@ def read_descriptor(
     if not file.is_file():
         raise error(f"{directory}: not a {what} (no {name}); {remedy}")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = loads_strict(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise error(f"{file}: unreadable ({e}); {remedy}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{file}: not an xmfast {what}")

@@ -56,7 +56,8 @@ class TrainNegativeSampler:
     def sample_into(self, out: npt.NDArray[np.uint32], epoch: int) -> None: ...
 
 def file_digest(path: str | PathLike[str]) -> str:
-    """blake3 of the file's bytes on disk (hex), as ``read_ratings`` records it per input."""
+    """blake3 of the file's bytes on disk (hex), as ``read_ratings`` records it per input and a
+    prepared dataset's manifest per file; streamed, on all cores, with the GIL released."""
 
 def read_ratings(sources: list[tuple[str, str | PathLike[str]]]) -> dict[str, Any]: ...
 def kcore_mask(

@@ -1,9 +1,10 @@
 """The prepared dataset: what `xmfast prepare` writes and every model reads.
 
 On disk it is a directory of ``.npy`` arrays, two id lists and ``manifest.json`` (format
-version, settings, input digests, per-array digests, fingerprint). The manifest is written last
-inside a temporary directory that is renamed into place, so a directory with a manifest is
-always complete.
+version, settings, input digests, per-file shapes, dtypes and digests, fingerprint). The manifest
+is written last inside a temporary directory that is renamed into place, so a directory with a
+manifest is always complete; every load verifies the files against it (see
+:meth:`PreparedDataset.load`), since a file changed afterwards would otherwise give wrong figures.
 
 Layout. Each (market, user) pair is a *group*. Training rows are stored group by group in
 sequence order (oldest first), so the same arrays serve pointwise models (rows) and history
@@ -13,6 +14,8 @@ group with stored candidate lists (column 0 is the positive).
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +24,7 @@ import numpy as np
 
 from xmfast import core
 from xmfast._io import atomic_directory, digest_file, digest_json, read_descriptor, save_array, write_json
-from xmfast.errors import DatasetError
+from xmfast.errors import DatasetError, XmfastError
 
 FORMAT = "xmfast-prepared"
 FORMAT_VERSION = 1
@@ -84,6 +87,18 @@ class PreparedDataset:
 
     def market_index(self, name: str) -> int:
         return self.markets.index(name)
+
+    def require_evaluated_users(self) -> None:
+        """Refuses a target market without validation and test users (none kept the three
+        interactions a split needs): training on it could only report undefined figures."""
+        held = np.asarray(self.group_market)[np.asarray(self.test.group)]
+        if not np.any(held == self.market_index(self.target)):
+            where = f"{self.path}: " if self.path else ""
+            raise XmfastError(
+                f"{where}market {self.target} has no validation or test users (no user there kept the "
+                "3 ratings a leave-one-out split needs), so there is nothing to evaluate; choose another "
+                "target, or prepare with lower --min-user/--min-item thresholds"
+            )
 
     def train_group(self) -> np.ndarray:
         """Group of every training row."""
@@ -237,7 +252,11 @@ class PreparedDataset:
 
     def save(self, path: Path, *, overwrite: bool = False, inputs: tuple[Path, ...] | list[Path] = ()) -> Path:
         """Writes the dataset atomically; returns the path. Only a prepared dataset (or a path
-        holding no file) outside every input is replaced (see :mod:`xmfast.outputs`)."""
+        holding no file) outside every input is replaced (see :mod:`xmfast.outputs`). Each file is
+        recorded with its blake3 digest (what every load verifies, fast: multi-threaded in the Rust
+        core) and its blake2b digest (which the fingerprint has always been made of, so
+        re-preparing the same data gives the same fingerprint as before and existing runs still
+        match)."""
         from xmfast import outputs
 
         path = Path(path)
@@ -245,75 +264,243 @@ class PreparedDataset:
             digests: dict[str, Any] = {}
             for name, array in self.arrays().items():
                 save_array(tmp / f"{name}.npy", array)
-                digests[f"{name}.npy"] = {
-                    "dtype": str(array.dtype), "shape": list(array.shape),
-                    "blake2b": digest_file(tmp / f"{name}.npy"),
-                }
+                digests[f"{name}.npy"] = {"dtype": str(array.dtype), "shape": list(array.shape)}
             self.users.write(str(tmp / "users.txt"))
             self.items.write(str(tmp / "items.txt"))
             for name in ("users.txt", "items.txt"):
-                digests[name] = {"blake2b": digest_file(tmp / name)}
+                digests[name] = {}
+            for name, info in digests.items():
+                info["blake2b"] = digest_file(tmp / name)
             manifest = dict(self.manifest)
             manifest["files"] = digests
             manifest["fingerprint"] = digest_json({"files": digests, "settings": manifest["settings"]})
+            for name, info in digests.items():  # outside the fingerprint: it identifies content, as before
+                info["blake3"] = core.file_digest(str(tmp / name))
             write_json(tmp / "manifest.json", manifest)
         return path
 
     @classmethod
-    def load(cls, path: Path, *, verify: bool = False) -> PreparedDataset:
-        """Reads a prepared dataset (arrays memory-mapped). `verify` re-checks every digest."""
+    def load(cls, path: Path, *, verify: bool | str | None = None, just_written: bool = False) -> PreparedDataset:
+        """Reads a prepared dataset (arrays memory-mapped) after verifying it against its manifest
+        (see :func:`verify_level` for what `verify` selects and :func:`_verified_arrays` for
+        what is checked), so a changed, swapped or damaged file is one error naming it instead
+        of wrong figures or an IndexError deep inside a model. `just_written`: the caller wrote
+        and digested these files a moment ago (``prepare``), so only shapes are checked, silently."""
         path = Path(path)
+        level = "written" if just_written else verify_level(verify)
         manifest = read_descriptor(
             path, "manifest.json", fmt=FORMAT, version=FORMAT_VERSION, what="prepared dataset",
             remedy="run `xmfast prepare` to make it again", error=DatasetError,
         )
-        files = manifest.get("files", {})
-        where = path / "manifest.json"
-        if not isinstance(files, dict) or not all(isinstance(i, dict) for i in files.values()):
-            raise DatasetError(f"{where}: 'files' is not a table of file records (the manifest was edited or "
-                               "damaged); run `xmfast prepare` to make it again")
-        arrays: dict[str, np.ndarray] = {}
-        for name, info in files.items():
-            file = path / name
-            if not file.is_file():
-                raise DatasetError(f"{file}: missing from the prepared dataset; re-run `xmfast prepare`")
-            if verify and digest_file(file) != info["blake2b"]:
-                raise DatasetError(f"{file}: content does not match the manifest (corrupted); re-run `xmfast prepare`")
-            if name.endswith(".npy"):
-                try:
-                    arrays[name[:-4]] = np.load(file, mmap_mode="r", allow_pickle=False)
-                except ValueError as e:
-                    raise DatasetError(f"{file}: unreadable array ({e}); re-run `xmfast prepare`") from None
-                if list(arrays[name[:-4]].shape) != info.get("shape") or str(arrays[name[:-4]].dtype) != info.get("dtype"):
-                    raise DatasetError(f"{file}: shape or dtype differs from the manifest; re-run `xmfast prepare`")
+        settings = _check_manifest(path, manifest)
+        arrays, users, items = _verified_arrays(path, manifest, level)
+        held = {s: HeldOut(**{f.name: arrays[f"{s}_{f.name}"] for f in fields(HeldOut)}) for s in ("valid", "test")}
+        return cls(
+            markets=list(manifest["markets"]), target=settings["target"], sources=list(settings["sources"]),
+            protocol=settings["protocol"], users=users, items=items,
+            group_market=arrays["group_market"], group_user=arrays["group_user"],
+            train_offsets=arrays["train_offsets"], train_item=arrays["train_item"],
+            train_rating=arrays["train_rating"], train_day=arrays["train_day"],
+            valid=held["valid"], test=held["test"],
+            market_item_offsets=arrays["market_item_offsets"], market_items=arrays["market_items"],
+            manifest=manifest, path=path,
+        )
+
+
+# ---- verification on load ------------------------------------------------------------------
+
+VERIFY_ENV = "XMFAST_VERIFY"
+VERIFY_LEVELS: tuple[str, ...] = ("full", "shapes")
+SHAPES_SKIPS = "file digests, id ranges, offsets and candidate columns are not checked"
+
+# Every array a prepared dataset holds, with its dtype (the manifest must agree).
+ARRAY_DTYPES: dict[str, str] = {
+    "group_market": "uint16", "group_user": "uint32", "train_offsets": "uint64", "train_item": "uint32",
+    "train_rating": "float32", "train_day": "int32", "market_item_offsets": "uint64", "market_items": "uint32",
+    **{f"{s}_{k}": t for s in ("valid", "test") for k, t in
+       (("group", "uint32"), ("item", "uint32"), ("rating", "float32"), ("day", "int32"), ("candidates", "uint32"))},
+}
+TEXT_FILES: tuple[str, ...] = ("users.txt", "items.txt")
+
+_REMEDY = "re-run `xmfast prepare` to make it again"
+_noticed: set[str] = set()
+
+
+def verify_level(verify: bool | str | None) -> str:
+    """``full`` (the default: shapes and dtypes, every file's digest, every id range) or
+    ``shapes`` (shapes, dtypes and manifest consistency only, for data too large to read on
+    every load). None reads the ``XMFAST_VERIFY`` environment variable; True and False are
+    ``full`` and ``shapes``."""
+    if verify is None:
+        verify = os.environ.get(VERIFY_ENV, "").strip().lower() or "full"
+    elif isinstance(verify, bool):
+        verify = "full" if verify else "shapes"
+    if verify not in VERIFY_LEVELS:
+        raise XmfastError(f"{VERIFY_ENV}={verify!r}: expected full (the default) or shapes")
+    return str(verify)
+
+
+def _fail(file: Path, what: str) -> DatasetError:
+    return DatasetError(f"{file}: {what}; {_REMEDY}")
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's own consistency: types of the fields used later, the fingerprint over the
+    file records and settings (an edit to either shows), and the market list against the
+    settings (it is outside the fingerprint: a reordered list would relabel every market)."""
+    where = path / "manifest.json"
+    files, settings, markets = manifest.get("files"), manifest.get("settings"), manifest.get("markets")
+    if not isinstance(files, dict) or not all(isinstance(i, dict) for i in files.values()):
+        raise DatasetError(f"{where}: 'files' is not a table of file records (the manifest was edited or "
+                           f"damaged); {_REMEDY}")
+    if not isinstance(settings, dict) or not isinstance(settings.get("target"), str) \
+            or not isinstance(settings.get("sources"), list) or settings.get("protocol") not in ("forec", "acmr"):
+        raise _fail(where, "'settings' lacks a target, sources or a known protocol (edited or damaged)")
+    if not isinstance(markets, list) or not all(isinstance(m, str) for m in markets):
+        raise _fail(where, "'markets' is not a list of market codes (edited or damaged)")
+    if markets != [settings["target"], *settings["sources"]]:
+        raise _fail(where, f"the market list {markets} is not the target then the sources of its settings "
+                           f"{[settings['target'], *settings['sources']]} (reordered or edited)")
+    if manifest.get("fingerprint") != digest_json({"files": _fingerprinted(files), "settings": settings}):
+        raise _fail(where, "the file records or settings do not match the fingerprint (edited or damaged)")
+    return settings
+
+
+def _fingerprinted(files: dict[str, Any]) -> dict[str, Any]:
+    """The file records as the fingerprint covers them (the blake3 digests came later)."""
+    return {name: {k: v for k, v in info.items() if k != "blake3"} for name, info in files.items()}
+
+
+def _verified_arrays(
+    path: Path, manifest: dict[str, Any], level: str
+) -> tuple[dict[str, np.ndarray], core.Vocab, core.Vocab]:
+    """Reads the arrays and id lists, checking, in this order and naming the first file that
+    differs: every expected file is recorded and present (and no other), shapes and dtypes equal
+    the manifest's and the format's, the id lists have the manifest's counts, and the shapes
+    fit together; then, unless `level` is ``shapes``, every file's digest (blake3, or blake2b
+    in manifests written before blake3 was recorded), every id's range, the offsets and the
+    candidates' first column."""
+    files: dict[str, dict[str, Any]] = manifest["files"]
+    expected = [f"{n}.npy" for n in ARRAY_DTYPES] + list(TEXT_FILES)
+    for name in expected:
+        if name not in files:
+            raise _fail(path / "manifest.json", f"no record of {name} (incomplete or edited)")
+        if not (path / name).is_file():
+            raise DatasetError(f"{path / name}: missing from the prepared dataset; {_REMEDY}")
+    extra = sorted(set(files) - set(expected))
+    if extra:
+        raise _fail(path / "manifest.json", f"records a file {extra[0]!r} that a prepared dataset does not have (edited)")
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype in ARRAY_DTYPES.items():
+        file, info = path / f"{name}.npy", files[f"{name}.npy"]
         try:
-            held = {
-                s: HeldOut(**{f.name: arrays[f"{s}_{f.name}"] for f in fields(HeldOut)}) for s in ("valid", "test")
-            }
-            return cls(
-                markets=list(manifest["markets"]),
-                target=manifest["settings"]["target"],
-                sources=list(manifest["settings"]["sources"]),
-                protocol=manifest["settings"]["protocol"],
-                users=core.Vocab.read(str(path / "users.txt")),
-                items=core.Vocab.read(str(path / "items.txt")),
-                group_market=arrays["group_market"],
-                group_user=arrays["group_user"],
-                train_offsets=arrays["train_offsets"],
-                train_item=arrays["train_item"],
-                train_rating=arrays["train_rating"],
-                train_day=arrays["train_day"],
-                valid=held["valid"],
-                test=held["test"],
-                market_item_offsets=arrays["market_item_offsets"],
-                market_items=arrays["market_items"],
-                manifest=manifest,
-                path=path,
-            )
-        except KeyError as e:
-            raise DatasetError(f"{path}: incomplete prepared dataset (no {e}); re-run `xmfast prepare`") from None
+            a = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise _fail(file, f"unreadable array ({' '.join(str(e).split())})") from None
+        if list(a.shape) != info.get("shape") or str(a.dtype) != info.get("dtype"):
+            raise _fail(file, f"shape {list(a.shape)} and dtype {a.dtype} differ from the manifest's "
+                              f"{info.get('shape')} and {info.get('dtype')}")
+        if str(a.dtype) != dtype:
+            raise _fail(file, f"dtype {a.dtype}, but a prepared dataset stores {dtype} here")
+        arrays[name] = a
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    vocabs = []
+    for name, count in (("users.txt", counts.get("users")), ("items.txt", counts.get("items"))):
+        try:
+            vocab = core.Vocab.read(str(path / name))
+        except (ValueError, OSError) as e:
+            raise _fail(path / name, f"unreadable id list ({' '.join(str(e).split())})") from None
+        if len(vocab) != count:
+            raise _fail(path / name, f"{len(vocab):,} ids, but the manifest counts {count!r} (truncated or edited)")
+        vocabs.append(vocab)
+    _check_shapes(path, arrays, len(manifest["markets"]))
+    if level != "full":
+        if level == "shapes" and str(path) not in _noticed:
+            _noticed.add(str(path))
+            print(f"note: {VERIFY_ENV}=shapes: {path}: shapes, dtypes and manifest checked; {SHAPES_SKIPS}",
+                  file=sys.stderr)
+        return arrays, vocabs[0], vocabs[1]
+    signature = _signature(path, expected)
+    if _verified.get(str(path.resolve())) != signature:
+        _check_digests(path, files, expected)
+        _check_ranges(path, arrays, len(manifest["markets"]), len(vocabs[0]), len(vocabs[1]))
+        _verified[str(path.resolve())] = signature
+    return arrays, vocabs[0], vocabs[1]
 
 
-def load_dataset(path: Path, *, verify: bool = False) -> PreparedDataset:
+_verified: dict[str, tuple] = {}
+"""Datasets this process verified in full, with their files' signatures: `xmfast run` loads the
+same dataset for every stage, and a file rewritten since changes its signature."""
+
+
+def _signature(path: Path, names: list[str]) -> tuple:
+    """Identity, size and modification time of every file (and of the manifest)."""
+    out = []
+    for name in [*names, "manifest.json"]:
+        st = (path / name).stat()
+        out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+def _check_shapes(path: Path, a: dict[str, np.ndarray], n_markets: int) -> None:
+    """How the arrays' lengths fit together (O(1): no data read)."""
+    groups, rows = a["group_user"].shape[0], a["train_item"].shape[0]
+    want = {"group_market": (groups,), "train_offsets": (groups + 1,), "train_rating": (rows,), "train_day": (rows,),
+            "market_item_offsets": (n_markets + 1,), "train_item": (rows,), "group_user": (groups,)}
+    for s in ("valid", "test"):
+        n = a[f"{s}_group"].shape[0]
+        want.update({f"{s}_{k}": (n,) for k in ("group", "item", "rating", "day")})
+        want[f"{s}_candidates"] = (n, a[f"{s}_candidates"].shape[1] if a[f"{s}_candidates"].ndim == 2 else -1)
+    want["test_group"] = a["valid_group"].shape
+    for name, shape in want.items():
+        if a[name].shape != shape:
+            raise _fail(path / f"{name}.npy", f"shape {list(a[name].shape)} does not fit the other arrays "
+                                              f"(expected {list(shape)})")
+    if a["valid_candidates"].shape[1] < 2 or a["valid_candidates"].shape != a["test_candidates"].shape:
+        raise _fail(path / "test_candidates.npy", "the candidate lists do not match the validation ones in width")
+
+
+def _check_digests(path: Path, files: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Every file's digest, hashed in parallel (blake3 and blake2b both release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(name: str) -> tuple[str, str, str]:
+        info = files[name]
+        if "blake3" in info:
+            return name, str(info["blake3"]), core.file_digest(str(path / name))
+        return name, str(info.get("blake2b")), digest_file(path / name)
+
+    order = sorted(names, key=lambda n: -(path / n).stat().st_size)  # largest first: the pool ends together
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for name, want, got in pool.map(digest, order):
+            if got != want:
+                raise _fail(path / name, "content differs from the digest in manifest.json (changed, swapped "
+                                         "or damaged since `xmfast prepare` wrote it)")
+
+
+def _check_ranges(path: Path, a: dict[str, np.ndarray], n_markets: int, n_users: int, n_items: int) -> None:
+    """Every id within its table, offsets monotone and ending at their array's length, and each
+    candidate list's column 0 the held-out item: what indexing relies on."""
+    def below(name: str, limit: int, what: str) -> None:
+        x = a[name]
+        if x.size and int(x.max()) >= limit:
+            raise _fail(path / f"{name}.npy", f"holds {what} {int(x.max())}, but there are only {limit:,}")
+
+    below("group_market", n_markets, "market code")
+    below("group_user", n_users, "user id")
+    for name in ("train_item", "market_items", "valid_item", "test_item", "valid_candidates", "test_candidates"):
+        below(name, n_items, "item id")
+    for s in ("valid", "test"):
+        below(f"{s}_group", a["group_user"].shape[0], "group")
+    for offsets, data in (("train_offsets", "train_item"), ("market_item_offsets", "market_items")):
+        o = np.asarray(a[offsets])
+        if o[0] != 0 or o[-1] != a[data].shape[0] or np.any(o[1:] < o[:-1]):
+            raise _fail(path / f"{offsets}.npy", f"offsets are not monotone from 0 to the length of {data}.npy")
+    for s in ("valid", "test"):
+        if not np.array_equal(a[f"{s}_candidates"][:, 0], a[f"{s}_item"]):
+            raise _fail(path / f"{s}_item.npy", f"differs from column 0 of {s}_candidates.npy (the held-out item)")
+
+
+def load_dataset(path: Path, *, verify: bool | str | None = None) -> PreparedDataset:
     """Shorthand for :meth:`PreparedDataset.load`."""
     return PreparedDataset.load(path, verify=verify)

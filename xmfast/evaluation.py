@@ -16,7 +16,6 @@ orders ties by item id as a string, descending, as trec_eval and pytrec_eval do.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from xmfast import core
-from xmfast._io import write_json_atomic
+from xmfast._io import loads_strict, write_json_atomic
 from xmfast.dataset import HeldOut, PreparedDataset
 from xmfast.errors import XmfastError, check_int
 
@@ -132,15 +131,35 @@ def standings(
 
 
 def _as_score_array(scores: Any) -> np.ndarray:
+    """Scores as float32 or float64 for the Rust ranking, compared exactly whatever their dtype.
+
+    Narrower floats widen exactly. Integers (and floats wider than float64) are cast to
+    float64 when every value survives the cast; otherwise each value is replaced by its rank
+    among the array's distinct values, which keeps every order and every tie: a plain cast made
+    distinct integers above 2^53 equal, so they silently ranked as ties."""
     a = np.asarray(scores)
     if a.dtype == np.float32 or a.dtype == np.float64:
         return np.ascontiguousarray(a)
     if a.dtype.kind == "f" and a.dtype.itemsize < 4:
         return np.ascontiguousarray(a, dtype=np.float32)  # exact widening
-    if a.dtype.kind in "iub":
-        # Integer scores (e.g. counts) compare exactly as float64 up to 2^53.
-        return np.ascontiguousarray(a, dtype=np.float64)
-    raise XmfastError(f"scores must be a float array, not {a.dtype}")
+    if a.dtype.kind not in "iubf":
+        raise XmfastError(f"scores must be a float array, not {a.dtype}")
+    wide = a.astype(np.float64)
+    if a.dtype.kind in "iu":
+        exact = a.size == 0 or (int(a.min()) >= -EXACT_INTEGERS and int(a.max()) <= EXACT_INTEGERS)
+    else:
+        exact = a.dtype.kind == "b" or bool(np.array_equal(wide.astype(a.dtype), a, equal_nan=True))
+    if exact:
+        return np.ascontiguousarray(wide)
+    _, inverse = np.unique(a, return_inverse=True)
+    ranks = inverse.reshape(a.shape).astype(np.float64)
+    if a.dtype.kind == "f":
+        ranks[np.isnan(a)] = np.nan  # still refused where NaN is
+    return np.ascontiguousarray(ranks)
+
+
+EXACT_INTEGERS = 2**53
+"""Every integer of at most this magnitude is exactly a float64."""
 
 
 @dataclass
@@ -170,10 +189,12 @@ class Evaluation:
         """Share of queries whose positive is tied with at least one other candidate."""
         return float(np.mean(self.standings.ties > 0)) if len(self) else 0.0
 
-    def aggregate(self, mask: np.ndarray | None = None) -> dict[str, float]:
+    def aggregate(self, mask: np.ndarray | None = None) -> dict[str, float | None]:
+        """Mean of each metric over the queries (all, or those of `mask`); None, written as
+        JSON null, where there is no query: an undefined mean is not a number."""
         values = self.values if mask is None else self.values[mask]
         if values.shape[0] == 0:
-            return {m: float("nan") for m in self.metrics}
+            return {m: None for m in self.metrics}
         means = values.mean(axis=0)
         return {m: float(v) for m, v in zip(self.metrics, means)}
 
@@ -233,10 +254,10 @@ def read_results(path: Path) -> dict[str, Any]:
     """Reads an evaluation JSON written by :meth:`Evaluation.to_json`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_strict(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise XmfastError(f"{path}: no such results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise XmfastError(f"{path}: not a JSON results file ({e})") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise XmfastError(f"{path}: not an xmfast evaluation results file")

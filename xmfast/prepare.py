@@ -231,4 +231,4 @@ def prepare(
         return dataset
     on_step("write")
     dataset.save(Path(out_dir), overwrite=overwrite, inputs=[data_dir])
-    return PreparedDataset.load(Path(out_dir))
+    return PreparedDataset.load(Path(out_dir), just_written=True)

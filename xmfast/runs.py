@@ -18,14 +18,13 @@ Baselines (pop, cooc) have no checkpoints; their scorer is rebuilt from the data
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from xmfast._io import holds_no_file, read_descriptor, write_json_atomic, write_text_atomic
+from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
@@ -168,6 +167,7 @@ class Run:
             path, "run.json", fmt=RUN_FORMAT, version=RUN_FORMAT_VERSION, what="run directory",
             remedy="train one with `xmfast train`", error=XmfastError,
         )
+        _check_info(Path(path) / "run.json", info)
         return cls(path, info)
 
     def save_info(self, **updates: Any) -> None:
@@ -203,24 +203,55 @@ class Run:
         for n, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
+                    out.append(loads_strict(line))
+                except ValueError as e:
                     raise XmfastError(f"{self.metrics_path}, line {n}: not JSON ({e})") from None
         return out
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrites the log atomically (resuming truncates it to the checkpointed epochs)."""
-        write_text_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_text_atomic(self.metrics_path, "".join(json_text(r, sort_keys=True) + "\n" for r in records))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json_text(record, sort_keys=True) + "\n")
 
     def results(self) -> dict[str, Any]:
         file = self.path / "results.json"
         if not file.is_file():
             raise XmfastError(f"{self.path}: no results yet (status {self.status})")
-        return json.loads(file.read_text(encoding="utf-8"))
+        try:
+            data = loads_strict(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise XmfastError(f"{file}: not a JSON results file ({e}); train the run again") from None
+        if not isinstance(data, dict):
+            raise XmfastError(f"{file}: not a results file (no table of figures); train the run again")
+        return data
+
+
+# The run.json fields later code reads, with their types (a dotted name is inside a table).
+_INFO_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("model", str), ("model_config", dict), ("train_config", dict), ("dataset", dict), ("dataset.path", str),
+    ("dataset.fingerprint", str), ("target", (str, type(None))), ("status", str), ("pretrained", dict),
+)
+
+
+def _check_info(file: Path, info: dict[str, Any]) -> None:
+    """Type-checks the run.json fields used later, so an edited or damaged one is one error
+    naming the field here, not a TypeError or a wrong lookup wherever it is first used."""
+    for name, kind in _INFO_FIELDS:
+        value: Any = info
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        optional = name in ("target", "pretrained", "status")
+        if value is None and optional:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            want = "a table" if kind is dict else "a string"
+            raise XmfastError(f"{file}: {name} is {json_text(value)}, not {want} (edited or damaged); "
+                              "train the run again")
+    if not all(isinstance(p, str) for p in (info.get("pretrained") or {}).values()):
+        raise XmfastError(f"{file}: pretrained must map names to run paths (edited or damaged); train the run again")
 
 
 def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:

@@ -6,12 +6,12 @@ that regenerating it gives the committed bytes.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xmfast import core
+from xmfast._io import json_text
 from xmfast.errors import U64_MAX, XmfastError, check_int
 from xmfast.markets import check_market_code
 
@@ -32,7 +32,7 @@ class SynthConfig:
     def __post_init__(self) -> None:
         # Checked here, before anything is written: the Rust generator takes these as fixed-width
         # integers and floats, where NaN would pass its comparisons and make a silent mess.
-        check_int("ratings", self.ratings, 0, U64_MAX)
+        check_int("ratings", self.ratings, 1, U64_MAX)  # the generator refuses counts too small for every market
         for name in ("items", "topics", "min_per_user"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0, U64_MAX)
@@ -46,7 +46,6 @@ class SynthConfig:
 
 SAMPLE = SynthConfig(markets=["uk", "de", "jp", "in"], ratings=24_000, items=1_500, topics=30, seed=2026)
 """The embedded sample: a rich market (uk), two mid-size ones and a data-poor target (in)."""
-
 
 
 def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
@@ -71,7 +70,7 @@ def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
         except ValueError as e:
             raise XmfastError(str(e)) from None
         (tmp / "synth.json").write_text(
-            json.dumps({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
+            json_text({"generator": f"xmfast {core.__version__}", "config": asdict(config)}, indent=2, sort_keys=True)
             + "\n",
             encoding="utf-8",
         )

@@ -929,6 +929,7 @@ def train(
         raise XmfastError(f"model {spec.name} takes a {spec.config_type.__name__}, not {type(model_config).__name__}")
     if dataset.path is None:
         raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
+    dataset.require_evaluated_users()
     if not spec.neural:
         return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite))
     if spec.fine_tuned:
@@ -1040,6 +1041,8 @@ def finetune(
     inputs = [base_run.path, dataset.path]
     check_output(Path(out), outputs.FINETUNE_DIR, inputs=inputs)
     distributed.init(config.device)
+    for market in dict.fromkeys(wanted):
+        for_market(dataset, market).require_evaluated_users()  # before any run is created
     results: dict[str, TrainResult | None] = {}
     for market in dict.fromkeys(wanted):
         data = for_market(dataset, market)

@@ -7,6 +7,10 @@ run directory and the training engine all look models up here.
 
 from __future__ import annotations
 
+import json
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
@@ -40,7 +44,7 @@ class ModelSpec:
         `overrides`."""
         from xmfast.training import TrainConfig
 
-        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **overrides})
+        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **overrides}, f"training of model {self.name}")
 
     def finetune_config(self, **overrides: Any) -> Any:
         """The configuration of `xmfast finetune` for this model (always on one market alone)."""
@@ -48,7 +52,7 @@ class ModelSpec:
 
     def config_from(self, values: dict[str, Any] | None) -> Any:
         """The configuration object from plain values (a TOML section, a saved run)."""
-        return config_from_dict(self.config_type, values or {})
+        return config_from_dict(self.config_type, values or {}, f"model {self.name}")
 
 
 @dataclass(frozen=True)
@@ -138,29 +142,84 @@ def get_model(name: str) -> ModelSpec:
     return specs[key]
 
 
-def config_from_dict(config_type: type, values: dict[str, Any]) -> Any:
+def config_from_dict(config_type: type, values: dict[str, Any], owner: str | None = None) -> Any:
     """Builds a (possibly nested) frozen dataclass from plain values, rejecting unknown keys so a
-    typo in a config file is an error rather than a silently ignored setting."""
+    typo in a config file is an error rather than a silently ignored setting, and values of the
+    wrong type (``embedding_dim = true``, a string for a float, a float for an int), which
+    Python would otherwise carry into the model. `owner` names what is configured in errors
+    (e.g. ``model gmf``)."""
     if not is_dataclass(config_type):
         raise TypeError(f"{config_type} is not a dataclass")
     known = {f.name: f for f in fields(config_type)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise XmfastError(
-            f"unknown setting {unknown[0]!r} for {config_type.__name__} (known: {', '.join(known) or 'none'})"
-        )
+        raise XmfastError(f"unknown setting {unknown[0]!r} for {config_type.__name__} "
+                          f"(known: {', '.join(known) or 'none'})")
+    owner = owner or config_type.__name__
+    hints = typing.get_type_hints(config_type)
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        default = getattr(config_type(), name) if _has_defaults(config_type) else None
-        if is_dataclass(default) and isinstance(value, dict):
-            value = config_from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        hint = hints.get(name, Any)
+        if is_dataclass(hint) and isinstance(value, dict):
+            value = config_from_dict(hint, value, f"{owner} [{name}]")
+        else:
+            value = _typed(value, hint, f"{owner}: setting {name}")
         kwargs[name] = value
     try:
         return config_type(**kwargs)
     except (TypeError, ValueError) as e:
-        raise XmfastError(f"{config_type.__name__}: {e}") from None
+        raise XmfastError(f"{owner}: {e}") from None
+
+
+def _typed(value: Any, hint: Any, what: str) -> Any:
+    """`value` as the type `hint` asks for (an int for a float becomes a float, a list a tuple),
+    or XmfastError saying what was expected and what was given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or (isinstance(hint, type) and is_dataclass(hint) and isinstance(value, hint)):
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _typed(value, options[0], what)
+        return value
+    if origin is typing.Literal:
+        if isinstance(value, str):
+            return value  # the configuration's own check names the choices
+        raise XmfastError(f"{what} must be one of {', '.join(map(str, args))}, got {_shown(value)}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise XmfastError(f"{what} must be a list, got {_shown(value)}")
+        return tuple(_typed(v, args[0], f"{what} (each element)") for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise XmfastError(f"{what} must be true or false, got {_shown(value)}")
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise XmfastError(f"{what} must be an integer, got {_shown(value)}")
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise XmfastError(f"{what} must be a number, got {_shown(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise XmfastError(f"{what} must be a string, got {_shown(value)}")
+    if isinstance(hint, type) and is_dataclass(hint):
+        raise XmfastError(f"{what} must be a table of settings, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value as the config file spells it (true, "8", 2.5)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
 
 
 def _has_defaults(config_type: type) -> bool:

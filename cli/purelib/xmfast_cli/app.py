@@ -254,7 +254,8 @@ def synth(
         from xmfast.errors import U64_MAX
 
         _check_ints({"--items": items, "--topics": topics, "--min-per-user": min_per_user}, low=1)
-        _check_ints({"--ratings": ratings, "--seed": seed}, low=0, high=U64_MAX)
+        _check_ints({"--ratings": ratings}, low=1, high=U64_MAX)  # 0 would still write a user per market
+        _check_ints({"--seed": seed}, low=0, high=U64_MAX)
         if not (math.isfinite(mean_per_user) and mean_per_user >= min_per_user):  # SynthConfig's rule, under the option's name
             raise XmfastError(f"--mean-per-user must be a number at least --min-per-user ({min_per_user}), got {mean_per_user}")
     config = SAMPLE if sample else SynthConfig(
@@ -339,12 +340,24 @@ def evaluate(
         from xmfast.dataset import PreparedDataset
 
         market_filter = _split_list(markets) or None
+        given = {"--scores": scores is not None, "--baseline": baseline is not None, "--cooc-markets": bool(cooc_markets)}
         if (dataset / "run.json").is_file():
+            # A run is evaluated with its own model: these options would be ignored, and the run's
+            # figures printed as if they were the scores' or the baseline's.
+            option = next((o for o, on in given.items() if on), None)
+            if option is not None:
+                from xmfast.runs import Run
+
+                where = Run.open(dataset).info.get("dataset", {}).get("path", "DATASET")
+                raise XmfastError(f"{option} does not apply to a run ({dataset} is evaluated with its own model); "
+                                  f"give the run's prepared dataset instead: xmfast evaluate {where} {option} ...")
             _evaluate_run(dataset, split, config, full, market_filter, json_out, per_user, trec_run, trec_qrels)
             return
         data = PreparedDataset.load(dataset)
         if (scores is None) == (baseline is None):
             raise XmfastError("give exactly one of --scores FILE or --baseline pop|cooc")
+        if cooc_markets and baseline != "cooc":
+            raise XmfastError("--cooc-markets applies to --baseline cooc only; drop it")
         if scores is not None:
             if full:
                 raise XmfastError("--full needs a model to score every item; a scores file holds the stored candidates only")

@@ -179,15 +179,20 @@ def steps(description: str) -> Iterator[callable]:
         yield on_step
 
 
+def figure(value: float | None) -> str:
+    """A metric for a table; None (no query to average over) is shown as such, not as nan."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def results_table(evaluation, title: str) -> Grid:  # noqa: ANN001 - xmfast.evaluation.Evaluation
     """Per-market and overall means of every metric, with query counts."""
     metrics = list(evaluation.metrics)
     table = Grid(title, ["market", "queries", *metrics], short=["market", "queries", *map(short_metric, metrics)])
     counts = evaluation.counts()
     for market, values in evaluation.per_market().items():
-        table.add_row(market, f"{counts[market]:,}", *[f"{values[m]:.4f}" for m in evaluation.metrics])
+        table.add_row(market, f"{counts[market]:,}", *[figure(values[m]) for m in evaluation.metrics])
     overall = evaluation.aggregate()
-    table.add_row("[bold]all[/]", f"[bold]{len(evaluation):,}[/]", *[f"[bold]{overall[m]:.4f}[/]" for m in evaluation.metrics])
+    table.add_row("[bold]all[/]", f"[bold]{len(evaluation):,}[/]", *[f"[bold]{figure(overall[m])}[/]" for m in evaluation.metrics])
     return table
 
 
@@ -303,7 +308,7 @@ def train_summary(result) -> Grid:  # noqa: ANN001 - xmfast.training.TrainResult
                  ["split", *metrics], short=["split", *map(short_metric, metrics)])
     for name, ev in (("valid", result.valid), ("test", result.test)):
         agg = ev.aggregate()
-        table.add_row(name, *[f"{agg[m]:.4f}" for m in ev.metrics])
+        table.add_row(name, *[figure(agg[m]) for m in ev.metrics])
     return table
 
 

@@ -3,7 +3,8 @@
 //! Two layouts are read: the processed 5-core files (`userId itemId rate date` header) and the
 //! official full files `ratings_{market}_{category}.txt.gz` (no header). Columns are separated by
 //! spaces or tabs; gzip is detected from the magic bytes, not the file name; a leading UTF-8
-//! byte-order mark is skipped. Each file is parsed in parallel chunks that intern ids locally;
+//! byte-order mark is skipped, and one anywhere else (two files joined with `cat`) is an error
+//! rather than an invisible part of an id. Each file is parsed in parallel chunks that intern ids locally;
 //! the chunk vocabularies are then merged in input order, so numbering is by first appearance
 //! exactly as a sequential reader would give.
 
@@ -136,11 +137,39 @@ pub fn format_date(days: i32) -> String {
 }
 
 /// blake3 of a file's bytes as stored on disk, hex: the digest `read_ratings` records for each
-/// input, without parsing. Streams the file, so its size does not matter.
+/// input, without parsing. Streams the file in 16 MiB blocks, each hashed on all cores (the
+/// prepared dataset's arrays are verified with it on every load, so its speed matters).
 pub fn file_digest(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    const BLOCK: usize = 16 << 20;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_or(BLOCK as u64, |m| m.len());
+    // No bigger than the file (plus one byte to see its end): small files are hashed on every load too.
+    let block = usize::try_from(size).map_or(BLOCK, |n| n.saturating_add(1).min(BLOCK));
     let mut hasher = blake3::Hasher::new();
-    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut hasher).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; block];
+    loop {
+        // Fill the block (a read may return less), so the parallel hash gets large inputs.
+        let mut filled = 0;
+        while filled < block {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if filled >= 1 << 17 {
+            hasher.update_rayon(&buf[..filled]); // below ~128 KiB threads cost more than they save
+        } else {
+            hasher.update(&buf[..filled]);
+        }
+        if filled < block {
+            break;
+        }
+    }
     Ok(hasher.finalize().to_hex().to_string())
 }
 
@@ -273,11 +302,21 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, Chunk
     let mut chunk_item = Vec::with_capacity(est);
     let mut rating = Vec::with_capacity(est);
     let mut day = Vec::with_capacity(est);
+    // One SIMD scan per chunk instead of a test per field: the first mark's line fails below.
+    let bom_at = memchr::memmem::find(text, UTF8_BOM);
     let mut pos = 0;
     while pos < text.len() {
         let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
         let mut line = &text[pos..end];
         let line_start = base + pos;
+        let fail = |message: String| ChunkError { line_start, message };
+        if bom_at.is_some_and(|b| b < end) {
+            return Err(fail(
+                "a byte-order mark (U+FEFF) inside the file, not at its start (files joined with `cat`?); \
+                 remove it"
+                    .into(),
+            ));
+        }
         pos = end + 1;
         if let [rest @ .., b'\r'] = line {
             line = rest;
@@ -285,7 +324,6 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, Chunk
         if line.iter().all(|&b| is_sep(b)) {
             continue; // blank lines carry nothing and are skipped
         }
-        let fail = |message: String| ChunkError { line_start, message };
         let (f, n) = split_fields(line);
         if n != 4 {
             return Err(fail(describe_column_error(line, n)));
@@ -603,6 +641,10 @@ mod tests {
         assert_eq!(file_digest(&big).unwrap(), r.files[0].blake3);
         assert_eq!(file_digest(&big).unwrap(), blake3::hash(text.as_bytes()).to_hex().to_string());
         assert_eq!(file_digest(&gz).unwrap(), r.files[1].blake3); // the compressed bytes, not the text
+        let huge = dir.path().join("huge.bin");
+        let bytes: Vec<u8> = (0..(40u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        std::fs::write(&huge, &bytes).unwrap(); // several 16 MiB blocks and a partial one
+        assert_eq!(file_digest(&huge).unwrap(), blake3::hash(&bytes).to_hex().to_string());
         let missing = dir.path().join("missing.txt");
         let err = file_digest(&missing).unwrap_err().to_string();
         assert!(err.contains("missing.txt"), "{err}");
@@ -650,9 +692,22 @@ mod tests {
         assert_eq!(err_of(&raw), "f.txt:2: non-numeric rating \"x\"");
         let r = parse_bytes("uk", "f.txt", &[UTF8_BOM, b"u1 i1 5 2020-01-02\n"].concat()).unwrap();
         assert_eq!(r.users.iter().collect::<Vec<_>>(), ["u1"]);
-        // Only at the start: a mark inside the data is part of an id.
-        let r = parse_bytes("uk", "f.txt", &[b"u1 i1 5 2020-01-02\n", UTF8_BOM, b"u2 i1 5 2020-01-02\n"].concat()).unwrap();
-        assert_eq!(r.users.get(1), "\u{feff}u2");
+        // Only at the start: a mark inside the data is an error naming its line, never part of an id.
+        let inside = "a byte-order mark (U+FEFF) inside the file, not at its start (files joined with `cat`?); remove it";
+        let joined = [b"u1 i1 5 2020-01-02\n", UTF8_BOM, b"u2 i1 5 2020-01-02\n"].concat();
+        assert_eq!(err_of(&joined), format!("f.txt:2: {inside}"));
+        assert_eq!(err_of(&[b"u1 i1 5 2020-01-02\nu2 i", UTF8_BOM, b"1 5 2020-01-02\n"].concat()), format!("f.txt:2: {inside}"));
+        assert_eq!(err_of(&[b"userId itemId rate date\n\n", UTF8_BOM, b"u2 i1 5 2020-01-02\n"].concat()), format!("f.txt:3: {inside}"));
+        // An earlier bad line is still the one reported; a mark after a leading mark is still inside.
+        assert!(err_of(&[b"u1 i1 x 2020-01-02\n", UTF8_BOM, b"u2 i1 5 2020-01-02\n"].concat()).starts_with("f.txt:1: non-numeric"));
+        assert_eq!(err_of(&[UTF8_BOM, UTF8_BOM, b"u1 i1 5 2020-01-02\n"].concat()), format!("f.txt:1: {inside}"));
+        // Across parallel chunks, the line number is still the file's.
+        let mut long = String::new();
+        for i in 0..200_000 {
+            long.push_str(&format!("user{} item{} 4.0 2020-01-01\n", i % 977, i % 313));
+        }
+        let long = [long.as_bytes(), UTF8_BOM, b"u i 1 2020-01-01\n"].concat();
+        assert_eq!(err_of(&long), format!("f.txt:200001: {inside}"));
         // A BOM alone is an empty file.
         assert_eq!(err_of(UTF8_BOM), "f.txt: no ratings in file (empty, or only a header)");
         assert_eq!(

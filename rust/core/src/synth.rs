@@ -269,11 +269,21 @@ pub fn synthesize(cfg: &SynthConfig, dir: &Path) -> Result<Vec<SynthFile>> {
     }
     let weights: Vec<f64> = (0..cfg.markets.len()).map(|i| (i as f64 + 1.0).powf(-cfg.size_decay)).collect();
     let total: f64 = weights.iter().sum();
+    let users_of = |m: usize, ratings: u64| (ratings as f64 * (weights[m] / total) / cfg.mean_per_user).round() as u64;
+    // A market too small for one user is refused, not given one anyway: that wrote 31 ratings for 0.
+    if let Some(m) = (0..cfg.markets.len()).find(|&m| users_of(m, cfg.ratings) == 0) {
+        let last = cfg.markets.len() - 1; // the smallest share
+        let need = (0.5 * cfg.mean_per_user * total / weights[last]).ceil() as u64;
+        let need = (need..).find(|&n| users_of(last, n) >= 1).unwrap_or(need);
+        return Err(Error::invalid(format!(
+            "ratings {} is too few for market {} to get one user ({} ratings per user on average); give at least {need}",
+            cfg.ratings, cfg.markets[m], cfg.mean_per_user
+        )));
+    }
     let mut first_global_user = 0u64;
     let mut written = Vec::new();
     for (m, name) in cfg.markets.iter().enumerate() {
-        let share = weights[m] / total;
-        let users = ((cfg.ratings as f64 * share / cfg.mean_per_user).round() as u64).max(1);
+        let users = users_of(m, cfg.ratings);
         let market = build_market(cfg, m, users, first_global_user, weights[m] / weights[0]);
         first_global_user += users;
         let path = dir.join(file_name(name, &cfg.format));
@@ -369,6 +379,21 @@ mod tests {
             *per_user.entry(u).or_insert(0u32) += 1;
         }
         assert!(per_user.values().all(|&c| c >= 5));
+    }
+
+    #[test]
+    fn too_few_ratings_are_refused_not_rounded_up() {
+        let dir = tempfile::tempdir().unwrap();
+        for ratings in [0, 1, 20] {
+            let cfg = SynthConfig { ratings, ..Default::default() };
+            let err = synthesize(&cfg, dir.path()).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("ratings {ratings} is too few for market ")), "{err}");
+            assert!(err.ends_with("give at least 25"), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+        // The smallest count it names is enough.
+        let files = synthesize(&SynthConfig { ratings: 25, ..Default::default() }, dir.path()).unwrap();
+        assert_eq!(files[2].users, 1, "{files:?}");
     }
 
     #[test]
