@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -314,20 +314,32 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def read_checkpoint(path: Path, run: Run | None = None) -> dict[str, Any]:
-    """A checkpoint's contents, or one clear error: a missing, truncated or foreign file, or (when
-    `run` is given) a checkpoint written for another dataset or model."""
+def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, or one clear error naming `path`: a missing, truncated, zeroed or
+    foreign file, or (when `run` is given) a checkpoint written for another dataset or model.
+
+    A checkpoint is untrusted input: it is read with ``weights_only=True``, which rebuilds
+    tensors and plain data only (xmfast writes nothing else), so a file whose unpickling would
+    run code is refused, never executed. `resumable` also checks what :meth:`Trainer.restore`
+    uses (optimizer, RNG and early-stopping state), so a damaged ``last.pt`` fails here, whole."""
     import pickle
+    import warnings
 
     if not Path(path).is_file():
         raise XmfastError(f"{path}: missing; the run has no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as e:
-        raise XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'}"
-                          f"); the file is damaged: train the run again") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise XmfastError(f"{path}: not an xmfast checkpoint (no model weights); train the run again")
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise XmfastError(f"{path}: holds objects other than tensors and plain data, so it was not written by "
+                          "xmfast and loading it could run code; refused: delete it and train the run again") from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is a damaged file
+        raise XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)}); the file is "
+                          "damaged (truncated, zeroed or another format): train the run again") from None
+    problem = _state_problem(state, resumable)
+    if problem:
+        raise XmfastError(f"{path}: not an xmfast checkpoint ({problem}); train the run again")
     if state.get("version") != CHECKPOINT_VERSION:
         raise XmfastError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
     if run is not None:
@@ -339,10 +351,42 @@ def read_checkpoint(path: Path, run: Run | None = None) -> dict[str, Any]:
     return state
 
 
-def load_weights(module: nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """`module.load_state_dict(weights)`, with a mismatch reported as one error naming `path`."""
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else "empty"
+
+
+def _state_problem(state: Any, resumable: bool) -> str | None:
+    """What is wrong with a loaded checkpoint's layout (see :meth:`Trainer._state`), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        return "no model weights"
+    if not resumable:
+        return None
+    if not isinstance(state.get("epoch"), int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        return "no epoch number"
+    optimizer = state.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        return "no optimizer state"
+    stopping = state.get("stopping")
+    if not isinstance(stopping, dict) or set(stopping) != {f.name for f in fields(EarlyStopping)} \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stopping.values()):
+        return "no early-stopping state"
+    rngs = [state.get("torch_rng"), *(state.get("cuda_rng") if isinstance(state.get("cuda_rng"), list) else [None])]
+    if not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 and r.dim() == 1 for r in rngs):
+        return "no random generator state"
+    return None
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, *, load: Any = None) -> None:
+    """`module.load_state_dict(weights)` (or `load(weights)`, e.g. FOREC's fork), with a mismatch
+    reported as one error naming `path`."""
     try:
-        module.load_state_dict(weights)
+        (load or module.load_state_dict)(weights)
     except RuntimeError as e:
         first = str(e).splitlines()[0].rstrip(":")
         raise XmfastError(f"{path}: its weights do not fit the run's model ({first}); the checkpoint belongs to "
@@ -414,11 +458,9 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
         if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run; ACMR fine-tunes its own
-            state = read_checkpoint(pretrained["base"].best_checkpoint, pretrained["base"])
-            if hasattr(self.model, "fork"):
-                self.model.fork(state["model"])  # type: ignore[operator]
-            else:
-                load_weights(self.model, state["model"], pretrained["base"].best_checkpoint)
+            path = pretrained["base"].best_checkpoint
+            load_weights(self.model, read_checkpoint(path, pretrained["base"])["model"], path,
+                         load=getattr(self.model, "fork", None))
             return
         if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
             state = read_checkpoint(pretrained["nmf"].best_checkpoint, pretrained["nmf"])
@@ -610,14 +652,18 @@ class Trainer:
             raise XmfastError(f"{self.run.path}: no checkpoint to resume from (no epoch finished yet); start it again")
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; model and optimizer
         # tensors are copied onto the model's device by load_state_dict.
-        state = read_checkpoint(path, self.run)  # every rank loads it; rank 0 alone writes
+        state = read_checkpoint(path, self.run, resumable=True)  # every rank loads it; rank 0 alone writes
         load_weights(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise XmfastError(f"{path}: its optimizer or random generator state does not fit the run's model "
+                              f"({_first_line(e)}); the checkpoint belongs to another run: train the run again") from None
         self.stopping = EarlyStopping(**state["stopping"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch = int(state["epoch"])
+        self.epoch = state["epoch"]
         if self.main:
             self.run.write_metrics([r for r in self.run.read_metrics() if r["epoch"] <= self.epoch])
 
