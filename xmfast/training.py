@@ -435,6 +435,9 @@ class Trainer:
                                            len(dataset.markets)).to(self.device)
         if spec.sequence:  # training-row and group history tables (see xmfast.models.acmr)
             self.model.attach(self.train_data, self.rows.rows)  # type: ignore[operator]
+        # What the run starts from, as recorded when it was created (runs of older versions: as now).
+        self.pretrained: dict[str, dict[str, Any]] = run.info.get("pretrained_runs") or {
+            name: pretrained_record(r) for name, r in (pretrained or {}).items()}
         if pretrained:
             self._load_pretrained(pretrained)
         self.use_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
@@ -938,6 +941,7 @@ def run_info(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, confi
                     "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
         "target": dataset.target,
         "pretrained": {name: str(r.path.resolve()) for name, r in (pretrained or {}).items()},
+        "pretrained_runs": {name: pretrained_record(r) for name, r in (pretrained or {}).items()},
         "versions": {"xmfast": core.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "status": "created",
     }
@@ -1087,9 +1091,12 @@ def finetune(
 
 def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, config: TrainConfig, out: Path,
                     given: dict[str, Path] | None) -> dict[str, Run]:
-    """The finished runs that initialise `spec` (NMF: a GMF and an MLP run). Given paths are
-    checked; missing ones are looked for among the sibling directories of `out`: finished runs
-    of the right model on the same dataset, with the same sources and branch configuration."""
+    """The finished runs that initialise `spec` (NMF: a GMF and an MLP run; MAML: an NMF++ run).
+    Given paths are checked; missing ones are looked for among the sibling directories of `out`:
+    finished runs of the right model on the same dataset, with the same sources and branch
+    configuration. When more than one sibling matches (say two seeds), none is guessed: the
+    error lists them with the option that names one, since the choice changes every number.
+    Each chosen run's checkpoint is read (and refused if unsafe) before the new run exists."""
     if not spec.pretrain or not getattr(model_config, "pretrained", True):
         return {}
     given = dict(given or {})
@@ -1123,8 +1130,49 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
                 f"first or give it with --{name}-run"
                 + (", or pass --no-pretrained" if hasattr(model_config, "pretrained") else "")
             )
-        found[name] = max(candidates, key=lambda r: r.path.stat().st_mtime)
+        if len(candidates) > 1:
+            listed = "; ".join(describe_pretrained(pretrained_record(r, digest=False)) for r in candidates)
+            raise XmfastError(
+                f"{spec.name} starts from a trained {name} run, and {len(candidates)} match next to {out}: {listed}; "
+                f"name the one to start from with --{name}-run (e.g. --{name}-run {candidates[0].path})"
+            )
+        found[name] = candidates[0]
+    for name, run in found.items():
+        read_checkpoint(run.best_checkpoint, run)
     return found
+
+
+def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
+    """What a run starts from, as its run.json records it (``pretrained_runs``) and the command
+    prints it: the pretrained run's absolute path, model, seed, sources, selected epoch and the
+    blake2b digest of the checkpoint whose weights it takes (``best.pt``), which tells whether
+    that run was retrained since."""
+    import json
+
+    tc = run.info.get("train_config", {})
+    try:
+        selected = json.loads((run.path / "results.json").read_text(encoding="utf-8")).get("selected_epoch")
+    except (OSError, ValueError, AttributeError):
+        selected = None
+    record = {"path": str(run.path.resolve()), "model": run.model, "seed": tc.get("seed"), "sources": run.sources,
+              "selected_epoch": selected}
+    if digest:
+        from xmfast._io import digest_file
+
+        record["checkpoint_blake2b"] = digest_file(run.best_checkpoint)
+    return record
+
+
+def describe_pretrained(record: dict[str, Any]) -> str:
+    """One line for a :func:`pretrained_record`: the path first, then the settings that tell
+    two candidate runs apart."""
+    sources = ", ".join(record.get("sources") or []) or "none"
+    text = f"{record['model']} run {record['path']} (seed {record.get('seed')}, sources {sources}"
+    if record.get("selected_epoch") is not None:
+        text += f", epoch {record['selected_epoch']}"
+    if record.get("checkpoint_blake2b"):
+        text += f", best.pt {record['checkpoint_blake2b'][:12]}"
+    return text + ")"
 
 
 def _pretrained_mismatch(run: Run, name: str, dataset: PreparedDataset, sources: list[str], want_config: Any,
