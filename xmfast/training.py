@@ -1095,8 +1095,7 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
     Given paths are checked; missing ones are looked for among the sibling directories of `out`:
     finished runs of the right model on the same dataset, with the same sources and branch
     configuration. When more than one sibling matches (say two seeds), none is guessed: the
-    error lists them with the option that names one, since the choice changes every number.
-    Each chosen run's checkpoint is read (and refused if unsafe) before the new run exists."""
+    error lists them with the option that names one, since the choice changes every number."""
     if not spec.pretrain or not getattr(model_config, "pretrained", True):
         return {}
     given = dict(given or {})
@@ -1137,8 +1136,6 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
                 f"name the one to start from with --{name}-run (e.g. --{name}-run {candidates[0].path})"
             )
         found[name] = candidates[0]
-    for name, run in found.items():
-        read_checkpoint(run.best_checkpoint, run)
     return found
 
 
@@ -1146,7 +1143,8 @@ def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
     """What a run starts from, as its run.json records it (``pretrained_runs``) and the command
     prints it: the pretrained run's absolute path, model, seed, sources, selected epoch and the
     blake2b digest of the checkpoint whose weights it takes (``best.pt``), which tells whether
-    that run was retrained since."""
+    that run was retrained since. With `digest` the checkpoint is read first (:func:`read_checkpoint`),
+    so an unsafe or damaged one is refused before :func:`run_info`'s new run directory exists."""
     import json
 
     tc = run.info.get("train_config", {})
@@ -1159,6 +1157,7 @@ def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
     if digest:
         from xmfast._io import digest_file
 
+        read_checkpoint(run.best_checkpoint, run)
         record["checkpoint_blake2b"] = digest_file(run.best_checkpoint)
     return record
 
