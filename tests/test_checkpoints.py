@@ -154,7 +154,7 @@ def test_two_matching_gmf_runs_are_refused_with_the_list_then_the_named_one_is_p
     assert result.exit_code == 0, result.output
     gmf = (runs / "gmf-again").resolve()
     digest = digest_file(gmf / "checkpoints" / "best.pt")
-    assert f"nmf starts from gmf run {gmf} (seed 7, sources uk, epoch 1, best.pt {digest[:12]})" in result.output
+    assert f"nmf starts from gmf run {gmf} (seed 7, sources uk, selected epoch 1, best.pt {digest[:12]})" in result.output
     assert f"nmf starts from mlp run {(runs / 'mlp').resolve()} (seed 42" in result.output
     recorded = Run.open(runs / "nmf2").info
     assert recorded["pretrained"] == {"gmf": str(gmf), "mlp": str((runs / "mlp").resolve())}
@@ -166,7 +166,7 @@ def test_finetune_prints_and_records_its_base_run(tree: Path) -> None:
     result = invoke("finetune", tree / "runs" / "nmf", "-o", tree / "forec", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     base = (tree / "runs" / "nmf").resolve()
-    assert f"forec starts from nmf run {base} (seed 42, sources uk, epoch 1, best.pt" in result.output
+    assert f"forec starts from nmf run {base} (seed 42, sources uk, selected epoch 1, best.pt" in result.output
     record = Run.open(tree / "forec" / "in").info["pretrained_runs"]["base"]
     assert record["path"] == str(base) and record["checkpoint_blake2b"] == digest_file(base / "checkpoints" / "best.pt")
 

@@ -1168,7 +1168,7 @@ def describe_pretrained(record: dict[str, Any]) -> str:
     sources = ", ".join(record.get("sources") or []) or "none"
     text = f"{record['model']} run {record['path']} (seed {record.get('seed')}, sources {sources}"
     if record.get("selected_epoch") is not None:
-        text += f", epoch {record['selected_epoch']}"
+        text += f", selected epoch {record['selected_epoch']}"
     if record.get("checkpoint_blake2b"):
         text += f", best.pt {record['checkpoint_blake2b'][:12]}"
     return text + ")"
