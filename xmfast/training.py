@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -331,12 +332,15 @@ def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = Fal
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise XmfastError(f"{path}: holds objects other than tensors and plain data, so it was not written by "
-                          "xmfast and loading it could run code; refused: delete it and train the run again") from None
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler: a forbidden name, or bytes it cannot read
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise XmfastError(f"{path}: refers to {code.group(1)}, not only tensors and plain data, so it was not "
+                              "written by xmfast and loading it could run code; refused: delete it and train the "
+                              "run again") from None
+        raise _damaged(path, e) from None
     except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is a damaged file
-        raise XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)}); the file is "
-                          "damaged (truncated, zeroed or another format): train the run again") from None
+        raise _damaged(path, e) from None
     problem = _state_problem(state, resumable)
     if problem:
         raise XmfastError(f"{path}: not an xmfast checkpoint ({problem}); train the run again")
@@ -349,6 +353,12 @@ def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = Fal
         if "model_name" in state and state["model_name"] != run.model:
             raise XmfastError(f"{path}: a {state['model_name']} checkpoint in a {run.model} run; it belongs to another run")
     return state
+
+
+def _damaged(path: Path, e: Exception) -> XmfastError:
+    """torch's own text is left out: it is long and advises loading with weights_only=False."""
+    return XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file is damaged (truncated, "
+                       "zeroed or another format): train the run again")
 
 
 def _first_line(e: BaseException) -> str:
