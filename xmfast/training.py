@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -314,20 +315,35 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def read_checkpoint(path: Path, run: Run | None = None) -> dict[str, Any]:
-    """A checkpoint's contents, or one clear error: a missing, truncated or foreign file, or (when
-    `run` is given) a checkpoint written for another dataset or model."""
+def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, or one clear error naming `path`: a missing, truncated, zeroed or
+    foreign file, or (when `run` is given) a checkpoint written for another dataset or model.
+
+    A checkpoint is untrusted input: it is read with ``weights_only=True``, which rebuilds
+    tensors and plain data only (xmfast writes nothing else), so a file whose unpickling would
+    run code is refused, never executed. `resumable` also checks what :meth:`Trainer.restore`
+    uses (optimizer, RNG and early-stopping state), so a damaged ``last.pt`` fails here, whole."""
     import pickle
+    import warnings
 
     if not Path(path).is_file():
         raise XmfastError(f"{path}: missing; the run has no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as e:
-        raise XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'}"
-                          f"); the file is damaged: train the run again") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise XmfastError(f"{path}: not an xmfast checkpoint (no model weights); train the run again")
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler: a forbidden name, or bytes it cannot read
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise XmfastError(f"{path}: refers to {code.group(1)}, not only tensors and plain data, so it was not "
+                              "written by xmfast and loading it could run code; refused: delete it and train the "
+                              "run again") from None
+        raise _damaged(path, e) from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is a damaged file
+        raise _damaged(path, e) from None
+    problem = _state_problem(state, resumable)
+    if problem:
+        raise XmfastError(f"{path}: not an xmfast checkpoint ({problem}); train the run again")
     if state.get("version") != CHECKPOINT_VERSION:
         raise XmfastError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
     if run is not None:
@@ -339,10 +355,48 @@ def read_checkpoint(path: Path, run: Run | None = None) -> dict[str, Any]:
     return state
 
 
-def load_weights(module: nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """`module.load_state_dict(weights)`, with a mismatch reported as one error naming `path`."""
+def _damaged(path: Path, e: Exception) -> XmfastError:
+    """torch's own text is left out: it is long and advises loading with weights_only=False."""
+    return XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file is damaged (truncated, "
+                       "zeroed or another format): train the run again")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else "empty"
+
+
+def _state_problem(state: Any, resumable: bool) -> str | None:
+    """What is wrong with a loaded checkpoint's layout (see :meth:`Trainer._state`), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        return "no model weights"
+    if not resumable:
+        return None
+    if not isinstance(state.get("epoch"), int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        return "no epoch number"
+    optimizer = state.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        return "no optimizer state"
+    stopping = state.get("stopping")
+    if not isinstance(stopping, dict) or set(stopping) != {f.name for f in fields(EarlyStopping)} \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stopping.values()):
+        return "no early-stopping state"
+    rngs = [state.get("torch_rng"), *(state.get("cuda_rng") if isinstance(state.get("cuda_rng"), list) else [None])]
+    if not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 and r.dim() == 1 for r in rngs):
+        return "no random generator state"
+    return None
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, *, load: Any = None) -> None:
+    """`module.load_state_dict(weights)` (or `load(weights)`, e.g. FOREC's fork), with a mismatch
+    reported as one error naming `path`."""
     try:
-        module.load_state_dict(weights)
+        (load or module.load_state_dict)(weights)
     except RuntimeError as e:
         first = str(e).splitlines()[0].rstrip(":")
         raise XmfastError(f"{path}: its weights do not fit the run's model ({first}); the checkpoint belongs to "
@@ -391,6 +445,9 @@ class Trainer:
                                            len(dataset.markets)).to(self.device)
         if spec.sequence:  # training-row and group history tables (see xmfast.models.acmr)
             self.model.attach(self.train_data, self.rows.rows)  # type: ignore[operator]
+        # What the run starts from, as recorded when it was created (runs of older versions: as now).
+        self.pretrained: dict[str, dict[str, Any]] = run.info.get("pretrained_runs") or {
+            name: pretrained_record(r) for name, r in (pretrained or {}).items()}
         if pretrained:
             self._load_pretrained(pretrained)
         self.use_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
@@ -414,11 +471,9 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _load_pretrained(self, pretrained: dict[str, Run]) -> None:
         if "base" in pretrained:  # FOREC forks the network of a MAML or NMF++ run; ACMR fine-tunes its own
-            state = read_checkpoint(pretrained["base"].best_checkpoint, pretrained["base"])
-            if hasattr(self.model, "fork"):
-                self.model.fork(state["model"])  # type: ignore[operator]
-            else:
-                load_weights(self.model, state["model"], pretrained["base"].best_checkpoint)
+            path = pretrained["base"].best_checkpoint
+            load_weights(self.model, read_checkpoint(path, pretrained["base"])["model"], path,
+                         load=getattr(self.model, "fork", None))
             return
         if "nmf" in pretrained:  # MAML starts from the NMF++ weights as they are
             state = read_checkpoint(pretrained["nmf"].best_checkpoint, pretrained["nmf"])
@@ -610,14 +665,18 @@ class Trainer:
             raise XmfastError(f"{self.run.path}: no checkpoint to resume from (no epoch finished yet); start it again")
         # Loaded on the CPU: the RNG states must stay CPU byte tensors; model and optimizer
         # tensors are copied onto the model's device by load_state_dict.
-        state = read_checkpoint(path, self.run)  # every rank loads it; rank 0 alone writes
+        state = read_checkpoint(path, self.run, resumable=True)  # every rank loads it; rank 0 alone writes
         load_weights(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise XmfastError(f"{path}: its optimizer or random generator state does not fit the run's model "
+                              f"({_first_line(e)}); the checkpoint belongs to another run: train the run again") from None
         self.stopping = EarlyStopping(**state["stopping"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch = int(state["epoch"])
+        self.epoch = state["epoch"]
         if self.main:
             self.run.write_metrics([r for r in self.run.read_metrics() if r["epoch"] <= self.epoch])
 
@@ -894,6 +953,7 @@ def run_info(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, confi
                     "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
         "target": dataset.target,
         "pretrained": {name: str(r.path.resolve()) for name, r in (pretrained or {}).items()},
+        "pretrained_runs": {name: pretrained_record(r) for name, r in (pretrained or {}).items()},
         "versions": {"xmfast": core.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "status": "created",
     }
@@ -1057,9 +1117,11 @@ def finetune(
 
 def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any, config: TrainConfig, out: Path,
                     given: dict[str, Path] | None) -> dict[str, Run]:
-    """The finished runs that initialise `spec` (NMF: a GMF and an MLP run). Given paths are
-    checked; missing ones are looked for among the sibling directories of `out`: finished runs
-    of the right model on the same dataset, with the same sources and branch configuration."""
+    """The finished runs that initialise `spec` (NMF: a GMF and an MLP run; MAML: an NMF++ run).
+    Given paths are checked; missing ones are looked for among the sibling directories of `out`:
+    finished runs of the right model on the same dataset, with the same sources and branch
+    configuration. When more than one sibling matches (say two seeds), none is guessed: the
+    error lists them with the option that names one, since the choice changes every number."""
     if not spec.pretrain or not getattr(model_config, "pretrained", True):
         return {}
     given = dict(given or {})
@@ -1093,8 +1155,49 @@ def find_pretrained(dataset: PreparedDataset, spec: ModelSpec, model_config: Any
                 f"first or give it with --{name}-run"
                 + (", or pass --no-pretrained" if hasattr(model_config, "pretrained") else "")
             )
-        found[name] = max(candidates, key=lambda r: r.path.stat().st_mtime)
+        if len(candidates) > 1:
+            listed = "; ".join(describe_pretrained(pretrained_record(r, digest=False)) for r in candidates)
+            raise XmfastError(
+                f"{spec.name} starts from a trained {name} run, and {len(candidates)} match next to {out}: {listed}; "
+                f"name the one to start from with --{name}-run (e.g. --{name}-run {candidates[0].path})"
+            )
+        found[name] = candidates[0]
     return found
+
+
+def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
+    """What a run starts from, as its run.json records it (``pretrained_runs``) and the command
+    prints it: the pretrained run's absolute path, model, seed, sources, selected epoch and the
+    blake2b digest of the checkpoint whose weights it takes (``best.pt``), which tells whether
+    that run was retrained since. With `digest` the checkpoint is read first (:func:`read_checkpoint`),
+    so an unsafe or damaged one is refused before :func:`run_info`'s new run directory exists."""
+    import json
+
+    tc = run.info.get("train_config", {})
+    try:
+        selected = json.loads((run.path / "results.json").read_text(encoding="utf-8")).get("selected_epoch")
+    except (OSError, ValueError, AttributeError):
+        selected = None
+    record = {"path": str(run.path.resolve()), "model": run.model, "seed": tc.get("seed"), "sources": run.sources,
+              "selected_epoch": selected}
+    if digest:
+        from xmfast._io import digest_file
+
+        read_checkpoint(run.best_checkpoint, run)
+        record["checkpoint_blake2b"] = digest_file(run.best_checkpoint)
+    return record
+
+
+def describe_pretrained(record: dict[str, Any]) -> str:
+    """One line for a :func:`pretrained_record`: the path first, then the settings that tell
+    two candidate runs apart."""
+    sources = ", ".join(record.get("sources") or []) or "none"
+    text = f"{record['model']} run {record['path']} (seed {record.get('seed')}, sources {sources}"
+    if record.get("selected_epoch") is not None:
+        text += f", selected epoch {record['selected_epoch']}"
+    if record.get("checkpoint_blake2b"):
+        text += f", best.pt {record['checkpoint_blake2b'][:12]}"
+    return text + ")"
 
 
 def _pretrained_mismatch(run: Run, name: str, dataset: PreparedDataset, sources: list[str], want_config: Any,

@@ -353,6 +353,7 @@ def evaluate(
                                   f"give the run's prepared dataset instead: xmfast evaluate {where} {option} ...")
             _evaluate_run(dataset, split, config, full, market_filter, json_out, per_user, trec_run, trec_qrels)
             return
+        _refuse_directory_of_runs(dataset, "evaluate")
         data = PreparedDataset.load(dataset)
         if (scores is None) == (baseline is None):
             raise XmfastError("give exactly one of --scores FILE or --baseline pop|cooc")
@@ -465,10 +466,28 @@ def compare(
         raise XmfastError("give at least two results files")
     if split not in ("valid", "test"):
         raise XmfastError(f"--split: expected valid or test, got {split!r}")
+    for p in results:
+        _refuse_directory_of_runs(p, "compare")
+        if p.is_dir() and not (p / "run.json").is_file():
+            raise XmfastError(f"{p}: a directory that is neither a run (no run.json) nor an evaluation JSON file")
     results = [p / f"{split}.json" if (p / "run.json").is_file() else p for p in results]
     for other in results[1:]:
         show(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
+
+
+def _refuse_directory_of_runs(path: Path, command: str) -> None:
+    """A directory that is not a run but holds runs (as `finetune`'s output holds one per market)
+    is refused naming them: the command takes one run."""
+    if not path.is_dir() or (path / "run.json").is_file():
+        return
+    try:
+        inside = sorted(p for p in path.iterdir() if (p / "run.json").is_file())
+    except OSError:  # unreadable: the command's own reading reports it
+        return
+    if inside:
+        raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)}), not one run; give "
+                          f"one of them, e.g. `xmfast {command} {inside[0]}`")
 
 
 def _layers(value: Optional[str], option: str = "--layers") -> Optional[tuple[int, ...]]:

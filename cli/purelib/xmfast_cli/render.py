@@ -259,6 +259,13 @@ class TrainProgress:
             f"[bold]{trainer.spec.name}[/] on {trainer.dataset.target} ({'sources ' + ', '.join(trainer.sources) if trainer.sources else 'target only'}); "
             f"training rows: {markets}; device {trainer.device}; epochs {trainer.epoch + 1}–{cfg.epochs}"
         )
+        from rich.markup import escape
+
+        from xmfast.training import describe_pretrained
+
+        for record in trainer.pretrained.values():  # which run it starts from (also in run.json)
+            self.progress.console.print(f"{trainer.spec.name} starts from {escape(describe_pretrained(record))}",
+                                        highlight=False, soft_wrap=True)  # a path stays on one line
         self.epoch_task = self.progress.add_task("epochs", total=cfg.epochs, completed=trainer.epoch, info="")
 
     def on_epoch_start(self, epoch: int, batches: int) -> None:
