@@ -425,14 +425,17 @@ def compare(
     split: Annotated[str, typer.Option(help="For run directories: compare their valid or test results.")] = "test",
 ) -> None:
     """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
-    from xmfast.compare import compare_results
+    from xmfast.compare import compare_results, results_file
     from xmfast_cli.render import comparison_table, console
 
     if len(results) < 2:
         raise XmfastError("give at least two results files")
     if split not in ("valid", "test"):
         raise XmfastError(f"--split: expected valid or test, got {split!r}")
-    results = [p / f"{split}.json" if (p / "run.json").is_file() else p for p in results]
+    results = [results_file(p, split) for p in results]
+    for other in results[1:]:  # a table of zero differences says nothing: surely another run was meant
+        if other.resolve() == results[0].resolve():
+            raise XmfastError(f"{other}: the same results as the reference {results[0]}; compare two different runs")
     for other in results[1:]:
         console.print(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
@@ -631,8 +634,10 @@ def recommend(
     if users_file is not None:
         try:
             ids += [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (FileNotFoundError, UnicodeDecodeError) as e:
-            raise XmfastError(f"{users_file}: cannot read user ids ({e})") from None
+        except UnicodeDecodeError as e:
+            raise XmfastError(f"{users_file}: cannot read user ids (not UTF-8 text: {e})") from None
+        except OSError as e:  # missing, a directory, unreadable
+            raise XmfastError(f"{users_file}: cannot read user ids ({e.strerror or e})") from None
     market_name = market or data.target
     if all_users:
         if market_name not in data.markets:
@@ -717,8 +722,10 @@ def report(
     if preface is not None:
         try:
             text = preface.read_text(encoding="utf-8")
-        except (FileNotFoundError, UnicodeDecodeError) as e:
-            raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
+        except UnicodeDecodeError as e:
+            raise XmfastError(f"{preface}: cannot read the preface (not UTF-8 text: {e})") from None
+        except OSError as e:  # missing, a directory, unreadable
+            raise XmfastError(f"{preface}: cannot read the preface ({e.strerror or e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None)
     path = write_report(built, out, title=title, preface=text, plots=plots)
     for table in report_table(built):
