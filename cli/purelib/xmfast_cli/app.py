@@ -304,6 +304,8 @@ def evaluate(
     from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
     from xmfast_cli.render import console, progress_bar, results_table
 
+    if not _split_list(measures):
+        raise XmfastError("--measures: name at least one of hr, ndcg, precision, map, mrr, auc")
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
@@ -312,6 +314,12 @@ def evaluate(
 
         if trec_run is None or trec_qrels is None:
             raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
+        # A TREC run is evaluated as it is: options about a dataset's candidates would be ignored in silence.
+        unused = {"--scores": scores is not None, "--baseline": baseline is not None, "--cooc-markets": bool(cooc_markets),
+                  "--split": split != "test", "--full": full, "--markets": bool(markets)}
+        if any(unused.values()):
+            raise XmfastError(f"{', '.join(k for k, v in unused.items() if v)}: only with a prepared dataset or run; "
+                              "a TREC run is evaluated as it is against its qrels")
         evaluation = trec.evaluate_run(trec.read_run(trec_run), trec.read_qrels(trec_qrels), config,
                                        run_path=trec_run, qrels_path=trec_qrels)
         title = f"{trec_run} against {trec_qrels}"
