@@ -557,3 +557,11 @@ def test_run_damaged_experiment_files(tmp_path: Path, text: bytes, message: str)
 def test_run_given_a_directory(world: Path) -> None:
     assert_user_error(invoke("run", world / "raw", "--dry-run"),
                       f"{world / 'raw'}: cannot read the config file (Is a directory)")
+
+
+def test_run_refuses_a_target_listed_as_its_own_source(world: Path, tmp_path: Path) -> None:
+    # The plan accepted it; the training stage failed only after the dataset was prepared.
+    path = tmp_path / "e.toml"
+    path.write_text(f'data = "{world / "raw"}"\nout = "{tmp_path / "xo"}"\ntargets = ["in"]\nsources = ["in"]\n'
+                    'models = ["gmf++"]\n', encoding="utf-8")
+    assert_user_error(invoke("run", path, "--dry-run"), f"{path}: 'in' is both a target and a source")

@@ -262,6 +262,10 @@ def plan(experiment: Experiment) -> Plan:
 
     wanted = set(exp.models)
     needs_sources = wanted & {"cooc", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr"}
+    both = [s for s in exp.sources if s in targets] if isinstance(exp.sources, tuple) and needs_sources else []
+    if both:  # refused here, not after the dataset is prepared and the training starts
+        raise XmfastError(f"{where}: {both[0]!r} is both a target and a source; a market is never its own source "
+                          "(list other markets, or use sources = \"all\" or \"each\")")
     # prerequisites: nmf needs gmf and mlp; maml nmf++ (and so gmf++ and mlp++); forec maml
     if "forec" in wanted:
         wanted.add("maml")
