@@ -77,7 +77,9 @@ def copy_of(world: Path) -> Iterator[Path]:
 
 
 def users_of(world: Path) -> list[str]:
-    return (world / "ds" / "users.txt").read_text(encoding="utf-8").split("\n")[:5]
+    """Five user ids of the target market, in (its rating file has a header line)."""
+    lines = (world / "raw" / "in_5core.txt").read_text(encoding="utf-8").splitlines()[1:]
+    return list(dict.fromkeys(line.split()[0] for line in lines))[:5]
 
 
 # ---- checking one invocation ---------------------------------------------------------------------
@@ -565,3 +567,9 @@ def test_run_refuses_a_target_listed_as_its_own_source(world: Path, tmp_path: Pa
     path.write_text(f'data = "{world / "raw"}"\nout = "{tmp_path / "xo"}"\ntargets = ["in"]\nsources = ["in"]\n'
                     'models = ["gmf++"]\n', encoding="utf-8")
     assert_user_error(invoke("run", path, "--dry-run"), f"{path}: 'in' is both a target and a source")
+
+
+def test_recommend_all_users_with_named_users(world: Path) -> None:
+    # The named user was ignored in silence: every user of the market was recommended for.
+    assert_user_error(invoke("recommend", world / "runs" / "pop", "--all-users", "--user", users_of(world)[0]),
+                      "give either --all-users or the users (--user, --users-file), not both")

@@ -647,6 +647,8 @@ def recommend(
         except OSError as e:  # missing, a directory, unreadable
             raise XmfastError(f"{users_file}: cannot read user ids ({e.strerror or e})") from None
     market_name = market or data.target
+    if all_users and ids:
+        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
     if all_users:
         if market_name not in data.markets:
             raise XmfastError(f"market {market_name!r} is not in the dataset (it has {', '.join(data.markets)})")
