@@ -57,8 +57,8 @@ def check_base_url(base_url: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise XmfastError(f"--base-url {base_url!r}: expected an http(s) or ftp URL such as {XMARKET_BASE_URL}, or a file: URL "
-                          "of a local mirror")
+        raise XmfastError(f"--base-url {base_url!r}: expected an http(s) or ftp URL such as {XMARKET_BASE_URL}, "
+                          "or a file: URL of a local mirror")
 
 
 def check_gzip(path: Path) -> None:
@@ -154,4 +154,5 @@ def _fetch(url: str, dest: Path, market: str, *, overwrite: bool, timeout: float
     return Downloaded(market, dest, dest.stat().st_size, resumed_from, skipped=False)
 
 
-__all__ = ["XMARKET_BASE_URL", "Downloaded", "check_base_url", "check_gzip", "download", "rating_file_name", "rating_file_url"]
+__all__ = ["XMARKET_BASE_URL", "Downloaded", "check_base_url", "check_gzip", "download", "rating_file_name",
+           "rating_file_url"]
