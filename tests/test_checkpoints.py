@@ -188,8 +188,8 @@ def test_compare_and_evaluate_name_the_runs_inside_a_finetune_output(tree: Path)
     for market in ("in", "uk"):
         shutil.copytree(tree / "runs" / "gmf", out / market)
     assert_user_error(invoke("compare", out, tree / "runs" / "mlp"), str(out), "a directory of runs (in, uk)",
-                      f"xmfast compare {out / 'in'}")
+                      f"e.g. {out / 'in'}")
     assert_user_error(invoke("compare", tree / "runs" / "mlp", out), "a directory of runs (in, uk)")
     assert_user_error(invoke("evaluate", out), str(out), "a directory of runs (in, uk)", f"xmfast evaluate {out / 'in'}")
     assert_user_error(invoke("compare", tree / "runs" / "mlp", tree / "cut" / "checkpoints"),
-                      "neither a run (no run.json) nor an evaluation JSON file")
+                      "a directory that is not a run (no run.json)")

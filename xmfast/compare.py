@@ -16,6 +16,7 @@ import numpy as np
 
 from xmfast.errors import XmfastError
 from xmfast.evaluation import read_results
+from xmfast.runs import runs_inside
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,48 @@ class Comparison:
     metrics: list[MetricComparison]
 
 
+def results_file(path: Path, split: str = "test") -> Path:
+    """The evaluation JSON that `path` names: the file itself, or a run directory's
+    ``{split}.json``. Any other directory (a fine-tuning output, a dataset) is an error."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "run.json").is_file():
+        file = path / f"{split}.json"
+        if not file.is_file():
+            raise XmfastError(f"{path}: the run has no {split}.json (not finished?); finish it with "
+                              f"`xmfast train --resume {path}` or compare finished runs")
+        return file
+    runs = runs_inside(path)
+    if runs:
+        raise XmfastError(f"{path}: a directory of runs ({', '.join(r.name for r in runs)}), not one run; give one "
+                          f"of them, e.g. {runs[0]}")
+    raise XmfastError(f"{path}: a directory that is not a run (no run.json); give a run directory or an "
+                      "`xmfast evaluate --json` file")
+
+
 def load_per_user(path: Path) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, float]]]:
+    """The results' header and per-query records, checked: every record has a market, a user and
+    a number for every metric the header lists (a damaged file is an error naming it)."""
     data = read_results(path)
     if "per_user" not in data:
         raise XmfastError(f"{path}: has no per-user results (evaluate without --no-per-user)")
-    per_user = {(r["market"], r["user"]): r for r in data["per_user"]}
+    metrics, records = data.get("metrics"), data["per_user"]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise XmfastError(f"{path}: 'metrics' is not a list of metric names (damaged?); evaluate again with --json")
+    if not isinstance(records, list):
+        raise XmfastError(f"{path}: 'per_user' is not a list of records (damaged?); evaluate again with --json")
+    per_user = {}
+    for n, r in enumerate(records):
+        ok = (isinstance(r, dict) and isinstance(r.get("market"), str) and isinstance(r.get("user"), str)
+              and all(isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool) for m in metrics))
+        if not ok:
+            raise XmfastError(f"{path}: per-user record {n + 1} lacks its market, user or a number for each of "
+                              f"{', '.join(metrics)} (damaged?); evaluate again with --json")
+        key = (r["market"], r["user"])
+        if key in per_user:
+            raise XmfastError(f"{path}: query {key[0]}:{key[1]} appears twice (damaged?); evaluate again with --json")
+        per_user[key] = r
     return data, per_user
 
 

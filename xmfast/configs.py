@@ -42,8 +42,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise XmfastError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise XmfastError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:  # a directory, unreadable
+        raise XmfastError(f"{path}: cannot read the config file ({e.strerror or e})") from None
     return data
 
 

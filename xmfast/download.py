@@ -46,6 +46,21 @@ def rating_file_url(market: str, category: str, base_url: str = XMARKET_BASE_URL
     return f"{base_url.rstrip('/')}/{market}/{category}/{rating_file_name(market, category)}"
 
 
+def check_base_url(base_url: str) -> None:
+    """Raises XmfastError unless `base_url` is an http(s) or ftp URL with a host, or a file: URL (a local
+    mirror): anything else would fail inside urllib, after the output directory is made."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+        ok = parts.scheme in ("http", "https", "ftp") and bool(parts.hostname) or parts.scheme == "file"
+    except ValueError:
+        ok = False
+    if not ok:
+        raise XmfastError(f"--base-url {base_url!r}: expected an http(s) or ftp URL such as {XMARKET_BASE_URL}, "
+                          "or a file: URL of a local mirror")
+
+
 def check_gzip(path: Path) -> None:
     """Reads `path` as gzip to the end; raises DataError naming the file when it is not a
     complete gzip archive."""
@@ -73,7 +88,10 @@ def download(
         raise XmfastError(f"category {category!r}: expected a name like Electronics or Home_and_Kitchen")
     for m in markets:
         check_market_code(m)
+    check_base_url(base_url)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XmfastError(f"{out_dir}: exists and is not a directory; choose a directory for --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         _fetch(rating_file_url(m, category, base_url), out_dir / rating_file_name(m, category), m,
@@ -136,4 +154,5 @@ def _fetch(url: str, dest: Path, market: str, *, overwrite: bool, timeout: float
     return Downloaded(market, dest, dest.stat().st_size, resumed_from, skipped=False)
 
 
-__all__ = ["XMARKET_BASE_URL", "Downloaded", "check_gzip", "download", "rating_file_name", "rating_file_url"]
+__all__ = ["XMARKET_BASE_URL", "Downloaded", "check_base_url", "check_gzip", "download", "rating_file_name",
+           "rating_file_url"]

@@ -259,6 +259,8 @@ def read_results(path: Path) -> dict[str, Any]:
         raise XmfastError(f"{path}: no such results file") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise XmfastError(f"{path}: not a JSON results file ({e})") from None
+    except OSError as e:  # a directory, a file without read permission
+        raise XmfastError(f"{path}: cannot read it as a results file ({e.strerror or e})") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise XmfastError(f"{path}: not an xmfast evaluation results file")
     return data

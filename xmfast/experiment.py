@@ -84,9 +84,12 @@ class Experiment:
             raise XmfastError(f"{where}seeds must be a non-empty list of distinct integers")
         for table, names in (("train", self.train_by_model), ("finetune", self.finetune_by_model),
                              ("model", self.model_settings)):
-            for name in names:
+            for name, values in names.items():
                 if name not in ("pop", "cooc", *NCF, "maml", "forec", "acmr"):
                     raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r}")
+                if not isinstance(values, dict):
+                    raise XmfastError(f"{where}[{table}] {name} = {values!r}: expected a table of settings, "
+                                      f"[{table}.{name}]")
         for name in self.finetune_by_model:
             if name not in ("forec", "acmr"):
                 raise XmfastError(f"{where}[finetune.{name}]: only forec and acmr have a fine-tuning stage")
@@ -230,12 +233,15 @@ def plan(experiment: Experiment) -> Plan:
     for key in ("target", "sources", "protocol"):
         if key in prep_values:
             raise XmfastError(f"{where}: [prepare] cannot set {key!r}; it comes from the experiment's own keys")
-    for key in ("kcore", "reference_kcore"):
-        if isinstance(prep_values.get(key), dict):
-            prep_values[key] = KCore(**prep_values[key])
     try:
+        for key in ("kcore", "reference_kcore"):
+            if key in prep_values:
+                if not isinstance(prep_values[key], dict):
+                    raise XmfastError(f"{key} = {prep_values[key]!r}: expected a table such as "
+                                      "{min_user = 5, min_item = 5}")
+                prep_values[key] = KCore(**prep_values[key])
         PrepareConfig(target="uk", **prep_values)
-    except TypeError as e:
+    except (TypeError, XmfastError) as e:
         raise XmfastError(f"{where}: [prepare]: {e}") from None
     available = sorted(discover(exp.data, prep_values.get("category")))
     targets = available if exp.targets == "all" else list(exp.targets)
@@ -256,6 +262,10 @@ def plan(experiment: Experiment) -> Plan:
 
     wanted = set(exp.models)
     needs_sources = wanted & {"cooc", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr"}
+    both = [s for s in exp.sources if s in targets] if isinstance(exp.sources, tuple) and needs_sources else []
+    if both:  # refused here, not after the dataset is prepared and the training starts
+        raise XmfastError(f"{where}: {both[0]!r} is both a target and a source; a market is never its own source "
+                          "(list other markets, or use sources = \"all\" or \"each\")")
     # prerequisites: nmf needs gmf and mlp; maml nmf++ (and so gmf++ and mlp++); forec maml
     if "forec" in wanted:
         wanted.add("maml")

@@ -59,10 +59,15 @@ class RunRecord:
 
     def per_user(self) -> dict[tuple[str, str], dict[str, float]]:
         """Per test query: the metrics (from test.json), keyed by (market, user)."""
-        data = _read_json(self.path / "test.json")
-        records = data.get("per_user")
+        file = self.path / "test.json"
+        records = _read_json(file).get("per_user")
         if not isinstance(records, list):
-            raise XmfastError(f"{self.path / 'test.json'}: no per-user records (needed for significance tests)")
+            raise XmfastError(f"{file}: no per-user records (needed for significance tests)")
+        for n, r in enumerate(records, 1):
+            if not (isinstance(r, dict) and isinstance(r.get("market"), str) and isinstance(r.get("user"), str)
+                    and _is_number(r.get(TEST_METRIC)) and _is_number(r.get("rank"))):
+                raise XmfastError(f"{file}: per-user record {n} lacks its market, user, rank or {TEST_METRIC} "
+                                  f"(damaged?); evaluate the run again with `xmfast evaluate {self.path} --json`")
         return {(r["market"], r["user"]): r for r in records}
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
@@ -70,13 +75,21 @@ class RunRecord:
         if not path.is_file():
             return []
         out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if line.strip():
-                rec = json.loads(line)
-                value = rec.get("valid", {}).get(metric)
-                if value is not None:
-                    out.append((int(rec["epoch"]), float(value)))
+                try:
+                    rec = json.loads(line)
+                    value = rec.get("valid", {}).get(metric)
+                    if value is not None:
+                        out.append((int(rec["epoch"]), float(value)))
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    raise XmfastError(f"{path}, line {n}: not an epoch record (damaged?); report without plots "
+                                      "(--no-plots) or train the run again") from None
         return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -86,6 +99,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise XmfastError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise XmfastError(f"{path}: not JSON ({e})") from None
+    except OSError as e:  # a directory, unreadable
+        raise XmfastError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(value, dict):
         raise XmfastError(f"{path}: not a JSON object")
     return value
@@ -104,8 +119,27 @@ def run_label(info: dict[str, Any]) -> str:
 
 
 def read_run(path: Path) -> RunRecord:
+    """The record of the finished run at `path`; a damaged run.json or results.json (a missing
+    field, a value of the wrong type) is an error naming the file."""
     info = _read_json(path / "run.json")
     results = _read_json(path / "results.json")
+    if not isinstance(info.get("model"), str) or not isinstance(info.get("train_config", {}), dict) \
+            or not isinstance(info.get("dataset", {}), dict) or not isinstance(info.get("pretrained") or {}, dict):
+        raise XmfastError(f"{path / 'run.json'}: the model, train_config, dataset or pretrained field is missing or "
+                          "of the wrong type (damaged?); train the run again")
+    for split in ("valid", "test"):
+        values = results.get(split)
+        if not isinstance(values, dict) or not all(_is_number(v) for v in values.values()):
+            raise XmfastError(f"{path / 'results.json'}: '{split}' is not a table of metric values (damaged?); "
+                              f"evaluate the run again or train it again")
+    try:
+        return _run_record(path, info, results)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise XmfastError(f"{path}: run.json or results.json has a field missing or of the wrong type ({e!r}; "
+                          "damaged?); train the run again") from None
+
+
+def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> RunRecord:
     tc = dict(info.get("train_config", {}))
     seed = int(tc.pop("seed", 0))
     for k in ("device", "eval_batch", "amp", "cuda_graphs"):
@@ -138,20 +172,42 @@ def read_run(path: Path) -> RunRecord:
 
 
 def collect_runs(paths: Iterable[Path]) -> list[RunRecord]:
-    """Every finished run (a directory with run.json and results.json) at or under `paths`."""
+    """Every finished run (a directory with run.json and results.json) at or under `paths`. A path
+    that is a file (an `xmfast evaluate --json` file, say), or under which no run is finished, is
+    an error naming it: a report never leaves out silently what it was given."""
     found: dict[Path, RunRecord] = {}
     for root in paths:
         root = Path(root)
         if not root.exists():
             raise XmfastError(f"{root}: no such run or directory")
+        if not root.is_dir():
+            raise XmfastError(_not_a_run_message(root))
         candidates = [root] if (root / "run.json").is_file() else sorted(p.parent for p in root.rglob("run.json"))
-        for run_dir in candidates:
-            if ".partial-" in str(run_dir) or not (run_dir / "results.json").is_file():
-                continue
+        finished = [d for d in candidates if ".partial-" not in str(d) and (d / "results.json").is_file()]
+        if not finished:
+            if candidates == [root]:
+                raise XmfastError(f"{root}: the run is not finished (no results.json); finish it with "
+                                  f"`xmfast train --resume {root}`")
+            raise XmfastError(f"{root}: no finished runs under it (a run has run.json and results.json)")
+        for run_dir in finished:
             found.setdefault(run_dir.resolve(), read_run(run_dir))
     if not found:
-        raise XmfastError(f"no finished runs under {', '.join(str(p) for p in paths)} (a run has run.json and results.json)")
+        raise XmfastError("give at least one run directory, or a directory to search for runs")
     return list(found.values())
+
+
+def _not_a_run_message(path: Path) -> str:
+    """The error for a file given instead of a run, naming an evaluation JSON as such."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(1 << 24))
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and data.get("format") == "xmfast-evaluation":
+        run = f" ({data['run']})" if isinstance(data.get("run"), str) else ""
+        return (f"{path}: an `xmfast evaluate --json` file; a report reads run directories only: give the run "
+                f"it evaluates{run}")
+    return f"{path}: a file, not a run directory; give run directories, or directories to search for them"
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -202,8 +258,18 @@ def read_published(path: Path | None = None) -> list[PublishedFigure]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise XmfastError(f"{path}: no such published-figures file") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise XmfastError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:  # a directory, unreadable
+        raise XmfastError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        return _published_figures(path, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise XmfastError(f"{path}: not a published-figures file (a field is missing or of the wrong type: {e!r}); "
+                          "see xmfast/published.toml for the layout") from None
+
+
+def _published_figures(path: Path, data: dict[str, Any]) -> list[PublishedFigure]:
     sources = data.get("sources", {})
     datasets = data.get("data", {})
     out = []
@@ -214,8 +280,9 @@ def read_published(path: Path | None = None) -> list[PublishedFigure]:
         if src.get("data") not in datasets:
             raise XmfastError(f"{path}: source {fig['source']!r} names no [data.NAME] table of file digests")
         for target, value in fig["values"].items():
-            out.append(PublishedFigure(fig["source"], src["cite"], src["protocol"], dict(datasets[src["data"]]),
-                                       fig["model"], target, fig["metric"], float(value)))
+            out.append(PublishedFigure(str(fig["source"]), str(src["cite"]), str(src["protocol"]),
+                                       {str(k): str(v) for k, v in dict(datasets[src["data"]]).items()},
+                                       str(fig["model"]), str(target), str(fig["metric"]), float(value)))
     return out
 
 

@@ -254,6 +254,18 @@ def _check_info(file: Path, info: dict[str, Any]) -> None:
         raise XmfastError(f"{file}: pretrained must map names to run paths (edited or damaged); train the run again")
 
 
+def runs_inside(path: Path) -> list[Path]:
+    """The run directories directly inside `path` when `path` is a directory but not a run itself
+    (as `xmfast finetune`'s output holds one run per market); otherwise none."""
+    path = Path(path)
+    if not path.is_dir() or (path / "run.json").is_file():
+        return []
+    try:
+        return sorted(p for p in path.iterdir() if (p / "run.json").is_file())
+    except OSError:  # unreadable: the caller's own reading reports it
+        return []
+
+
 def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:
     """The same dataset (arrays shared, fingerprint unchanged) with `market` as its target: a
     fork fine-tuned on one of a dataset's source markets trains and is evaluated there."""

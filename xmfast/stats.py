@@ -8,6 +8,7 @@ import numpy as np
 
 from xmfast import core
 from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
 from xmfast.ratings import Ratings
 
 
@@ -53,7 +54,11 @@ def _per_market(markets: list[str], market: np.ndarray, user: np.ndarray, item: 
 def market_stats(data: Ratings | PreparedDataset, target: str) -> list[MarketStats]:
     """Users, items, ratings, density and item overlap with `target`, per market.
 
-    For a prepared dataset, counts cover all its rows (training, validation and test)."""
+    For a prepared dataset, counts cover all its rows (training, validation and test). A `target`
+    the data lacks is an error (its overlap column would read 0 everywhere)."""
+    if target not in data.markets:
+        raise XmfastError(f"market {target!r} is not in the data (it has {', '.join(data.markets)}); "
+                          "choose --target among them")
     if isinstance(data, Ratings):
         return _per_market(data.markets, data.market, data.user, data.item, target)
     g = data.train_group()

@@ -162,6 +162,8 @@ def evaluate_run(
     from xmfast.evaluation import Evaluation, Standings
 
     qids = sorted(qrels)
+    if not qids:
+        raise XmfastError(f"{qrels_path}: no queries (an empty qrels file); give the qrels of the run's queries")
     positives = []
     for qid in qids:
         relevant = [d for d, r in qrels[qid].items() if r > 0]

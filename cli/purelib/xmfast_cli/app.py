@@ -321,6 +321,8 @@ def evaluate(
     from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
     from xmfast_cli.render import console, progress_bar, results_table, show
 
+    if not _split_list(measures):
+        raise XmfastError("--measures: name at least one of hr, ndcg, precision, map, mrr, auc")
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
@@ -333,6 +335,12 @@ def evaluate(
 
         if trec_run is None or trec_qrels is None:
             raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
+        # A TREC run is evaluated as it is: options about a dataset's candidates would be ignored in silence.
+        unused = {"--scores": scores is not None, "--baseline": baseline is not None, "--cooc-markets": bool(cooc_markets),
+                  "--split": split != "test", "--full": full, "--markets": bool(markets)}
+        if any(unused.values()):
+            raise XmfastError(f"{', '.join(k for k, v in unused.items() if v)}: only with a prepared dataset or run; "
+                              "a TREC run is evaluated as it is against its qrels")
         evaluation = trec.evaluate_run(trec.read_run(trec_run), trec.read_qrels(trec_qrels), config,
                                        run_path=trec_run, qrels_path=trec_qrels)
         title = f"{trec_run} against {trec_qrels}"
@@ -459,18 +467,17 @@ def compare(
     split: Annotated[str, typer.Option(help="For run directories: compare their valid or test results.")] = "test",
 ) -> None:
     """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
-    from xmfast.compare import compare_results
+    from xmfast.compare import compare_results, results_file
     from xmfast_cli.render import comparison_table, console, show
 
     if len(results) < 2:
         raise XmfastError("give at least two results files")
     if split not in ("valid", "test"):
         raise XmfastError(f"--split: expected valid or test, got {split!r}")
-    for p in results:
-        _refuse_directory_of_runs(p, "compare")
-        if p.is_dir() and not (p / "run.json").is_file():
-            raise XmfastError(f"{p}: a directory that is neither a run (no run.json) nor an evaluation JSON file")
-    results = [p / f"{split}.json" if (p / "run.json").is_file() else p for p in results]
+    results = [results_file(p, split) for p in results]
+    for other in results[1:]:  # a table of zero differences says nothing: surely another run was meant
+        if other.resolve() == results[0].resolve():
+            raise XmfastError(f"{other}: the same results as the reference {results[0]}; compare two different runs")
     for other in results[1:]:
         show(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
     console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
@@ -479,12 +486,9 @@ def compare(
 def _refuse_directory_of_runs(path: Path, command: str) -> None:
     """A directory that is not a run but holds runs (as `finetune`'s output holds one per market)
     is refused naming them: the command takes one run."""
-    if not path.is_dir() or (path / "run.json").is_file():
-        return
-    try:
-        inside = sorted(p for p in path.iterdir() if (p / "run.json").is_file())
-    except OSError:  # unreadable: the command's own reading reports it
-        return
+    from xmfast.runs import runs_inside
+
+    inside = runs_inside(path)
     if inside:
         raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)}), not one run; give "
                           f"one of them, e.g. `xmfast {command} {inside[0]}`")
@@ -684,9 +688,13 @@ def recommend(
     if users_file is not None:
         try:
             ids += [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (FileNotFoundError, UnicodeDecodeError) as e:
-            raise XmfastError(f"{users_file}: cannot read user ids ({e})") from None
+        except UnicodeDecodeError as e:
+            raise XmfastError(f"{users_file}: cannot read user ids (not UTF-8 text: {e})") from None
+        except OSError as e:  # missing, a directory, unreadable
+            raise XmfastError(f"{users_file}: cannot read user ids ({e.strerror or e})") from None
     market_name = market or data.target
+    if all_users and ids:
+        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
     if all_users:
         if market_name not in data.markets:
             raise XmfastError(f"market {market_name!r} is not in the dataset (it has {', '.join(data.markets)})")
@@ -769,8 +777,10 @@ def report(
     if preface is not None:
         try:
             text = preface.read_text(encoding="utf-8")
-        except (FileNotFoundError, UnicodeDecodeError) as e:
-            raise XmfastError(f"{preface}: cannot read the preface ({e})") from None
+        except UnicodeDecodeError as e:
+            raise XmfastError(f"{preface}: cannot read the preface (not UTF-8 text: {e})") from None
+        except OSError as e:  # missing, a directory, unreadable
+            raise XmfastError(f"{preface}: cannot read the preface ({e.strerror or e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None)
     path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     show(*report_table(built))
