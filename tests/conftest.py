@@ -36,3 +36,17 @@ def write_text(path: Path, text: str | bytes, *, gz: bool = False) -> Path:
         data = gzip.compress(data)
     path.write_bytes(data)
     return path
+
+
+@pytest.fixture(scope="module")
+def dataset(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample prepared for target in with source uk (once per test module, read-only: tests
+    that damage it work on a copy)."""
+    from typer.testing import CliRunner
+
+    from xmfast_cli.app import app
+
+    out = tmp_path_factory.mktemp("prepared") / "ds"
+    result = CliRunner().invoke(app, ["prepare", str(sample_dir), "-t", "in", "-s", "uk", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

@@ -30,14 +30,6 @@ from xmfast.synth import SynthConfig
 BOM = b"\xef\xbb\xbf"
 
 
-@pytest.fixture(scope="module")
-def dataset(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "ds"
-    result = invoke("prepare", sample_dir, "-t", "in", "-s", "uk", "-o", out)
-    assert result.exit_code == 0, result.output
-    return out
-
-
 # ---- 1. integer options the Rust core takes as u32 (or u64) ----------------------------------
 
 @pytest.mark.parametrize("option", ["--min-user", "--min-item", "--reference-min-user", "--reference-min-item",

@@ -21,14 +21,6 @@ from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError
 
 
-@pytest.fixture(scope="module")
-def dataset(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "ds"
-    result = invoke("prepare", sample_dir, "-t", "in", "-s", "uk", "-o", out)
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture()
 def copy(dataset: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(dataset, tmp_path / "ds"))
