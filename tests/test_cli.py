@@ -377,3 +377,36 @@ def test_installed_console_script_runs(sample_dir: Path, tmp_path: Path) -> None
     assert [line for line in bad.stderr.splitlines() if line.strip()] == [
         f"error: {tmp_path / 'nowhere'}: no such data directory"
     ]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["recommend", "RUN", "--k", "abc"], "Invalid value for '--k'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["prepare"], "Missing argument"),
+    (["evaluate", "--no-such-option"], "No such option"),
+])
+def test_a_mistyped_command_line_is_one_error_line(argv: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The console script's entry point turns the option parser's usage errors into one
+    `error:` line pointing to --help, with exit status 2 (not a framed box)."""
+    from xmfast_cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["xmfast", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0] and "--help" in lines[0], err
+
+
+def test_the_entry_point_keeps_exit_status_and_help(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from xmfast_cli.app import main
+
+    for argv, code in ((["--version"], 0), (["stats", "--help"], 0), ([], 2)):
+        monkeypatch.setattr(sys, "argv", ["xmfast", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == code, argv
+    assert "error:" not in capsys.readouterr().err

@@ -789,8 +789,30 @@ def report(
 
 
 def main() -> None:
-    """Entry point of the `xmfast` script."""
-    app()
+    """Entry point of the `xmfast` script. A mistyped command line (an unknown option, a value
+    of the wrong type, a missing argument) is one `error:` line with exit status 2 like every
+    other bad input, not a framed usage box."""
+    import sys
+
+    try:  # typer vendors click since 0.2x; older ones depend on click itself
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException  # type: ignore[no-redef]
+
+    try:
+        code = typer.main.get_command(app).main(prog_name="xmfast", standalone_mode=False)
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `xmfast` alone: the help, already printed
+            sys.exit(e.exit_code)
+        from rich.markup import escape
+
+        from xmfast_cli.render import err_console
+
+        where = getattr(getattr(e, "ctx", None), "command_path", None) or "xmfast"
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} --help`)",
+                          highlight=False, soft_wrap=True, emoji=False)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
