@@ -225,12 +225,14 @@ def _scores_files(d: Path, shape: tuple[int, int]) -> dict[str, tuple[Path, str]
 
 def test_bad_scores_files_name_the_file(dataset: Path, tmp_path: Path) -> None:
     shape = PreparedDataset.load(dataset).test.candidates.shape
-    json_out = write_text(tmp_path / "results.json", "keep me")
+    json_out = tmp_path / "results.json"  # an earlier evaluation, which a failed one must leave as it is
+    assert invoke("evaluate", dataset, "--baseline", "pop", "--json", json_out).exit_code == 0
+    before = json_out.read_bytes()
     for name, (path, fragment) in _scores_files(tmp_path, shape).items():
         line = assert_user_error(invoke("evaluate", dataset, "--scores", path, "--json", json_out), f"{path}", fragment)
         assert line.startswith(f"error: {path}"), (name, line)
         assert "allow_pickle" not in line, line  # numpy's advice would be unsafe to follow
-    assert json_out.read_text() == "keep me"
+    assert json_out.read_bytes() == before
 
 
 def test_a_npy_matrix_is_recognised_by_its_header_whatever_the_name(dataset: Path, tmp_path: Path) -> None:
@@ -272,10 +274,12 @@ def test_a_run_missing_queries_of_the_qrels_is_an_error(trec_files: tuple[Path, 
     dropped = set(qids[:3])
     short = tmp_path / "short.run"
     short.write_text("".join(line + "\n" for line in run.read_text().splitlines() if line.split()[0] not in dropped))
-    json_out = write_text(tmp_path / "results.json", "keep me")
+    json_out = tmp_path / "results.json"  # an earlier evaluation, which a failed one must leave as it is
+    assert invoke("evaluate", "--trec-run", run, "--trec-qrels", qrels, "--json", json_out).exit_code == 0
+    before = json_out.read_bytes()
     assert_user_error(invoke("evaluate", "--trec-run", short, "--trec-qrels", qrels, "--json", json_out),
                       f"{short}: no lines for 3 of the {len(qids):,} queries in {qrels}", f"(first: {sorted(dropped)[0]})")
-    assert json_out.read_text() == "keep me"
+    assert json_out.read_bytes() == before
     # The library can still count them as misses, as trec_eval -c does, and says how many.
     ev = trec.evaluate_run(trec.read_run(short), trec.read_qrels(qrels), EvalConfig(), allow_missing=True)
     assert ev.info["missing_queries"] == 3 and ev.info["unretrieved"] >= 3

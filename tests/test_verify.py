@@ -186,11 +186,12 @@ def test_cooc_markets_without_the_cooc_baseline_is_refused(dataset: Path) -> Non
 @pytest.fixture(scope="module")
 def no_test_users(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A target market where every user has 2 ratings: no one survives into validation/test."""
-    data = tmp_path_factory.mktemp("thin")
+    data = tmp_path_factory.mktemp("thin") / "raw"
+    data.mkdir()
     shutil.copy(sample_dir / "uk_5core.txt", data / "uk_5core.txt")
     rows = [f"thin{u} B00O1P9KJX 4.0 2020-01-0{d}" for u in range(20) for d in (1, 2)]
     (data / "in_5core.txt").write_text("userId itemId rate date\n" + "\n".join(rows) + "\n")
-    out = data / "ds"
+    out = data.parent / "ds"  # beside the data: never inside an input
     result = invoke("prepare", data, "-t", "in", "-s", "uk", "-o", out)
     assert result.exit_code == 0, result.output
     return out
