@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from xmfast import core
+from xmfast import core, outputs
 from xmfast._io import atomic_directory, digest_file, digest_json, read_descriptor, save_array, write_json
 from xmfast.errors import DatasetError, XmfastError
 
-FORMAT = "xmfast-prepared"
+FORMAT = outputs.DATASET_FORMAT
 FORMAT_VERSION = 1
 Protocol = Literal["forec", "acmr"]
 
@@ -257,8 +257,6 @@ class PreparedDataset:
         core) and its blake2b digest (which the fingerprint has always been made of, so
         re-preparing the same data gives the same fingerprint as before and existing runs still
         match)."""
-        from xmfast import outputs
-
         path = Path(path)
         with atomic_directory(path, overwrite=overwrite, kind=outputs.DATASET, inputs=inputs) as tmp:
             digests: dict[str, Any] = {}

@@ -13,20 +13,20 @@ from xmfast._io import OutputKind, first_line, json_format
 
 REPORT_MARKER = "<!-- xmfast-report -->"
 """The first line of a report's markdown: what marks it as one xmfast may replace."""
+DATASET_FORMAT = "xmfast-prepared"
+"""`manifest.json`'s format: what marks a directory as a prepared dataset (xmfast.dataset reads it)."""
+RUN_FORMAT = "xmfast-run"
+"""`run.json`'s format: what marks a directory as a run (xmfast.runs reads it)."""
 REPORT_FORMAT = "xmfast-report"
 STATS_FORMAT = "xmfast-stats"
 RECOMMENDATIONS_HEADER = "market,user,rank,item,score"
 
 
 def _dataset(path: Path) -> bool:
-    from xmfast.dataset import FORMAT
-
-    return json_format(path, "manifest.json") == FORMAT
+    return json_format(path, "manifest.json") == DATASET_FORMAT
 
 
 def _run(path: Path) -> bool:
-    from xmfast.runs import RUN_FORMAT
-
     return json_format(path, "run.json") == RUN_FORMAT
 
 

@@ -24,11 +24,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from xmfast import outputs
 from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
 
-RUN_FORMAT = "xmfast-run"
+RUN_FORMAT = outputs.RUN_FORMAT
 RUN_FORMAT_VERSION = 1
 
 
@@ -134,7 +135,6 @@ class Run:
         `inputs` (the dataset, the runs it starts from): with `overwrite`, or when it is a run
         that never finished an epoch and was created with the same settings (the same command,
         killed early, starts it again cleanly)."""
-        from xmfast import outputs
         from xmfast._io import atomic_directory, check_output
 
         path = Path(path)
