@@ -1,6 +1,6 @@
 """MAML meta-steps per second (issue 6), CPU or GPU.
 
-A meta-step of `xmfast.maml.meta_step` on an NMF the size of the real data (groups and items of
+A meta-step of `xmfast.models.maml.meta_step` on an NMF the size of the real data (groups and items of
 uk + all sources): for each of the tasks (markets), a support and a query batch of `--batch`
 instances, one inner step (lr 0.1), second order (default) and first order, then one Adam update.
 Tasks are drawn at random from the instance arrays; the figure is meta-steps/s and instances/s
@@ -19,7 +19,7 @@ import time
 import torch
 from _common import print_torch, OtherLoad, console, fmt_rate, fmt_s, print_machine, table
 
-from xmfast.maml import MAMLConfig, Tasks, meta_step
+from xmfast.models.maml import MAMLConfig, Tasks, meta_step
 from xmfast.models.ncf import NMF, NMFConfig
 from xmfast.training import _adam
 

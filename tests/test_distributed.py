@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from xmfast.dataset import PreparedDataset
-from xmfast.maml import MAMLModelConfig
+from xmfast.models.maml import MAMLModelConfig
 from xmfast.models.ncf import NMFConfig
 from xmfast.prepare import PrepareConfig, prepare
 from xmfast.runs import Run
@@ -130,7 +130,7 @@ WORKER = textwrap.dedent('''
     sys.addaudithook(hook)
 
     from xmfast.dataset import PreparedDataset
-    from xmfast.maml import MAMLModelConfig
+    from xmfast.models.maml import MAMLModelConfig
     from xmfast.models import get_model
     from xmfast.models.acmr import ACMRConfig
     from xmfast.models.ncf import NMFConfig

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xmfast import core
-from xmfast.baselines import CooccurrenceScorer, PopularityScorer
+from xmfast.models.baselines import CooccurrenceScorer, PopularityScorer
 from xmfast.errors import XmfastError
 from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer, standings
 from xmfast.prepare import PrepareConfig, prepare

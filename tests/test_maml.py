@@ -1,4 +1,4 @@
-"""MAML's meta-step (xmfast.maml) against a hand-written reference: a GMF forward written out by
+"""MAML's meta-step (xmfast.models.maml) against a hand-written reference: a GMF forward written out by
 hand and plain torch.autograd, task by task, for first- and second-order MAML."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xmfast.errors import XmfastError
-from xmfast.maml import MAMLConfig, Tasks, adapt, meta_gradients, meta_step, weights_of
+from xmfast.models.maml import MAMLConfig, Tasks, adapt, meta_gradients, meta_step, weights_of
 from xmfast.models.ncf import GMF, GMFConfig
 
 

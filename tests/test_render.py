@@ -32,7 +32,7 @@ def _pipe() -> tuple[Console, io.StringIO]:
 
 @pytest.fixture(scope="module")
 def evaluation(sample_dir: Path):  # noqa: ANN201
-    from xmfast.baselines import PopularityScorer
+    from xmfast.models.baselines import PopularityScorer
 
     ds = prepare(sample_dir, None, PrepareConfig(target="in", sources="all"))
     config = EvalConfig(cutoffs=(5, 10, 20), measures=MEASURES)

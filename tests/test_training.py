@@ -168,7 +168,7 @@ def test_nmf_finds_its_gmf_and_mlp_runs_and_beats_popularity(sample_uk: Prepared
 
 
 def test_baseline_runs_match_direct_evaluation(sample_in: PreparedDataset, tmp_path: Path) -> None:
-    from xmfast.baselines import CooccurrenceScorer, PopularityScorer
+    from xmfast.models.baselines import CooccurrenceScorer, PopularityScorer
     from xmfast.evaluation import evaluate_scorer
     from xmfast.training import FINAL_EVAL
 

@@ -16,18 +16,24 @@ named after the model)::
     [nmf.mlp]
     layers = [16, 64, 32, 16, 8]
 
+On the command line the same settings are options named after the configuration's fields
+(``--alpha 0.5``, ``--gmf.embedding-dim 8``, or ``--embedding-dim 8`` where the last part is
+unique), read from the model's dataclass: no model has a flag table of its own.
+
 Every key is checked against the dataclass it sets, so a typo is an error, not a silent default.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from xmfast.errors import XmfastError
-from xmfast.models import ModelSpec, config_from_dict, get_model
+from xmfast.models import Model, get_model, model_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,64 +62,157 @@ def experiment_configs(
     train_overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, Any] | None = None,
     source: str = "config file",
-) -> tuple[str, ModelSpec, Any, Any]:
-    """(model name as given, spec, model config, train config) from the layers. Overrides whose
-    value is None are not set (they are the CLI options the user did not give)."""
+) -> tuple[str, Model, Any, Any]:
+    """(model name as given, model, model config, train config) from the layers. Train overrides
+    whose value is None are not set (they are the CLI options the user did not give); model
+    overrides are nested values (see :func:`parse_setting_options`) laid over the file's table."""
     file = dict(file or {})
     file_model = file.pop("model", None)
     name = model or file_model
     if not name:
-        raise XmfastError("name a model with --model (gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, acmr, pop, cooc) or in "
-                          "the config file")
+        raise XmfastError(f"name a model with --model ({', '.join(model_names())}; a ++ suffix pools the markets) "
+                          "or in the config file")
     spec = get_model(name)
     train_values = dict(file.pop("train", {}) or {})
     model_values = dict(file.pop(spec.name, {}) or {})
-    unknown = [k for k in file if k not in _model_tables()]
+    unknown = list(file)
     if unknown:
         raise XmfastError(f"{source}: unknown key or table {unknown[0]!r} (expected model, [train] or [{spec.name}])")
     train_values.update({k: v for k, v in (train_overrides or {}).items() if v is not None})
     if name.endswith("++") and not train_values.get("sources"):
         train_values["sources"] = ["all"]
     train_config = spec.train_config(**train_values)
-    model_config = _apply_model_overrides(spec, spec.config_from(model_values), model_overrides or {})
+    model_config = spec.config_from(_merged(model_values, model_overrides or {}))
     return name, spec, model_config, train_config
 
 
-def _model_tables() -> set[str]:
-    from xmfast.models import model_names
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
-    return set(model_names())
+
+# ---- a model's settings as command-line options ----------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One leaf of a model's configuration: its dotted path and its type."""
+
+    path: tuple[str, ...]
+    hint: Any
+    default: Any
+
+    @property
+    def option(self) -> str:
+        return "--" + ".".join(p.replace("_", "-") for p in self.path)
 
 
-def _apply_model_overrides(spec: ModelSpec, config: Any, overrides: dict[str, Any]) -> Any:
-    """The CLI's flat model options, mapped onto each model's nested configuration."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if not given:
-        return config
-    values = asdict(config)
-    for key, value in given.items():
-        if spec.name == "gmf" and key == "embedding_dim":
-            values["embedding_dim"] = value
-        elif spec.name == "mlp" and key == "layers":
-            values["layers"] = tuple(value)
-        elif spec.name == "mlp" and key == "embedding_dim":
-            values["layers"] = (2 * value, *values["layers"][1:])
-        elif spec.name == "nmf" and key == "embedding_dim":
-            values["gmf"]["embedding_dim"] = value
-            values["mlp"]["layers"] = (2 * value, *values["mlp"]["layers"][1:])
-        elif spec.name == "nmf" and key == "layers":
-            values["mlp"]["layers"] = tuple(value)
-        elif spec.name == "nmf" and key in ("pretrained", "alpha"):
-            values[key] = value
-        elif spec.name == "maml" and key in ("inner_lr", "inner_steps", "first_order", "test_adaptation_steps"):
-            values["maml"][key] = value
-        elif spec.name == "acmr" and key in ("embedding_dim", "history", "truncation", "dropout"):
-            values[key] = value
-        elif spec.name == "cooc" and key == "markets":
-            values["markets"] = tuple(value)
+def settings_of(config_type: type, prefix: tuple[str, ...] = ()) -> list[Setting]:
+    """Every leaf setting of a (nested) configuration dataclass, in declaration order."""
+    hints = typing.get_type_hints(config_type)
+    out: list[Setting] = []
+    default = config_type()
+    for f in fields(config_type):
+        hint = hints.get(f.name, Any)
+        if isinstance(hint, type) and is_dataclass(hint):
+            out += settings_of(hint, (*prefix, f.name))
         else:
-            raise XmfastError(f"--{key.replace('_', '-')} does not apply to model {spec.name}")
-    return config_from_dict(type(config), values)
+            out.append(Setting((*prefix, f.name), hint, getattr(default, f.name)))
+    return out
 
 
-__all__ = ["experiment_configs", "read_config_file"]
+def setting_options(config_type: type) -> dict[str, Setting]:
+    """Option name -> setting: the full dotted name (``--gmf.embedding-dim``) of every leaf, and
+    its last part alone (``--embedding-dim``) where no other leaf has that name."""
+    leaves = settings_of(config_type)
+    options = {s.option: s for s in leaves}
+    last = [s.path[-1] for s in leaves]
+    for s in leaves:
+        if len(s.path) > 1 and last.count(s.path[-1]) == 1:
+            options.setdefault("--" + s.path[-1].replace("_", "-"), s)
+    return options
+
+
+def parse_setting_options(model: Model, args: list[str]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The settings of `model` given as options (``--embedding-dim 16``, ``--layers 16,64,32``,
+    ``--no-pretrained``, ``--maml.inner-lr=0.1``) as nested plain values, and the starting runs
+    named with ``--SLOT-run PATH``. Anything else is an error naming the option and the model."""
+    options = setting_options(model.config_type)
+    slots = {f"--{slot.replace('_', '-')}-run": slot for slot in model.starts_from}
+    values: dict[str, Any] = {}
+    runs: dict[str, Path] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if not token.startswith("--"):
+            raise XmfastError(f"unexpected argument {token!r} (see `xmfast train --help`)")
+        name, eq, inline = token.partition("=")
+        setting = options.get(name)
+        negated = None
+        if setting is None and name.startswith("--no-"):
+            negated = options.get("--" + name[5:])
+            if negated is not None and negated.hint is bool and not eq:
+                _put(values, negated.path, False)
+                continue
+        if setting is None and name not in slots:
+            known = ", ".join(sorted({s.option for s in options.values()})) or "none"
+            raise XmfastError(f"{name} is not a setting of model {model.name} (its settings: {known}; "
+                              f"`xmfast models {model.name}` describes them)")
+        if setting is not None and setting.hint is bool and not eq:
+            _put(values, setting.path, True)
+            continue
+        if eq:
+            text = inline
+        elif i < len(args):
+            text = args[i]
+            i += 1
+        else:
+            raise XmfastError(f"{name} needs a value")
+        if setting is None:
+            runs[slots[name]] = Path(text)
+        else:
+            _put(values, setting.path, _parse_value(text, setting.hint, name))
+    return values, runs
+
+
+def _put(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        values = values.setdefault(part, {})
+    values[path[-1]] = value
+
+
+def _parse_value(text: str, hint: Any, option: str) -> Any:
+    """A command-line value as the setting's type; the configuration check then names the
+    setting when it is out of range."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _parse_value(text, options[0], option) if len(options) == 1 else text
+    if origin is tuple:
+        element = args[0] if args else str
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        kind = {int: "integers", float: "numbers"}.get(element, "values")
+        try:
+            return tuple(_parse_value(p, element, option) for p in parts)
+        except XmfastError:
+            raise XmfastError(f"{option}: expected comma-separated {kind}, got {text!r}") from None
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise XmfastError(f"{option}: expected true or false, got {text!r}")
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            raise XmfastError(f"{option}: expected {'an integer' if hint is int else 'a number'}, got {text!r}") from None
+    return text
+
+
+__all__ = ["Setting", "experiment_configs", "parse_setting_options", "read_config_file", "setting_options",
+           "settings_of"]

@@ -19,9 +19,13 @@ planner turns it into a dependency graph of stages and runs each stage once.
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
     [model.nmf]                     # hyper-parameters (the model's configuration dataclass)
 
-The graph: ``prepare`` → ``gmf``, ``mlp`` → ``nmf``; their ``++`` versions on the sources →
-``maml`` (from ``nmf++``) → ``forec`` (``xmfast finetune``); ``acmr`` pre-training → ``acmr``
-fine-tuning. A model's prerequisites are planned even when the file does not list them.
+The graph comes from the models' declarations in the registry (:mod:`xmfast.models`): a model
+starts from the runs it declares (``nmf`` from ``gmf`` and ``mlp``, ``maml`` from ``nmf``), trained
+on the same markets, and a fine-tuned model (``forec``, ``acmr``'s second stage) from a run of
+the model it fine-tunes. ``models`` lists registered names; ``name++`` is a single-market model
+trained on the target pooled with the sources. Prerequisites are planned even when the file does
+not list them, and a setting a model takes from a prerequisite (NMF's ``gmf`` branch is the GMF
+run's settings) is set once, in that prerequisite's ``[model.NAME]`` table.
 
 Each stage has a key: a digest of everything that determines its output (its settings and the
 keys of the stages it reads). A ledger under ``OUT/.stages`` records the key each output was
@@ -39,13 +43,11 @@ from typing import Any, Literal
 
 from xmfast._io import digest_json, write_json_atomic
 from xmfast.errors import XmfastError
+from xmfast.models import Model, get_model, model_names
 
 StageKind = Literal["prepare", "train", "finetune"]
 Action = Literal["cached", "resume", "run"]
 
-# Model names an experiment may list, and what each one plans.
-NCF = ("gmf", "mlp", "nmf")
-EXPERIMENT_MODELS = ("pop", "cooc", "gmf", "mlp", "nmf", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr")
 _TOP_KEYS = {"name", "data", "out", "protocol", "targets", "sources", "models", "seeds", "device", "description",
              "prepare", "train", "finetune", "model"}
 
@@ -76,23 +78,39 @@ class Experiment:
         if self.protocol not in ("forec", "acmr"):
             raise XmfastError(f"{where}protocol must be forec or acmr, got {self.protocol!r}")
         if not self.models:
-            raise XmfastError(f"{where}models is empty; list some of {', '.join(EXPERIMENT_MODELS)}")
+            raise XmfastError(f"{where}models is empty; list some of {', '.join(model_names())}")
         for m in self.models:
-            if m not in EXPERIMENT_MODELS:
-                raise XmfastError(f"{where}unknown model {m!r} in models (expected {', '.join(EXPERIMENT_MODELS)})")
+            _experiment_model(m, where)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise XmfastError(f"{where}seeds must be a non-empty list of distinct integers")
         for table, names in (("train", self.train_by_model), ("finetune", self.finetune_by_model),
                              ("model", self.model_settings)):
             for name, values in names.items():
-                if name not in ("pop", "cooc", *NCF, "maml", "forec", "acmr"):
-                    raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r}")
+                if name not in model_names():
+                    raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r} (known: "
+                                      f"{', '.join(model_names())})")
                 if not isinstance(values, dict):
                     raise XmfastError(f"{where}[{table}] {name} = {values!r}: expected a table of settings, "
                                       f"[{table}.{name}]")
         for name in self.finetune_by_model:
-            if name not in ("forec", "acmr"):
-                raise XmfastError(f"{where}[finetune.{name}]: only forec and acmr have a fine-tuning stage")
+            if not get_model(name).fine_tunes:
+                raise XmfastError(f"{where}[finetune.{name}]: {name} has no fine-tuning stage")
+
+
+def _experiment_model(entry: str, where: str) -> tuple[Model, bool]:
+    """The model an entry of `models` names and whether it is the pooled (``++``) variant."""
+    pooled = entry.endswith("++")
+    try:
+        model = get_model(entry)
+    except XmfastError as e:
+        raise XmfastError(f"{where}models: {e}") from None
+    if entry != model.name + ("++" if pooled else ""):
+        raise XmfastError(f"{where}unknown model {entry!r} in models (did you mean {model.name + ('++' if pooled else '')!r}?)")
+    if pooled and model.label(sources=True, fine_tuned=False) != entry:
+        raise XmfastError(f"{where}models: {entry!r}: {model.name} has no pooled variant (it "
+                          f"{'uses the sources by design' if model.cross_market else 'is not trained on pooled markets'}); "
+                          f"list {model.name!r}")
+    return model, pooled
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: Path) -> Any:
@@ -222,10 +240,9 @@ def _check_settings(config_type: type, values: dict[str, Any], where: str) -> No
 def plan(experiment: Experiment) -> Plan:
     """The stages of `experiment` in dependency order, each with its key."""
     from xmfast.markets import check_market_code, discover
-    from xmfast.models import get_model
+    from xmfast.models.schedule import TrainConfig
     from xmfast.prepare import KCore, PrepareConfig
     from xmfast.runs import to_plain
-    from xmfast.training import TrainConfig
 
     exp = experiment
     where = str(exp.path or exp.name)
@@ -260,24 +277,15 @@ def plan(experiment: Experiment) -> Plan:
     for name, values in exp.finetune_by_model.items():
         _check_settings(TrainConfig, values, f"{where}: [finetune.{name}]")
 
-    wanted = set(exp.models)
-    needs_sources = wanted & {"cooc", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr"}
-    both = [s for s in exp.sources if s in targets] if isinstance(exp.sources, tuple) and needs_sources else []
+    entries = [_experiment_model(m, where) for m in exp.models]
+    multi = [(m, pooled) for m, pooled in entries if _uses_sources(m, pooled)]
+    single = [m for m, pooled in entries if not _uses_sources(m, pooled)]
+    both = [s for s in exp.sources if s in targets] if isinstance(exp.sources, tuple) and multi else []
     if both:  # refused here, not after the dataset is prepared and the training starts
         raise XmfastError(f"{where}: {both[0]!r} is both a target and a source; a market is never its own source "
                           "(list other markets, or use sources = \"all\" or \"each\")")
-    # prerequisites: nmf needs gmf and mlp; maml nmf++ (and so gmf++ and mlp++); forec maml
-    if "forec" in wanted:
-        wanted.add("maml")
-    if "maml" in wanted:
-        wanted.add("nmf++")
-    for m in NCF[2:]:
-        if m in wanted:
-            wanted |= {"gmf", "mlp"}
-        if m + "++" in wanted:
-            wanted |= {"gmf++", "mlp++"}
 
-    model_configs = _model_configs(exp, where)
+    configs = _ModelConfigs(exp, where)
     data_signature = _data_signature(exp.data, prep_values.get("category"))
     stages: list[Stage] = []
 
@@ -288,20 +296,18 @@ def plan(experiment: Experiment) -> Plan:
         return stage
 
     def train_config(name: str, sources: tuple[str, ...], seed: int) -> dict[str, Any]:
-        spec = get_model(name)
         values = {**exp.train, **exp.train_by_model.get(name, {}), "seed": seed, "sources": sources,
                   "device": exp.device}
-        return to_plain(spec.train_config(**values))
+        return to_plain(get_model(name).train_config(**values))
 
     def finetune_config(name: str, seed: int) -> dict[str, Any]:
         values = {**exp.finetune_by_model.get(name, {}), "seed": seed, "device": exp.device}
         return to_plain(get_model(name).finetune_config(**values))
 
-    def settings(name: str, config: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
+    def settings(name: str, model_config: Any, config: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
         # device changes where a run trains, not what it is: a run moved to a GPU is not stale
         kept = {k: v for k, v in config.items() if k not in ("device", "eval_batch")}
-        return {"model": name, "model_config": to_plain(model_configs[name]), "train_config": kept,
-                "finetune": finetune}
+        return {"model": name, "model_config": to_plain(model_config), "train_config": kept, "finetune": finetune}
 
     if isinstance(exp.sources, tuple):
         source_sets = [tuple(exp.sources)]
@@ -314,78 +320,109 @@ def plan(experiment: Experiment) -> Plan:
         prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
                             label="dataset", settings={"prepare": to_plain(prep), "data": data_signature}))
-        sets = source_sets or [(m,) for m in available if m != t]
-        if not needs_sources:
-            sets = []
+        sets = (source_sets or [(m,) for m in available if m != t]) if multi else []
         for seed in exp.seeds:
-            def train_stage(name: str, sources: tuple[str, ...], label: str,
-                            deps: Sequence[Stage] = (), pretrained: dict[str, Stage] | None = None) -> Stage:
-                setting = _setting_of(sources)
-                config = train_config(name, sources, seed)
-                s = settings(name, config)
-                s["pretrained"] = sorted(pretrained or {})
-                slug = label.replace(" (pre-trained)", "-pretrain")
-                return add(Stage(id=f"{t}/{setting}/s{seed}/{slug}", kind="train", target=t,
-                                 path=exp.out / t / setting / f"s{seed}" / slug, label=label, model=name,
-                                 sources=sources, setting=setting, seed=seed, settings=s,
-                                 pretrained={k: v.id for k, v in (pretrained or {}).items()}),
-                           [dataset, *deps, *(pretrained or {}).values()])
+            made: dict[tuple[str, str, tuple[str, ...]], Stage] = {}
 
-            def finetune_stage(name: str, sources: tuple[str, ...], base: Stage) -> Stage:
+            def train_stage(model: Model, sources: tuple[str, ...]) -> Stage:
+                """The training of `model` on `sources`, after the runs it starts from (same sources)."""
+                if ("train", model.name, sources) in made:
+                    return made["train", model.name, sources]
+                model_config = configs.train(model.name)
+                pretrained = {slot: train_stage(get_model(dep), sources)
+                              for slot, dep in model.requires(model_config).items()}
                 setting = _setting_of(sources)
-                return add(Stage(id=f"{t}/{setting}/s{seed}/{name}", kind="finetune", target=t,
-                                 path=exp.out / t / setting / f"s{seed}" / name, label=name, model=name,
-                                 sources=sources, setting=setting, seed=seed,
-                                 settings=settings(name, finetune_config(name, seed), finetune=True)),
+                label = model.label(sources=bool(sources), fine_tuned=False)
+                slug = label.replace(" (pre-trained)", "-pretrain")
+                s = settings(model.name, model_config, train_config(model.name, sources, seed))
+                s["pretrained"] = sorted(pretrained)
+                stage = add(Stage(id=f"{t}/{setting}/s{seed}/{slug}", kind="train", target=t,
+                                  path=exp.out / t / setting / f"s{seed}" / slug, label=label, model=model.name,
+                                  sources=sources, setting=setting, seed=seed, settings=s,
+                                  pretrained={k: v.id for k, v in pretrained.items()}),
+                            [dataset, *pretrained.values()])
+                made["train", model.name, sources] = stage
+                return stage
+
+            def finetune_stage(model: Model, sources: tuple[str, ...]) -> Stage:
+                """`model` fine-tuned on the target from a run of the first model it fine-tunes."""
+                base = train_stage(get_model(model.fine_tunes[0]), sources)
+                setting = _setting_of(sources)
+                return add(Stage(id=f"{t}/{setting}/s{seed}/{model.name}", kind="finetune", target=t,
+                                 path=exp.out / t / setting / f"s{seed}" / model.name, label=model.name,
+                                 model=model.name, sources=sources, setting=setting, seed=seed,
+                                 settings=settings(model.name, configs.finetune(model.name),
+                                                   finetune_config(model.name, seed), finetune=True)),
                            [dataset, base])
 
-            if "pop" in wanted:
-                train_stage("pop", (), "pop")
-            single: dict[str, Stage] = {}
-            for m in ("gmf", "mlp"):
-                if m in wanted:
-                    single[m] = train_stage(m, (), m)
-            if "nmf" in wanted:
-                train_stage("nmf", (), "nmf", pretrained={"gmf": single["gmf"], "mlp": single["mlp"]})
+            def plan_entry(model: Model, sources: tuple[str, ...]) -> None:
+                if model.fine_tunes:
+                    finetune_stage(model, sources)
+                else:
+                    train_stage(model, sources)
+
+            for model in _registry_order(single):
+                plan_entry(model, ())
             for sources in sets:
-                if "cooc" in wanted:
-                    train_stage("cooc", sources, "cooc")
-                pooled: dict[str, Stage] = {}
-                for m in ("gmf", "mlp"):
-                    if m + "++" in wanted:
-                        pooled[m] = train_stage(m, sources, m + "++")
-                if "nmf++" in wanted:
-                    pooled["nmf"] = train_stage("nmf", sources, "nmf++",
-                                                pretrained={"gmf": pooled["gmf"], "mlp": pooled["mlp"]})
-                if "maml" in wanted:
-                    maml = train_stage("maml", sources, "maml", pretrained={"nmf": pooled["nmf"]})
-                    if "forec" in wanted:
-                        finetune_stage("forec", sources, maml)
-                if "acmr" in wanted:
-                    finetune_stage("acmr", sources, train_stage("acmr", sources, "acmr (pre-trained)"))
+                for model in _registry_order([m for m, _ in multi]):
+                    plan_entry(model, sources)
     return Plan(exp, stages)
 
 
-def _model_configs(exp: Experiment, where: str) -> dict[str, Any]:
-    """Each model's configuration; NMF's branches are the GMF and MLP settings, MAML's network is
-    NMF's, so a chain always fits together (one place for each hyper-parameter)."""
-    from xmfast.models import get_model
+def _uses_sources(model: Model, pooled: bool) -> bool:
+    """Whether an entry of `models` is trained with the experiment's sources: a ``++`` variant, a
+    cross-market model, or a model fine-tuned from one."""
+    if pooled or model.cross_market:
+        return True
+    return bool(model.fine_tunes) and _uses_sources(get_model(model.fine_tunes[0]), False)
 
-    configs: dict[str, Any] = {}
-    for name in ("pop", "cooc", "gmf", "mlp", "nmf", "maml", "forec", "acmr"):
-        values = exp.model_settings.get(name, {})
-        if name in ("nmf", "maml", "forec") and any(k in values for k in ("gmf", "mlp", "nmf")):
-            raise XmfastError(f"{where}: [model.{name}] cannot set the branches of the chain; set them in "
-                              f"[model.gmf], [model.mlp] and [model.nmf]")
+
+def _registry_order(models: Sequence[Model]) -> list[Model]:
+    order = model_names()
+    return sorted(dict.fromkeys(models), key=lambda m: order.index(m.name))
+
+
+class _ModelConfigs:
+    """Each model's configuration in an experiment, from its ``[model.NAME]`` table. A setting a
+    model shares with a run it starts from (NMF's ``gmf`` branch, MAML's ``nmf``) is that run's
+    configuration, and a fine-tuned model's follows its base's (``config_from_base``), so a chain
+    always fits together and each hyper-parameter is set in one place."""
+
+    def __init__(self, exp: Experiment, where: str) -> None:
+        self.exp, self.where = exp, where
+        self._train: dict[str, Any] = {}
+
+    def train(self, name: str) -> Any:
+        if name not in self._train:
+            model = get_model(name)
+            values = self.exp.model_settings.get(name, {})
+            linked = {slot: dep for slot, dep in model.starts_from.items()
+                      if any(f.name == slot for f in fields(model.config_type))}
+            if model.fine_tunes and model.name not in model.fine_tunes:
+                base_slots = get_model(model.fine_tunes[0]).starts_from
+                linked.update({f.name: base_slots[f.name] for f in fields(model.config_type) if f.name in base_slots})
+            shared = [slot for slot in linked if slot in values]
+            if shared:
+                raise XmfastError(f"{self.where}: [model.{name}] cannot set {shared[0]!r}: it is the settings of the "
+                                  f"{linked[shared[0]]} run {name} starts from; set them in [model.{linked[shared[0]]}]")
+            try:
+                config = model.config_from(values)
+            except XmfastError as e:
+                raise XmfastError(f"{self.where}: [model.{name}]: {e}") from None
+            for slot, dep in model.starts_from.items():
+                if slot in linked:
+                    config = replace(config, **{slot: self.train(dep)})
+            self._train[name] = config
+        return self._train[name]
+
+    def finetune(self, name: str) -> Any:
+        model = get_model(name)
+        base = model.fine_tunes[0]
+        own = None if name in model.fine_tunes else self.train(name)
         try:
-            configs[name] = get_model(name).config_from(values)
+            return model.config_from_base(own, base, self.train(base))
         except XmfastError as e:
-            raise XmfastError(f"{where}: [model.{name}]: {e}") from None
-    configs["nmf"] = replace(configs["nmf"], gmf=configs["gmf"], mlp=configs["mlp"])
-    configs["maml"] = replace(configs["maml"], nmf=configs["nmf"])
-    if any(f.name == "nmf" for f in fields(configs["forec"])):
-        configs["forec"] = replace(configs["forec"], nmf=configs["nmf"])
-    return configs
+            raise XmfastError(f"{self.where}: [model.{name}]: {e}") from None
 
 
 # ---- state and execution -------------------------------------------------------------------------
@@ -491,7 +528,7 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
              stop_after: int | None) -> bool:
     from xmfast import training
     from xmfast.dataset import PreparedDataset
-    from xmfast.models import config_from_dict, get_model
+    from xmfast.models import config_from_dict
     from xmfast.prepare import KCore, PrepareConfig
     from xmfast.prepare import prepare as run_prepare
 
@@ -511,9 +548,8 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     deps = [by_id[d] for d in stage.deps]
     if stage.kind == "finetune":
         base = next(d for d in deps if d.kind == "train")
-        results = training.finetune(base.path, stage.path, [stage.target], None if stage.model == "acmr" else model_config,
-                                    config, model=stage.model, overwrite=True, observer=train_observer,
-                                    stop_after=stop_after)
+        results = training.finetune(base.path, stage.path, [stage.target], model_config, config, model=stage.model,
+                                    overwrite=True, observer=train_observer, stop_after=stop_after)
         return all(r is not None for r in results.values())
     dataset = PreparedDataset.load(by_id[stage.deps[0]].path)
     pretrained = {name: by_id[d].path for name, d in stage.pretrained.items()}

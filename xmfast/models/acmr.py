@@ -22,7 +22,6 @@ cost a fraction of the padded width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,42 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmfast.models.settings import ACMRConfig
+
 if TYPE_CHECKING:
     from xmfast.dataset import PreparedDataset
-
-
-@dataclass(frozen=True)
-class ACMRConfig:
-    """The paper's defaults."""
-
-    embedding_dim: int = 32
-    blocks: int = 4
-    heads: int = 8
-    ff_multiplier: int = 4
-    dropout: float = 0.3
-    history: int = 50  # history positions; the candidate takes one more
-    truncation: str = "random"  # how longer histories are cut: random (the original), recent or cooc
-    history_seed: int = 0  # seed of the random truncation rule
-    # A training row is scored with its group's history without the row's own item, as the test
-    # item is absent from the history it is tested with. False reproduces the original code, which
-    # scores every training instance with the user's whole training history: a positive finds
-    # itself there, a shortcut ("in the history, so positive") that never holds at test time.
-    leave_out_own_item: bool = True
-    # Training batches are sorted by history length within windows of this many batches (then the
-    # window's batches are shuffled), so a batch is cut to a short width; 0 turns it off.
-    bucket_batches: int = 64
-
-    def __post_init__(self) -> None:
-        if self.embedding_dim % self.heads:
-            raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by heads {self.heads}")
-        if self.bucket_batches < 0:
-            raise ValueError(f"bucket_batches must be non-negative, got {self.bucket_batches}")
-        if min(self.embedding_dim, self.blocks, self.heads, self.ff_multiplier, self.history) < 1:
-            raise ValueError("embedding_dim, blocks, heads, ff_multiplier and history must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.truncation not in ("random", "recent", "cooc"):
-            raise ValueError(f"truncation must be random, recent or cooc, got {self.truncation!r}")
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

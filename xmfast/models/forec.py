@@ -10,30 +10,11 @@ which is what lets one meta-learned model serve every market while each fork ada
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from xmfast.models.ncf import NMF, NMFConfig, _init_normal
-
-
-@dataclass(frozen=True)
-class FORECConfig:
-    nmf: NMFConfig = NMFConfig()
-    unfreeze: int = 3  # last fully-connected layers of the forked tower that stay trainable
-    head: tuple[int, ...] = (16, 32, 16)  # widths of the market head's hidden layers
-    init_std: float = 0.01
-
-    def __post_init__(self) -> None:
-        if isinstance(self.nmf, dict):
-            object.__setattr__(self, "nmf", NMFConfig(**self.nmf))
-        object.__setattr__(self, "head", tuple(int(x) for x in self.head))
-        tower = len(self.nmf.mlp.layers) - 1
-        if not 0 <= self.unfreeze <= tower:
-            raise ValueError(f"unfreeze must be between 0 and the tower's {tower} layers, got {self.unfreeze}")
-        if any(x <= 0 for x in self.head):
-            raise ValueError(f"head widths must be positive, got {list(self.head)}")
+from xmfast.models.ncf import NMF, _init_normal
+from xmfast.models.settings import FORECConfig
 
 
 class FOREC(nn.Module):

@@ -10,67 +10,10 @@ as FOREC's sigmoid + BCE, without its overflow).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
-@dataclass(frozen=True)
-class GMFConfig:
-    """Generalised matrix factorisation: logit = w · (p_u ⊙ q_i) + b."""
-
-    embedding_dim: int = 8
-    init_std: float = 0.01  # FOREC (after NCF's PyTorch port) draws every weight from N(0, 0.01²)
-
-    def __post_init__(self) -> None:
-        _positive("embedding_dim", self.embedding_dim)
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    """A ReLU tower over the concatenated user and item embeddings; `layers[0]` is the width of
-    that concatenation, so each embedding has `layers[0] // 2` dimensions."""
-
-    layers: tuple[int, ...] = (16, 64, 32, 16, 8)
-    init_std: float = 0.01
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if len(self.layers) < 2 or any(x <= 0 for x in self.layers):
-            raise ValueError(f"mlp layers must be at least two positive widths, got {list(self.layers)}")
-        if self.layers[0] % 2:
-            raise ValueError(f"mlp layers[0] is the concatenated user+item embedding, so it must be even, got {self.layers[0]}")
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.layers[0] // 2
-
-
-@dataclass(frozen=True)
-class NMFConfig:
-    """NeuMF: a GMF and an MLP branch with their own embeddings, joined by one output layer.
-
-    With `pretrained` (FOREC's setting) the branches start from trained GMF and MLP runs and the
-    output layer is `alpha` times the MLP head next to `1 - alpha` times the GMF head."""
-
-    gmf: GMFConfig = GMFConfig()
-    mlp: MLPConfig = MLPConfig()
-    pretrained: bool = True
-    alpha: float = 0.5
-
-    def __post_init__(self) -> None:
-        if isinstance(self.gmf, dict):
-            object.__setattr__(self, "gmf", GMFConfig(**self.gmf))
-        if isinstance(self.mlp, dict):
-            object.__setattr__(self, "mlp", MLPConfig(**self.mlp))
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"nmf alpha must be in [0, 1], got {self.alpha}")
+from xmfast.models.settings import GMFConfig, MLPConfig, NMFConfig
 
 
 def _init_normal(module: nn.Module, std: float) -> None:

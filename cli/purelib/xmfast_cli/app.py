@@ -447,7 +447,7 @@ def _read_scores(path: Path, dataset: Any, split: str) -> Any:
 
 
 def _baseline(name: str, dataset: Any, cooc_markets: Optional[list[str]]) -> Any:
-    from xmfast.baselines import CooccurrenceScorer, PopularityScorer
+    from xmfast.models.baselines import CooccurrenceScorer, PopularityScorer
 
     if name == "pop":
         return PopularityScorer(dataset)
@@ -494,22 +494,29 @@ def _refuse_directory_of_runs(path: Path, command: str) -> None:
                           f"one of them, e.g. `xmfast {command} {inside[0]}`")
 
 
-def _layers(value: Optional[str], option: str = "--layers") -> Optional[tuple[int, ...]]:
-    if value is None:
-        return None
+MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+"""Commands whose model's settings are options read from its configuration dataclass (after
+the model is known), not declared here: see xmfast.configs.parse_setting_options."""
+
+
+def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    from xmfast.configs import parse_setting_options
+
     try:
-        return tuple(int(v) for v in _split_list(value))
-    except ValueError:
-        raise XmfastError(f"{option}: expected comma-separated integers, got {value!r}") from None
+        return parse_setting_options(model, list(ctx.args))
+    except XmfastError as e:
+        raise XmfastError(f"{e}; `xmfast {command} --help` lists the command's own options") from None
 
 
-@app.command()
+@app.command(context_settings=MODEL_SETTINGS)
 @user_errors
 def train(
+    ctx: typer.Context,
     dataset: Annotated[Optional[Path], typer.Argument(help="A prepared dataset (omit with --resume).")] = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="gmf, mlp, nmf (their ++ versions: gmf++, mlp++, nmf++ = --sources all), maml (needs sources), acmr (pre-training on all markets), pop or cooc."),
+        typer.Option("--model", "-m", help="A registered model (`xmfast models` lists them); NAME++ trains a "
+                     "single-market model on the target pooled with --sources (default all)."),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     config_file: Annotated[
@@ -530,8 +537,8 @@ def train(
                      help="The sources' held-out items train too (acmr's default; the run is then evaluated on its target only)."),
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (FOREC: 25; acmr: 50).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (FOREC: 1024).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: 0.005 GMF, 0.01 MLP/NMF).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (rows per batch for the bpr, softmax and own objectives; FOREC: 1024).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: the model's own, e.g. 0.005 GMF, 0.01 MLP/NMF).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (FOREC: 1e-7).")] = None,
     negatives: Annotated[Optional[int], typer.Option(help="Training negatives per positive, resampled every epoch.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, negatives and shuffling.")] = None,
@@ -542,44 +549,28 @@ def train(
     select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
-    embedding_dim: Annotated[Optional[int], typer.Option(help="Embedding size (FOREC: 8; acmr: 32).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="MLP tower widths, e.g. 16,64,32,16,8 (first = 2 × embedding).")] = None,
-    pretrained: Annotated[
-        Optional[bool], typer.Option("--pretrained/--no-pretrained", help="nmf: start from trained GMF and MLP runs (FOREC).")
-    ] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="nmf: weight of the MLP head in the joined output layer.")] = None,
-    gmf_run: Annotated[Optional[Path], typer.Option(help="nmf: the GMF run to start from (default: found next to --out).")] = None,
-    mlp_run: Annotated[Optional[Path], typer.Option(help="nmf: the MLP run to start from (default: found next to --out).")] = None,
-    nmf_run: Annotated[Optional[Path], typer.Option(help="maml: the NMF++ run to start from (default: found next to --out).")] = None,
-    inner_lr: Annotated[Optional[float], typer.Option(help="maml: the fast (adaptation) learning rate (FOREC: 0.1).")] = None,
-    inner_steps: Annotated[Optional[int], typer.Option(help="maml: adaptation steps per task (FOREC: 1).")] = None,
-    first_order: Annotated[
-        Optional[bool], typer.Option("--first-order/--second-order", help="maml: first-order MAML (default: second order).")
-    ] = None,
-    test_adaptation_steps: Annotated[
-        Optional[int],
-        typer.Option(help="maml: adapt on the target's validation interactions before testing, as FOREC's code did (default 0: no)."),
-    ] = None,
-    history: Annotated[Optional[int], typer.Option(help="acmr: history positions read per user (paper: 50).")] = None,
-    truncation: Annotated[
-        Optional[str], typer.Option(help="acmr: how longer histories are cut: random (the paper), recent or cooc.")
-    ] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="acmr: dropout of the transformer (paper: 0.3).")] = None,
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
-    """Train a model (or a baseline) into a run directory: config, checkpoints, per-epoch metrics, results."""
+    """Train a model (or fit a baseline) into a run directory: config, checkpoints, per-epoch metrics, results.
+
+    The model's own settings are options too, named after its configuration: --embedding-dim 16,
+    --layers 16,64,32,16,8, --no-pretrained, --gmf-run RUN (`xmfast models MODEL` lists them).
+    """
     from xmfast import training
     from xmfast.configs import experiment_configs, read_config_file
     from xmfast.dataset import PreparedDataset
-    from xmfast.distributed import is_main
+    from xmfast.models import get_model
+    from xmfast.training.distributed import is_main
     from xmfast_cli.render import TrainProgress, show, train_summary
 
     if resume is not None:
         if dataset is not None and out is not None:
             raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
+        if ctx.args:
+            raise XmfastError(f"{ctx.args[0]}: --resume continues a run with its saved settings; give no other settings")
         with TrainProgress() as observer:
             result = training.resume(resume, dataset_path=dataset, observer=observer)
         assert result is not None
@@ -588,23 +579,24 @@ def train(
         return
     if dataset is None or out is None:
         raise XmfastError("give a prepared dataset and --out RUN_DIR (or --resume RUN_DIR)")
+    file = read_config_file(config_file) if config_file else None
+    name = model or (file or {}).get("model")
+    settings, given = _model_options(get_model(name), ctx, "train") if name else ({}, {})
+    if ctx.args and not name:
+        raise XmfastError(f"{ctx.args[0]}: name the model (--model) whose setting this is")
     name, spec, model_config, config = experiment_configs(
         model,
-        read_config_file(config_file) if config_file else None,
+        file,
         train_overrides={
             "sources": _split_list(sources) if sources is not None else None, "augmentation": augmentation,
             "sampling": sampling, "sources_in_full": sources_in_full, "epochs": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
             "negatives": negatives, "seed": seed, "patience": patience, "monitor": monitor, "select": select,
             "device": device, "amp": amp,
         },
-        model_overrides={"embedding_dim": embedding_dim, "layers": _layers(layers), "pretrained": pretrained,
-                         "alpha": alpha, "inner_lr": inner_lr, "inner_steps": inner_steps, "first_order": first_order,
-                         "test_adaptation_steps": test_adaptation_steps, "history": history,
-                         "truncation": truncation, "dropout": dropout},
+        model_overrides=settings,
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
-    given = {k: v for k, v in (("gmf", gmf_run), ("mlp", mlp_run), ("nmf", nmf_run)) if v is not None}
     with TrainProgress() as observer:
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
                                 observer=observer)
@@ -613,44 +605,42 @@ def train(
         show(train_summary(result))
 
 
-@app.command()
+@app.command(context_settings=MODEL_SETTINGS)
 @user_errors
 def finetune(
-    run: Annotated[Path, typer.Argument(help="A finished run to fine-tune: maml or nmf (forec), acmr (acmr).")],
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="A finished run to fine-tune (forec: a maml or nmf++ run; acmr: a pre-trained acmr run).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the fine-tuned runs: one per market, OUT/<market>.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="forec (fork per market with a head) or acmr.")] = "forec",
+    model: Annotated[str, typer.Option("--model", "-m", help="A model made by fine-tuning (`xmfast models` marks them), e.g. forec or acmr.")] = "forec",
     markets: Annotated[
         str, typer.Option(help="Comma-separated markets to fine-tune for, or all (the run's target and sources); default: its target.")
     ] = "",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per market (forec: 25; acmr: 50).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (forec: 0.01; acmr: 0.001).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (forec: 1e-3; acmr: 1e-7).")] = None,
-    unfreeze: Annotated[Optional[int], typer.Option(help="forec: last fully-connected layers of the forked tower left trainable (3).")] = None,
-    head: Annotated[Optional[str], typer.Option(help="forec: widths of the market head's hidden layers (16,32,16).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience (forec: all epochs; acmr: 3).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head's initialisation, negatives and shuffling (42).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing fine-tuned runs.")] = False,
 ) -> None:
-    """Fine-tune a trained run per market: FOREC forks a meta-learned NMF and adds a market head; ACMR continues its pre-training on the target."""
+    """Fine-tune a trained run per market: FOREC forks a meta-learned NMF and adds a market head; ACMR continues its pre-training on the target.
+
+    The model's own settings are options too (forec: --unfreeze 3, --head 16,32,16; `xmfast models MODEL` lists them).
+    """
     from xmfast import training
-    from xmfast.distributed import is_main
-    from xmfast.models import config_from_dict, get_model
-    from xmfast.models.forec import FORECConfig
+    from xmfast.models import get_model
+    from xmfast.training.distributed import is_main
     from xmfast_cli.render import TrainProgress, show, train_summary
 
-    if model not in ("forec", "acmr"):
-        raise XmfastError(f"unknown fine-tuned model {model!r} (expected forec or acmr)")
-    model_config = None
-    if model == "forec":
-        values = {"unfreeze": unfreeze, "head": _layers(head, "--head") if head is not None else None}
-        model_config = config_from_dict(FORECConfig, {k: v for k, v in values.items() if v is not None})
-    elif unfreeze is not None or head is not None:
-        raise XmfastError("--unfreeze and --head apply to forec only")
-    given = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
-    config = get_model(model).finetune_config(**{k: v for k, v in given.items() if v is not None})
+    spec = get_model(model)
+    settings, given = _model_options(spec, ctx, "finetune")
+    if given:
+        raise XmfastError(f"--{next(iter(given))}-run: a fine-tuned model starts from the RUN argument")
+    model_config = spec.config_from(settings) if settings else None
+    options = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
+    config = spec.finetune_config(**{k: v for k, v in options.items() if v is not None})
     with TrainProgress() as observer:
-        results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=model,
+        results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=spec.name,
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
         if result is not None and is_main():
@@ -722,7 +712,7 @@ def run_experiment(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
-    from xmfast import distributed
+    from xmfast.training import distributed
     from xmfast import experiment as xp
     from xmfast_cli.render import ExperimentProgress, console, plan_table, show
 

@@ -22,44 +22,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from xmfast.errors import XmfastError
-from xmfast.models.ncf import NMFConfig
+from xmfast.models.settings import MAMLConfig, MAMLModelConfig
 
 Weights = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MAMLConfig:
-    """The meta-learning settings (FOREC's defaults: fast lr 0.1, one adaptation step)."""
-
-    inner_lr: float = 0.1
-    inner_steps: int = 1
-    first_order: bool = False
-    # Adaptation steps on a validation batch before testing, as FOREC's evaluation did; 0 (the
-    # default) evaluates the meta-learned weights as they are.
-    test_adaptation_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.inner_steps < 1:
-            raise XmfastError(f"inner_steps must be at least 1, got {self.inner_steps}")
-        if not self.inner_lr > 0:
-            raise XmfastError(f"inner_lr must be positive, got {self.inner_lr}")
-        if self.test_adaptation_steps < 0:
-            raise XmfastError(f"test_adaptation_steps must be 0 or more, got {self.test_adaptation_steps}")
-
-
-@dataclass(frozen=True)
-class MAMLModelConfig:
-    """`xmfast train --model maml`: an NMF (shaped like the NMF++ run it starts from) meta-trained
-    across the target and source markets."""
-
-    nmf: NMFConfig = NMFConfig()
-    maml: MAMLConfig = MAMLConfig()
-
-    def __post_init__(self) -> None:
-        if isinstance(self.nmf, dict):
-            object.__setattr__(self, "nmf", NMFConfig(**self.nmf))
-        if isinstance(self.maml, dict):
-            object.__setattr__(self, "maml", MAMLConfig(**self.maml))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""Pinned results: every built-in model, trained with a fixed seed on CPU on the embedded sample,
+gives exactly the numbers in tests/pinned_results.json (valid and test aggregates, selected
+epoch, loss of each epoch), compared with ==, not approx.
+
+Why: a refactor of the model registry, the training engine or the planner (issue 19) must not
+move a single bit of any model's results; an approximate comparison would let a changed
+initialisation order, RNG draw or summation order through.
+
+Torch runs on one thread here, so the numbers do not depend on the machine's core count.
+
+Regenerating the file: ``XMFAST_PIN_WRITE=1 pytest tests/test_pinned.py`` rewrites
+tests/pinned_results.json from the current code instead of comparing. Use it only deliberately,
+when a change is meant to move results, and say so (and why) in that commit's message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from xmfast.models import get_model
+from xmfast.prepare import PrepareConfig, prepare
+from xmfast.training import finetune, train
+
+PINNED = Path(__file__).with_name("pinned_results.json")
+WRITE = os.environ.get("XMFAST_PIN_WRITE") == "1"
+
+# Everything that determines the pinned numbers, in one place (adapt the calls below, not these
+# values, if the API changes). Runs are trained in this order; "pretrained" names earlier runs
+# (train's pretrained=), "finetune" the earlier run a fine-tuned model starts from.
+_TRAIN = {"epochs": 2, "batch_size": 256, "seed": 7, "device": "cpu"}
+SETTINGS: dict[str, Any] = {
+    "prepare": {"target": "in", "sources": "all", "protocol": "forec", "seed": 42},
+    "runs": {
+        "pop": {"model": "pop"},
+        "cooc": {"model": "cooc"},
+        "gmf": {"model": "gmf", "train": _TRAIN},
+        "mlp": {"model": "mlp", "train": _TRAIN},
+        "nmf": {"model": "nmf", "train": _TRAIN, "pretrained": {"gmf": "gmf", "mlp": "mlp"}},
+        "gmf++": {"model": "gmf++", "train": {**_TRAIN, "sources": ("all",)}},
+        "mlp++": {"model": "mlp++", "train": {**_TRAIN, "sources": ("all",)}},
+        "nmf++": {"model": "nmf++", "train": {**_TRAIN, "sources": ("all",)},
+                  "pretrained": {"gmf": "gmf++", "mlp": "mlp++"}},
+        "maml": {"model": "maml", "train": {**_TRAIN, "sources": ("all",)}, "pretrained": {"nmf": "nmf++"}},
+        "forec": {"model": "forec", "finetune": "maml", "train": _TRAIN},
+        "acmr": {"model": "acmr", "train": {**_TRAIN, "sources": ("all",)},
+                 "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
+        "acmr-finetuned": {"model": "acmr", "finetune": "acmr", "train": _TRAIN,
+                           "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
+    },
+}
+
+
+def _observed(run_dir: Path) -> dict[str, Any]:
+    """What is pinned of one finished run: its results.json aggregates and selected epoch, and
+    the loss of each epoch from metrics.jsonl (baselines have no epochs)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return {
+        "selected_epoch": results["selected_epoch"],
+        "valid": results["valid"],
+        "test": results["test"],
+        "loss": [json.loads(line)["loss"] for line in lines if line.strip()],
+    }
+
+
+def _train_all(ds: Any, root: Path) -> dict[str, Any]:
+    target = SETTINGS["prepare"]["target"]
+    dirs: dict[str, Path] = {}
+    observed: dict[str, Any] = {}
+    for name, s in SETTINGS["runs"].items():
+        spec = get_model(s["model"])
+        model_config = spec.config_type(**s.get("config", {}))
+        if "finetune" in s:
+            out = root / f"{name}-ft"
+            config = spec.finetune_config(**s["train"])
+            finetune(dirs[s["finetune"]], out, [target], model_config, config, model=s["model"])
+            dirs[name] = out / target
+        else:
+            dirs[name] = root / name
+            config = spec.train_config(**s.get("train", {}))
+            pretrained = {k: dirs[v] for k, v in s.get("pretrained", {}).items()} or None
+            assert train(ds, dirs[name], s["model"], model_config, config, pretrained=pretrained) is not None
+        observed[name] = _observed(dirs[name])
+    return observed
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict[str, Any]:
+    """Every run of SETTINGS trained once for the module on one prepared sample; with
+    XMFAST_PIN_WRITE=1 the results also replace tests/pinned_results.json."""
+    root = tmp_path_factory.mktemp("pinned")
+    ds = prepare(sample_dir, root / "ds", PrepareConfig(**SETTINGS["prepare"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _train_all(ds, root / "runs")
+    finally:
+        torch.set_num_threads(threads)
+    if WRITE:
+        PINNED.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return result
+
+
+def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
+    from xmfast.models import model_names
+
+    pinned = json.loads(PINNED.read_text())
+    assert sorted(pinned) == sorted(observed)
+    assert {get_model(s["model"]).name for s in SETTINGS["runs"].values()} == set(model_names())
+
+
+@pytest.mark.parametrize("name", list(SETTINGS["runs"]))
+def test_results_are_bit_identical_to_the_pinned_ones(observed: dict[str, Any], name: str) -> None:
+    pinned = json.loads(PINNED.read_text())
+    assert name in pinned, f"{name} is not in {PINNED.name}; regenerate it deliberately (see the module docstring)"
+    assert observed[name] == pinned[name]

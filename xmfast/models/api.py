@@ -1,0 +1,423 @@
+"""The model API: the one door through which every model, built-in or a user's, enters xmfast.
+
+A model is a subclass of :class:`Model` that declares, in one place, what the engine, the
+planner, the CLI and the report need to know about it::
+
+    @dataclass(frozen=True)
+    class BPRMFConfig:
+        dim: int = 16
+
+    @register
+    class BPRMF(Model):
+        name = "bprmf"
+        description = "matrix factorisation with a pairwise (BPR) loss"
+        config_type = BPRMFConfig
+        objective = "bpr"
+
+        def build(self, sizes, config):
+            return MyTorchModule(sizes.groups, sizes.items, config.dim)
+
+The torch module it builds scores (user key, item) pairs: ``module(keys, items)`` returns one
+logit per pair. A model that needs no training loop (popularity, co-occurrence, a scoring
+function) sets ``trained = False`` and implements :meth:`Model.fit` instead of :meth:`Model.build`.
+
+Models are found by name in the registry: the built-ins, every installed package's entry points
+in the group ``xmfast.models`` (``bprmf = "mypackage.models:BPRMF"``), and classes passed to
+:func:`register`. Entry points are loaded only when their model is used, so commands that do not
+train never import a package's torch code. Nothing in this module imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import numbers
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, ClassVar
+
+from xmfast.errors import XmfastError
+
+ENTRY_POINT_GROUP = "xmfast.models"
+OBJECTIVES = ("bce", "bpr", "softmax", "own")
+"""``bce``: pointwise binary cross-entropy on the training rows (label 1) and `negatives`
+sampled items per row (label 0), every (key, item) instance shuffled on its own (FOREC's);
+``bpr``: pairwise, −log σ(s⁺ − s⁻) over each row's sampled negatives; ``softmax``: sampled
+softmax, the cross-entropy of the positive among itself and the row's negatives; ``own``: the
+model's :meth:`Model.loss` of a :class:`Batch`. All but ``bce`` take batches of whole rows."""
+BATCHES = ("pairs", "histories")
+"""What a key is: ``pairs``, a (market, user) group; ``histories``, a training row whose
+history the module holds (the engine calls ``module.attach(dataset, rows)``; see ACMR)."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a module is built for: the dataset's user keys, items and markets."""
+
+    groups: int  # (market, user) pairs: a user active in two markets has two keys
+    items: int  # items are shared across markets
+    markets: int
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A model without hyper-parameters."""
+
+
+class Model:
+    """Base class of every model (see the module docstring). Subclasses set the class attributes
+    and override the hooks they need; one instance per registered model serves every command."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_type: ClassVar[type] = NoSettings  # a frozen dataclass whose fields all have defaults
+    trained: ClassVar[bool] = True  # False: fit() makes a scorer, no training loop
+    baseline: ClassVar[bool] = False  # listed first in reports; the reference of the "Δ vs baseline" column
+    objective: ClassVar[str] = "bce"  # one of OBJECTIVES
+    batch: ClassVar[str] = "pairs"  # one of BATCHES
+    lr: ClassVar[float] = 0.01  # Adam's learning rate unless the user gives one
+    # Trained runs it starts from: slot -> model name (NMF: {"gmf": "gmf", "mlp": "mlp"}). The
+    # runs are found or given at training time and handed to initialise() by slot.
+    starts_from: ClassVar[Mapping[str, str]] = {}
+    # Made per market by `xmfast finetune` from a finished run of one of these models (FOREC:
+    # ("maml", "nmf")); such a model is never trained from scratch.
+    fine_tunes: ClassVar[tuple[str, ...]] = ()
+    # Uses the source markets by design (MAML, ACMR, cooc): its runs with sources keep its name;
+    # a single-market model trained with sources is labelled "name++" (the pooled variant).
+    cross_market: ClassVar[bool] = False
+    needs_sources: ClassVar[bool] = False  # training without source markets is refused
+    # Settings over TrainConfig's defaults for this model, and for its fine-tuning.
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
+    finetune_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def build(self, sizes: Sizes, config: Any) -> Any:
+        """The torch module (a ``torch.nn.Module``) for `sizes` and `config`."""
+        raise XmfastError(f"model {self.name}: declares no build(sizes, config)")
+
+    def fit(self, dataset: Any, config: Any, sources: tuple[str, ...]) -> Any:
+        """For ``trained = False``: a scorer fitted on `dataset`'s training rows (the target's
+        and those of `sources`), with ``score(groups, items[n, c])`` and ``score_all(groups,
+        items[m])`` returning float arrays (see :class:`xmfast.evaluation.Scorer`)."""
+        raise XmfastError(f"model {self.name}: declares no fit(dataset, config, sources)")
+
+    def requires(self, config: Any) -> dict[str, str]:
+        """The runs this configuration starts from (default: `starts_from`; NMF without
+        pretraining starts from none)."""
+        return dict(self.starts_from)
+
+    def initialise(self, module: Any, runs: Mapping[str, Any], config: Any) -> None:
+        """Loads the starting runs into a freshly built `module`. `runs` maps each slot (and
+        ``"base"`` for a fine-tuned model) to a :class:`xmfast.training.StartingRun`, whose
+        ``weights`` is its checkpoint's state dict and ``module()`` its network with them.
+        Default: the one starting run's weights loaded into the whole module."""
+        if len(runs) != 1:
+            raise XmfastError(f"model {self.name}: starts from {', '.join(runs)}; declare initialise() to say how")
+        module.load_state_dict(next(iter(runs.values())).weights)
+
+    def loss(self, module: Any, batch: Any) -> Any:
+        """For ``objective = "own"``: the scalar loss of a :class:`xmfast.training.Batch`
+        (keys, positives, negatives, markets), to be minimised."""
+        raise XmfastError(f"model {self.name}: objective 'own' needs a loss(module, batch) method")
+
+    def config_from_base(self, config: Any, base_model: str, base_config: Any) -> Any:
+        """For a fine-tuned model: its configuration given the base run's (FOREC takes the
+        forked NMF's shape from it). Default: `config` as it is."""
+        return config
+
+    def trainer(self) -> type | None:
+        """The engine class that trains this model when batches and objectives do not describe
+        it (MAML's meta-learning); None: the standard loop."""
+        return None
+
+    # ---- derived facts ----------------------------------------------------------------------
+    def config_from(self, values: Mapping[str, Any] | None) -> Any:
+        """The configuration from plain values (a TOML table, a saved run), every key and type
+        checked."""
+        return config_from_dict(self.config_type, dict(values or {}), f"model {self.name}")
+
+    def train_config(self, **overrides: Any) -> Any:
+        """The training settings: TrainConfig's defaults, the model's own, then `overrides`."""
+        from xmfast.models.schedule import TrainConfig
+
+        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **overrides},
+                                f"training of model {self.name}")
+
+    def finetune_config(self, **overrides: Any) -> Any:
+        """The settings of `xmfast finetune` for this model (always on one market alone)."""
+        return self.train_config(**{**dict(self.finetune_defaults), **overrides, "sources": ()})
+
+    def label(self, *, sources: bool, fine_tuned: bool) -> str:
+        """The name tables give a run: ``gmf++`` for a single-market model trained on pooled
+        markets, ``acmr (pre-trained)`` for a run of a model that fine-tunes itself, before it was."""
+        if self.name in self.fine_tunes and not fine_tuned:
+            return f"{self.name} (pre-trained)"
+        if sources and self.trained and not self.cross_market and not self.fine_tunes:
+            return f"{self.name}++"
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<model {self.name}: {self.description}>"
+
+
+# ---- the registry --------------------------------------------------------------------------------
+_BUILTIN = {
+    "pop": "xmfast.models.builtin:Popularity",
+    "cooc": "xmfast.models.builtin:Cooccurrence",
+    "gmf": "xmfast.models.builtin:GMF",
+    "mlp": "xmfast.models.builtin:MLP",
+    "nmf": "xmfast.models.builtin:NMF",
+    "maml": "xmfast.models.builtin:MAML",
+    "forec": "xmfast.models.builtin:FOREC",
+    "acmr": "xmfast.models.builtin:ACMR",
+}
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+_registered: dict[str, Model] = {}  # loaded models by name
+_declared: dict[str, list[str]] | None = None  # name -> where it is declared (built-in or entry points)
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _declarations() -> dict[str, list[str]]:
+    """Every model name known without loading anything: built-ins and entry points."""
+    global _declared
+    if _declared is None:
+        found: dict[str, list[str]] = {name: [ref] for name, ref in _BUILTIN.items()}
+        for ep in _entry_points():
+            refs = found.setdefault(ep.name, [])
+            if ep.value not in refs:
+                refs.append(ep.value)
+        _declared = found
+    return _declared
+
+
+def register(model: type[Model]) -> type[Model]:
+    """Adds `model` (a :class:`Model` subclass) to the registry; usable as a class decorator.
+    A second model of the same name is refused (an error naming both)."""
+    if not (isinstance(model, type) and issubclass(model, Model)):
+        raise XmfastError(f"register() takes a subclass of xmfast.models.Model, not {model!r}")
+    _check_declaration(model)
+    where = f"{model.__module__}:{model.__qualname__}"
+    refs = _declarations().get(model.name, [])
+    current = _registered.get(model.name)
+    if current is not None and type(current) is not model:
+        raise XmfastError(f"model {model.name}: registered twice ({_where(type(current))} and {where}); "
+                          "rename one of them")
+    if current is None and refs and where not in refs:
+        raise XmfastError(f"model {model.name}: the name is taken by {refs[0]} (a model named {model.name} was "
+                          f"registered by {where}); rename one of them")
+    _registered[model.name] = model()
+    return model
+
+
+def unregister(name: str) -> None:
+    """Forgets a model registered from user code (tests, notebooks); built-ins and entry points
+    stay declared."""
+    _registered.pop(name, None)
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _check_declaration(model: type[Model]) -> None:
+    """The declaration's own consistency, each problem one error naming the model and setting."""
+    name = model.name
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith("++"):
+        raise XmfastError(f"{_where(model)}: model name {name!r} must be lower-case letters, digits, '_', '-' or "
+                          "'.', starting with a letter (a trailing ++ is the pooled variant, not a name)")
+    what = f"model {name}"
+    if not (isinstance(model.config_type, type) and is_dataclass(model.config_type)):
+        raise XmfastError(f"{what}: config_type must be a dataclass, got {model.config_type!r}")
+    try:
+        model.config_type()
+    except Exception as e:  # noqa: BLE001 - a user's dataclass may raise anything
+        raise XmfastError(f"{what}: config_type {model.config_type.__name__} needs a default for every setting "
+                          f"({type(e).__name__}: {e})") from None
+    if model.objective not in OBJECTIVES:
+        raise XmfastError(f"{what}: objective {model.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if model.objective == "own" and model.loss is Model.loss:
+        raise XmfastError(f"{what}: objective 'own' needs a loss(module, batch) method")
+    if model.batch not in BATCHES:
+        raise XmfastError(f"{what}: batch {model.batch!r} is not one of {', '.join(BATCHES)}")
+    if model.trained and model.build is Model.build:
+        raise XmfastError(f"{what}: a trained model needs build(sizes, config) (or trained = False and fit())")
+    if not model.trained and model.fit is Model.fit:
+        raise XmfastError(f"{what}: trained = False needs fit(dataset, config, sources)")
+    if not (isinstance(model.lr, numbers.Real) and model.lr > 0):
+        raise XmfastError(f"{what}: lr must be a positive number, got {model.lr!r}")
+    for slot, dep in dict(model.starts_from).items():
+        if not (isinstance(slot, str) and isinstance(dep, str)) or slot == "base":
+            raise XmfastError(f"{what}: starts_from maps slot names to model names ('base' is the fine-tuned "
+                              f"run's slot), got {slot!r}: {dep!r}")
+    if isinstance(model.fine_tunes, str) or not all(isinstance(m, str) for m in model.fine_tunes):
+        raise XmfastError(f"{what}: fine_tunes must be a tuple of model names, got {model.fine_tunes!r}")
+    if model.fine_tunes and model.starts_from:
+        raise XmfastError(f"{what}: a fine-tuned model starts from its base run; declare fine_tunes or starts_from, "
+                          "not both")
+
+
+def _load(name: str) -> Model:
+    """The registered model `name`, loading its declaration on first use."""
+    if name in _registered:
+        return _registered[name]
+    refs = _declarations().get(name, [])
+    if len(refs) > 1:
+        raise XmfastError(f"model {name}: declared twice ({refs[0]} and {refs[1]}); uninstall or rename one of them")
+    if not refs:
+        raise XmfastError(f"unknown model {name!r} (known: {', '.join(model_names())})")
+    ref = refs[0]
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except XmfastError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken plug-in is one line naming it, not a traceback
+        raise XmfastError(f"model {name}: cannot load {ref} ({type(e).__name__}: {e})") from None
+    if not (isinstance(obj, type) and issubclass(obj, Model)):
+        raise XmfastError(f"model {name}: {ref} is not a subclass of xmfast.models.Model")
+    if obj.name != name:
+        raise XmfastError(f"model {name}: {ref} declares the name {obj.name!r}; the entry point and the class "
+                          "must agree")
+    if name not in _registered:  # the module may have registered it while it was imported
+        _check_declaration(obj)
+        _registered[name] = obj()
+    return _registered[name]
+
+
+def model_names() -> list[str]:
+    """Every registered model: the built-ins, then installed packages', then those registered
+    from code, each group in a stable order. Nothing is loaded."""
+    declared = list(_declarations())
+    return declared + [n for n in _registered if n not in _declarations()]
+
+
+def get_model(name: str) -> Model:
+    """The model `name` (``gmf++`` names gmf: the ++ is the training's sources), its
+    declaration and dependencies checked."""
+    key = str(name).lower().removesuffix("++")
+    if key not in _declarations() and key not in _registered:
+        raise XmfastError(f"unknown model {name!r} (known: {', '.join(model_names())}; a ++ suffix trains a "
+                          "single-market model on pooled markets)")
+    model = _load(key)
+    check_dependencies(model)
+    return model
+
+
+def check_dependencies(model: Model, config: Any = None) -> None:
+    """Every model `model` starts from or fine-tunes is registered, and none leads back to it."""
+
+    def walk(m: Model, path: list[str]) -> None:
+        deps = list(m.requires(config if m is model and config is not None else m.config_type()).values())
+        for dep in [*deps, *m.fine_tunes]:
+            if dep == m.name and dep in m.fine_tunes:
+                continue  # a model fine-tuning its own pre-trained runs (ACMR)
+            if dep in path:
+                cycle = " -> ".join([*path[path.index(dep):], dep])
+                raise XmfastError(f"model {model.name}: its starting runs form a cycle ({cycle})")
+            if dep not in _declarations() and dep not in _registered:
+                raise XmfastError(f"model {m.name}: starts from unknown model {dep!r} (known: {', '.join(model_names())})")
+            walk(_load(dep), [*path, dep])
+
+    walk(model, [model.name])
+
+
+def label_of(info: Mapping[str, Any]) -> str:
+    """The table name of a run from its run.json (see :meth:`Model.label`)."""
+    model = str(info["model"])
+    sources = bool((info.get("train_config") or {}).get("sources"))
+    fine_tuned = "base" in (info.get("pretrained") or {})
+    try:
+        return get_model(model).label(sources=sources, fine_tuned=fine_tuned)
+    except XmfastError:  # a model no longer installed: its runs still report, under their own name
+        return model + ("++" if sources else "")
+
+
+# ---- configurations from plain values -------------------------------------------------------------
+def config_from_dict(config_type: type, values: Mapping[str, Any], owner: str | None = None) -> Any:
+    """Builds a (possibly nested) frozen dataclass from plain values, rejecting unknown keys so a
+    typo in a config file is an error rather than a silently ignored setting, and values of the
+    wrong type (``embedding_dim = true``, a string for a float, a float for an int), which
+    Python would otherwise carry into the model. `owner` names what is configured in errors
+    (e.g. ``model gmf``)."""
+    if not is_dataclass(config_type):
+        raise TypeError(f"{config_type} is not a dataclass")
+    known = {f.name: f for f in fields(config_type)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise XmfastError(f"{owner + ': ' if owner else ''}unknown setting {unknown[0]!r} for {config_type.__name__} "
+                          f"(known: {', '.join(known) or 'none'})")
+    owner = owner or config_type.__name__
+    hints = typing.get_type_hints(config_type)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints.get(name, Any)
+        if is_dataclass(hint) and isinstance(value, dict):
+            value = config_from_dict(hint, value, f"{owner} [{name}]")
+        else:
+            value = _typed(value, hint, f"{owner}: setting {name}")
+        kwargs[name] = value
+    try:
+        return config_type(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise XmfastError(f"{owner}: {e}") from None
+
+
+def _typed(value: Any, hint: Any, what: str) -> Any:
+    """`value` as the type `hint` asks for (an int for a float becomes a float, a list a tuple),
+    or XmfastError saying what was expected and what was given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or (isinstance(hint, type) and is_dataclass(hint) and isinstance(value, hint)):
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _typed(value, options[0], what)
+        return value
+    if origin is typing.Literal:
+        if isinstance(value, str):
+            return value  # the configuration's own check names the choices
+        raise XmfastError(f"{what} must be one of {', '.join(map(str, args))}, got {_shown(value)}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise XmfastError(f"{what} must be a list, got {_shown(value)}")
+        return tuple(_typed(v, args[0], f"{what} (each element)") for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise XmfastError(f"{what} must be true or false, got {_shown(value)}")
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise XmfastError(f"{what} must be an integer, got {_shown(value)}")
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise XmfastError(f"{what} must be a number, got {_shown(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise XmfastError(f"{what} must be a string, got {_shown(value)}")
+    if isinstance(hint, type) and is_dataclass(hint):
+        raise XmfastError(f"{what} must be a table of settings, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value as the config file spells it (true, "8", 2.5)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)

@@ -1,0 +1,173 @@
+"""The entry points of training: :func:`train` a model of the registry into a run directory,
+:func:`resume` an interrupted run, :func:`load_scorer` for a run's model. Which engine trains a
+model, how it starts and what it optimises come from the model's declaration, never its name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from xmfast import core
+from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
+from xmfast.models import Model, Sizes, config_from_dict, get_model
+from xmfast.models.schedule import TrainConfig
+from xmfast.runs import Run, to_plain
+from xmfast.training import distributed
+from xmfast.training.checkpoints import find_pretrained, load_weights, pretrained_record, read_checkpoint
+from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, resolve_device
+from xmfast.training.results import evaluate_run_splits, write_results
+from xmfast.training.rows import resolve_sources, training_view
+
+
+def trainer_for(model: Model) -> type[Trainer]:
+    """The engine class of `model`: the one it names (MAML's meta-learning), the sequence engine
+    for history batches, else the standard loop."""
+    own = model.trainer()
+    if own is not None:
+        return own
+    if model.batch == "histories":
+        from xmfast.training.sequence import SequenceTrainer
+
+        return SequenceTrainer
+    return Trainer
+
+
+def run_info(dataset: PreparedDataset, spec: Model, model_config: Any, config: TrainConfig,
+             pretrained: dict[str, Run] | None = None) -> dict[str, Any]:
+    import platform
+
+    return {
+        "model": spec.name,
+        "model_config": to_plain(model_config),
+        "train_config": to_plain(replace(config, sources=resolve_sources(dataset, config.sources))),
+        "dataset": {"path": str(Path(dataset.path).resolve()) if dataset.path else None,
+                    "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
+        "target": dataset.target,
+        "pretrained": {name: str(r.path.resolve()) for name, r in (pretrained or {}).items()},
+        "pretrained_runs": {name: pretrained_record(r) for name, r in (pretrained or {}).items()},
+        "versions": {"xmfast": core.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "status": "created",
+    }
+
+
+def train(
+    dataset: PreparedDataset,
+    out: Path,
+    model: str,
+    model_config: Any = None,
+    config: TrainConfig | None = None,
+    *,
+    pretrained: dict[str, Path] | None = None,
+    overwrite: bool = False,
+    observer: TrainObserver | None = None,
+    stop_after: int | None = None,
+) -> TrainResult | None:
+    """Trains `model` on `dataset` into the run directory `out` (see :mod:`xmfast.runs`).
+
+    Baselines (pop, cooc) are "trained" too: their run holds the configuration and results, so
+    every table can list them next to the neural models. Without `config`, the model's own
+    defaults apply (FOREC's for the NCF family, the paper's schedule for ACMR).
+
+    Started by ``torchrun`` with more than one process, every process calls this and they train
+    together (see :mod:`xmfast.training.distributed`); rank 0 writes the run, every rank returns its result."""
+    spec = get_model(model)
+    config = config if config is not None else spec.train_config()
+    distributed.init(config.device)
+    if model.endswith("++") and not config.sources:
+        config = replace(config, sources=("all",))
+    model_config = model_config if model_config is not None else spec.config_type()
+    if not isinstance(model_config, spec.config_type):
+        raise XmfastError(f"model {spec.name} takes a {spec.config_type.__name__}, not {type(model_config).__name__}")
+    if dataset.path is None:
+        raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
+    dataset.require_evaluated_users()
+    if not spec.trained:
+        return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite))
+    if spec.fine_tunes and spec.name not in spec.fine_tunes:
+        raise XmfastError(f"{spec.name} is made from a trained run by `xmfast finetune RUN --model {spec.name}`")
+    if spec.needs_sources and not resolve_sources(dataset, config.sources):
+        raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
+
+    def create() -> tuple[dict[str, Run], Run]:
+        runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
+        return runs, Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite,
+                                inputs=[dataset.path, *(r.path for r in runs.values())])
+
+    runs, run = distributed.on_main(create)
+    with distributed.writing(run):
+        trainer = trainer_for(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
+                                      stop_after=stop_after)
+        return trainer.fit()
+
+
+def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainObserver | None = None,
+           stop_after: int | None = None) -> TrainResult | None:
+    """Continues an interrupted run from its last checkpoint; it ends where an uninterrupted run
+    with the same settings would."""
+    run = Run.open(run_path)
+    if run.status == "finished":
+        raise XmfastError(f"{run_path}: already finished; nothing to resume")
+    spec = get_model(run.model)
+    if not spec.trained:
+        raise XmfastError(f"{run_path}: a {spec.name} run has no training to resume; train it again")
+    dataset = run.load_dataset(dataset_path)
+    model_config = spec.config_from(run.info["model_config"])
+    config = run_train_config(run)
+    distributed.init(config.device)
+    pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
+    with distributed.writing(run):
+        trainer = trainer_for(spec)(dataset, run, spec, model_config, config, pretrained=pretrained,
+                                      observer=observer, stop_after=stop_after)
+        if run.finished_an_epoch:
+            trainer.restore()
+        else:  # killed before its first checkpoint: nothing to continue, so it starts over
+            if distributed.is_main():
+                run.write_metrics([])
+            (observer or TrainObserver()).on_message(f"{run_path}: no epoch had finished; training it from epoch 0")
+        return trainer.fit()
+
+
+
+
+def _train_baseline(dataset: PreparedDataset, out: Path, spec: Model, model_config: Any, config: TrainConfig,
+                    *, overwrite: bool) -> TrainResult:
+    """A model without a training loop: fitted, evaluated and written as a run like any other."""
+    run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite, inputs=[dataset.path])
+    scorer = spec.fit(dataset, model_config, resolve_sources(dataset, config.sources))
+    with run.writing():
+        valid, test = evaluate_run_splits(dataset, scorer, run)
+        write_results(run, None, valid, test, extra={})
+    return TrainResult(run, 0, 0, valid, test)
+
+
+def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto",
+                checkpoint: Literal["best", "last"] | None = None) -> Any:
+    """A scorer for a finished (or interrupted) run: its model with the selected checkpoint, or
+    a model without training fitted again on the dataset."""
+    spec = get_model(run.model)
+    try:
+        model_config = spec.config_from(run.info["model_config"])
+    except XmfastError as e:
+        raise XmfastError(f"{run.path / 'run.json'}: {e}; the file was edited or belongs to another version") from None
+    if not spec.trained:
+        return spec.fit(dataset, model_config, tuple(run.sources))
+    which = checkpoint or run.info["train_config"].get("select", "best")
+    path = run.best_checkpoint if which == "best" else run.last_checkpoint
+    if not path.is_file():
+        raise XmfastError(f"{path}: missing; the run has no {which} checkpoint (status {run.status})")
+    dev = resolve_device(device)
+    model = spec.build(Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
+    load_weights(model, read_checkpoint(path, run)["model"], path)
+    model = model.to(dev)
+    if spec.batch == "histories":
+        model.attach(training_view(dataset, run_train_config(run), tuple(run.sources)))
+    return ModelScorer(model, dev)
+
+
+def run_train_config(run: Run) -> TrainConfig:
+    """The training settings a run was made with."""
+    return config_from_dict(TrainConfig, run.info["train_config"])
