@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from xmfast import _trec_format, core
+from xmfast import _trec_format, core, outputs
 from xmfast._io import loads_strict, write_json_atomic
 from xmfast.dataset import HeldOut, PreparedDataset
 from xmfast.errors import XmfastError, check_int
@@ -34,7 +34,7 @@ Split = Literal["valid", "test"]
 Mode = Literal["sampled", "full"]
 CUT_MEASURES: tuple[str, ...] = ("hr", "ndcg", "precision", "map")
 PLAIN_MEASURES: tuple[str, ...] = ("mrr", "auc")
-RESULTS_FORMAT = "xmfast-evaluation"
+RESULTS_FORMAT = outputs.EVALUATION_FORMAT
 
 
 @dataclass(frozen=True)
