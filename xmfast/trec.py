@@ -15,11 +15,25 @@ import numpy as np
 from xmfast import core
 from xmfast._trec_format import Run, query_id, read_qrels, read_run, run_to_scores, write_qrels, write_run
 from xmfast.errors import XmfastError
-from xmfast.evaluation import EvalConfig, Evaluation, Standings
+from xmfast.dataset import PreparedDataset
+from xmfast.evaluation import EvalConfig, Evaluation, Scorer, Split, Standings, held_out
 
 __all__ = [
-    "Run", "evaluate_run", "query_id", "read_qrels", "read_run", "run_to_scores", "write_qrels", "write_run",
+    "Run", "evaluate_run", "export_run", "query_id", "read_qrels", "read_run", "run_to_scores", "write_qrels",
+    "write_run",
 ]
+
+
+def export_run(
+    path: Path, dataset: PreparedDataset, split: Split, scores: Scorer | np.ndarray, tag: str = "xmfast"
+) -> None:
+    """Writes the stored candidates of `split` as a TREC run, scored by `scores`: a matrix of
+    their scores, or a scorer (a model or baseline), which scores them here. The one way
+    `evaluate` exports a run, whatever was evaluated."""
+    if hasattr(scores, "score"):
+        held = held_out(dataset, split)
+        scores = scores.score(np.asarray(held.group), np.asarray(held.candidates))
+    write_run(path, dataset, split, np.asarray(scores), tag)
 
 
 def evaluate_run(
