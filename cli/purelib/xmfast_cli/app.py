@@ -659,10 +659,8 @@ def recommend(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Top-k products for users by original item id (items they already have left out)."""
-    import numpy as np
-
     from xmfast.recommend import recommend as top_items
-    from xmfast.recommend import resolve_groups, write_csv
+    from xmfast.recommend import select_groups, write_csv
     from xmfast.runs import Run
     from xmfast.training import load_scorer
     from xmfast_cli.render import console, progress_bar, recommendations_table, show
@@ -671,25 +669,7 @@ def recommend(
     _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
     r = Run.open(run)
     data = r.load_dataset(dataset)
-    ids = list(user or [])
-    if users_file is not None:
-        try:
-            ids += [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as e:
-            raise XmfastError(f"{users_file}: cannot read user ids (not UTF-8 text: {e})") from None
-        except OSError as e:  # missing, a directory, unreadable
-            raise XmfastError(f"{users_file}: cannot read user ids ({e.strerror or e})") from None
-    market_name = market or data.target
-    if all_users and ids:
-        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
-    if all_users:
-        if market_name not in data.markets:
-            raise XmfastError(f"market {market_name!r} is not in the dataset (it has {', '.join(data.markets)})")
-        groups = np.flatnonzero(np.asarray(data.group_market) == data.market_index(market_name))
-    elif ids:
-        groups = resolve_groups(data, ids, market_name)
-    else:
-        raise XmfastError("name users with --user ID, --users-file FILE or --all-users")
+    groups = select_groups(data, user or [], users_file, all_users=all_users, market=market)
     scorer = load_scorer(r, data, device=device)
     with progress_bar("recommending") as update:
         recs = top_items(data, scorer, groups, k, exclude_known=not include_known, progress=update)
