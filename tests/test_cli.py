@@ -410,3 +410,21 @@ def test_the_entry_point_keeps_exit_status_and_help(monkeypatch: pytest.MonkeyPa
             main()
         assert exit_.value.code == code, argv
     assert "error:" not in capsys.readouterr().err
+
+
+def test_evaluate_exports_the_trec_run_it_evaluated(dataset: Path, tmp_path: Path) -> None:
+    """`evaluate RUN --trec-run` and `evaluate DATASET --baseline --trec-run` write their run with
+    trec.export_run; evaluating the file again gives the same figures, and the tag names the model."""
+    assert invoke("train", dataset, "-m", "pop", "-o", tmp_path / "pop").exit_code == 0
+    for source, tag in ((tmp_path / "pop", "run"), (dataset, "baseline")):
+        args = ["--baseline", "pop"] if tag == "baseline" else []
+        r = invoke("evaluate", source, *args, "--ties", "trec", "--json", tmp_path / f"{tag}.json",
+                   "--trec-run", tmp_path / f"{tag}.run", "--trec-qrels", tmp_path / f"{tag}.qrels")
+        assert r.exit_code == 0, r.output
+        r = invoke("evaluate", "--trec-run", tmp_path / f"{tag}.run", "--trec-qrels", tmp_path / f"{tag}.qrels",
+                   "--ties", "trec", "--json", tmp_path / f"{tag}-back.json")
+        assert r.exit_code == 0, r.output
+        first = json.loads((tmp_path / f"{tag}.json").read_text())["per_market"]["in"]
+        back = json.loads((tmp_path / f"{tag}-back.json").read_text())["per_market"]["in"]
+        assert back == pytest.approx(first, abs=1e-12) and first["hr@10"] > 0
+        assert {line.split()[5] for line in (tmp_path / f"{tag}.run").read_text().splitlines()} == {"pop"}

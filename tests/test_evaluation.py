@@ -242,6 +242,23 @@ def test_sampled_and_scorer_paths_agree_and_trec_files_round_trip(sample_dataset
     assert from_files.aggregate() == pytest.approx(direct.aggregate(), abs=1e-12)
 
 
+def test_export_run_scores_with_a_scorer_or_writes_a_matrix(sample_dataset, tmp_path: Path) -> None:
+    """`xmfast evaluate` exports every run through trec.export_run: a scorer's run is the run of
+    its scores of the stored candidates."""
+    ds = sample_dataset
+    scorer = PopularityScorer(ds)
+    scores = scorer.score(np.asarray(ds.valid.group), np.asarray(ds.valid.candidates))
+    trec.export_run(tmp_path / "a", ds, "valid", scorer, "pop")
+    trec.export_run(tmp_path / "b", ds, "valid", scores, "pop")
+    text = (tmp_path / "a").read_text()
+    assert text == (tmp_path / "b").read_text()
+    lines = text.splitlines()
+    assert len(lines) == scores.size and {line.split()[5] for line in lines} == {"pop"}
+    np.testing.assert_array_equal(trec.run_to_scores(trec.read_run(tmp_path / "a"), ds, "valid"), scores)
+    with pytest.raises(XmfastError, match="scores have shape"):
+        trec.export_run(tmp_path / "c", ds, "valid", scores[:-1])
+
+
 def test_cross_market_cooccurrence_beats_popularity_on_sample(sample_dataset) -> None:
     ds = sample_dataset
     config = EvalConfig(cutoffs=(10,), measures=("hr", "ndcg"))

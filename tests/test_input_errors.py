@@ -25,6 +25,7 @@ from xmfast.errors import U32_MAX, DataError, XmfastError
 from xmfast.evaluation import EvalConfig, read_scores
 from xmfast.prepare import KCore, PrepareConfig
 from xmfast.ratings import read_ratings
+from xmfast.recommend import select_groups
 from xmfast.synth import SynthConfig
 
 BOM = b"\xef\xbb\xbf"
@@ -295,6 +296,47 @@ def test_qrels_errors_name_the_qrels_file(trec_files: tuple[Path, Path], tmp_pat
                       f"{two}: query {first[0]} has 2 relevant documents")
     assert_user_error(invoke("evaluate", "--trec-run", tmp_path, "--trec-qrels", qrels),
                       f"{tmp_path}: a directory, not a TREC file")
+
+
+# ---- 5b. recommend's user selection (xmfast.recommend.select_groups) ----------------------------
+
+
+def test_select_groups_names_users_or_a_whole_market(dataset: Path, tmp_path: Path) -> None:
+    ds = PreparedDataset.load(dataset)
+    market_of = np.asarray(ds.group_market)
+    in_groups = np.flatnonzero(market_of == ds.market_index("in"))
+    assert select_groups(ds, all_users=True).tolist() == in_groups.tolist()  # the target by default
+    assert select_groups(ds, all_users=True, market="uk").tolist() == np.flatnonzero(market_of == ds.market_index("uk")).tolist()
+    first, second = (ds.users[int(ds.group_user[g])] for g in in_groups[:2])
+    (tmp_path / "ids").write_text(f"\n{second}\n\n", encoding="utf-8")
+    assert select_groups(ds, [first], tmp_path / "ids").tolist() == in_groups[:2].tolist()  # named, then the file's
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("both", "give either --all-users or the users (--user, --users-file), not both"),
+    ("file and all", "give either --all-users or the users (--user, --users-file), not both"),
+    ("nobody", "name users with --user ID, --users-file FILE or --all-users"),
+    ("market", "market 'xx' is not in the dataset (it has in, uk)"),
+    ("missing file", "{ids}: cannot read user ids (No such file or directory)"),
+    ("not utf-8", "{ids}: cannot read user ids (not UTF-8 text: "),
+])
+def test_select_groups_errors(dataset: Path, tmp_path: Path, case: str, message: str) -> None:
+    ds = PreparedDataset.load(dataset)
+    user = ds.users[int(ds.group_user[0])]
+    ids = tmp_path / "ids"
+    ids.write_bytes(b"\xff\xfe\x00" if case == "not utf-8" else f"{user}\n".encode())
+    call = {
+        "both": lambda: select_groups(ds, [user], all_users=True),
+        "file and all": lambda: select_groups(ds, users_file=ids, all_users=True),
+        "nobody": lambda: select_groups(ds),
+        "market": lambda: select_groups(ds, all_users=True, market="xx"),
+        "missing file": lambda: select_groups(ds, users_file=tmp_path / "none"),
+        "not utf-8": lambda: select_groups(ds, users_file=ids),
+    }[case]
+    with pytest.raises(XmfastError) as e:
+        call()
+    expected = message.format(ids=tmp_path / "none" if case == "missing file" else ids)
+    assert str(e.value).startswith(expected), str(e.value)
 
 
 # ---- 6. no blank line before the error ----------------------------------------------------------

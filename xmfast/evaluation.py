@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from xmfast import core
+from xmfast import _trec_format, core, outputs
 from xmfast._io import loads_strict, write_json_atomic
 from xmfast.dataset import HeldOut, PreparedDataset
 from xmfast.errors import XmfastError, check_int
@@ -34,7 +34,7 @@ Split = Literal["valid", "test"]
 Mode = Literal["sampled", "full"]
 CUT_MEASURES: tuple[str, ...] = ("hr", "ndcg", "precision", "map")
 PLAIN_MEASURES: tuple[str, ...] = ("mrr", "auc")
-RESULTS_FORMAT = "xmfast-evaluation"
+RESULTS_FORMAT = outputs.EVALUATION_FORMAT
 
 
 @dataclass(frozen=True)
@@ -352,15 +352,13 @@ def read_scores(path: Path, dataset: PreparedDataset, split: Split) -> np.ndarra
             raise XmfastError(f"{path}: not a .npy file (no NumPy header); {SCORES_FORMATS}")
         if head.startswith(b"PK\x03\x04"):
             raise XmfastError(f"{path}: a zip archive (.npz?), not one scores matrix; {SCORES_FORMATS}")
-        from xmfast import trec
-
         try:
-            run = trec.read_run(path)
+            run = _trec_format.read_run(path)
         except XmfastError as e:
             if "expected 6 columns" in str(e) or "not UTF-8 text" in str(e):
                 raise XmfastError(f"{e}; {SCORES_FORMATS}") from None
             raise
-        return trec.run_to_scores(run, dataset, split, path)
+        return _trec_format.run_to_scores(run, dataset, split, path)
     try:
         scores = np.load(path, allow_pickle=False)
     except ValueError as e:

@@ -17,6 +17,8 @@ DATASET_FORMAT = "xmfast-prepared"
 """`manifest.json`'s format: what marks a directory as a prepared dataset (xmfast.dataset reads it)."""
 RUN_FORMAT = "xmfast-run"
 """`run.json`'s format: what marks a directory as a run (xmfast.runs reads it)."""
+EVALUATION_FORMAT = "xmfast-evaluation"
+"""An evaluation JSON's format (xmfast.evaluation writes and reads it)."""
 REPORT_FORMAT = "xmfast-report"
 STATS_FORMAT = "xmfast-stats"
 RECOMMENDATIONS_HEADER = "market,user,rank,item,score"
@@ -58,12 +60,4 @@ STATS_JSON = OutputKind("statistics JSON", False, lambda p: json_format(p) == ST
 RECOMMENDATIONS_CSV = OutputKind("recommendations CSV", False, lambda p: first_line(p) == RECOMMENDATIONS_HEADER)
 TREC_RUN = OutputKind("TREC run", False, _columns(6))
 TREC_QRELS = OutputKind("TREC qrels", False, _columns(4))
-
-
-def _evaluation(path: Path) -> bool:
-    from xmfast.evaluation import RESULTS_FORMAT
-
-    return json_format(path) == RESULTS_FORMAT
-
-
-EVALUATION_JSON = OutputKind("evaluation JSON", False, _evaluation)
+EVALUATION_JSON = OutputKind("evaluation JSON", False, lambda p: json_format(p) == EVALUATION_FORMAT)

@@ -40,12 +40,16 @@ class Recommendations:
         return out
 
 
+def _market_index(dataset: PreparedDataset, market: str) -> int:
+    if market not in dataset.markets:
+        raise XmfastError(f"market {market!r} is not in the dataset (it has {', '.join(dataset.markets)})")
+    return dataset.market_index(market)
+
+
 def resolve_groups(dataset: PreparedDataset, users: Sequence[str], market: str | None = None) -> np.ndarray:
     """Groups of original user ids in `market` (default: the dataset's target)."""
     market = market or dataset.target
-    if market not in dataset.markets:
-        raise XmfastError(f"market {market!r} is not in the dataset (it has {', '.join(dataset.markets)})")
-    m = dataset.market_index(market)
+    m = _market_index(dataset, market)
     code_of_user = {}
     group_market = np.asarray(dataset.group_market)
     group_user = np.asarray(dataset.group_user)
@@ -60,6 +64,41 @@ def resolve_groups(dataset: PreparedDataset, users: Sequence[str], market: str |
             raise XmfastError(f"user {uid!r} has no ratings in market {market} of this dataset")
         groups.append(g)
     return np.asarray(groups, dtype=np.int64)
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """The user ids of a file, one per line (blank lines skipped); an unreadable file is one error."""
+    path = Path(path)
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise XmfastError(f"{path}: cannot read user ids (not UTF-8 text: {e})") from None
+    except OSError as e:  # missing, a directory, unreadable
+        raise XmfastError(f"{path}: cannot read user ids ({e.strerror or e})") from None
+
+
+def select_groups(
+    dataset: PreparedDataset,
+    users: Sequence[str] = (),
+    users_file: Path | None = None,
+    *,
+    all_users: bool = False,
+    market: str | None = None,
+) -> np.ndarray:
+    """The groups `recommend` is asked for: the named `users` and those of `users_file`, in
+    `market` (default: the dataset's target), or with `all_users` every user of that market.
+    Both at once is an error (the names would be ignored), and so is neither."""
+    ids = list(users)
+    if users_file is not None:
+        ids += read_user_ids(users_file)
+    market = market or dataset.target
+    if all_users and ids:
+        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
+    if all_users:
+        return np.flatnonzero(np.asarray(dataset.group_market) == _market_index(dataset, market))
+    if ids:
+        return resolve_groups(dataset, ids, market)
+    raise XmfastError("name users with --user ID, --users-file FILE or --all-users")
 
 
 def recommend(

@@ -316,8 +316,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Rank held-out items and report HR, NDCG, MRR, precision, MAP and AUC per market."""
-    import numpy as np
-
+    from xmfast import trec
     from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
     from xmfast_cli.render import console, progress_bar, results_table, show
 
@@ -331,8 +330,6 @@ def evaluate(
         _check_output(trec_run, "TREC_RUN", dataset, scores, trec_qrels)
         _check_output(trec_qrels, "TREC_QRELS", dataset, scores, trec_run)
     if dataset is None:
-        from xmfast import trec
-
         if trec_run is None or trec_qrels is None:
             raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
         # A TREC run is evaluated as it is: options about a dataset's candidates would be ignored in silence.
@@ -381,20 +378,13 @@ def evaluate(
                 )
             title = f"{baseline} on {dataset} ({split}, {'full ranking' if full else 'sampled candidates'})"
             if trec_run is not None:
-                from xmfast import trec
-
                 if full:
                     raise XmfastError("--trec-run export covers the stored candidates; drop --full")
-                held = data.valid if split == "valid" else data.test
-                trec.write_run(trec_run, data, split, scorer.score(np.asarray(held.group), np.asarray(held.candidates)), baseline)
+                trec.export_run(trec_run, data, split, scorer, baseline)  # type: ignore[arg-type]
         if trec_qrels is not None:
-            from xmfast import trec
-
             trec.write_qrels(trec_qrels, data, split)
         if scores is not None and trec_run is not None:
-            from xmfast import trec
-
-            trec.write_run(trec_run, data, split, matrix)
+            trec.export_run(trec_run, data, split, matrix)  # type: ignore[arg-type]
     if json_out is not None:
         evaluation.to_json(json_out, per_user=per_user)
     show(results_table(evaluation, title))
@@ -409,8 +399,6 @@ def _evaluate_run(
     per_user: bool, trec_run: Optional[Path], trec_qrels: Optional[Path],
 ) -> None:
     """`xmfast evaluate RUN`: the run's selected checkpoint (or baseline) on its own dataset."""
-    import numpy as np
-
     from xmfast import trec
     from xmfast.evaluation import evaluate_scorer
     from xmfast.runs import Run
@@ -427,8 +415,7 @@ def _evaluate_run(
     if trec_run is not None:
         if full:
             raise XmfastError("--trec-run export covers the stored candidates; drop --full")
-        held = data.valid if split == "valid" else data.test
-        trec.write_run(trec_run, data, split, scorer.score(np.asarray(held.group), np.asarray(held.candidates)), run.model)
+        trec.export_run(trec_run, data, split, scorer, run.model)  # type: ignore[arg-type]
     if trec_qrels is not None:
         trec.write_qrels(trec_qrels, data, split)
     if json_out is not None:
@@ -662,10 +649,8 @@ def recommend(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Top-k products for users by original item id (items they already have left out)."""
-    import numpy as np
-
     from xmfast.recommend import recommend as top_items
-    from xmfast.recommend import resolve_groups, write_csv
+    from xmfast.recommend import select_groups, write_csv
     from xmfast.runs import Run
     from xmfast.training import load_scorer
     from xmfast_cli.render import console, progress_bar, recommendations_table, show
@@ -674,25 +659,7 @@ def recommend(
     _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
     r = Run.open(run)
     data = r.load_dataset(dataset)
-    ids = list(user or [])
-    if users_file is not None:
-        try:
-            ids += [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as e:
-            raise XmfastError(f"{users_file}: cannot read user ids (not UTF-8 text: {e})") from None
-        except OSError as e:  # missing, a directory, unreadable
-            raise XmfastError(f"{users_file}: cannot read user ids ({e.strerror or e})") from None
-    market_name = market or data.target
-    if all_users and ids:
-        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
-    if all_users:
-        if market_name not in data.markets:
-            raise XmfastError(f"market {market_name!r} is not in the dataset (it has {', '.join(data.markets)})")
-        groups = np.flatnonzero(np.asarray(data.group_market) == data.market_index(market_name))
-    elif ids:
-        groups = resolve_groups(data, ids, market_name)
-    else:
-        raise XmfastError("name users with --user ID, --users-file FILE or --all-users")
+    groups = select_groups(data, user or [], users_file, all_users=all_users, market=market)
     scorer = load_scorer(r, data, device=device)
     with progress_bar("recommending") as update:
         recs = top_items(data, scorer, groups, k, exclude_known=not include_known, progress=update)
