@@ -100,9 +100,10 @@ def test_bad_hyper_parameters_are_errors() -> None:
 
 
 def test_registry_names_and_plus_plus_aliases() -> None:
-    assert model_names() == ["gmf", "mlp", "nmf", "maml", "forec", "acmr", "pop", "cooc"]
-    assert get_model("NMF++").name == "nmf" and get_model("gmf").default_lr == 0.005
-    assert get_model("mlp").default_lr == 0.01 and get_model("nmf").pretrain == ("gmf", "mlp")
+    assert model_names()[:8] == ["pop", "cooc", "gmf", "mlp", "nmf", "maml", "forec", "acmr"]
+    assert get_model("NMF++").name == "nmf" and get_model("gmf").lr == 0.005
+    assert get_model("mlp").lr == 0.01 and get_model("nmf").requires(NMFConfig()) == {"gmf": "gmf", "mlp": "mlp"}
+    assert get_model("nmf").requires(NMFConfig(pretrained=False)) == {}
     with pytest.raises(XmfastError, match="unknown model 'svd'"):
         get_model("svd")
 
@@ -120,9 +121,9 @@ def test_configs_layer_defaults_file_and_options(tmp_path: Path) -> None:
     # ++ alias: sources all unless given
     _, _, _, tc2 = experiment_configs("gmf++", None)
     assert tc2.sources == ("all",)
-    # flat CLI options land in the nested configuration
-    _, _, mc3, _ = experiment_configs("nmf", None, model_overrides={"embedding_dim": 16})
-    assert mc3.gmf.embedding_dim == 16 and mc3.mlp.layers == (32, 64, 32, 16, 8)
+    # options (nested values) are laid over the file's table
+    _, _, mc3, _ = experiment_configs("nmf", read_config_file(f), model_overrides={"gmf": {"embedding_dim": 16}})
+    assert mc3.gmf.embedding_dim == 16 and mc3.mlp.layers == (8, 16, 4) and mc3.alpha == 0.25
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_configs_layer_defaults_file_and_options(tmp_path: Path) -> None:
         ("[gmf]\ndim = 3\n", {}, "unknown setting 'dim' for GMFConfig"),
         ("[tran]\nepochs = 3\n", {}, "unknown key or table 'tran'"),
         ("[train]\nsampling = 'mixed'\n", {}, "sampling must be concat or equal"),
-        ("", {"alpha": 0.3}, "--alpha does not apply to model gmf"),
+        ("", {"alpha": 0.3}, "model gmf: unknown setting 'alpha' for GMFConfig"),
     ],
 )
 def test_config_mistakes_are_one_clear_error(tmp_path: Path, text: str, model_overrides: dict, message: str) -> None:

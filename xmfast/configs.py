@@ -148,6 +148,8 @@ def parse_setting_options(model: Model, args: list[str]) -> tuple[dict[str, Any]
         if not token.startswith("--"):
             raise XmfastError(f"unexpected argument {token!r} (see `xmfast train --help`)")
         name, eq, inline = token.partition("=")
+        # --MODEL.SETTING names a setting where the command has an option of the same name
+        name = "--" + name.removeprefix(f"--{model.name}.") if name.startswith(f"--{model.name}.") else name
         setting = options.get(name)
         negated = None
         if setting is None and name.startswith("--no-"):

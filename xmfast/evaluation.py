@@ -65,6 +65,10 @@ class EvalConfig:
         return names + [m for m in self.measures if m in PLAIN_MEASURES]
 
 
+RUN_EVAL = EvalConfig(cutoffs=(5, 10, 20), measures=("hr", "ndcg", "mrr"))
+"""What every run records of its selected model (valid.json, test.json, results.json)."""
+
+
 @dataclass(frozen=True)
 class Standings:
     """Per query: candidates above the positive, tied with it, ties trec ranks first, and the

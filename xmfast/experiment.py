@@ -558,5 +558,17 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     return result is not None
 
 
+def write_experiment_report(exp: Experiment, source: Path) -> Path:
+    """OUT/report.md (with its CSV, JSON and plots) over every finished run of the experiment,
+    prefaced by its description and how it was made."""
+    from xmfast.report import build_report, collect_runs, write_report
+
+    made = (f"Made by `xmfast run {source}` (data `{exp.data}`, protocol {exp.protocol}, seeds "
+            f"{', '.join(map(str, exp.seeds))}).")
+    preface = f"{exp.description.strip()}\n\n{made}" if exp.description.strip() else made
+    return write_report(build_report(collect_runs([exp.out])), exp.out / "report.md", title=f"{exp.name}: results",
+                        preface=preface, inputs=[exp.out])
+
+
 __all__ = ["Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "plan", "read_experiment",
-           "run_experiment", "stage_actions"]
+           "run_experiment", "stage_actions", "write_experiment_report"]

@@ -1,5 +1,5 @@
 """Reports over finished runs: per target market and model, test metrics as mean ± standard
-deviation over seeds, the best per column marked, paired significance tests against NMF and the
+deviation over seeds, the best per column marked, paired significance tests against a reference model (single-market NMF by default) and the
 best baseline, published reference figures beside ours, and plots.
 
 The numbers come only from the runs' own files (``results.json`` for the aggregates,
@@ -32,9 +32,8 @@ else:  # pragma: no cover - Python 3.10
 
 REPORT_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 TEST_METRIC = "ndcg@10"  # the metric significance tests and plots use
-BASELINES = ("pop", "cooc")
 ALPHA = 0.05
-NCF = ("gmf", "mlp", "nmf")
+REFERENCE = "nmf"  # the default row every other is tested against (single-market NeuMF, FOREC's reference)
 
 
 # ---- reading runs --------------------------------------------------------------------------------
@@ -107,15 +106,28 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def run_label(info: dict[str, Any]) -> str:
-    """The name a table gives a run: ``nmf++`` for the NCF family with sources, ``acmr
-    (pre-trained)`` for an ACMR run that was not fine-tuned."""
-    model = str(info["model"])
-    sources = info.get("train_config", {}).get("sources") or []
-    if model in NCF and sources:
-        return model + "++"
-    if model == "acmr" and "base" not in (info.get("pretrained") or {}):
-        return "acmr (pre-trained)"
-    return model
+    """The name a table gives a run: the model's label from the registry (``nmf++`` for a
+    single-market model trained with sources, ``acmr (pre-trained)`` before its fine-tuning), or
+    the label a run saved from a scores file was given."""
+    from xmfast.models import label_of
+
+    if isinstance(info.get("scores"), dict):
+        return str(info["model"])
+    return label_of(info)
+
+
+def _row_order(label: str, model: str, sources: tuple[str, ...]) -> tuple[int, int, str]:
+    """Where a row goes in its section: baselines first, then single-market models, then those
+    with sources, each group in registry order (models not registered, e.g. saved scores, last)."""
+    from xmfast.models import get_model, model_names
+
+    names = model_names()
+    try:
+        spec = get_model(model)
+    except XmfastError:
+        return (1 + bool(sources), len(names), label)
+    tier = 0 if spec.baseline else 1 + bool(sources)
+    return (tier, names.index(spec.name), label)
 
 
 def read_run(path: Path) -> RunRecord:
@@ -297,7 +309,7 @@ class Row:
     runs: list[RunRecord]
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
-    vs_nmf: PairedTest | None = None
+    vs_reference: PairedTest | None = None
     vs_baseline: PairedTest | None = None
     published: PublishedFigure | None = None
     name: str = ""  # unique in its section: the label, with the sources when several rows share it
@@ -325,6 +337,7 @@ class Report:
     sections: list[Section]
     metrics: tuple[str, ...]
     published: list[PublishedFigure]
+    reference: str = REFERENCE
 
     def rows(self) -> Iterable[tuple[Section, Row]]:
         for s in self.sections:
@@ -340,12 +353,10 @@ def _sources_text(row: Row, markets: int) -> str:
     return ", ".join(row.sources)
 
 
-_ORDER = ["pop", "cooc", "gmf", "mlp", "nmf", "gmf++", "mlp++", "nmf++", "maml", "forec", "acmr (pre-trained)", "acmr"]
-
-
 def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_METRICS,
-                 published: Sequence[PublishedFigure] | None = None) -> Report:
-    """Groups runs by (dataset, model label, sources, settings): each group's seeds are one row."""
+                 published: Sequence[PublishedFigure] | None = None, reference: str = REFERENCE) -> Report:
+    """Groups runs by (dataset, model label, sources, settings): each group's seeds are one row.
+    `reference` is the label of the row every other is tested against (run without sources)."""
     published = list(read_published() if published is None else published)
     sections: dict[tuple[str, str, str], dict[tuple[str, tuple[str, ...], str], list[RunRecord]]] = {}
     for r in runs:
@@ -369,15 +380,15 @@ def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_M
                                   and f.model == label and f.metric == TEST_METRIC and inputs
                                   and all(f.data.get(m) == d for m, d in inputs.items())), None)
             rows.append(row)
-        rows.sort(key=lambda r: (_ORDER.index(r.label) if r.label in _ORDER else len(_ORDER), r.label, r.sources, r.settings))
+        rows.sort(key=lambda r: (*_row_order(r.label, r.runs[0].model, r.sources), r.sources, r.settings))
         _name_rows(rows)
         section = Section(protocol, target, fingerprint, rows)
         for m in metrics:
             top = max(r.mean[m] for r in rows)
             section.best[m] = {r.name for r in rows if r.mean[m] >= top - 1e-12}
-        _significance(section)
+        _significance(section, reference)
         out.append(section)
-    return Report(out, tuple(metrics), published)
+    return Report(out, tuple(metrics), published, reference)
 
 
 def _name_rows(rows: list[Row]) -> None:
@@ -397,13 +408,23 @@ def _mean_per_user(row: Row) -> dict[tuple[str, str], float]:
     return {k: float(np.mean([p[k][TEST_METRIC] for p in per_seed])) for k in keys}
 
 
-def _significance(section: Section) -> None:
-    """Each row against NMF (single market) and against the best baseline (by mean test NDCG@10):
-    paired t-tests on the per-user test NDCG@10, averaged over each row's seeds."""
+def _is_baseline(row: Row) -> bool:
+    from xmfast.models import get_model
+
+    try:
+        return get_model(row.runs[0].model).baseline
+    except XmfastError:
+        return False
+
+
+def _significance(section: Section, reference: str) -> None:
+    """Each row against the reference row (single-market NMF by default) and against the best
+    baseline (by mean test NDCG@10): paired t-tests on the per-user test NDCG@10, averaged over
+    each row's seeds."""
     per_user = {row.name: _mean_per_user(row) for row in section.rows}
     section.users = max((len(v) for v in per_user.values()), default=0)
-    nmf = next((r for r in section.rows if r.label == "nmf" and not r.sources), None)
-    baselines = [r for r in section.rows if r.label in BASELINES]
+    nmf = next((r for r in section.rows if r.label == reference and not r.sources), None)
+    baselines = [r for r in section.rows if _is_baseline(r)]
     baseline = max(baselines, key=lambda r: r.mean.get(TEST_METRIC, -1.0)) if baselines else None
     section.baseline = baseline.name if baseline else None
 
@@ -417,7 +438,7 @@ def _significance(section: Section) -> None:
         return paired_t_test([a[k] for k in keys], [b[k] for k in keys])
 
     for row in section.rows:
-        row.vs_nmf = test(row, nmf)
+        row.vs_reference = test(row, nmf)
         row.vs_baseline = test(row, baseline)
 
 
@@ -449,7 +470,7 @@ def report_records(report: Report) -> list[dict[str, Any]]:
             rec[f"{m} mean"] = r.mean[m]
             rec[f"{m} std"] = r.std[m]
             rec[f"{m} per seed"] = [x.test.get(m) for x in r.runs]
-        for name, t in (("vs nmf", r.vs_nmf), ("vs best baseline", r.vs_baseline)):
+        for name, t in ((f"vs {report.reference}", r.vs_reference), ("vs best baseline", r.vs_baseline)):
             rec[f"{name} diff"] = t.mean_difference if t else None
             rec[f"{name} p"] = t.p if t else None
         rec["published " + TEST_METRIC] = r.published.value if r.published else None
@@ -465,8 +486,8 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
     lines += [
         "Test metrics of the selected checkpoint, mean ± standard deviation over seeds (the seeds column); "
         "**bold** is the best mean of the column in its market. The two Δ columns are paired t-tests on the "
-        f"per-user test {TEST_METRIC.upper().replace('NDCG', 'NDCG')} (averaged over each model's seeds) against single-market NMF and "
-        f"against the best baseline (pop or cooc, by mean test NDCG@10): the mean difference and the "
+        f"per-user test {TEST_METRIC.upper().replace('NDCG', 'NDCG')} (averaged over each model's seeds) against single-market "
+        f"{report.reference} and against the best baseline (by mean test NDCG@10): the mean difference and the "
         f"two-sided p-value, ✱ when p < {ALPHA} (not corrected for multiple comparisons). The published "
         "column is a figure from the literature for the same protocol, market and model (sources below).",
         "",
@@ -474,14 +495,14 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
     for s in report.sections:
         lines += [f"## {s.target} (protocol {s.protocol}, dataset {s.fingerprint[:12]}, {s.users:,} test users)", ""]
         head = ["model", "sources", "seeds", *(m.upper().replace("NDCG", "NDCG").replace("HR", "HR") for m in report.metrics),
-                "Δ vs NMF", f"Δ vs {s.baseline or 'baseline'}", "published NDCG@10"]
+                f"Δ vs {report.reference}", f"Δ vs {s.baseline or 'baseline'}", "published NDCG@10"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in s.rows:
             markets = max((x.markets for x in r.runs), default=0)
             cells = [r.name, _sources_text(r, markets), ", ".join(map(str, r.seeds)),
                      *(_cell(r, m, r.name in s.best[m]) for m in report.metrics),
-                     _test_cell(r.vs_nmf), _test_cell(r.vs_baseline),
+                     _test_cell(r.vs_reference), _test_cell(r.vs_baseline),
                      f"{r.published.value:.3f}" if r.published else ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

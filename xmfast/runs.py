@@ -22,12 +22,15 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmfast import outputs
 from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError
+
+if TYPE_CHECKING:
+    from xmfast.evaluation import Evaluation
 
 RUN_FORMAT = outputs.RUN_FORMAT
 RUN_FORMAT_VERSION = 1
@@ -276,3 +279,75 @@ def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:
     from dataclasses import replace
 
     return replace(dataset, target=market, sources=[m for m in dataset.markets if m != market])
+
+
+# ---- what a finished run writes --------------------------------------------------------------------
+def evaluate_run_splits(dataset: PreparedDataset, scorer: Any, run: Run, *, test_scorer: Any = None
+                        ) -> tuple[Evaluation, Evaluation]:
+    """The run's model on the target's validation and test queries (valid.json, test.json)."""
+    from xmfast.evaluation import RUN_EVAL, evaluate_scorer
+
+    target = [dataset.target]
+    valid = evaluate_scorer(dataset, "valid", scorer, RUN_EVAL, markets=target)
+    test = evaluate_scorer(dataset, "test", test_scorer or scorer, RUN_EVAL, markets=target)
+    for e in (valid, test):
+        e.info["run"] = str(run.path)
+        e.info["model"] = run.model
+    valid.to_json(run.path / "valid.json")
+    test.to_json(run.path / "test.json")
+    return valid, test
+
+
+def write_results(run: Run, selected_epoch: int | None, valid: Evaluation, test: Evaluation, extra: dict[str, Any]) -> None:
+    """results.json, the summary every table reads; the run is finished once it is written."""
+    write_json_atomic(run.path / "results.json", {
+        "model": run.model, "selected_epoch": selected_epoch, "target": valid.markets and run.info["target"],
+        "valid": valid.aggregate(), "test": test.aggregate(), "queries": len(test), **extra,
+    })
+    run.save_info(status="finished")
+
+
+def save_scores_run(path: Path, dataset: PreparedDataset, scores: Any, *, label: str, scores_file: Path,
+                    seed: int = 0, overwrite: bool = False) -> Run:
+    """A run made of scores computed elsewhere (a test-split matrix, queries × stored candidates),
+    so that `report` and `compare` read it like any trained run: run.json says where the scores
+    came from (the file and its blake2b), test.json and results.json hold the target's test
+    figures. It has no model: commands that need one to score refuse it by name."""
+    import platform
+
+    from xmfast import core
+    from xmfast._io import digest_file
+    from xmfast.evaluation import RUN_EVAL, evaluate_sampled
+
+    info = {
+        "model": label,
+        "scores": {"file": str(Path(scores_file).resolve()), "blake2b": digest_file(Path(scores_file)), "split": "test"},
+        "model_config": {},
+        "train_config": {"seed": seed, "sources": []},
+        "dataset": {"path": str(Path(dataset.path).resolve()) if dataset.path else None,
+                    "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
+        "target": dataset.target,
+        "pretrained": {},
+        "versions": {"xmfast": core.__version__, "python": platform.python_version()},
+        "status": "created",
+    }
+    test = evaluate_sampled(dataset, "test", scores, RUN_EVAL, markets=[dataset.target])
+    run = Run.create(path, info, overwrite=overwrite, inputs=[p for p in (dataset.path, scores_file) if p])
+    with run.writing():
+        test.info.update({"run": str(run.path), "model": label})
+        test.to_json(run.path / "test.json")
+        write_json_atomic(run.path / "results.json", {
+            "model": label, "selected_epoch": None, "target": dataset.target, "valid": {}, "test": test.aggregate(),
+            "queries": len(test),
+        })
+        run.save_info(status="finished")
+    return run
+
+
+def scores_origin(run: Run) -> str | None:
+    """For a run saved from a scores file: the error commands that need a model give."""
+    scores = run.info.get("scores")
+    if not isinstance(scores, dict):
+        return None
+    return (f"{run.path}: saved from the scores file {scores.get('file')} (xmfast evaluate --save-run); it has no "
+            "model to score with, only its test figures (report and compare read them)")

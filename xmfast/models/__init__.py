@@ -17,11 +17,12 @@ from xmfast.models.api import (
     get_model,
     label_of,
     model_names,
+    refresh,
     register,
     unregister,
 )
 
 __all__ = [
     "BATCHES", "ENTRY_POINT_GROUP", "OBJECTIVES", "Model", "NoSettings", "Sizes", "check_dependencies",
-    "config_from_dict", "get_model", "label_of", "model_names", "register", "unregister",
+    "config_from_dict", "get_model", "label_of", "model_names", "refresh", "register", "unregister",
 ]

@@ -217,6 +217,13 @@ def register(model: type[Model]) -> type[Model]:
     return model
 
 
+def refresh() -> None:
+    """Reads the installed packages' entry points again (after installing one in a running
+    process: a notebook, a test). Models already loaded or registered from code stay."""
+    global _declared
+    _declared = None
+
+
 def unregister(name: str) -> None:
     """Forgets a model registered from user code (tests, notebooks); built-ins and entry points
     stay declared."""

@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from xmfast.errors import XmfastError
-from xmfast.models.settings import MAMLConfig, MAMLModelConfig
+from xmfast.models.settings import MAMLConfig, MAMLModelConfig  # noqa: F401 - MAMLModelConfig: importable from here too
 
 Weights = dict[str, torch.Tensor]
 

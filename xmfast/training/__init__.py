@@ -8,7 +8,6 @@
 * :mod:`~xmfast.training.finetuning` — :func:`finetune`, one run per market from a finished run;
 * :mod:`~xmfast.training.checkpoints` — checkpoints read as untrusted input, the runs a model starts from;
 * :mod:`~xmfast.training.rows` — the training rows of a run (target and sources);
-* :mod:`~xmfast.training.results` — what a finished run writes;
 * :mod:`~xmfast.training.distributed` — several processes under torchrun.
 """
 
@@ -23,10 +22,10 @@ from xmfast.training.checkpoints import (
 )
 from xmfast.training.engine import load_scorer, resume, run_info, run_train_config, train, trainer_for
 from xmfast.training.finetuning import finetune
-from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, _adam, resolve_device
+from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, _adam, resolve_device  # noqa: F401 - _adam: for tests
 from xmfast.training.meta import MAMLTrainer
 from xmfast.training.objectives import Batch
-from xmfast.training.results import FINAL_EVAL
+from xmfast.evaluation import RUN_EVAL as FINAL_EVAL
 from xmfast.training.rows import resolve_sources
 from xmfast.training.sequence import SequenceTrainer
 

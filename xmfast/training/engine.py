@@ -15,11 +15,11 @@ from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
 from xmfast.models import Model, Sizes, config_from_dict, get_model
 from xmfast.models.schedule import TrainConfig
-from xmfast.runs import Run, to_plain
+from xmfast.runs import Run, scores_origin, to_plain
 from xmfast.training import distributed
 from xmfast.training.checkpoints import find_pretrained, load_weights, pretrained_record, read_checkpoint
 from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, resolve_device
-from xmfast.training.results import evaluate_run_splits, write_results
+from xmfast.runs import evaluate_run_splits, write_results
 from xmfast.training.rows import resolve_sources, training_view
 
 
@@ -111,6 +111,8 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     run = Run.open(run_path)
     if run.status == "finished":
         raise XmfastError(f"{run_path}: already finished; nothing to resume")
+    if scores_origin(run):
+        raise XmfastError(scores_origin(run))
     spec = get_model(run.model)
     if not spec.trained:
         raise XmfastError(f"{run_path}: a {spec.name} run has no training to resume; train it again")
@@ -148,6 +150,9 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto",
                 checkpoint: Literal["best", "last"] | None = None) -> Any:
     """A scorer for a finished (or interrupted) run: its model with the selected checkpoint, or
     a model without training fitted again on the dataset."""
+    origin = scores_origin(run)
+    if origin:
+        raise XmfastError(origin)
     spec = get_model(run.model)
     try:
         model_config = spec.config_from(run.info["model_config"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from xmfast.training.checkpoints import (
     read_checkpoint,
 )
 from xmfast.training.objectives import Batch, row_loss
-from xmfast.training.results import evaluate_run_splits, write_results
+from xmfast.runs import evaluate_run_splits, write_results
 from xmfast.training.rows import resolve_sources, training_rows, training_view
 
 

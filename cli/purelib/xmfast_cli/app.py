@@ -83,6 +83,20 @@ def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = Non
         check_int(name, value, low, U32_MAX if high is None else high)
 
 
+MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+"""Commands whose model's settings are options read from its configuration dataclass (after
+the model is known), not declared here: see xmfast.configs.parse_setting_options."""
+
+
+def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    from xmfast.configs import parse_setting_options
+
+    try:
+        return parse_setting_options(model, list(ctx.args))
+    except XmfastError as e:
+        raise XmfastError(f"{e}; `xmfast {command} --help` lists the command's own options") from None
+
+
 @app.command()
 @user_errors
 def prepare(
@@ -277,9 +291,10 @@ def _parse_cutoffs(value: str) -> tuple[int, ...]:
     return cutoffs
 
 
-@app.command()
+@app.command(context_settings=MODEL_SETTINGS)
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     dataset: Annotated[
         Optional[Path],
         typer.Argument(help="A trained run, or a prepared dataset (omit when evaluating --trec-run with --trec-qrels)."),
@@ -289,11 +304,19 @@ def evaluate(
         typer.Option(help="Scores of the stored candidates: a .npy matrix (queries × candidates) or a TREC run file."),
     ] = None,
     baseline: Annotated[
-        Optional[str], typer.Option(help="Evaluate a built-in baseline instead: pop or cooc.")
+        Optional[str], typer.Option(help="Evaluate a model that needs no training (pop, cooc, or any registered with "
+                                    "trained = False), fitted on the dataset's markets; its settings as options, "
+                                    "e.g. --cooc.markets de,uk.")
     ] = None,
-    cooc_markets: Annotated[
-        str, typer.Option(help="Markets whose co-occurrence the cooc baseline uses (default all).")
-    ] = "",
+    save_run: Annotated[
+        Optional[Path], typer.Option(help="With --scores: also save them as a run here, which report and compare read like a trained one.")
+    ] = None,
+    label: Annotated[
+        Optional[str], typer.Option(help="With --save-run: the name tables give the run (default: the scores file's name).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="With --save-run: the seed the scores were made with (a report averages a label's seeds).")
+    ] = 0,
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     cutoffs: Annotated[str, typer.Option(help="Comma-separated cut-offs.")] = "5,10,20",
     measures: Annotated[
@@ -322,6 +345,26 @@ def evaluate(
 
     if not _split_list(measures):
         raise XmfastError("--measures: name at least one of hr, ndcg, precision, map, mrr, auc")
+    if (label is not None or seed != 0) and save_run is None:
+        raise XmfastError(f"{'--label' if label is not None else '--seed'} describes the run --save-run writes; give --save-run DIR")
+    if save_run is not None and scores is None:
+        raise XmfastError("--save-run saves a scores file as a run: give --scores FILE (a trained run is a run already)")
+    if save_run is not None and split != "test":
+        raise XmfastError("--save-run: a run holds test scores (its results are its test figures); give test scores "
+                          "with --split test")
+    settings: dict[str, Any] = {}
+    if baseline is not None:
+        from xmfast.models import get_model
+
+        spec = get_model(baseline)
+        if spec.trained:
+            raise XmfastError(f"--baseline {baseline}: {spec.name} is trained; train it (`xmfast train -m {spec.name}`) "
+                              "and evaluate its run")
+        settings, given = _model_options(spec, ctx, "evaluate")
+        if given:
+            raise XmfastError(f"--{next(iter(given))}-run: --baseline {baseline} starts from no run")
+    elif ctx.args:
+        raise XmfastError(f"{ctx.args[0]}: no such option of `xmfast evaluate` (see `xmfast evaluate --help`)")
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
@@ -333,7 +376,7 @@ def evaluate(
         if trec_run is None or trec_qrels is None:
             raise XmfastError("give a prepared dataset, or both --trec-run and --trec-qrels to evaluate a TREC run")
         # A TREC run is evaluated as it is: options about a dataset's candidates would be ignored in silence.
-        unused = {"--scores": scores is not None, "--baseline": baseline is not None, "--cooc-markets": bool(cooc_markets),
+        unused = {"--scores": scores is not None, "--baseline": baseline is not None, "--save-run": save_run is not None,
                   "--split": split != "test", "--full": full, "--markets": bool(markets)}
         if any(unused.values()):
             raise XmfastError(f"{', '.join(k for k, v in unused.items() if v)}: only with a prepared dataset or run; "
@@ -345,7 +388,7 @@ def evaluate(
         from xmfast.dataset import PreparedDataset
 
         market_filter = _split_list(markets) or None
-        given = {"--scores": scores is not None, "--baseline": baseline is not None, "--cooc-markets": bool(cooc_markets)}
+        given = {"--scores": scores is not None, "--baseline": baseline is not None}
         if (dataset / "run.json").is_file():
             # A run is evaluated with its own model: these options would be ignored, and the run's
             # figures printed as if they were the scores' or the baseline's.
@@ -361,9 +404,9 @@ def evaluate(
         _refuse_directory_of_runs(dataset, "evaluate")
         data = PreparedDataset.load(dataset)
         if (scores is None) == (baseline is None):
-            raise XmfastError("give exactly one of --scores FILE or --baseline pop|cooc")
-        if cooc_markets and baseline != "cooc":
-            raise XmfastError("--cooc-markets applies to --baseline cooc only; drop it")
+            raise XmfastError("give exactly one of --scores FILE or --baseline MODEL (a model without training: "
+                              "pop, cooc, ...)")
+        _check_output(save_run, "RUN", dataset, scores, json_out, trec_run, trec_qrels)
         if scores is not None:
             if full:
                 raise XmfastError("--full needs a model to score every item; a scores file holds the stored candidates only")
@@ -371,7 +414,9 @@ def evaluate(
             evaluation = evaluate_sampled(data, split, matrix, config, markets=market_filter)  # type: ignore[arg-type]
             title = f"{scores} on {dataset} ({split})"
         else:
-            scorer = _baseline(baseline, data, _split_list(cooc_markets) or None)
+            # fitted on every market of the dataset: the target and all its possible sources
+            others = tuple(m for m in data.markets if m != data.target)
+            scorer = spec.fit(data, spec.config_from(settings), others)
             with progress_bar(f"scoring {split}") as update:
                 evaluation = evaluate_scorer(
                     data, split, scorer, config, full=full, markets=market_filter, progress=update  # type: ignore[arg-type]
@@ -385,6 +430,11 @@ def evaluate(
             trec.write_qrels(trec_qrels, data, split)
         if scores is not None and trec_run is not None:
             trec.export_run(trec_run, data, split, matrix)  # type: ignore[arg-type]
+        if save_run is not None:
+            from xmfast.runs import save_scores_run
+
+            saved = save_scores_run(save_run, data, matrix, label=label or scores.stem, scores_file=scores, seed=seed)
+            console.print(f"saved the scores as run {saved.path} (label {saved.model})", highlight=False)
     if json_out is not None:
         evaluation.to_json(json_out, per_user=per_user)
     show(results_table(evaluation, title))
@@ -433,16 +483,6 @@ def _read_scores(path: Path, dataset: Any, split: str) -> Any:
     return read_scores(path, dataset, split)  # type: ignore[arg-type]
 
 
-def _baseline(name: str, dataset: Any, cooc_markets: Optional[list[str]]) -> Any:
-    from xmfast.models.baselines import CooccurrenceScorer, PopularityScorer
-
-    if name == "pop":
-        return PopularityScorer(dataset)
-    if name == "cooc":
-        return CooccurrenceScorer(dataset, cooc_markets)
-    raise XmfastError(f"unknown baseline {name!r} (expected pop or cooc)")
-
-
 @app.command()
 @user_errors
 def compare(
@@ -479,20 +519,6 @@ def _refuse_directory_of_runs(path: Path, command: str) -> None:
     if inside:
         raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)}), not one run; give "
                           f"one of them, e.g. `xmfast {command} {inside[0]}`")
-
-
-MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-"""Commands whose model's settings are options read from its configuration dataclass (after
-the model is known), not declared here: see xmfast.configs.parse_setting_options."""
-
-
-def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Path]]:
-    from xmfast.configs import parse_setting_options
-
-    try:
-        return parse_setting_options(model, list(ctx.args))
-    except XmfastError as e:
-        raise XmfastError(f"{e}; `xmfast {command} --help` lists the command's own options") from None
 
 
 @app.command(context_settings=MODEL_SETTINGS)
@@ -698,18 +724,31 @@ def run_experiment(
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
                   f"({sum(result.seconds.values()):.0f} s)", highlight=False)
     if report:
-        from xmfast.report import build_report, collect_runs, write_report
-
-        runs = collect_runs([exp.out])
-        path = write_report(build_report(runs), exp.out / "report.md", title=f"{exp.name}: results",
-                            preface=_experiment_preface(exp, experiment), inputs=[exp.out])
-        console.print(f"report: {path}", highlight=False)
+        console.print(f"report: {xp.write_experiment_report(exp, experiment)}", highlight=False)
 
 
-def _experiment_preface(exp: Any, path: Path) -> str:
-    text = exp.description.strip()
-    made = f"Made by `xmfast run {path}` (data `{exp.data}`, protocol {exp.protocol}, seeds {', '.join(map(str, exp.seeds))})."
-    return f"{text}\n\n{made}" if text else made
+@app.command()
+@user_errors
+def models(
+    name: Annotated[Optional[str], typer.Argument(help="A model to describe (its settings, defaults and declarations).")] = None,
+) -> None:
+    """List the registered models (built-in and installed), or describe one: its settings as options and TOML keys."""
+    from xmfast.models import get_model, model_names
+    from xmfast_cli.render import console, model_settings_table, models_table, show
+
+    if name is None:
+        show(models_table([get_model(n) for n in model_names()]))
+        return
+    model = get_model(name)
+    show(model_settings_table(model))
+    facts = [f"objective {model.objective}" if model.trained else "no training loop (fitted on the training rows)",
+             f"batches of {model.batch}" if model.trained else "",
+             f"default lr {model.lr}" if model.trained else "",
+             f"fine-tunes a {' or '.join(model.fine_tunes)} run (xmfast finetune)" if model.fine_tunes else "",
+             "needs source markets" if model.needs_sources else ("uses the source markets" if model.cross_market else ""),
+             "training defaults " + ", ".join(f"{k} = {v}" for k, v in model.train_defaults.items())
+             if model.train_defaults else ""]
+    console.print("; ".join(f for f in facts if f), highlight=False, markup=False)
 
 
 @app.command()
@@ -725,6 +764,9 @@ def report(
         Optional[Path], typer.Option(help="A published-figures TOML (default: the one shipped with xmfast).")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots.")] = True,
+    reference: Annotated[
+        str, typer.Option(help="The row (a model's label, run without sources) every other is tested against.")
+    ] = "nmf",
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
     from xmfast.report import build_report, collect_runs, read_published, write_report
@@ -738,7 +780,8 @@ def report(
             raise XmfastError(f"{preface}: cannot read the preface (not UTF-8 text: {e})") from None
         except OSError as e:  # missing, a directory, unreadable
             raise XmfastError(f"{preface}: cannot read the preface ({e.strerror or e})") from None
-    built = build_report(collect_runs(runs), published=read_published(published) if published else None)
+    built = build_report(collect_runs(runs), published=read_published(published) if published else None,
+                         reference=reference)
     path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     show(*report_table(built))
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"

@@ -303,12 +303,11 @@ class TrainProgress:
 def train_summary(result) -> Grid:  # noqa: ANN001 - xmfast.training.TrainResult
     """Validation and test results of a finished run."""
     run = result.run
-    what = f"epoch {result.selected_epoch} of {result.epochs_run}" if result.epochs_run else "baseline"
+    what = f"epoch {result.selected_epoch} of {result.epochs_run}" if result.epochs_run else "no training"
     early = ", stopped early" if result.stopped_early else ""
-    from xmfast.models import get_model
+    from xmfast.models import label_of
 
-    spec = get_model(run.model)
-    name = run.model + ("++" if run.sources and spec.neural and not (spec.cross_market or spec.fine_tuned) else "")
+    name = label_of(run.info)
     sources = f", sources {', '.join(run.sources)}" if run.sources else ""
     metrics = list(result.test.metrics)
     table = Grid(f"{name} → {run.path} ({what}{early}; target {run.info['target']}{sources}, {len(result.test):,} test users)",
@@ -384,15 +383,52 @@ def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
     metrics = list(report.metrics)
     for s in report.sections:
         t = Grid(f"{s.target} (protocol {s.protocol}, {s.users:,} test users)",
-                 ["model", "seeds", *metrics, "Δ vs nmf (p)"],
-                 short=["model", "seeds", *map(short_metric, metrics), "Δ nmf (p)"])
+                 ["model", "seeds", *metrics, f"Δ vs {report.reference} (p)"],
+                 short=["model", "seeds", *map(short_metric, metrics), f"Δ {report.reference} (p)"])
         for r in s.rows:
             cells = []
             for m in report.metrics:
                 text = f"{r.mean[m]:.4f}" + (f" ± {r.std[m]:.4f}" if len(r.runs) > 1 else "")
                 cells.append(f"[bold]{text}[/]" if r.name in s.best[m] else text)
-            vs = r.vs_nmf
+            vs = r.vs_reference
             t.add_row(r.name, str(len(r.runs)), *cells,
                       "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p:.2g})")
         tables.append(t)
     return tables
+
+
+def models_table(models: list) -> Grid:  # noqa: ANN001 - xmfast.models.Model instances
+    """The registered models, one row each, as `xmfast models` lists them."""
+    from rich.markup import escape
+
+    t = Grid("Registered models (xmfast models NAME describes one)", ["model", "kind", "starts from", "description"],
+             left=4)
+    for m in models:
+        kind = ("baseline" if m.baseline else "no training") if not m.trained else (
+            "fine-tuned" if m.fine_tunes and m.name not in m.fine_tunes else m.objective)
+        starts = ", ".join(dict.fromkeys(m.requires(m.config_type()).values())) or (
+            " or ".join(m.fine_tunes) if m.fine_tunes else "–")
+        t.add_row(escape(m.name), kind, escape(starts), escape(m.description))
+    return t
+
+
+def model_settings_table(model) -> Grid:  # noqa: ANN001 - xmfast.models.Model
+    """One model's settings: the option (and TOML key) of each, its type and default."""
+    from rich.markup import escape
+
+    from xmfast.configs import setting_options, settings_of
+
+    options = setting_options(model.config_type)
+    short = {s.path: o for o, s in options.items() if o.count(".") == 0 and o != s.option}
+    t = Grid(f"{model.name}: {model.description}", ["option", "TOML key", "type", "default"], left=3)
+    for s in settings_of(model.config_type):
+        option = short.get(s.path, s.option)
+        import typing
+
+        hint = str(s.hint) if typing.get_origin(s.hint) else getattr(s.hint, "__name__", str(s.hint))
+        default = ",".join(map(str, s.default)) if isinstance(s.default, tuple) else str(s.default)
+        t.add_row(escape(option), escape(".".join(s.path)), escape(hint), escape(default))
+    for slot, dep in model.starts_from.items():
+        t.add_row(escape(f"--{slot.replace('_', '-')}-run"), "–", "run directory",
+                  escape(f"a finished {dep} run next to --out"))
+    return t
