@@ -120,7 +120,7 @@ def test_cli_train_and_finetune_acmr(acmr_root: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["de", "in"]
     r = runner.invoke(app, ["finetune", str(tmp_path / "pre"), "-m", "acmr", "-o", str(tmp_path / "x"), "--head", "8"])
-    assert r.exit_code == 2 and "--unfreeze and --head apply to forec only" in r.output
+    assert r.exit_code == 2 and "--head is not a setting of model acmr" in r.output
     r = runner.invoke(app, ["train", str(acmr_root / "ds"), "-m", "acmr", "-o", str(tmp_path / "bad"), "--truncation", "old"])
     assert r.exit_code == 2 and "truncation must be random, recent or cooc" in r.output
 

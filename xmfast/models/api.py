@@ -104,6 +104,15 @@ class Model:
         items[m])`` returning float arrays (see :class:`xmfast.evaluation.Scorer`)."""
         raise XmfastError(f"model {self.name}: declares no fit(dataset, config, sources)")
 
+    def attach(self, module: Any, dataset: Any, rows: Any = None) -> None:
+        """Hands a freshly built `module` what it reads from the prepared dataset beyond its sizes
+        (ACMR: the history tables; a per-market bias: each key's market, ``dataset.group_market``).
+        Called before training (`rows`: the run's training rows, indices into the dataset's
+        training arrays) and when a run is loaded to score (`rows` None). Default: for
+        ``batch = "histories"`` the module's own ``attach(dataset, rows)``; nothing otherwise."""
+        if self.batch == "histories":
+            module.attach(dataset, rows) if rows is not None else module.attach(dataset)
+
     def requires(self, config: Any) -> dict[str, str]:
         """The runs this configuration starts from (default: `starts_from`; NMF without
         pretraining starts from none)."""
@@ -339,7 +348,10 @@ def check_dependencies(model: Model, config: Any = None) -> None:
 
 
 def label_of(info: Mapping[str, Any]) -> str:
-    """The table name of a run from its run.json (see :meth:`Model.label`)."""
+    """The table name of a run from its run.json: the label recorded when it was created, or
+    (runs of older versions) :meth:`Model.label` now."""
+    if isinstance(info.get("label"), str) and info["label"]:
+        return info["label"]
     model = str(info["model"])
     sources = bool((info.get("train_config") or {}).get("sources"))
     fine_tuned = "base" in (info.get("pretrained") or {})

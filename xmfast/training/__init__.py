@@ -26,12 +26,12 @@ from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResul
 from xmfast.training.meta import MAMLTrainer
 from xmfast.training.objectives import Batch
 from xmfast.evaluation import RUN_EVAL as FINAL_EVAL
-from xmfast.training.rows import resolve_sources
+from xmfast.training.rows import resolve_sources, training_rows, training_view
 from xmfast.training.sequence import SequenceTrainer
 
 __all__ = [
     "CHECKPOINT_VERSION", "FINAL_EVAL", "Batch", "MAMLTrainer", "ModelScorer", "SequenceTrainer", "StartingRun",
     "TrainConfig", "TrainObserver", "TrainResult", "Trainer", "describe_pretrained", "finetune", "find_pretrained",
     "load_scorer", "pretrained_record", "read_checkpoint", "resolve_device", "resolve_sources", "resume", "run_info",
-    "run_train_config", "train", "trainer_for",
+    "run_train_config", "train", "trainer_for", "training_rows", "training_view",
 ]

@@ -40,8 +40,11 @@ def run_info(dataset: PreparedDataset, spec: Model, model_config: Any, config: T
              pretrained: dict[str, Run] | None = None) -> dict[str, Any]:
     import platform
 
+    sources = resolve_sources(dataset, config.sources)
     return {
         "model": spec.name,
+        # the table name, fixed now: a report reads it even where the model is not installed
+        "label": spec.label(sources=bool(sources), fine_tuned="base" in (pretrained or {})),
         "model_config": to_plain(model_config),
         "train_config": to_plain(replace(config, sources=resolve_sources(dataset, config.sources))),
         "dataset": {"path": str(Path(dataset.path).resolve()) if dataset.path else None,
@@ -168,8 +171,7 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto",
     model = spec.build(Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
     load_weights(model, read_checkpoint(path, run)["model"], path)
     model = model.to(dev)
-    if spec.batch == "histories":
-        model.attach(training_view(dataset, run_train_config(run), tuple(run.sources)))
+    spec.attach(model, training_view(dataset, run_train_config(run), tuple(run.sources)))
     return ModelScorer(model, dev)
 
 

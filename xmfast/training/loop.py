@@ -226,9 +226,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.sizes = Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets))
         self.model: nn.Module = spec.build(self.sizes, model_config).to(self.device)
-        self.sequence = spec.batch == "histories"
-        if self.sequence:  # training-row and group history tables (see xmfast.models.acmr)
-            self.model.attach(self.train_data, self.rows.rows)  # type: ignore[operator]
+        self.sequence = spec.batch == "histories"  # keys are training rows (see xmfast.models.acmr)
+        spec.attach(self.model, self.train_data, self.rows.rows)
         # What the run starts from, as recorded when it was created (runs of older versions: as now).
         self.pretrained: dict[str, dict[str, Any]] = run.info.get("pretrained_runs") or {
             name: pretrained_record(r) for name, r in (pretrained or {}).items()}

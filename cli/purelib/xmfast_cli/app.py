@@ -618,13 +618,31 @@ def train(
         show(train_summary(result))
 
 
+def _fine_tuning_model(run: Path) -> Any:
+    """The registered model that fine-tunes `run`'s model, when exactly one does."""
+    from xmfast.models import get_model
+    from xmfast.runs import Run
+    from xmfast.training.finetuning import fine_tuned_models
+
+    base = Run.open(run).model
+    fitting = [m for m in fine_tuned_models() if base in get_model(m).fine_tunes]
+    if len(fitting) != 1:
+        raise XmfastError(f"{run}: a {base} run, which " + (f"{' and '.join(fitting)} fine-tune; name one with --model"
+                          if fitting else "no registered model fine-tunes (`xmfast models` lists them)"))
+    return get_model(fitting[0])
+
+
 @app.command(context_settings=MODEL_SETTINGS)
 @user_errors
 def finetune(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="A finished run to fine-tune (forec: a maml or nmf++ run; acmr: a pre-trained acmr run).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the fine-tuned runs: one per market, OUT/<market>.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="A model made by fine-tuning (`xmfast models` marks them), e.g. forec or acmr.")] = "forec",
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="A model made by fine-tuning (`xmfast models` marks them), e.g. forec or acmr "
+                     "(default: the one that fine-tunes RUN's model)."),
+    ] = None,
     markets: Annotated[
         str, typer.Option(help="Comma-separated markets to fine-tune for, or all (the run's target and sources); default: its target.")
     ] = "",
@@ -645,7 +663,7 @@ def finetune(
     from xmfast.training.distributed import is_main
     from xmfast_cli.render import TrainProgress, show, train_summary
 
-    spec = get_model(model)
+    spec = get_model(model) if model is not None else _fine_tuning_model(run)
     settings, given = _model_options(spec, ctx, "finetune")
     if given:
         raise XmfastError(f"--{next(iter(given))}-run: a fine-tuned model starts from the RUN argument")
@@ -677,13 +695,15 @@ def recommend(
     """Top-k products for users by original item id (items they already have left out)."""
     from xmfast.recommend import recommend as top_items
     from xmfast.recommend import select_groups, write_csv
-    from xmfast.runs import Run
+    from xmfast.runs import Run, scores_origin
     from xmfast.training import load_scorer
     from xmfast_cli.render import console, progress_bar, recommendations_table, show
 
     _check_ints({"--k": k})
     _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
     r = Run.open(run)
+    if scores_origin(r):  # before users are looked up: nothing could score them
+        raise XmfastError(scores_origin(r))
     data = r.load_dataset(dataset)
     groups = select_groups(data, user or [], users_file, all_users=all_users, market=market)
     scorer = load_scorer(r, data, device=device)
