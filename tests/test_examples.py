@@ -44,8 +44,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("examples")
     source, target = tmp / "src", tmp / "site"
     shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(source)], check=True)
+    # offline, with the test environment's setuptools (the [test] extra pins one that builds wheels)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(source)], capture_output=True, text=True)
+    assert pip.returncode == 0, f"pip install of {PACKAGE} failed:\n{pip.stdout}{pip.stderr}"
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     with pytest.MonkeyPatch.context() as mp:
@@ -194,3 +196,13 @@ def test_an_experiment_grid_with_them_plans_caches_and_reports(sample_dir: Path,
     compared = invoke("compare", out / "in/single/s1/nmf", out / "in/single/s1/bprmf", "--metrics", "ndcg@10")
     bprmf = json.loads((out / "in/single/s1/bprmf/results.json").read_text())
     assert "bprmf" in compared and f"{bprmf['test']['ndcg@10']:.4f}" in compared
+
+
+def test_the_shipped_grid_plans_from_the_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/xmfast-examples/grid.toml, as the README runs it."""
+    from xmfast.experiment import plan, read_experiment
+
+    monkeypatch.chdir(ROOT)
+    stages = plan(read_experiment(PACKAGE / "grid.toml")).stages
+    assert {s.label for s in stages} == {"dataset", "pop", "cooc", "gmf", "mlp", "nmf", *NAMES}
+    assert len([s for s in stages if s.label == "gmf-bias"]) == 3  # one per seed
