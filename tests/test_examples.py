@@ -206,3 +206,12 @@ def test_the_shipped_grid_plans_from_the_repository_root(monkeypatch: pytest.Mon
     stages = plan(read_experiment(PACKAGE / "grid.toml")).stages
     assert {s.label for s in stages} == {"dataset", "pop", "cooc", "gmf", "mlp", "nmf", *NAMES}
     assert len([s for s in stages if s.label == "gmf-bias"]) == 3  # one per seed
+
+
+def test_gmf_bias_refuses_a_gmf_run_with_other_settings(runs: Path, dataset: Path) -> None:
+    """Its `gmf` setting is the starting run's: another embedding size is one error, no run."""
+    result = runner.invoke(app, ["train", str(dataset), "-m", "gmf-bias", "-o", str(runs / "other"),
+                                 "--embedding-dim", "4", "--gmf-run", str(runs / "gmf")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot initialise gmf-bias: its gmf settings" in result.output and "'embedding_dim': 4" in result.output
+    assert not (runs / "other").exists()
