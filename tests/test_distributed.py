@@ -148,7 +148,7 @@ WORKER = textwrap.dedent('''
     maml = TrainConfig(epochs=1, batch_size=256, seed=1, sources=("jp",), device="cpu")
     nmf = NMFConfig(pretrained=False)
     out["maml"] = train(ds, RUNS / "maml", "maml", MAMLModelConfig(nmf=nmf), maml).test.aggregate()
-    forks = finetune(RUNS / "maml", RUNS / "forec", ["in", "jp"], config=TrainConfig(epochs=1, batch_size=256,
+    forks = finetune(RUNS / "maml", RUNS / "forec", ["in", "jp"], model="forec", config=TrainConfig(epochs=1, batch_size=256,
                      lr=0.01, l2=1e-3, device="cpu"))
     out["forec"] = {m: r.test.aggregate() for m, r in forks.items()}
     tiny = ACMRConfig(embedding_dim=16, blocks=1, heads=2, history=10)
@@ -177,7 +177,7 @@ def test_every_trainer_on_two_ranks_writes_from_rank_0_only(root: Path, sample_d
     assert train(data, one / "gmf-big", "gmf", config=TrainConfig(epochs=2, batch_size=5407, seed=3, device="cpu"))
     assert train(data, one / "maml", "maml", MAMLModelConfig(nmf=NMFConfig(pretrained=False)), base,
                  pretrained={"nmf": runs / "nmf"})
-    assert finetune(one / "maml", one / "forec", ["in"], config=TrainConfig(epochs=1, batch_size=256, lr=0.01,
+    assert finetune(one / "maml", one / "forec", ["in"], model="forec", config=TrainConfig(epochs=1, batch_size=256, lr=0.01,
                                                                             l2=1e-3, device="cpu"))["in"]
     (root / "worker.py").write_text(WORKER)
     _torchrun([str(root / "worker.py"), str(runs)], cwd=root)

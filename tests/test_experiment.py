@@ -182,7 +182,7 @@ def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
         ('models = ["gmf"]\ntargets = ["fr"]\n', "target 'fr' has no rating file"),
         ('models = ["gmf"]\n[train]\nepochz = 3\n', "unknown setting 'epochz'"),
         ('models = ["gmf"]\n[model.nmf]\nalfa = 3\n', "[model.nmf]: unknown setting 'alfa'"),
-        ('models = ["gmf"]\n[finetune.gmf]\nepochs = 3\n', "only forec and acmr"),
+        ('models = ["gmf"]\n[finetune.gmf]\nepochs = 3\n', "gmf has no fine-tuning stage (models made by fine-tuning: forec, acmr"),
         ('models = ["gmf"]\nseeds = [1, 1]\n', "distinct"),
         ('models = ["gmf"]\nprotocol = "x"\n', "protocol must be forec or acmr"),
         ('models = ["gmf"]\n[prepare]\ntarget = "uk"\n', "cannot set 'target'"),

@@ -56,7 +56,7 @@ def maml_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path
 
 
 def test_fine_tuning_keeps_frozen_weights_bit_identical_and_forks_are_independent(maml_run: Path, tmp_path: Path) -> None:
-    results = finetune(maml_run, tmp_path / "forec", ["in", "de"], config=TrainConfig(epochs=2, batch_size=256, lr=0.01, l2=1e-3))
+    results = finetune(maml_run, tmp_path / "forec", ["in", "de"], model="forec", config=TrainConfig(epochs=2, batch_size=256, lr=0.01, l2=1e-3))
     assert set(results) == {"in", "de"}
     base = torch.load(maml_run / "checkpoints" / "best.pt", weights_only=True)["model"]
     states = {m: torch.load(tmp_path / "forec" / m / "checkpoints" / "last.pt", weights_only=False)["model"] for m in results}
@@ -79,9 +79,9 @@ def test_fine_tuning_keeps_frozen_weights_bit_identical_and_forks_are_independen
 
 def test_finetune_errors(maml_run: Path, tmp_path: Path) -> None:
     with pytest.raises(XmfastError, match="market 'xx' is not in the dataset"):
-        finetune(maml_run, tmp_path / "f", ["xx"])
+        finetune(maml_run, tmp_path / "f", ["xx"], model="forec")
     with pytest.raises(XmfastError, match="forec fine-tunes a finished maml or nmf run"):
-        finetune(maml_run.parent / "gmf", tmp_path / "f")
+        finetune(maml_run.parent / "gmf", tmp_path / "f", model="forec")
     ds = Run.open(maml_run).load_dataset()
     with pytest.raises(XmfastError, match="made from a trained run by `xmfast finetune"):
         train(ds, tmp_path / "x", "forec")
@@ -100,7 +100,7 @@ def test_cli_finetune_all_markets_of_the_run(maml_run: Path, tmp_path: Path) -> 
 
 def test_finetune_can_fork_an_nmf_plus_plus_run(maml_run: Path, tmp_path: Path) -> None:
     nmf_run = maml_run.parent / "nmf"
-    results = finetune(nmf_run, tmp_path / "f", None, config=TrainConfig(epochs=1, batch_size=256, lr=0.01, l2=1e-3))
+    results = finetune(nmf_run, tmp_path / "f", None, model="forec", config=TrainConfig(epochs=1, batch_size=256, lr=0.01, l2=1e-3))
     assert list(results) == ["in"]
     base = torch.load(nmf_run / "checkpoints" / "best.pt", weights_only=True)["model"]
     state = torch.load(tmp_path / "f" / "in" / "checkpoints" / "last.pt", weights_only=False)["model"]
@@ -112,8 +112,8 @@ def test_an_interrupted_fork_resumes_to_the_uninterrupted_result(maml_run: Path,
     from xmfast.training import resume
 
     config = TrainConfig(epochs=3, batch_size=256, lr=0.01, l2=1e-3)
-    whole = finetune(maml_run, tmp_path / "whole", ["de"], config=config)["de"]
-    cut = finetune(maml_run, tmp_path / "cut", ["de"], config=config, stop_after=1)
+    whole = finetune(maml_run, tmp_path / "whole", ["de"], model="forec", config=config)["de"]
+    cut = finetune(maml_run, tmp_path / "cut", ["de"], model="forec", config=config, stop_after=1)
     assert cut == {"de": None} and Run.open(tmp_path / "cut" / "de").status == "interrupted"
     resumed = resume(tmp_path / "cut" / "de")
     assert whole is not None and resumed is not None

@@ -98,10 +98,10 @@ def test_report_numbers_equal_the_runs_json(tiny_runs: Path, tmp_path: Path) -> 
     d = np.array([gmf[k] - nmf[k] for k in keys])
     t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
     row = next(r for r in section.rows if r.name == "gmf")
-    assert row.vs_nmf is not None and row.vs_nmf.n == len(keys) == section.users
-    assert row.vs_nmf.mean_difference == pytest.approx(d.mean(), abs=1e-12)
-    assert row.vs_nmf.t == pytest.approx(t, rel=1e-9)
-    assert next(r for r in section.rows if r.name == "nmf").vs_nmf is None
+    assert row.vs_reference is not None and row.vs_reference.n == len(keys) == section.users
+    assert row.vs_reference.mean_difference == pytest.approx(d.mean(), abs=1e-12)
+    assert row.vs_reference.t == pytest.approx(t, rel=1e-9)
+    assert next(r for r in section.rows if r.name == "nmf").vs_reference is None
     # the best baseline is the better of pop and cooc by mean test NDCG@10
     pop, cooc = (next(r for r in section.rows if r.name == n) for n in ("pop", "cooc"))
     assert section.baseline == max((pop, cooc), key=lambda r: r.mean["ndcg@10"]).name

@@ -302,7 +302,7 @@ def test_cli_train_evaluate_recommend_compare(sample_in: PreparedDataset, tmp_pa
         (["-m", "svd"], "unknown model 'svd'"),
         (["-m", "gmf", "--sources", "xx"], "source market 'xx' is not in the dataset"),
         (["-m", "gmf", "--epochs", "0"], "epochs must be at least 1"),
-        (["-m", "gmf", "--alpha", "0.2"], "--alpha does not apply to model gmf"),
+        (["-m", "gmf", "--alpha", "0.2"], "--alpha is not a setting of model gmf"),
         (["-m", "nmf"], "nmf starts from a trained gmf run"),
         (["-m", "gmf", "--device", "cuda:0"] if not torch.cuda.is_available() else ["-m", "gmf", "--monitor", "x"],
          "CUDA is not available" if not torch.cuda.is_available() else "monitor"),

@@ -166,7 +166,7 @@ def pop_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("option", [["--scores", "s.npy"], ["--baseline", "cooc"], ["--cooc-markets", "uk"]])
+@pytest.mark.parametrize("option", [["--scores", "s.npy"], ["--baseline", "cooc"], ["--baseline", "pop"]])
 def test_evaluate_a_run_refuses_options_it_would_ignore(pop_run: Path, dataset: Path, tmp_path: Path,
                                                         option: list[str]) -> None:
     """Before: the run's own figures were printed, under the run's name, as if they were the
@@ -179,8 +179,12 @@ def test_evaluate_a_run_refuses_options_it_would_ignore(pop_run: Path, dataset: 
 
 
 def test_cooc_markets_without_the_cooc_baseline_is_refused(dataset: Path) -> None:
-    assert_user_error(invoke("evaluate", dataset, "--baseline", "pop", "--cooc-markets", "uk"),
-                      "--cooc-markets applies to --baseline cooc only")
+    """A setting of another model is refused by name, never ignored (issue 19: settings come
+    from the model's configuration)."""
+    assert_user_error(invoke("evaluate", dataset, "--baseline", "pop", "--cooc.markets", "uk"),
+                      "--cooc.markets is not a setting of model pop (its settings: none")
+    assert_user_error(invoke("evaluate", dataset, "--cooc.markets", "uk", "--scores", "x.npy"),
+                      "No such option: --cooc.markets")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +318,7 @@ def test_config_values_of_the_wrong_type_in_an_experiment_are_named(tmp_path: Pa
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "x"\ndata = "data/sample"\nout = "runs"\ntargets = ["in"]\nmodels = ["nmf"]\n'
                    '[model.nmf]\nalpha = "half"\n')
-    assert_user_error(invoke("run", exp, "--dry-run"), "model nmf: setting alpha must be a number, got \"half\"")
+    assert_user_error(invoke("run", exp, "--dry-run"), "[model.nmf]: setting alpha must be a number, got \"half\"")
     # Nested tables name their path; a float for an int and ints for floats are told apart.
     from xmfast.models import get_model
 

@@ -94,7 +94,9 @@ class Experiment:
                                       f"[{table}.{name}]")
         for name in self.finetune_by_model:
             if not get_model(name).fine_tunes:
-                raise XmfastError(f"{where}[finetune.{name}]: {name} has no fine-tuning stage")
+                tuned = [m for m in model_names() if get_model(m).fine_tunes]
+                raise XmfastError(f"{where}[finetune.{name}]: {name} has no fine-tuning stage (models made by "
+                                  f"fine-tuning: {', '.join(tuned)})")
 
 
 def _experiment_model(entry: str, where: str) -> tuple[Model, bool]:
@@ -286,6 +288,8 @@ def plan(experiment: Experiment) -> Plan:
                           "(list other markets, or use sources = \"all\" or \"each\")")
 
     configs = _ModelConfigs(exp, where)
+    for name in exp.model_settings:  # every table is checked, also one of a model not in `models`
+        configs.train(name)
     data_signature = _data_signature(exp.data, prep_values.get("category"))
     stages: list[Stage] = []
 
@@ -408,7 +412,7 @@ class _ModelConfigs:
             try:
                 config = model.config_from(values)
             except XmfastError as e:
-                raise XmfastError(f"{self.where}: [model.{name}]: {e}") from None
+                raise XmfastError(f"{self.where}: [model.{name}]: {str(e).removeprefix(f'model {name}: ')}") from None
             for slot, dep in model.starts_from.items():
                 if slot in linked:
                     config = replace(config, **{slot: self.train(dep)})

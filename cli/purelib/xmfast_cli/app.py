@@ -88,6 +88,14 @@ MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 the model is known), not declared here: see xmfast.configs.parse_setting_options."""
 
 
+def _not_an_option(command: str, *arguments: Optional[Path]) -> None:
+    """With model settings allowed as extra options, an unknown option standing where an
+    argument goes is taken for that argument: it is refused as the mistyped option it is."""
+    for value in arguments:
+        if value is not None and str(value).startswith("--"):
+            raise XmfastError(f"No such option: {value} (see `xmfast {command} --help`)")
+
+
 def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Path]]:
     from xmfast.configs import parse_setting_options
 
@@ -343,6 +351,7 @@ def evaluate(
     from xmfast.evaluation import EvalConfig, evaluate_sampled, evaluate_scorer
     from xmfast_cli.render import console, progress_bar, results_table, show
 
+    _not_an_option("evaluate", dataset)
     if not _split_list(measures):
         raise XmfastError("--measures: name at least one of hr, ndcg, precision, map, mrr, auc")
     if (label is not None or seed != 0) and save_run is None:
@@ -364,7 +373,7 @@ def evaluate(
         if given:
             raise XmfastError(f"--{next(iter(given))}-run: --baseline {baseline} starts from no run")
     elif ctx.args:
-        raise XmfastError(f"{ctx.args[0]}: no such option of `xmfast evaluate` (see `xmfast evaluate --help`)")
+        raise XmfastError(f"No such option: {ctx.args[0]} (see `xmfast evaluate --help`)")
     config = EvalConfig(
         cutoffs=_parse_cutoffs(cutoffs), measures=tuple(_split_list(measures)), ties=ties  # type: ignore[arg-type]
     )
@@ -579,6 +588,7 @@ def train(
     from xmfast.training.distributed import is_main
     from xmfast_cli.render import TrainProgress, show, train_summary
 
+    _not_an_option("train", dataset)
     if resume is not None:
         if dataset is not None and out is not None:
             raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
@@ -663,6 +673,7 @@ def finetune(
     from xmfast.training.distributed import is_main
     from xmfast_cli.render import TrainProgress, show, train_summary
 
+    _not_an_option("finetune", run)
     spec = get_model(model) if model is not None else _fine_tuning_model(run)
     settings, given = _model_options(spec, ctx, "finetune")
     if given:

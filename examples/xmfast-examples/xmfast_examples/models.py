@@ -84,9 +84,7 @@ class GMFBias(Model):
         return MarketItemBias(get_model("gmf").build(sizes, config.gmf), sizes)
 
     def initialise(self, module, runs, config):
-        gmf = runs["gmf"]
-        module.gmf.load_state_dict(gmf.weights)  # the trained GMF, exactly
-        # Workaround: build() is not told each key's market (Sizes has counts only), so it is
-        # read from the GMF run's dataset (the same one: training checks its fingerprint) and
-        # kept in the module's state, which evaluate and recommend load with the weights.
-        module.set_group_market(gmf.run.load_dataset().group_market)
+        module.gmf.load_state_dict(runs["gmf"].weights)  # the trained GMF, exactly
+
+    def attach(self, module, dataset, rows=None):
+        module.set_group_market(dataset.group_market)  # each key's market, which the bias reads

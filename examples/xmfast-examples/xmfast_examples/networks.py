@@ -35,8 +35,8 @@ class MarketItemBias(nn.Module):
         super().__init__()
         self.gmf = gmf
         self.market_bias = nn.Parameter(torch.zeros(sizes.markets, sizes.items))
-        # each key's market: a buffer, so it is saved in checkpoints with the weights
-        self.register_buffer("group_market", torch.zeros(sizes.groups, dtype=torch.long))
+        # each key's market, filled by attach() from the dataset (not saved: the dataset has it)
+        self.register_buffer("group_market", torch.zeros(sizes.groups, dtype=torch.long), persistent=False)
 
     @torch.no_grad()
     def set_group_market(self, group_market):
