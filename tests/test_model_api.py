@@ -89,7 +89,7 @@ def test_a_name_clash_is_one_error_naming_both(registered) -> None:
     with pytest.raises(XmfastError, match=r"model gmf: the name is taken by xmfast.models.builtin:GMF"):
         register(dot_model("gmf"))
     registered(dot_model("dot-a"))
-    with pytest.raises(XmfastError, match=r"model dot-a: registered twice"):
+    with pytest.raises(XmfastError, match=r"model dot-a: the name is taken by test_model_api:Dot_dot-a"):
         register(dot_model("dot-a"))
 
 
@@ -311,10 +311,11 @@ def test_a_scorer_model_trains_evaluates_and_saved_scores_report_the_same(regist
     r = invoke("evaluate", dataset, "--baseline", "by-index", "--json", tmp_path / "e.json", "--markets", "in")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e.json").read_text())["overall"]["ndcg@10"] == results["test"]["ndcg@10"]
-    r = invoke("report", run, saved, "-o", tmp_path / "rep" / "report.md", "--no-plots")
+    r = invoke("report", run, saved, "-o", tmp_path / "rep" / "report.md", "--no-plots", "--reference", "by-index")
     assert r.exit_code == 0, r.output
     rows = {row["model"]: row for row in json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]}
     assert rows["mine"]["ndcg@10 mean"] == rows["by-index"]["ndcg@10 mean"] == results["test"]["ndcg@10"]
+    assert rows["mine"]["vs by-index diff"] == 0.0 and rows["by-index"]["vs by-index diff"] is None
     r = invoke("compare", run, saved)
     assert r.exit_code == 0 and "+0.0000" in r.output or "0.0000" in r.output, r.output
     # a saved run has no model: commands that need one say so
@@ -334,4 +335,7 @@ def test_report_and_compare_refuse_what_they_cannot_use(dataset: Path, tmp_path:
     assert_user_error(invoke("report", tmp_path / "pop", tmp_path / "empty", "-o", tmp_path / "r.md"),
                       "no finished runs under it")
     assert_user_error(invoke("compare", tmp_path / "pop", dataset), "a directory that is not a run")
+    assert_user_error(invoke("report", tmp_path / "pop", "-o", tmp_path / "r.md", "--reference", "nosuch"),
+                      "--reference nosuch: no run of nosuch without sources among the runs (rows that can be the "
+                      "reference: pop)")
     assert not (tmp_path / "r.md").exists()

@@ -354,9 +354,16 @@ def _sources_text(row: Row, markets: int) -> str:
 
 
 def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_METRICS,
-                 published: Sequence[PublishedFigure] | None = None, reference: str = REFERENCE) -> Report:
+                 published: Sequence[PublishedFigure] | None = None, reference: str | None = None) -> Report:
     """Groups runs by (dataset, model label, sources, settings): each group's seeds are one row.
-    `reference` is the label of the row every other is tested against (run without sources)."""
+    `reference` is the label of the row every other is tested against (run without sources;
+    default REFERENCE, whose absence leaves the column empty; a reference given and found in no
+    section is an error rather than a column of dashes)."""
+    if reference is not None and not any(r.label == reference and not r.sources for r in runs):
+        labels = sorted({r.label for r in runs if not r.sources})
+        raise XmfastError(f"--reference {reference}: no run of {reference} without sources among the runs "
+                          f"(rows that can be the reference: {', '.join(labels) or 'none'})")
+    reference = reference or REFERENCE
     published = list(read_published() if published is None else published)
     sections: dict[tuple[str, str, str], dict[tuple[str, tuple[str, ...], str], list[RunRecord]]] = {}
     for r in runs:

@@ -216,11 +216,10 @@ def register(model: type[Model]) -> type[Model]:
     where = f"{model.__module__}:{model.__qualname__}"
     refs = _declarations().get(model.name, [])
     current = _registered.get(model.name)
-    if current is not None and type(current) is not model:
-        raise XmfastError(f"model {model.name}: registered twice ({_where(type(current))} and {where}); "
-                          "rename one of them")
-    if current is None and refs and where not in refs:
-        raise XmfastError(f"model {model.name}: the name is taken by {refs[0]} (a model named {model.name} was "
+    taken = _where(type(current)) if current is not None and type(current) is not model else (
+        refs[0] if current is None and refs and where not in refs else None)
+    if taken:
+        raise XmfastError(f"model {model.name}: the name is taken by {taken} (a model named {model.name} was "
                           f"registered by {where}); rename one of them")
     _registered[model.name] = model()
     return model

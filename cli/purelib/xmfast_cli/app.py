@@ -796,8 +796,9 @@ def report(
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots.")] = True,
     reference: Annotated[
-        str, typer.Option(help="The row (a model's label, run without sources) every other is tested against.")
-    ] = "nmf",
+        Optional[str], typer.Option(help="The row (a model's label, run without sources) every other is tested "
+                                    "against (default: xmfast.report.REFERENCE, single-market nmf).")
+    ] = None,
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
     from xmfast.report import build_report, collect_runs, read_published, write_report
@@ -812,7 +813,7 @@ def report(
         except OSError as e:  # missing, a directory, unreadable
             raise XmfastError(f"{preface}: cannot read the preface ({e.strerror or e})") from None
     built = build_report(collect_runs(runs), published=read_published(published) if published else None,
-                         reference=reference)
+                         **({"reference": reference} if reference else {}))
     path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     show(*report_table(built))
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
