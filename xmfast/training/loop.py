@@ -365,13 +365,8 @@ class Trainer:
                 total += loss.detach().double() * own.shape[0]
                 rows += int(own.shape[0])
             self.observer.on_batch(float(total) / rows if number % 64 == 0 and rows else None, n * per_row)
-        if self.world > 1:
-            sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(rows), dtype=torch.float64,
-                                                                                device=self.device)]))
-            total, rows = sums[0], int(sums[1].item())
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return float(total) / max(rows, 1), rows * per_row, time.perf_counter() - start
+        mean, rows, seconds = self._over_ranks(total, rows, start)
+        return mean, rows * per_row, seconds
 
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """One epoch; returns (mean loss, instances, seconds)."""
@@ -442,6 +437,11 @@ class Trainer:
                 total += loss.detach().double()
                 seen += int(own.shape[0])
             self.observer.on_batch(float(total) / seen if batch % 64 == 0 and seen else None, n)
+        return self._over_ranks(total, seen, start)
+
+    def _over_ranks(self, total: torch.Tensor, seen: int, start: float) -> tuple[float, int, float]:
+        """An epoch's mean loss and instances summed over every rank (this rank's summed loss
+        `total` over `seen` instances), and its seconds since `start`."""
         sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(seen), dtype=torch.float64,
                                                                             device=self.device)]))
         if self.device.type == "cuda":

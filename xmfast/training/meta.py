@@ -110,12 +110,7 @@ class MAMLTrainer(Trainer):
                 total += loss.detach().double() * mine.numel()
                 seen += int(mine.numel())
             self.observer.on_batch(float(total) / seen if seen else None, int(picks.numel()))
-        sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(seen), dtype=torch.float64,
-                                                                            device=self.device)]))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        instances = int(sums[1].item())
-        return float(sums[0].item()) / max(instances, 1), instances, time.perf_counter() - start
+        return self._over_ranks(total, seen, start)
 
     def _test_scorer(self, scorer: ModelScorer) -> ModelScorer:
         """With `test_adaptation_steps` (as FOREC's MAML evaluation did): the selected weights
