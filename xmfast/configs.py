@@ -133,6 +133,13 @@ def setting_options(config_type: type) -> dict[str, Setting]:
     return options
 
 
+def preferred_options(config_type: type) -> list[str]:
+    """Each setting's option as help and errors name it: the short form where it is unique."""
+    options = setting_options(config_type)
+    short = {s.path: o for o, s in options.items() if o != s.option}
+    return [short.get(s.path, s.option) for s in settings_of(config_type)]
+
+
 def parse_setting_options(model: Model, args: list[str]) -> tuple[dict[str, Any], dict[str, Path]]:
     """The settings of `model` given as options (``--embedding-dim 16``, ``--layers 16,64,32``,
     ``--no-pretrained``, ``--maml.inner-lr=0.1``) as nested plain values, and the starting runs
@@ -141,12 +148,17 @@ def parse_setting_options(model: Model, args: list[str]) -> tuple[dict[str, Any]
     slots = {f"--{slot.replace('_', '-')}-run": slot for slot in model.starts_from}
     values: dict[str, Any] = {}
     runs: dict[str, Path] = {}
+    switch = None  # the boolean setting just given without a value
     i = 0
     while i < len(args):
         token = args[i]
         i += 1
         if not token.startswith("--"):
-            raise XmfastError(f"unexpected argument {token!r} (see `xmfast train --help`)")
+            if switch is not None:
+                raise XmfastError(f"{switch.option} is a switch ({switch.option} or --no-"
+                                  f"{switch.option[2:]}); it takes no value, got {token!r}")
+            raise XmfastError(f"unexpected argument {token!r}")
+        switch = None
         name, eq, inline = token.partition("=")
         # --MODEL.SETTING names a setting where the command has an option of the same name
         name = "--" + name.removeprefix(f"--{model.name}.") if name.startswith(f"--{model.name}.") else name
@@ -158,11 +170,12 @@ def parse_setting_options(model: Model, args: list[str]) -> tuple[dict[str, Any]
                 _put(values, negated.path, False)
                 continue
         if setting is None and name not in slots:
-            known = ", ".join(sorted({s.option for s in options.values()})) or "none"
+            known = ", ".join([*preferred_options(model.config_type), *slots]) or "none"
             raise XmfastError(f"{name} is not a setting of model {model.name} (its settings: {known}; "
                               f"`xmfast models {model.name}` describes them)")
         if setting is not None and setting.hint is bool and not eq:
             _put(values, setting.path, True)
+            switch = setting
             continue
         if eq:
             text = inline

@@ -318,6 +318,12 @@ def save_scores_run(path: Path, dataset: PreparedDataset, scores: Any, *, label:
     from xmfast import core
     from xmfast._io import digest_file
     from xmfast.evaluation import RUN_EVAL, evaluate_sampled
+    from xmfast.models import model_names
+
+    base = label.removesuffix("++").split(" (")[0]
+    if base in model_names():
+        raise XmfastError(f"--label {label}: the name of a registered model's runs; scores saved from a file get a "
+                          "name of their own (e.g. --label my-" + base + ")")
 
     info = {
         "model": label,

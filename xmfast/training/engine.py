@@ -23,6 +23,30 @@ from xmfast.runs import evaluate_run_splits, write_results
 from xmfast.training.rows import resolve_sources, training_view
 
 
+def check_build(model: Model, sizes: Sizes, config: Any) -> None:
+    """Builds `model`'s network once on the meta device (shapes, no memory), so settings that
+    make no network (a negative width, mismatched shapes) are one error naming the model before
+    any run directory is written, not a traceback and a half-made run. A build that needs real
+    tensors is tried on the CPU before it is called an error."""
+    def first_line(e: BaseException) -> str:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+    try:
+        with torch.device("meta"):
+            model.build(sizes, config)
+        return
+    except XmfastError:
+        raise
+    except Exception:  # noqa: BLE001 - a user's build may raise anything; try it for real
+        pass
+    try:
+        model.build(sizes, config)
+    except XmfastError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise XmfastError(f"model {model.name}: its settings make no network ({first_line(e)})") from None
+
+
 def trainer_for(model: Model) -> type[Trainer]:
     """The engine class of `model`: the one it names (MAML's meta-learning), the sequence engine
     for history batches, else the standard loop."""
@@ -96,6 +120,7 @@ def train(
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
 
     def create() -> tuple[dict[str, Run], Run]:
+        check_build(spec, Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
         runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
         return runs, Run.create(out, run_info(dataset, spec, model_config, config, runs), overwrite=overwrite,
                                 inputs=[dataset.path, *(r.path for r in runs.values())])

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from xmfast.errors import XmfastError
-from xmfast.models import get_model, model_names
+from xmfast.models import Sizes, get_model, model_names
 from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, for_market
 from xmfast.training import distributed
-from xmfast.training.engine import run_info, trainer_for
+from xmfast.training.engine import check_build, run_info, trainer_for
 from xmfast.training.loop import TrainObserver, TrainResult
 
 
@@ -40,6 +40,7 @@ def finetune(
     overwrite: bool = False,
     observer: TrainObserver | None = None,
     stop_after: int | None = None,
+    given: dict[str, Any] | None = None,
 ) -> dict[str, TrainResult | None]:
     """Fine-tunes a finished run on single markets with `model`, one run per market, `out/<market>`
     (FOREC forks a MAML or NMF++ run and fine-tunes a market head; ACMR continues its
@@ -48,7 +49,9 @@ def finetune(
     `markets` default to the base run's target; ``["all"]`` means its target and sources. A run
     pre-trained with the sources in full has seen their held-out items, so it is fine-tuned on
     its target only. `model_config` None takes the settings from the base run (see the model's
-    ``config_from_base``); `config` None means the model's fine-tuning defaults."""
+    ``config_from_base``); `config` None means the model's fine-tuning defaults. `given` holds
+    the settings the user named (nested plain values): one the base run decides otherwise is
+    an error, never ignored."""
     spec = get_model(model)
     if not spec.fine_tunes:
         raise XmfastError(f"model {spec.name} is not made by fine-tuning (fine-tuned models: "
@@ -63,6 +66,8 @@ def finetune(
     if model_config is not None and not isinstance(model_config, spec.config_type):
         raise XmfastError(f"model {spec.name} takes a {spec.config_type.__name__}, not {type(model_config).__name__}")
     model_config = spec.config_from_base(model_config, base_run.model, base_config)
+    _refuse_overridden(spec, model_config, given or {}, base)
+    check_build(spec, Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
     run_markets = [dataset.target, *base_run.sources]
     wanted = run_markets if markets == ["all"] else (markets or [dataset.target])
     unknown = [m for m in wanted if m not in dataset.markets]
@@ -94,4 +99,16 @@ def finetune(
             results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
     return results
 
+
+def _refuse_overridden(model: Any, config: Any, given: dict[str, Any], base: Path, prefix: tuple[str, ...] = ()) -> None:
+    """Each setting in `given` must be what `config` (after the base run's settings) holds."""
+    for key, value in given.items():
+        if isinstance(value, dict):
+            _refuse_overridden(model, getattr(config, key), value, base, (*prefix, key))
+            continue
+        kept = getattr(config, key)
+        if kept != value:
+            option = "--" + ".".join(p.replace("_", "-") for p in (*prefix, key))
+            raise XmfastError(f"{option}: {model.name} takes this setting from the run it fine-tunes ({base} has "
+                              f"{kept!r}); drop it")
 

@@ -93,7 +93,8 @@ def _not_an_option(command: str, *arguments: Optional[Path]) -> None:
     argument goes is taken for that argument: it is refused as the mistyped option it is."""
     for value in arguments:
         if value is not None and str(value).startswith("--"):
-            raise XmfastError(f"No such option: {value} (see `xmfast {command} --help`)")
+            raise XmfastError(f"No such option: {value} (see `xmfast {command} --help`); a model's own settings "
+                              f"go after the {'RUN' if command == 'finetune' else 'DATASET'} argument")
 
 
 def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Path]]:
@@ -325,6 +326,7 @@ def evaluate(
     seed: Annotated[
         int, typer.Option(help="With --save-run: the seed the scores were made with (a report averages a label's seeds).")
     ] = 0,
+    overwrite: Annotated[bool, typer.Option(help="With --save-run: replace an existing run directory.")] = False,
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     cutoffs: Annotated[str, typer.Option(help="Comma-separated cut-offs.")] = "5,10,20",
     measures: Annotated[
@@ -354,8 +356,9 @@ def evaluate(
     _not_an_option("evaluate", dataset)
     if not _split_list(measures):
         raise XmfastError("--measures: name at least one of hr, ndcg, precision, map, mrr, auc")
-    if (label is not None or seed != 0) and save_run is None:
-        raise XmfastError(f"{'--label' if label is not None else '--seed'} describes the run --save-run writes; give --save-run DIR")
+    if (label is not None or seed != 0 or overwrite) and save_run is None:
+        option = "--label" if label is not None else "--seed" if seed != 0 else "--overwrite"
+        raise XmfastError(f"{option} describes the run --save-run writes; give --save-run DIR")
     if save_run is not None and scores is None:
         raise XmfastError("--save-run saves a scores file as a run: give --scores FILE (a trained run is a run already)")
     if save_run is not None and split != "test":
@@ -442,7 +445,8 @@ def evaluate(
         if save_run is not None:
             from xmfast.runs import save_scores_run
 
-            saved = save_scores_run(save_run, data, matrix, label=label or scores.stem, scores_file=scores, seed=seed)
+            saved = save_scores_run(save_run, data, matrix, label=label or scores.stem, scores_file=scores, seed=seed,
+                                    overwrite=overwrite)
             console.print(f"saved the scores as run {saved.path} (label {saved.model})", highlight=False)
     if json_out is not None:
         evaluation.to_json(json_out, per_user=per_user)
@@ -607,6 +611,13 @@ def train(
     settings, given = _model_options(get_model(name), ctx, "train") if name else ({}, {})
     if ctx.args and not name:
         raise XmfastError(f"{ctx.args[0]}: name the model (--model) whose setting this is")
+    untrained = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--l2": l2, "--negatives": negatives,
+                 "--patience": patience, "--monitor": monitor, "--select": select, "--amp": amp,
+                 "--augmentation": augmentation, "--sampling": sampling}
+    given_training = next((o for o, v in untrained.items() if v is not None), None)
+    if name and given_training and not get_model(name).trained:
+        raise XmfastError(f"{given_training}: {get_model(name).name} has no training loop (it is fitted on the training "
+                          "rows); drop the training options")
     name, spec, model_config, config = experiment_configs(
         model,
         file,
@@ -683,7 +694,7 @@ def finetune(
     config = spec.finetune_config(**{k: v for k, v in options.items() if v is not None})
     with TrainProgress() as observer:
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=spec.name,
-                                    overwrite=overwrite, observer=observer)
+                                    overwrite=overwrite, observer=observer, given=settings)
     for result in results.values():
         if result is not None and is_main():
             show(train_summary(result))
@@ -765,17 +776,23 @@ def models(
 ) -> None:
     """List the registered models (built-in and installed), or describe one: its settings as options and TOML keys."""
     from xmfast.models import get_model, model_names
-    from xmfast_cli.render import console, model_settings_table, models_table, show
+    from xmfast_cli.render import console, model_settings_table, models_listing, show
 
-    if name is None:
-        show(models_table([get_model(n) for n in model_names()]))
+    if name is None:  # a model that cannot be loaded is listed with its error, not in the way of the others
+        entries: list[Any] = []
+        for n in model_names():
+            try:
+                entries.append((n, get_model(n)))
+            except XmfastError as e:
+                entries.append((n, str(e)))
+        models_listing(entries)
         return
     model = get_model(name)
     show(model_settings_table(model))
     facts = [f"objective {model.objective}" if model.trained else "no training loop (fitted on the training rows)",
              f"batches of {model.batch}" if model.trained else "",
              f"default lr {model.lr}" if model.trained else "",
-             f"fine-tunes a {' or '.join(model.fine_tunes)} run (xmfast finetune)" if model.fine_tunes else "",
+             f"fine-tunes runs of {' or '.join(model.fine_tunes)} (xmfast finetune)" if model.fine_tunes else "",
              "needs source markets" if model.needs_sources else ("uses the source markets" if model.cross_market else ""),
              "training defaults " + ", ".join(f"{k} = {v}" for k, v in model.train_defaults.items())
              if model.train_defaults else ""]

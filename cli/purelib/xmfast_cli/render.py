@@ -397,19 +397,34 @@ def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
     return tables
 
 
-def models_table(models: list) -> Grid:  # noqa: ANN001 - xmfast.models.Model instances
-    """The registered models, one row each, as `xmfast models` lists them."""
+def models_listing(entries: list, to: Console | None = None) -> None:  # noqa: ANN001
+    """`xmfast models`: each registered model (or the error that keeps one from loading), what
+    training it has and what it starts from, then its description on its own wrapped line, so
+    that nothing is cut at 80 columns."""
+    import textwrap
+
     from rich.markup import escape
 
-    t = Grid("Registered models (xmfast models NAME describes one)", ["model", "kind", "starts from", "description"],
-             left=4)
-    for m in models:
-        kind = ("baseline" if m.baseline else "no training") if not m.trained else (
-            "fine-tuned" if m.fine_tunes and m.name not in m.fine_tunes else m.objective)
-        starts = ", ".join(dict.fromkeys(m.requires(m.config_type()).values())) or (
-            " or ".join(m.fine_tunes) if m.fine_tunes else "–")
-        t.add_row(escape(m.name), kind, escape(starts), escape(m.description))
-    return t
+    out = to or console
+    out.print("Registered models (`xmfast models NAME` describes one):", highlight=False, markup=False)
+    width = max((len(name) for name, _ in entries), default=0)
+    for name, m in entries:
+        if isinstance(m, str):
+            out.print(f"  [bold]{escape(name.ljust(width))}[/]  [red]cannot be loaded[/]: {escape(m)}", highlight=False)
+            continue
+        if not m.trained:
+            how = "baseline, no training" if m.baseline else "no training loop"
+        elif m.fine_tunes and m.name not in m.fine_tunes:
+            how = f"fine-tunes {' or '.join(m.fine_tunes)} runs ({m.objective})"
+        else:
+            how = f"objective {m.objective}" + (", then fine-tuned on the target" if m.name in m.fine_tunes else "")
+        starts = ", ".join(dict.fromkeys(m.requires(m.config_type()).values()))
+        if starts:
+            how += f"; starts from {starts}"
+        out.print(f"  [bold]{escape(name.ljust(width))}[/]  {escape(how)}", highlight=False)
+        pad = " " * (width + 4)
+        text = textwrap.fill(m.description, width=max(out.width, 40), initial_indent=pad, subsequent_indent=pad)
+        out.print(f"[dim]{escape(text)}[/]", highlight=False, soft_wrap=True)
 
 
 def model_settings_table(model) -> Grid:  # noqa: ANN001 - xmfast.models.Model
