@@ -178,20 +178,6 @@ class ComparisonTable:
         """How many tests one Holm family (one metric's column) holds: the rows but the reference."""
         return len(self.rows) - 1
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every number of the table as plain records (one per row and metric), for JSON."""
-        out = []
-        for row in self.rows:
-            for m in self.metrics:
-                c = (row.tests or {}).get(m)
-                out.append({"model": row.name, "path": row.path, "metric": m, "mean": row.means[m],
-                            "reference": row.tests is None,
-                            "difference": c.difference if c else None, "wins": c.wins if c else None,
-                            "losses": c.losses if c else None, "t p": c.t_pvalue if c else None,
-                            f"t p {CORRECTION}": c.t_adjusted if c else None,
-                            "wilcoxon p": c.wilcoxon_pvalue if c else None, "sign p": c.sign_pvalue if c else None})
-        return out
-
 
 def results_file(path: Path, split: str = "test") -> Path:
     """The evaluation JSON that `path` names: the file itself, or a run directory's
