@@ -156,3 +156,32 @@ def test_cli_compare_refuses_a_reference_not_compared(files: dict[str, Path]) ->
     assert f"error: --reference {files['C']}: not one of the results compared" in r.output
     r = runner.invoke(app, ["compare", str(files["A"]), str(files["B"]), "--test-metric", "mrr"])
     assert r.exit_code == 2 and "--test-metric mrr: not among the compared metrics (hr@10, ndcg@10)" in r.output
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_compare_table_keeps_every_number_at_80_columns_and_in_a_pipe(tmp_path: Path, terminal: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from xmfast_cli.render import comparison_table, show
+
+    metrics = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "auc", "map@10", "precision@10")
+    rng = np.random.default_rng(3)
+    paths = []
+    for n in range(4):
+        per_user = [{"market": "in", "user": f"u{i}", "rank": 0, **{m: float(rng.uniform()) for m in metrics}}
+                    for i in range(20)]
+        paths.append(tmp_path / f"runs-with-a-long-name-{n}.json")
+        paths[-1].write_text(json.dumps({"format": "xmfast-evaluation", "split": "test", "ties": "pessimistic",
+                                         "metrics": list(metrics), "per_user": per_user}), encoding="utf-8")
+    table = compare_table(paths)
+    buffer = io.StringIO()
+    show(comparison_table(table), to=Console(file=buffer, width=80, force_terminal=terminal, color_system=None))
+    text = buffer.getvalue()
+    assert "…" not in text
+    for row in table.rows:
+        for m in metrics:
+            assert f"{row.means[m]:.4f}" in text
+        if row.tests:
+            assert f"({row.tests['ndcg@10'].t_adjusted:.2g})" in text

@@ -273,3 +273,24 @@ def test_figure_matches_all_sources_and_a_fine_tuned_runs_base(tmp_path: Path) -
     other_files = run(("de", "uk", "in"), fine_tuned)
     other_files.inputs = {**other_files.inputs, "jp": "z"}
     assert not figure_matches(figure, other_files)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_report_table_keeps_every_number_at_80_columns_and_in_a_pipe(tiny_runs: Path, terminal: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from xmfast_cli.render import report_table, show
+
+    report = build_report(collect_runs([tiny_runs]))
+    buffer = io.StringIO()
+    show(*report_table(report), to=Console(file=buffer, width=80, force_terminal=terminal, color_system=None))
+    text = buffer.getvalue()
+    assert "…" not in text
+    for _, row in report.rows():
+        assert row.name in text
+        for m in report.metrics:
+            assert f"{row.mean[m]:.4f} ± {row.std[m]:.4f}" in text
+        if row.vs_reference is not None:
+            assert f"{row.vs_reference.mean_difference:+.4f} ({row.vs_reference.p_adjusted:.2g})" in text
