@@ -1,6 +1,8 @@
 """Reports over finished runs: per target market and model, test metrics as mean ± standard
-deviation over seeds, the best per column marked, paired significance tests against a reference model (single-market NMF by default) and the
-best baseline, published reference figures beside ours, and plots.
+deviation over seeds, the best per column marked, paired t-tests (Holm-adjusted, the convention of
+xmfast.compare) against a reference model (single-market NMF by default) and the best baseline,
+a legend of what differs between rows of one model, published figures beside runs of their own
+setting, and plots.
 
 The numbers come only from the runs' own files (``results.json`` for the aggregates,
 ``test.json`` for the per-user values the tests pair, ``metrics.jsonl`` for the curves), so a
@@ -175,7 +177,7 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
             pass
         if not tc_sources:  # a fine-tuned run: the sources are those its base learned from
             sources = tuple(base_tc.get("sources") or ())
-    config = {**_flat("model", info.get("model_config") or {}), **_flat("train", _settings_only(tc)),
+    config = {**_flat("model", info.get("model_config") or {}), **_flat("train", tc),
               **_flat("base.train", _settings_only(base_tc))}
     return RunRecord(
         path=path, label=run_label(info), model=str(info["model"]), target=str(info.get("target") or results["target"]),
