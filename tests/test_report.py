@@ -19,8 +19,10 @@ from xmfast.report import (
     collect_runs,
     paired_t_test,
     read_published,
+    render_markdown,
     write_report,
 )
+from xmfast.errors import XmfastError
 from xmfast_cli.app import app
 
 runner = CliRunner()
@@ -147,3 +149,148 @@ def test_report_cli(tiny_runs: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "rep" / "report-plots").exists()
     bad = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(out)])
     assert bad.exit_code == 2 and "no such run or directory" in bad.output
+
+
+# ---- issue 22: Holm, the legend of rows of one model, published figures of their own setting ------
+def holm_by_hand(p: list[float]) -> list[float]:
+    """Holm's adjusted p-values from the definition: the i-th smallest p_(i) becomes
+    max over j <= i of min(1, (m - j + 1) p_(j))."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out = [0.0] * len(p)
+    for rank, i in enumerate(order):
+        out[i] = max(min(1.0, (len(p) - j) * p[order[j]]) for j in range(rank + 1))
+    return out
+
+
+def test_report_files_carry_raw_and_holm_adjusted_p(tiny_runs: Path, tmp_path: Path) -> None:
+    report = build_report(collect_runs([tiny_runs]))
+    rows = report.sections[0].rows
+    tested = [r for r in rows if r.vs_reference is not None]
+    assert [r.name for r in tested] == ["pop", "cooc", "gmf", "mlp", "gmf++"]  # all but nmf itself
+    expected = holm_by_hand([r.vs_reference.p for r in tested])
+    assert [r.vs_reference.p_adjusted for r in tested] == pytest.approx(expected, rel=1e-12)
+    baseline = [r for r in rows if r.vs_baseline is not None]
+    assert [r.vs_baseline.p_adjusted for r in baseline] == pytest.approx(
+        holm_by_hand([r.vs_baseline.p for r in baseline]), rel=1e-12)
+    write_report(report, tmp_path / "r.md", title="t", plots=False)
+    data = {r["model"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    table = {r["model"]: r for r in csv.DictReader((tmp_path / "r.csv").open())}
+    for row, adjusted in zip(tested, expected):
+        assert data[row.name]["vs nmf p"] == row.vs_reference.p
+        assert data[row.name]["vs nmf p Holm"] == pytest.approx(adjusted, rel=1e-12)
+        assert float(table[row.name]["vs nmf p"]) == pytest.approx(row.vs_reference.p, rel=1e-12)
+        assert float(table[row.name]["vs nmf p Holm"]) == pytest.approx(adjusted, rel=1e-12)
+    assert data["nmf"]["vs nmf p Holm"] is None
+    text = (tmp_path / "r.md").read_text()
+    gmf = next(r for r in rows if r.name == "gmf").vs_reference
+    assert f"(p {gmf.p:.3g}, Holm {gmf.p_adjusted:.3g})" in text
+    assert "adjusted for multiple comparisons by Holm's method" in text and "not corrected" not in text
+
+
+def test_rows_of_one_model_with_other_settings_get_a_legend(tiny_runs: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", str(tiny_runs / "in" / "dataset"), "-m", "gmf", "--epochs", "1", "--seed", "1",
+                            "-o", str(tmp_path / "gmf-1epoch")])
+    assert r.exit_code == 0, r.output
+    report = build_report(collect_runs([tiny_runs / "in" / "single", tmp_path / "gmf-1epoch"]))
+    section = report.sections[0]
+    gmf = [row for row in section.rows if row.label == "gmf"]
+    assert len(gmf) == 2 and all(row.name.startswith("gmf [") for row in gmf)
+    one = next(row for row in gmf if len(row.runs) == 1)
+    three = next(row for row in gmf if len(row.runs) == 3)
+    assert section.legend == {three.name: "epochs 2", one.name: "epochs 1"} or \
+        section.legend == {one.name: "epochs 1", three.name: "epochs 2"}
+    out = tmp_path / "rep" / "r.md"
+    r = runner.invoke(app, ["report", str(tiny_runs / "in" / "single"), str(tmp_path / "gmf-1epoch"), "-o", str(out),
+                            "--no-plots"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert f"- `{one.name}`: epochs 1" in text and f"- `{three.name}`: epochs 2" in text
+    assert f"{one.name}: epochs 1" in r.output and f"{three.name}: epochs 2" in r.output  # under the terminal table
+    assert json.loads((out.parent / "r.json").read_text())["rows"][0]["settings differ"] is None  # pop: alone
+    # rows of one label that differ only in their sources need no legend (the sources column says it)
+    assert build_report(collect_runs([tiny_runs])).sections[0].legend == {}
+
+
+def test_published_figure_only_beside_runs_of_its_setting(tiny_runs: Path) -> None:
+    """The tiny runs trained 2 epochs: a figure measured after 50 is not shown beside them, one of
+    2 epochs is; the sources, the model size and a fine-tuned run's base count the same way."""
+    runs = collect_runs([tiny_runs])
+    data = dict(runs[0].inputs)
+
+    def shown(match: dict, model: str = "nmf") -> bool:
+        figure = PublishedFigure("x", "a paper", "forec", data, model, "in", "ndcg@10", 0.5, match,
+                                 "2 epochs, embedding 8", "A. Author, A paper, Table 3")
+        rows = {r.name: r for _, r in build_report(runs, published=[figure]).rows()}
+        return rows[model].published is figure
+
+    assert not shown({"train.epochs": 50})
+    assert shown({"train.epochs": 2})
+    assert shown({"train.epochs": 2, "model.gmf.embedding_dim": 8, "model.mlp.layers": [16, 64, 32, 16, 8]})
+    assert not shown({"train.epochs": 2, "model.gmf.embedding_dim": 16})  # another model size
+    assert not shown({"train.epochs": 2, "model.no_such_setting": 1})  # a setting the run lacks never matches
+    assert shown({"sources": ["de"], "train.epochs": 2}, "gmf++")
+    assert not shown({"sources": ["uk"]}, "gmf++")
+    assert not shown({"sources": "all"}, "gmf++")  # de is one of the dataset's three other markets
+    assert not shown({"base.train.epochs": 50})  # not fine-tuned: it has no base
+    # the footnote gives the setting and the reference
+    figure = PublishedFigure("x", "a paper", "forec", data, "nmf", "in", "ndcg@10", 0.5, {"train.epochs": 2},
+                             "2 epochs", "A. Author, A paper (2020), Table 3")
+    text = render_markdown(build_report(runs, published=[figure]), title="t")
+    assert "Published: nmf, 0.500 (`x`): measured with 2 epochs. A. Author, A paper (2020), Table 3" in text
+
+
+def test_shipped_figures_are_cited_and_carry_their_setting(tmp_path: Path) -> None:
+    import re
+
+    shipped = read_published()
+    assert shipped and {f.model for f in shipped} == {"acmr"}  # the uncited FOREC re-run figures are gone
+    for f in shipped:
+        assert re.search(r"\b[0-9a-f]{40}\b", f.reference) and f"log/{f.target.upper()}.log" in f.reference
+        assert f.match["train.epochs"] == 50 and f.match["sources"] == "all" and "50 epochs" in f.setting
+        assert "quoted" not in f.cite
+    # a figures file without a setting is refused: it would be shown beside any run
+    bad = tmp_path / "p.toml"
+    bad.write_text('[data.d]\nin = "x"\n[sources.s]\ncite = "c"\nprotocol = "forec"\ndata = "d"\n'
+                   '[[figures]]\nsource = "s"\nmodel = "nmf"\nmetric = "ndcg@10"\nvalues = { in = 0.5 }\n')
+    with pytest.raises(XmfastError, match="figure 1 lacks its setting"):
+        read_published(bad)
+
+
+def test_figure_matches_all_sources_and_a_fine_tuned_runs_base(tmp_path: Path) -> None:
+    from xmfast.report import RunRecord, figure_matches
+
+    def run(sources: tuple[str, ...], config: dict) -> RunRecord:
+        return RunRecord(tmp_path, "acmr", "acmr", "jp", "acmr", "f", sources, 1, "s", {}, {}, None, 4,
+                         {"jp": "a", "de": "b", "uk": "c", "in": "d"}, config)
+
+    figure = PublishedFigure("x", "c", "acmr", {"jp": "a", "de": "b", "uk": "c", "in": "d"}, "acmr", "jp", "ndcg@10",
+                             0.5, {"sources": "all", "train.epochs": 50, "base.train.epochs": 50}, "s", "r")
+    fine_tuned = {"train.epochs": 50, "base.train.epochs": 50}
+    assert figure_matches(figure, run(("de", "uk", "in"), fine_tuned))
+    assert not figure_matches(figure, run(("de", "uk"), fine_tuned))  # not every other market
+    assert not figure_matches(figure, run(("de", "uk", "in"), {"train.epochs": 50, "base.train.epochs": 1}))
+    assert not figure_matches(figure, run(("de", "uk", "in"), {"train.epochs": 50}))  # no base recorded
+    other_files = run(("de", "uk", "in"), fine_tuned)
+    other_files.inputs = {**other_files.inputs, "jp": "z"}
+    assert not figure_matches(figure, other_files)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_report_table_keeps_every_number_at_80_columns_and_in_a_pipe(tiny_runs: Path, terminal: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from xmfast_cli.render import report_table, show
+
+    report = build_report(collect_runs([tiny_runs]))
+    buffer = io.StringIO()
+    show(*report_table(report), to=Console(file=buffer, width=80, force_terminal=terminal, color_system=None))
+    text = buffer.getvalue()
+    assert "…" not in text
+    for _, row in report.rows():
+        assert row.name in text
+        for m in report.metrics:
+            assert f"{row.mean[m]:.4f} ± {row.std[m]:.4f}" in text
+        if row.vs_reference is not None:
+            assert f"{row.vs_reference.mean_difference:+.4f} ({row.vs_reference.p_adjusted:.2g})" in text

@@ -1,6 +1,8 @@
 """Reports over finished runs: per target market and model, test metrics as mean ± standard
-deviation over seeds, the best per column marked, paired significance tests against a reference model (single-market NMF by default) and the
-best baseline, published reference figures beside ours, and plots.
+deviation over seeds, the best per column marked, paired t-tests (Holm-adjusted, the convention of
+xmfast.compare) against a reference model (single-market NMF by default) and the best baseline,
+a legend of what differs between rows of one model, published figures beside runs of their own
+setting, and plots.
 
 The numbers come only from the runs' own files (``results.json`` for the aggregates,
 ``test.json`` for the per-user values the tests pair, ``metrics.jsonl`` for the curves), so a
@@ -12,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from xmfast._io import digest_json, sweep_leftovers, write_json_atomic, write_text_atomic
+from xmfast.compare import ALPHA, CORRECTION, MARK, PairedTest, adjust, paired_t_test
 from xmfast.errors import XmfastError
 
 if sys.version_info >= (3, 11):
@@ -32,7 +34,6 @@ else:  # pragma: no cover - Python 3.10
 
 REPORT_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 TEST_METRIC = "ndcg@10"  # the metric significance tests and plots use
-ALPHA = 0.05
 REFERENCE = "nmf"  # the default row every other is tested against (single-market NeuMF, FOREC's reference)
 
 
@@ -55,6 +56,9 @@ class RunRecord:
     selected_epoch: int | None
     markets: int  # markets in the dataset (to say "all others")
     inputs: dict[str, str] = field(default_factory=dict)  # market -> blake3 of its rating file
+    # The settings that make the run what it is, flat: `model.alpha`, `train.epochs`, and for a
+    # fine-tuned run `base.train.epochs` (its base's); without the seed and where it ran.
+    config: dict[str, Any] = field(default_factory=dict)
 
     def per_user(self) -> dict[tuple[str, str], dict[str, float]]:
         """Per test query: the metrics (from test.json), keyed by (market, user)."""
@@ -153,9 +157,8 @@ def read_run(path: Path) -> RunRecord:
 
 def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> RunRecord:
     tc = dict(info.get("train_config", {}))
-    seed = int(tc.pop("seed", 0))
-    for k in ("device", "eval_batch", "amp", "cuda_graphs"):
-        tc.pop(k, None)
+    seed = int(tc.get("seed", 0))
+    tc = _settings_only(tc)
     manifest = Path(str(info.get("dataset", {}).get("path") or "")) / "manifest.json"
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -166,11 +169,16 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
         markets, inputs = 0, {}
     sources = tuple(tc_sources := info.get("train_config", {}).get("sources") or ())
     base = (info.get("pretrained") or {}).get("base")
-    if base and not tc_sources:  # a fine-tuned run: the sources are those its base learned from
+    base_tc: dict[str, Any] = {}
+    if base:
         try:
-            sources = tuple(_read_json(Path(base) / "run.json").get("train_config", {}).get("sources") or ())
+            base_tc = dict(_read_json(Path(base) / "run.json").get("train_config") or {})
         except XmfastError:
             pass
+        if not tc_sources:  # a fine-tuned run: the sources are those its base learned from
+            sources = tuple(base_tc.get("sources") or ())
+    config = {**_flat("model", info.get("model_config") or {}), **_flat("train", tc),
+              **_flat("base.train", _settings_only(base_tc))}
     return RunRecord(
         path=path, label=run_label(info), model=str(info["model"]), target=str(info.get("target") or results["target"]),
         protocol=str(info.get("dataset", {}).get("protocol", "?")),
@@ -179,8 +187,25 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
         settings=digest_json({"model": info.get("model"), "model_config": info.get("model_config"), "train": tc,
                               "finetune": "base" in (info.get("pretrained") or {})})[:8],
         valid=dict(results["valid"]), test=dict(results["test"]), selected_epoch=results.get("selected_epoch"),
-        markets=markets, inputs=inputs,
+        markets=markets, inputs=inputs, config=config,
     )
+
+
+_NOT_SETTINGS = ("seed", "device", "eval_batch", "amp", "cuda_graphs")  # how or where it ran, not what
+
+
+def _settings_only(train_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train_config.items() if k not in _NOT_SETTINGS}
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested settings as one level of dotted keys (`model.gmf.embedding_dim`)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(f"{prefix}.{k}", v))
+    return out
 
 
 def collect_runs(paths: Iterable[Path]) -> list[RunRecord]:
@@ -223,36 +248,16 @@ def _not_a_run_message(path: Path) -> str:
 
 
 # ---- statistics ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PairedTest:
-    """A two-sided paired t-test of per-user values: mean difference (a − b), t and p."""
-
-    n: int
-    mean_difference: float
-    t: float
-    p: float
-
-
-def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedTest:
-    """Student's paired t-test (Sakai 2014 and Smucker et al. 2007 found it agrees with the
-    randomisation test on IR metrics). Identical inputs give p = 1."""
-    from scipy import stats
-
-    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if x.ndim != 1 or len(x) < 2:
-        raise XmfastError("a paired test needs at least two paired values")
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1))
-    if sd == 0.0:
-        return PairedTest(len(x), mean, 0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0)
-    t = mean / (sd / math.sqrt(len(x)))
-    p = float(2 * stats.t.sf(abs(t), df=len(x) - 1))
-    return PairedTest(len(x), mean, t, p)
-
+# The tests and their one convention (paired t-test, Holm, ✱) live in xmfast.compare, shared with
+# `xmfast compare`; PairedTest and paired_t_test stay importable from here.
 
 # ---- published figures ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PublishedFigure:
+    """A figure from the literature and the setting it was measured in. `match` is that setting
+    as run settings (see :func:`figure_matches`); `setting` says it in words for the footnote;
+    `reference` is the full citation (paper, table or repository file and commit)."""
+
     source: str
     cite: str
     protocol: str
@@ -261,6 +266,31 @@ class PublishedFigure:
     target: str
     metric: str
     value: float
+    match: dict[str, Any] = field(default_factory=dict)
+    setting: str = ""
+    reference: str = ""
+
+
+def figure_matches(figure: PublishedFigure, run: RunRecord) -> bool:
+    """Whether `run` was made in the figure's setting, so the two numbers can stand side by side:
+    the same protocol, target, model (label) and rating files (every input's blake3 digest), and
+    every key of the figure's `match` equal to the run's: `sources = "all"` (every other market
+    of the dataset) or a list of markets, any other key a run setting as :attr:`RunRecord.config`
+    names it (`train.epochs`, `model.blocks`, `base.train.epochs` for a fine-tuned run's base).
+    A setting the run does not record does not match."""
+    if (figure.protocol, figure.target, figure.model) != (run.protocol, run.target, run.label) or not run.inputs \
+            or not all(figure.data.get(m) == d for m, d in run.inputs.items()):
+        return False
+    for key, want in figure.match.items():
+        if key == "sources":
+            if want == "all":
+                if not run.markets or len(set(run.sources)) != run.markets - 1:
+                    return False
+            elif sorted(want) != sorted(run.sources):
+                return False
+        elif key not in run.config or run.config[key] != want:
+            return False
+    return True
 
 
 def read_published(path: Path | None = None) -> list[PublishedFigure]:
@@ -291,10 +321,15 @@ def _published_figures(path: Path, data: dict[str, Any]) -> list[PublishedFigure
             raise XmfastError(f"{path}: figure {n} names an unknown source {fig.get('source')!r}")
         if src.get("data") not in datasets:
             raise XmfastError(f"{path}: source {fig['source']!r} names no [data.NAME] table of file digests")
+        if not isinstance(fig.get("match"), dict) or not isinstance(fig.get("setting"), str):
+            raise XmfastError(f"{path}: figure {n} lacks its setting (a `match` table of run settings and a "
+                              "`setting` sentence): a figure is shown only beside runs of its own setting")
         for target, value in fig["values"].items():
             out.append(PublishedFigure(str(fig["source"]), str(src["cite"]), str(src["protocol"]),
                                        {str(k): str(v) for k, v in dict(datasets[src["data"]]).items()},
-                                       str(fig["model"]), str(target), str(fig["metric"]), float(value)))
+                                       str(fig["model"]), str(target), str(fig["metric"]), float(value),
+                                       dict(fig["match"]), str(fig["setting"]),
+                                       str(src.get("reference", "")).replace("{TARGET}", str(target).upper())))
     return out
 
 
@@ -330,6 +365,7 @@ class Section:
     users: int = 0
     best: dict[str, set[str]] = field(default_factory=dict)  # metric -> the rows with the best mean (ties: all)
     baseline: str | None = None  # the best baseline's row name
+    legend: dict[str, str] = field(default_factory=dict)  # row name -> how its settings differ (settings_legend)
 
 
 @dataclass
@@ -382,10 +418,8 @@ def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_M
                 values = np.array([r.test.get(m, np.nan) for r in group], dtype=np.float64)
                 row.mean[m] = float(values.mean())
                 row.std[m] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            inputs = group[0].inputs
-            row.published = next((f for f in published if f.protocol == protocol and f.target == target
-                                  and f.model == label and f.metric == TEST_METRIC and inputs
-                                  and all(f.data.get(m) == d for m, d in inputs.items())), None)
+            row.published = next((f for f in published if f.metric == TEST_METRIC
+                                  and all(figure_matches(f, r) for r in group)), None)
             rows.append(row)
         rows.sort(key=lambda r: (*_row_order(r.label, r.runs[0].model, r.sources), r.sources, r.settings))
         _name_rows(rows)
@@ -393,6 +427,7 @@ def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_M
         for m in metrics:
             top = max(r.mean[m] for r in rows)
             section.best[m] = {r.name for r in rows if r.mean[m] >= top - 1e-12}
+        section.legend = settings_legend(rows)
         _significance(section, reference)
         out.append(section)
     return Report(out, tuple(metrics), published, reference)
@@ -407,6 +442,41 @@ def _name_rows(rows: list[Row]) -> None:
                 row.name = f"{row.label} ({', '.join(row.sources) or 'target only'})"
             else:
                 row.name = f"{row.label} [{row.settings}]"
+
+
+def settings_legend(rows: Sequence[Row]) -> dict[str, str]:
+    """For rows that share a label but not their settings: row name -> the settings in which it
+    differs from the others of its label (`alpha 0.3`), from the runs' model and training
+    settings. Sources are left out (the sources column shows them); rows alike but for the seed
+    are one row already."""
+    out: dict[str, str] = {}
+    for label in dict.fromkeys(r.label for r in rows):
+        same = [r for r in rows if r.label == label]
+        if len({r.settings for r in same}) < 2:
+            continue
+        configs = [{k: v for k, v in r.runs[0].config.items() if k not in ("train.sources", "base.train.sources")}
+                   for r in same]
+        keys = sorted({k for c in configs for k in c if len({repr(x.get(k)) for x in configs}) > 1})
+        if keys:  # else they differ in their sources only, which the sources column shows
+            for r, c in zip(same, configs):
+                out[r.name] = "; ".join(f"{_setting_name(k)} {_setting_value(c.get(k))}" for k in keys)
+    return out
+
+
+def _setting_name(key: str) -> str:
+    """`model.alpha` -> `alpha`, `train.epochs` -> `epochs`; `base.train.epochs` stays as it is."""
+    for prefix in ("model.", "train."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _setting_value(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _mean_per_user(row: Row) -> dict[tuple[str, str], float]:
@@ -427,7 +497,7 @@ def _is_baseline(row: Row) -> bool:
 def _significance(section: Section, reference: str) -> None:
     """Each row against the reference row (single-market NMF by default) and against the best
     baseline (by mean test NDCG@10): paired t-tests on the per-user test NDCG@10, averaged over
-    each row's seeds."""
+    each row's seeds, Holm-adjusted within each of the two columns of the section."""
     per_user = {row.name: _mean_per_user(row) for row in section.rows}
     section.users = max((len(v) for v in per_user.values()), default=0)
     nmf = next((r for r in section.rows if r.label == reference and not r.sources), None)
@@ -444,9 +514,11 @@ def _significance(section: Section, reference: str) -> None:
             return None
         return paired_t_test([a[k] for k in keys], [b[k] for k in keys])
 
-    for row in section.rows:
-        row.vs_reference = test(row, nmf)
-        row.vs_baseline = test(row, baseline)
+    # each column of marks is one Holm family (see xmfast.compare)
+    for row, t in zip(section.rows, adjust([test(row, nmf) for row in section.rows])):
+        row.vs_reference = t
+    for row, t in zip(section.rows, adjust([test(row, baseline) for row in section.rows])):
+        row.vs_baseline = t
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -458,10 +530,31 @@ def _cell(row: Row, metric: str, best: bool) -> str:
 
 
 def _test_cell(t: PairedTest | None) -> str:
+    """The mean difference, the raw and the Holm-adjusted p, and the mark (on the adjusted p)."""
     if t is None:
         return "–"
-    mark = " ✱" if t.p < ALPHA else ""
-    return f"{t.mean_difference:+.4f} (p {t.p:.3g}){mark}"
+    mark = f" {MARK}" if t.significant else ""
+    return f"{t.mean_difference:+.4f} (p {t.p:.3g}, {CORRECTION} {t.p_adjusted:.3g}){mark}"
+
+
+def significance_note(report: Report) -> str:
+    """What the Δ columns and their mark mean (the report's text; the terminal prints it too)."""
+    return (f"The Δ columns are paired t-tests (two-sided, over users) on the per-user test {TEST_METRIC.upper()} "
+            f"(averaged over each model's seeds) against single-market {report.reference} and against the best baseline (by mean test "
+            f"{TEST_METRIC.upper()}): the mean difference, the two-sided p-value and the p-value adjusted for multiple "
+            f"comparisons by {CORRECTION}'s method (each column of a market is one family); {MARK} when the "
+            f"adjusted p < {ALPHA}. {CORRECTION} because each mark claims something of one model, a family-wise "
+            "error rate, which it controls whatever the dependence between the tests.")
+
+
+def published_notes(section: Section) -> list[str]:
+    """One footnote per published figure shown in the section: its setting and full reference."""
+    out = []
+    for r in section.rows:
+        f = r.published
+        if f is not None:
+            out.append(f"{r.name}, {f.value:.3f} (`{f.source}`): measured with {f.setting}. {f.reference or f.cite}")
+    return out
 
 
 def report_records(report: Report) -> list[dict[str, Any]]:
@@ -480,8 +573,12 @@ def report_records(report: Report) -> list[dict[str, Any]]:
         for name, t in ((f"vs {report.reference}", r.vs_reference), ("vs best baseline", r.vs_baseline)):
             rec[f"{name} diff"] = t.mean_difference if t else None
             rec[f"{name} p"] = t.p if t else None
+            rec[f"{name} p {CORRECTION}"] = t.p_adjusted if t else None
+        rec["settings differ"] = s.legend.get(r.name)
         rec["published " + TEST_METRIC] = r.published.value if r.published else None
         rec["published source"] = r.published.source if r.published else None
+        rec["published setting"] = r.published.setting if r.published else None
+        rec["published reference"] = r.published.reference if r.published else None
         out.append(rec)
     return out
 
@@ -492,11 +589,10 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
         lines += [preface.strip(), ""]
     lines += [
         "Test metrics of the selected checkpoint, mean ± standard deviation over seeds (the seeds column); "
-        "**bold** is the best mean of the column in its market. The two Δ columns are paired t-tests on the "
-        f"per-user test {TEST_METRIC.upper().replace('NDCG', 'NDCG')} (averaged over each model's seeds) against single-market "
-        f"{report.reference} and against the best baseline (by mean test NDCG@10): the mean difference and the "
-        f"two-sided p-value, ✱ when p < {ALPHA} (not corrected for multiple comparisons). The published "
-        "column is a figure from the literature for the same protocol, market and model (sources below).",
+        "**bold** is the best mean of the column in its market. " + significance_note(report) + " The published "
+        "column is a figure from the literature, shown only beside runs made in the figure's setting (the same "
+        "protocol, rating files, market, model, sources, schedule and model size); each is footnoted with its "
+        "setting and reference.",
         "",
     ]
     for s in report.sections:
@@ -513,15 +609,21 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
                      f"{r.published.value:.3f}" if r.published else ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if s.legend:
+            lines += ["Rows of the same model with different settings (what differs between them):", ""]
+            lines += [f"- `{name}`: {text}" for name, text in s.legend.items()]
+            lines.append("")
+        for note in published_notes(s):
+            lines += [f"Published: {note}", ""]
         for key in (f"curves-{s.target}-{s.fingerprint[:8]}", f"ranks-{s.target}-{s.fingerprint[:8]}"):
             if plots and key in plots:
                 lines += [f"![{key}]({plots[key]})", ""]
     if plots and "bars" in plots:
         lines += ["## Test NDCG@10 per market", "", f"![bars]({plots['bars']})", ""]
-    used = sorted({r.published.source: r.published.cite for _, r in report.rows() if r.published}.items())
+    used = sorted({r.published.source: r.published for _, r in report.rows() if r.published}.items())
     if used:
         lines += ["## Published figures", ""]
-        lines += [f"- `{src}`: {cite}" for src, cite in used]
+        lines += [f"- `{src}`: {f.cite}." for src, f in used]
         lines.append("")
     lines += ["## Runs", "", "| market | model | seed | run directory |", "|---|---|---|---|"]
     for s, r in report.rows():
@@ -636,5 +738,6 @@ def write_report(report: Report, out: Path, *, title: str = "xmfast report", pre
     return out
 
 
-__all__ = ["PairedTest", "PublishedFigure", "Report", "RunRecord", "build_report", "collect_runs", "paired_t_test",
-           "read_published", "render_markdown", "report_records", "write_report"]
+__all__ = ["PairedTest", "PublishedFigure", "Report", "RunRecord", "build_report", "collect_runs", "figure_matches",
+           "paired_t_test", "published_notes", "read_published", "render_markdown", "report_records",
+           "settings_legend", "significance_note", "write_report"]

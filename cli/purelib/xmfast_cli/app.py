@@ -505,22 +505,44 @@ def compare(
     ],
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics to compare (default: all shared).")] = "",
     split: Annotated[str, typer.Option(help="For run directories: compare their valid or test results.")] = "test",
+    reference: Annotated[
+        Optional[Path], typer.Option(help="The one of RESULTS every other is tested against (default: the first).")
+    ] = None,
+    test_metric: Annotated[
+        Optional[str], typer.Option(help="The metric of the significance column (default: ndcg@10 if compared, "
+                                    "else the first).")
+    ] = None,
+    tests: Annotated[bool, typer.Option("--tests", help="Also list every metric's paired t (raw and Holm), "
+                                        "Wilcoxon and sign p-values.")] = False,
 ) -> None:
-    """Put runs side by side with paired t, Wilcoxon and sign tests over users."""
-    from xmfast.compare import compare_results, results_file
-    from xmfast_cli.render import comparison_table, console, show
+    """Put runs side by side in one table, each tested against the reference (paired t-test over users, Holm-adjusted)."""
+    from xmfast.compare import compare_table, results_file
+    from xmfast_cli.render import comparison_footnote, comparison_table, comparison_tests_table, console, show
 
     if len(results) < 2:
         raise XmfastError("give at least two results files")
     if split not in ("valid", "test"):
         raise XmfastError(f"--split: expected valid or test, got {split!r}")
-    results = [results_file(p, split) for p in results]
-    for other in results[1:]:  # a table of zero differences says nothing: surely another run was meant
-        if other.resolve() == results[0].resolve():
-            raise XmfastError(f"{other}: the same results as the reference {results[0]}; compare two different runs")
-    for other in results[1:]:
-        show(comparison_table(compare_results(results[0], other, _split_list(metrics) or None)))
-    console.print("* Wilcoxon p < 0.05 (not corrected for multiple comparisons)", highlight=False)
+    index = 0
+    if reference is not None:
+        matches = [i for i, p in enumerate(results) if p.resolve() == reference.resolve()]
+        if not matches:
+            raise XmfastError(f"--reference {reference}: not one of the results compared "
+                              f"({', '.join(map(str, results))}); give one of them")
+        index = matches[0]
+    files = [results_file(p, split) for p in results]
+    seen: dict[Path, int] = {}
+    for i, file in enumerate(files):  # a row of zero differences says nothing: surely another run was meant
+        first = seen.setdefault(file.resolve(), i)
+        if first != i:
+            raise XmfastError(f"{file}: the same results as {'the reference ' if first == index else ''}{files[first]}; "
+                              "compare different runs")
+    table = compare_table(files, names=[str(p) for p in results], metrics=_split_list(metrics) or None,
+                          reference=index, test_metric=test_metric)
+    show(comparison_table(table))
+    console.print(comparison_footnote(table), highlight=False, markup=False, soft_wrap=True)
+    if tests:
+        show(comparison_tests_table(table))
 
 
 def _refuse_directory_of_runs(path: Path, command: str) -> None:
@@ -819,7 +841,7 @@ def report(
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
     from xmfast.report import build_report, collect_runs, read_published, write_report
-    from xmfast_cli.render import console, report_table, show
+    from xmfast_cli.render import console, report_notes, report_table, show
 
     text = ""
     if preface is not None:
@@ -833,6 +855,8 @@ def report(
                          **({"reference": reference} if reference else {}))
     path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
     show(*report_table(built))
+    for line in report_notes(built):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"
                   f"{', plots' if plots else ''})", highlight=False)
 

@@ -196,17 +196,50 @@ def results_table(evaluation, title: str) -> Grid:  # noqa: ANN001 - xmfast.eval
     return table
 
 
-def comparison_table(comparison) -> Grid:  # noqa: ANN001 - xmfast.compare.Comparison
-    table = Grid(f"B = {comparison.name_b} against A = {comparison.name_a} ({comparison.queries:,} paired queries)",
-                 ["metric", "A", "B", "B-A", "wins/losses", "t p", "Wilcoxon p", "sign p"],
-                 short=["metric", "A", "B", "B-A", "wins/losses", "t p", "W p", "sign p"])
-    for c in comparison.metrics:
-        mark = "*" if c.wilcoxon_pvalue < 0.05 else ""
-        table.add_row(
-            c.metric, f"{c.mean_a:.4f}", f"{c.mean_b:.4f}", f"{c.difference:+.4f}{mark}", f"{c.wins}/{c.losses}",
-            f"{c.t_pvalue:.1e}", f"{c.wilcoxon_pvalue:.1e}", f"{c.sign_pvalue:.1e}",
-        )
-    return table
+def comparison_table(table) -> Grid:  # noqa: ANN001 - xmfast.compare.ComparisonTable
+    """`xmfast compare`: one row per result, the mean of each metric over the shared queries, and
+    one column of the test against the reference (see :func:`comparison_footnote`)."""
+    from rich.markup import escape
+
+    metric = table.test_metric
+    head = f"Δ {metric} vs {escape(table.reference)} (p, Holm)"
+    grid = Grid(f"{len(table.rows)} results on {table.queries:,} shared queries (split {table.split or '?'}, ties "
+                f"{table.ties or '?'}): mean of each metric",
+                ["model", *table.metrics, head],
+                short=["model", *map(short_metric, table.metrics), f"Δ {short_metric(metric)} (p, Holm)"])
+    for row in table.rows:
+        cells = [f"{row.means[m]:.4f}" for m in table.metrics]
+        if row.tests is None:
+            test = "reference"
+        else:
+            c = row.tests[metric]
+            test = f"{c.difference:+.4f} ({c.t_adjusted:.2g})" + (" ✱" if c.significant else "")
+        grid.add_row(escape(row.name), *cells, test)
+    return grid
+
+
+def comparison_footnote(table) -> str:  # noqa: ANN001 - xmfast.compare.ComparisonTable
+    """What the mark column means: the test, the correction and the family."""
+    from xmfast.compare import footnote
+
+    return (f"{footnote(table.reference, table.test_metric, table.family)}; the number in brackets is that adjusted "
+            "p. --tests lists every metric's paired t (raw and Holm), Wilcoxon and sign p-values.")
+
+
+def comparison_tests_table(table) -> Grid:  # noqa: ANN001 - xmfast.compare.ComparisonTable
+    """`xmfast compare --tests`: every metric of every row against the reference, with all three tests."""
+    from rich.markup import escape
+
+    grid = Grid(f"Paired tests against {escape(table.reference)} over {table.queries:,} queries (two-sided; "
+                "Holm within each metric)",
+                ["model", "metric", "Δ", "wins/losses", "t p", "t p (Holm)", "Wilcoxon p", "sign p"], keys=2)
+    for row in table.rows:
+        for m in table.metrics if row.tests else ():
+            c = row.tests[m]
+            grid.add_row(escape(row.name), m, f"{c.difference:+.4f}" + (" ✱" if c.significant else ""),
+                         f"{c.wins}/{c.losses}", f"{c.t_pvalue:.2e}", f"{c.t_adjusted:.2e}", f"{c.wilcoxon_pvalue:.2e}",
+                         f"{c.sign_pvalue:.2e}")
+    return grid
 
 
 @contextlib.contextmanager
@@ -378,23 +411,40 @@ def plan_table(plan, actions) -> Grid:  # noqa: ANN001 - xmfast.experiment.Plan
 
 
 def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
-    """The report's main table, one per market, for the terminal."""
+    """The report's main table, one per market, for the terminal (:func:`report_notes` under them)."""
+    from rich.markup import escape
+
     tables = []
     metrics = list(report.metrics)
     for s in report.sections:
         t = Grid(f"{s.target} (protocol {s.protocol}, {s.users:,} test users)",
-                 ["model", "seeds", *metrics, f"Δ vs {report.reference} (p)"],
-                 short=["model", "seeds", *map(short_metric, metrics), f"Δ {report.reference} (p)"])
+                 ["model", "seeds", *metrics, f"Δ vs {report.reference} (p, Holm)"],
+                 short=["model", "seeds", *map(short_metric, metrics), f"Δ {report.reference} (p, Holm)"])
         for r in s.rows:
             cells = []
             for m in report.metrics:
                 text = f"{r.mean[m]:.4f}" + (f" ± {r.std[m]:.4f}" if len(r.runs) > 1 else "")
                 cells.append(f"[bold]{text}[/]" if r.name in s.best[m] else text)
             vs = r.vs_reference
-            t.add_row(r.name, str(len(r.runs)), *cells,
-                      "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p:.2g})")
+            t.add_row(escape(r.name), str(len(r.runs)), *cells,
+                      "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p_adjusted:.2g})"
+                      + (" ✱" if vs.significant else ""))
         tables.append(t)
     return tables
+
+
+def report_notes(report) -> list[str]:  # noqa: ANN001 - xmfast.report.Report
+    """Lines under the report's tables: what the mark means, how rows of one model differ."""
+    from xmfast.compare import footnote
+    from xmfast.report import TEST_METRIC
+
+    out = []
+    for s in report.sections:
+        family = sum(r.vs_reference is not None for r in s.rows)
+        if family:
+            out.append(f"{s.target}: {footnote(report.reference, TEST_METRIC, family)}")
+        out += [f"{s.target}: {name}: {text}" for name, text in s.legend.items()]
+    return out
 
 
 def models_listing(entries: list, to: Console | None = None) -> None:  # noqa: ANN001
