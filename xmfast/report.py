@@ -666,7 +666,7 @@ def bars_figure(report: Report, styles: dict[str, PlotStyle]) -> Any | None:
     names = list(dict.fromkeys(r.name for _, r in report.rows()))
     if not names:
         return None
-    fig = _figure(max(6.5, 1.2 * len(report.sections) * len(names) / 3), 4.5)
+    fig = _figure(min(11.0, max(6.5, 0.4 * len(report.sections) * len(names))), 4.5)  # a page wide at most
     ax = fig.add_subplot()
     width = 0.8 / len(names)
     xs = np.arange(len(report.sections))
