@@ -313,9 +313,10 @@ def test_select_groups_names_users_or_a_whole_market(dataset: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("both", "give either --all-users or the users (--user, --users-file), not both"),
-    ("file and all", "give either --all-users or the users (--user, --users-file), not both"),
-    ("nobody", "name users with --user ID, --users-file FILE or --all-users"),
+    # called from Python, the messages name Python arguments (the CLI's own name its options)
+    ("both", "give either all_users=True or the users (users=…, users_file=…), not both"),
+    ("file and all", "give either all_users=True or the users (users=…, users_file=…), not both"),
+    ("nobody", "name users with users=…, users_file=… or all_users=True"),
     ("market", "market 'xx' is not in the dataset (it has in, uk)"),
     ("missing file", "{ids}: cannot read user ids (No such file or directory)"),
     ("not utf-8", "{ids}: cannot read user ids (not UTF-8 text: "),

@@ -118,3 +118,110 @@ def test_evaluate_into_a_pipe_prints_every_number(sample_dir: Path, tmp_path: Pa
     expected = {f"{v:.4f}" for v in saved["overall"].values()}
     expected |= {f"{v:.4f}" for per in saved["per_market"].values() for v in per.values()}
     assert len(expected) > 20 and expected <= printed
+
+
+# ---- issue 22, item 9 -----------------------------------------------------------------------------
+def test_one_market_has_no_second_all_row(sample_dir: Path) -> None:
+    from xmfast.models.baselines import PopularityScorer
+
+    ds = prepare(sample_dir, None, PrepareConfig(target="in", sources="all"))
+    one = evaluate_scorer(ds, "test", PopularityScorer(ds), EvalConfig(), markets=["in"])
+    grid = results_table(one, "pop")
+    assert [r[0] for r in grid.rows] == ["in"]  # the old table repeated it as "all"
+    assert plain_text(grid).splitlines()[-1].split()[:2] == ["in", f"{len(one):,}"]
+    two = evaluate_scorer(ds, "test", PopularityScorer(ds), EvalConfig(), markets=["in", "de"])
+    assert [_plain_cell(r[0]) for r in results_table(two, "pop").rows] == ["in", "de", "all"]
+
+
+def _plain_cell(cell: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("recommend")
+    runner = CliRunner()
+    ds = str(root / "ds")
+    assert runner.invoke(app, ["prepare", str(sample_dir), "-t", "in", "-s", "de", "-o", ds]).exit_code == 0
+    for model, extra in (("pop", []), ("cooc", ["--sources", "de"])):
+        r = runner.invoke(app, ["train", ds, "-m", model, *extra, "-o", str(root / model)])
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def _users(run: Path, n: int) -> list[str]:
+    from xmfast.runs import Run
+
+    data = Run.open(run).load_dataset(None)
+    groups = [g for g in range(data.n_groups) if data.markets[int(data.group_market[g])] == "in"][:n]
+    return [data.users[int(data.group_user[g])] for g in groups]
+
+
+@pytest.mark.parametrize(("model", "meaning"), [
+    ("pop", "score: the item's number of training ratings in the user's market; higher is better"),
+    ("cooc", ("score: how often the item co-occurs with the user's items in the training histories of in, de, "
+              "summed over the user's items; higher is better")),
+])
+def test_recommend_says_what_its_score_is(baseline_runs: Path, model: str, meaning: str) -> None:
+    users = _users(baseline_runs / model, 2)
+    r = CliRunner().invoke(app, ["recommend", str(baseline_runs / model), "-u", users[0], "-u", users[1], "-k", "3"])
+    assert r.exit_code == 0, r.output
+    assert " ".join(r.output.split()).count(meaning) == 1  # once, under the last table
+    assert r.output.rstrip().splitlines()[-1].startswith("score:")
+    # on a terminal too, as the caption of the last table
+    from xmfast.recommend import recommend, select_groups
+    from xmfast.runs import Run
+    from xmfast.training import load_scorer
+    from xmfast_cli.render import recommendations_table
+
+    run = Run.open(baseline_runs / model)
+    data = run.load_dataset(None)
+    recs = recommend(data, load_scorer(run, data, device="cpu"), select_groups(data, users), 3)
+    out, buffer = _terminal(80)
+    show(*recommendations_table(recs, data), to=out)
+    assert " ".join(buffer.getvalue().split()).count(meaning.split(";")[0]) == 1
+
+
+def test_a_neural_model_scores_by_its_logit_and_a_silent_scorer_gets_a_default(baseline_runs: Path) -> None:
+    import numpy as np
+
+    from xmfast.recommend import SCORE_MEANING, recommend, select_groups
+    from xmfast.runs import Run
+    from xmfast.training.loop import ModelScorer
+
+    assert "logit" in ModelScorer.meaning
+
+    class Silent:  # a scorer of the user's own, which does not say what its scores are
+        def score_all(self, groups, items):  # noqa: ANN001, ANN202
+            return np.zeros((len(groups), len(items)))
+
+    data = Run.open(baseline_runs / "pop").load_dataset(None)
+    recs = recommend(data, Silent(), select_groups(data, _users(baseline_runs / "pop", 1)), 2)
+    assert recs.score_meaning == SCORE_MEANING
+
+
+def test_recommend_for_many_users_asks_for_a_file(baseline_runs: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["recommend", str(baseline_runs / "pop"), "--all-users"])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "-o FILE" in lines[0]
+    assert "top " not in r.output  # the old command printed a table per user
+    n = len(_users(baseline_runs / "pop", 10**9))
+    assert f"{n:,} users would print {n:,} tables" in lines[0]
+    # the command line's messages name its options, where the library's name Python arguments
+    r = runner.invoke(app, ["recommend", str(baseline_runs / "pop"), "--all-users", "-u", _users(baseline_runs / "pop", 1)[0]])
+    assert r.exit_code == 2
+    assert " ".join(r.output.split()) == "error: give either --all-users or the users (--user, --users-file), not both"
+    # a users file of 21 is refused as well; 20 are shown; with -o every user is written
+    ids = tmp_path / "ids"
+    ids.write_text("\n".join(_users(baseline_runs / "pop", 21)))
+    assert runner.invoke(app, ["recommend", str(baseline_runs / "pop"), "--users-file", str(ids)]).exit_code == 2
+    ids.write_text("\n".join(_users(baseline_runs / "pop", 20)))
+    r = runner.invoke(app, ["recommend", str(baseline_runs / "pop"), "--users-file", str(ids), "-k", "1"])
+    assert r.exit_code == 0 and r.output.count("top 1 for user") == 20
+    r = runner.invoke(app, ["recommend", str(baseline_runs / "pop"), "--all-users", "-k", "1", "-o", str(tmp_path / "r.csv")])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + n

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, argument
 
 try:
     import fcntl
@@ -178,7 +178,7 @@ def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] 
             raise OutputError(f"{path}: exists and is not {_a(kind.what)}; xmfast replaces only its own outputs: "
                               f"choose another output path, or move it away yourself")
         if not overwrite:
-            raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+            raise OutputError(f"{path}: already exists (pass {argument('overwrite')} to replace it)")
         return path
     if real.is_dir():
         raise OutputError(f"{path}: is a directory; give a file name for the {kind.what}")
@@ -188,7 +188,7 @@ def check_output(path: Path, kind: OutputKind, *, inputs: Iterable[Path | None] 
         raise OutputError(f"{path}: exists and is not {_a(kind.what)} written by xmfast; choose another file name, "
                           f"or move it away yourself")
     if not overwrite:
-        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise OutputError(f"{path}: already exists (pass {argument('overwrite')} to replace it)")
     return path
 
 
@@ -315,7 +315,7 @@ def atomic_directory(target: Path, *, overwrite: bool, kind: OutputKind | None =
                 check_output(given, kind, inputs=inputs, overwrite=overwrite)
             if os.path.lexists(target):
                 if not overwrite and not (target.is_dir() and holds_no_file(target)):
-                    raise OutputError(f"{given}: already exists (pass --overwrite to replace it)")
+                    raise OutputError(f"{given}: already exists (pass {argument('overwrite')} to replace it)")
                 with _exclusive(target, given, kind.what if kind else "output"):
                     old = _temporary(target, "old")
                     os.replace(target, old)

@@ -7,7 +7,11 @@ helps, what to do. The CLI prints that line and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
 
 
 class XmfastError(Exception):
@@ -20,6 +24,41 @@ class DataError(XmfastError):
 
 class DatasetError(XmfastError):
     """A prepared dataset is missing, incomplete, or of another format version."""
+
+
+# While the command line runs a command: its option for each Python argument that differs from
+# ``--`` plus the name with dashes (see :func:`argument`); None in Python.
+_CLI_OPTIONS: ContextVar[Mapping[str, str] | None] = ContextVar("xmfast_cli_options", default=None)
+
+
+def argument(name: str, value: Any = True, *, metavar: str = "") -> str:
+    """How a message names an argument the caller can give: ``overwrite=True`` to Python code,
+    ``--overwrite`` under the command line (:func:`cli_options`), so neither reader is told to
+    use a spelling that does not exist where they are. A non-boolean `value` is shown with it
+    (``device='cuda'`` / ``--device cuda``); None shows the name alone (``users=…`` / ``--user``,
+    or ``--user ID`` with a `metavar`)."""
+    options = _CLI_OPTIONS.get()
+    if options is None:
+        return f"{name}=…" if value is None else f"{name}={value!r}"
+    option = options.get(name, "--" + name.replace("_", "-"))
+    if value is None:
+        return f"{option} {metavar}" if metavar else option
+    if value is True:
+        return option
+    if value is False:
+        return "--no-" + option.removeprefix("--")
+    return f"{option} {value}"
+
+
+@contextlib.contextmanager
+def cli_options(options: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Within it, :func:`argument` names command-line options; `options` maps the Python
+    argument names whose option is spelled otherwise (``users`` -> ``--user``)."""
+    token = _CLI_OPTIONS.set(dict(options or {}))
+    try:
+        yield
+    finally:
+        _CLI_OPTIONS.reset(token)
 
 
 U32_MAX = 2**32 - 1

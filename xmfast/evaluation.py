@@ -274,7 +274,8 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 class Scorer(Protocol):
-    """Anything that scores items for (market, user) groups of a prepared dataset."""
+    """Anything that scores items for (market, user) groups of a prepared dataset. It may say
+    what its scores are in a `meaning` string (``recommend`` prints it under its tables)."""
 
     def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Scores of `items[i, j]` for group `groups[i]`; `items` is (n, c), result (n, c)."""

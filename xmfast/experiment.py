@@ -494,6 +494,15 @@ class ExperimentResult:
     def executed(self) -> list[str]:
         return list(self.seconds)
 
+    def __repr__(self) -> str:
+        """One line for a notebook (the plan's stages would fill pages): what ran, what was reused."""
+        ran = sum(1 for a in self.actions.values() if a != "cached")
+        left = ran - len(self.seconds)
+        stopped = f", {left} not reached (stopped early)" if left > 0 else ""
+        return (f"<ExperimentResult {self.plan.experiment.name}: {len(self.plan.stages)} stages, {len(self.seconds)} run "
+                f"in {sum(self.seconds.values()):.1f} s, {len(self.plan.stages) - ran} cached{stopped}; "
+                f"out {self.plan.experiment.out}>")
+
 
 def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
                    stop_after: int | None = None) -> ExperimentResult:

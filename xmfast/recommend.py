@@ -13,8 +13,12 @@ import numpy as np
 from xmfast import core
 from xmfast._io import write_text_atomic
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError, check_int
+from xmfast.errors import XmfastError, argument, check_int
 from xmfast.evaluation import Scorer
+
+
+# What a score is when the scorer does not say (its `meaning` attribute; see xmfast.evaluation.Scorer).
+SCORE_MEANING = "the value the model's scorer gives the user and the item"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Recommendations:
     groups: np.ndarray
     items: np.ndarray  # int64, (queries, min(k, largest catalog))
     scores: np.ndarray  # float, same shape; NaN where items is -1
+    score_meaning: str = SCORE_MEANING  # what a score is, for the reader of a table
 
     def rows(self, dataset: PreparedDataset) -> list[tuple[str, str, int, str, float]]:
         """(market, user id, rank from 1, item id, score) for every recommendation."""
@@ -93,12 +98,15 @@ def select_groups(
         ids += read_user_ids(users_file)
     market = market or dataset.target
     if all_users and ids:
-        raise XmfastError("give either --all-users or the users (--user, --users-file), not both")
+        raise XmfastError(f"give either {argument('all_users')} or the users ({argument('users', None)}, "
+                          f"{argument('users_file', None)}), not both")
     if all_users:
         return np.flatnonzero(np.asarray(dataset.group_market) == _market_index(dataset, market))
     if ids:
         return resolve_groups(dataset, ids, market)
-    raise XmfastError("name users with --user ID, --users-file FILE or --all-users")
+    raise XmfastError(f"name users with {argument('users', None, metavar='ID')}, "
+                      f"{argument('users_file', None, metavar='FILE')} or "
+                      f"{argument('all_users')}")
 
 
 def recommend(
@@ -153,7 +161,7 @@ def recommend(
             done += q.size
             if progress:
                 progress(done, groups.size)
-    return Recommendations(groups, items, scores)
+    return Recommendations(groups, items, scores, getattr(scorer, "meaning", None) or SCORE_MEANING)
 
 
 def write_csv(path: Path, recs: Recommendations, dataset: PreparedDataset) -> None:

@@ -633,77 +633,182 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
     return "\n".join(lines)
 
 
+# One colour per model in every report, whatever else the report holds: the built-in models have
+# fixed colours of Paul Tol's colour-blind-safe "muted" scheme (pop, a baseline, grey); any other
+# model (installed, registered from code, a saved scores file) a stable hash into the extra colours.
+# Variants of a model (``nmf++``, ``acmr (pre-trained)``) keep its hue and differ in line style and
+# hatch, so the plots can be read in grey scale too.
+MODEL_COLOURS = {"pop": "#777777", "cooc": "#999933", "gmf": "#88CCEE", "mlp": "#DDCC77", "nmf": "#332288",
+                 "maml": "#117733", "forec": "#CC6677", "acmr": "#AA4499"}
+OTHER_COLOURS = ("#44AA99", "#882255", "#E69F00", "#D55E00", "#000000")
+# (line style, bar hatch) of a model's plain runs, its ++ runs, its pre-trained runs, then others.
+VARIANT_STYLES = (("-", ""), ("--", "//"), (":", ".."), ("-.", "xx"), ((0, (5, 1, 1, 1, 1, 1)), "\\\\"),
+                  ((0, (1, 3)), "oo"), ((0, (8, 2)), "--"))
+
+
+@dataclass(frozen=True)
+class PlotStyle:
+    color: str
+    linestyle: Any
+    hatch: str
+
+
+def model_colour(model: str) -> str:
+    """The colour of `model` (a registered name, or a scores file's label) in every plot."""
+    import hashlib
+
+    key = model.lower().removesuffix("++")
+    if key in MODEL_COLOURS:
+        return MODEL_COLOURS[key]
+    return OTHER_COLOURS[int.from_bytes(hashlib.blake2b(key.encode()).digest()[:4], "big") % len(OTHER_COLOURS)]
+
+
+def _variant(row: Row) -> int:
+    model = row.runs[0].model.lower()
+    label = row.label.lower()
+    if label == model:
+        return 0
+    if label == model + "++":
+        return 1
+    if label.endswith("(pre-trained)"):
+        return 2
+    return 3
+
+
+def plot_styles(report: Report) -> dict[str, PlotStyle]:
+    """Each row name's colour (its model's, :func:`model_colour`) and line style / hatch (its
+    variant's); two rows that would look alike (two settings of one model, two models sharing an
+    extra colour) take the next free style."""
+    styles: dict[str, PlotStyle] = {}
+    taken: set[tuple[str, int]] = set()
+    for _, row in report.rows():
+        if row.name in styles:
+            continue
+        color = model_colour(row.runs[0].model)
+        v = _variant(row)
+        while (color, v) in taken and v < len(VARIANT_STYLES) - 1:
+            v += 1
+        taken.add((color, v))
+        styles[row.name] = PlotStyle(color, *VARIANT_STYLES[v])
+    return styles
+
+
+def _figure(width: float, height: float) -> Any:
+    """A figure outside pyplot (no global state, nothing to close), laid out so that a legend
+    placed outside the axes gets room of its own."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _legend_outside(fig: Any, ax: Any, where: str = "right") -> None:
+    """The legend beside (`right`) or below (`below`) the axes, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if where == "right":
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small", frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", fontsize="small", frameon=False,
+                   ncol=min(len(labels), 4))
+
+
+def curves_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
+    """Validation NDCG@10 per epoch of each row (mean over its seeds); None when no row has a curve."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(7.5, 4)
+    ax = fig.add_subplot()
+    drawn = False
+    for r in section.rows:
+        curves = [dict(x.curve(TEST_METRIC)) for x in r.runs]
+        epochs = sorted(set().union(*curves)) if curves else []
+        if not epochs:
+            continue
+        means = [np.mean([c[e] for c in curves if e in c]) for e in epochs]
+        st = styles[r.name]
+        ax.plot(epochs, means, marker="o", markersize=3.5, label=r.name, color=st.color, linestyle=st.linestyle)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set(title=f"{section.target}: validation {TEST_METRIC.upper()} per epoch (mean over seeds)",
+           xlabel="epoch", ylabel=f"validation {TEST_METRIC.upper()}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, ax)
+    return fig
+
+
+def ranks_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
+    """The share of test users whose held-out item ranks within the top k, per row."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig = _figure(7.5, 4)
+    ax = fig.add_subplot()
+    drawn = False
+    for r in section.rows:
+        ranks = np.concatenate([[u["rank"] for u in x.per_user().values()] for x in r.runs]).astype(np.float64)
+        if len(ranks) == 0:
+            continue
+        top = int(ranks.max()) + 1
+        cdf = [(ranks < k).mean() for k in range(1, top + 1)]
+        st = styles[r.name]
+        ax.step(range(1, top + 1), cdf, where="post", label=r.name, color=st.color, linestyle=st.linestyle)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set(title=f"{section.target}: share of test users with the positive in the top k", xlabel="k (rank cut-off)",
+           ylabel="share of users", xscale="log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100 rather than 10^0
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, ax)
+    return fig
+
+
+def bars_figure(report: Report, styles: dict[str, PlotStyle]) -> Any | None:
+    """Test NDCG@10 (mean ± std over seeds) of every row, grouped by market; the legend below."""
+    names = list(dict.fromkeys(r.name for _, r in report.rows()))
+    if not names:
+        return None
+    fig = _figure(min(11.0, max(6.5, 0.4 * len(report.sections) * len(names))), 4.5)  # a page wide at most
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    xs = np.arange(len(report.sections))
+    for i, name in enumerate(names):
+        means, errs = [], []
+        for s in report.sections:
+            r = next((r for r in s.rows if r.name == name), None)
+            means.append(r.mean[TEST_METRIC] if r else np.nan)
+            errs.append(r.std[TEST_METRIC] if r else 0.0)
+        st = styles[name]
+        ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name, color=st.color,
+               hatch=st.hatch or None, edgecolor="white", linewidth=0.5)
+    ax.set_xticks(xs, [f"{s.target} ({s.protocol})" for s in report.sections])
+    ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
+    ax.grid(axis="y", alpha=0.3)
+    _legend_outside(fig, ax, "below")
+    return fig
+
+
 def _plots(report: Report, directory: Path) -> dict[str, str]:
     """PNG plots under `directory`; returns their names relative to the report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     directory.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
-    labels = list(dict.fromkeys(r.name for _, r in report.rows()))
-    palette = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
-    color = {name: palette(i % palette.N) for i, name in enumerate(labels)}  # one colour per model in every plot
+    styles = plot_styles(report)
 
     def save(fig: Any, key: str) -> None:
+        if fig is None:
+            return
         path = directory / f"{key}.png"
         sweep_leftovers(path)
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
         tmp.replace(path)
         made[key] = f"{directory.name}/{path.name}"
 
     for s in report.sections:
         suffix = f"{s.target}-{s.fingerprint[:8]}"
-        fig, ax = plt.subplots(figsize=(7, 4))
-        drawn = False
-        for r in s.rows:
-            curves = [dict(x.curve(TEST_METRIC)) for x in r.runs]
-            epochs = sorted(set().union(*curves)) if curves else []
-            if not epochs:
-                continue
-            means = [np.mean([c[e] for c in curves if e in c]) for e in epochs]
-            ax.plot(epochs, means, marker=".", label=r.name, color=color[r.name])
-            drawn = True
-        if drawn:
-            ax.set(title=f"{s.target}: validation {TEST_METRIC.upper()} per epoch (mean over seeds)",
-                   xlabel="epoch", ylabel=f"validation {TEST_METRIC.upper()}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small", ncol=2)
-            save(fig, f"curves-{suffix}")
-        else:
-            plt.close(fig)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for r in s.rows:
-            ranks = np.concatenate([[u["rank"] for u in x.per_user().values()] for x in r.runs]).astype(np.float64)
-            if len(ranks) == 0:
-                continue
-            top = int(ranks.max()) + 1
-            cdf = [(ranks < k).mean() for k in range(1, top + 1)]
-            ax.step(range(1, top + 1), cdf, where="post", label=r.name, color=color[r.name])
-        ax.set(title=f"{s.target}: share of test users with the positive in the top k", xlabel="k (rank cut-off)",
-               ylabel="share of users", xscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", ncol=2)
-        save(fig, f"ranks-{suffix}")
-    if labels:
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(report.sections) * max(1, len(labels)) / 3), 4))
-        width = 0.8 / len(labels)
-        xs = np.arange(len(report.sections))
-        for i, name in enumerate(labels):
-            means, errs = [], []
-            for s in report.sections:
-                r = next((r for r in s.rows if r.name == name), None)
-                means.append(r.mean[TEST_METRIC] if r else np.nan)
-                errs.append(r.std[TEST_METRIC] if r else 0.0)
-            ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name, color=color[name])
-        ax.set_xticks(xs, [f"{s.target} ({s.protocol})" for s in report.sections])
-        ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize="small", ncol=3)
-        save(fig, "bars")
+        save(curves_figure(s, styles), f"curves-{suffix}")
+        save(ranks_figure(s, styles), f"ranks-{suffix}")
+    save(bars_figure(report, styles), "bars")
     return made
 
 

@@ -22,6 +22,8 @@ from xmfast.errors import XmfastError
 class PopularityScorer:
     """Scores an item by its training popularity in the query's market."""
 
+    meaning = "the item's number of training ratings in the user's market"
+
     def __init__(self, dataset: PreparedDataset) -> None:
         self.dataset = dataset
         train_market = dataset.train_market().astype(np.int64)
@@ -49,6 +51,8 @@ class CooccurrenceScorer:
         if unknown:
             raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
         self.markets = names
+        self.meaning = (f"how often the item co-occurs with the user's items in the training histories of "
+                        f"{', '.join(names)}, summed over the user's items")
         indptr, indices, counts = core.cooccurrence(
             np.asarray(dataset.train_offsets), np.asarray(dataset.train_item), np.asarray(dataset.group_market),
             [dataset.markets.index(m) for m in names], dataset.n_items, max_history,

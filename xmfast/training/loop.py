@@ -31,7 +31,7 @@ from torch import nn
 
 from xmfast import core
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, argument
 from xmfast.evaluation import Evaluation, standings
 from xmfast.models import Model, Sizes
 from xmfast.models.schedule import TrainConfig
@@ -55,11 +55,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise XmfastError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        raise XmfastError(f"{argument('device', name)}: CUDA is not available on this machine (use cpu or auto)")
     try:
         return torch.device(name)
     except RuntimeError as e:
-        raise XmfastError(f"--device {name}: {e}") from None
+        raise XmfastError(f"{argument('device', name)}: {e}") from None
 
 
 
@@ -67,6 +67,8 @@ def resolve_device(name: str) -> torch.device:
 class ModelScorer:
     """Scores (group, item) pairs with a torch model, in batches, without gradients; implements
     :class:`xmfast.evaluation.Scorer`."""
+
+    meaning = "the model's logit for the user and the item (its raw output, before any sigmoid)"
 
     def __init__(self, model: nn.Module, device: torch.device, *, batch_pairs: int | None = None, amp: bool = False):
         self.model = model

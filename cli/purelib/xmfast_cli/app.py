@@ -25,13 +25,20 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# The library's argument names whose option is spelled otherwise (xmfast.errors.argument).
+PYTHON_TO_OPTION = {"users": "--user"}
+
+
 def user_errors(func: F) -> F:
     """Turns user-caused errors into one `error:` line on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from xmfast.errors import cli_options
+
         try:
-            return func(*args, **kwargs)
+            with cli_options(PYTHON_TO_OPTION):  # messages name this command line's options
+                return func(*args, **kwargs)
         except (XmfastError, core.DataFormatError) as e:
             if getattr(e, "shown_by_rank0", False):  # under torchrun: rank 0's error, printed there
                 raise typer.Exit(2) from None
@@ -741,7 +748,7 @@ def recommend(
     from xmfast.recommend import select_groups, write_csv
     from xmfast.runs import Run, scores_origin
     from xmfast.training import load_scorer
-    from xmfast_cli.render import console, progress_bar, recommendations_table, show
+    from xmfast_cli.render import SHOWN_USERS, console, progress_bar, recommendations_table, show
 
     _check_ints({"--k": k})
     _check_output(out, "RECOMMENDATIONS_CSV", run, dataset, users_file)
@@ -750,6 +757,9 @@ def recommend(
         raise XmfastError(scores_origin(r))
     data = r.load_dataset(dataset)
     groups = select_groups(data, user or [], users_file, all_users=all_users, market=market)
+    if out is None and groups.size > SHOWN_USERS:  # a table per user: hundreds would scroll past unread
+        raise XmfastError(f"{groups.size:,} users would print {groups.size:,} tables; write their recommendations "
+                          f"to a CSV file with -o FILE, or name at most {SHOWN_USERS} users")
     scorer = load_scorer(r, data, device=device)
     with progress_bar("recommending") as update:
         recs = top_items(data, scorer, groups, k, exclude_known=not include_known, progress=update)
@@ -757,7 +767,7 @@ def recommend(
         write_csv(out, recs, data)
         console.print(f"wrote {recs.items.shape[0]:,} users × {k} recommendations to {out}", highlight=False)
     if out is None or recs.items.shape[0] <= 5:
-        show(*recommendations_table(recs, data, limit=20))
+        show(*recommendations_table(recs, data))
 
 
 @app.command("run")

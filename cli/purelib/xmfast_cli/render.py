@@ -33,6 +33,7 @@ class Grid:
     short: list[str] | None = None
     keys: int = 1  # leading columns that name a row, repeated in every column group
     left: int | None = None  # columns aligned left (default: the key columns); the rest right
+    note: str = ""  # a footnote under the table (what a column means)
 
     def add_row(self, *cells: str) -> None:
         if len(cells) != len(self.headers):
@@ -70,6 +71,8 @@ def plain_text(grid: Grid) -> str:
 
     out = [_plain(grid.title), line(headers), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
+    if grid.note:
+        out.append(_plain(grid.note))
     return "\n".join(out)
 
 
@@ -107,7 +110,8 @@ def rich_tables(grid: Grid, width: int) -> list[Table]:
     tables = []
     for g, group in enumerate(groups):
         title = grid.title if len(groups) == 1 else f"{grid.title} ({g + 1}/{len(groups)})"
-        table = Table(title=title)
+        last = g == len(groups) - 1
+        table = Table(title=title, caption=grid.note if last and grid.note else None, caption_justify="left")
         columns = list(range(grid.keys)) + group
         for c in columns:
             if c < grid.keys:
@@ -189,8 +193,11 @@ def results_table(evaluation, title: str) -> Grid:  # noqa: ANN001 - xmfast.eval
     metrics = list(evaluation.metrics)
     table = Grid(title, ["market", "queries", *metrics], short=["market", "queries", *map(short_metric, metrics)])
     counts = evaluation.counts()
-    for market, values in evaluation.per_market().items():
+    per_market = evaluation.per_market()
+    for market, values in per_market.items():
         table.add_row(market, f"{counts[market]:,}", *[figure(values[m]) for m in evaluation.metrics])
+    if len(per_market) == 1:  # the "all" row would repeat the market's
+        return table
     overall = evaluation.aggregate()
     table.add_row("[bold]all[/]", f"[bold]{len(evaluation):,}[/]", *[f"[bold]{figure(overall[m])}[/]" for m in evaluation.metrics])
     return table
@@ -351,8 +358,11 @@ def train_summary(result) -> Grid:  # noqa: ANN001 - xmfast.training.TrainResult
     return table
 
 
-def recommendations_table(recs, dataset, limit: int = 20) -> list[Grid]:  # noqa: ANN001
-    """One small table per user (at most `limit` users)."""
+SHOWN_USERS = 20  # `recommend` prints a table per user for at most this many; more go to a CSV (-o)
+
+
+def recommendations_table(recs, dataset, limit: int = SHOWN_USERS) -> list[Grid]:  # noqa: ANN001
+    """One small table per user (at most `limit` users), the last saying what the score is."""
     tables = []
     rows = recs.rows(dataset)
     by_user: dict[tuple[str, str], list] = {}
@@ -365,6 +375,8 @@ def recommendations_table(recs, dataset, limit: int = 20) -> list[Grid]:  # noqa
         for rank, item, score in items:
             t.add_row(str(rank), escape(item), f"{score:.4f}")
         tables.append(t)
+    if tables:
+        tables[-1].note = escape(f"score: {recs.score_meaning}; higher is better (items are ranked by it).")
     return tables
 
 
