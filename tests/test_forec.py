@@ -106,6 +106,15 @@ def test_finetune_can_fork_an_nmf_plus_plus_run(maml_run: Path, tmp_path: Path) 
     state = torch.load(tmp_path / "f" / "in" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert torch.equal(state["base.gmf.user_embedding.weight"], base["gmf.user_embedding.weight"])
     assert Run.open(tmp_path / "f" / "in").info["pretrained"]["base"] == str(nmf_run.resolve())
+    # FOREC forked from NMF++ and from MAML, same seed and settings: two rows of a report, the legend
+    # saying what differs (before, the report refused them as "the same model, settings and seed")
+    finetune(maml_run, tmp_path / "m", None, model="forec", config=TrainConfig(epochs=1, batch_size=256, lr=0.01, l2=1e-3))
+    from xmfast.report import build_report, collect_runs
+
+    report = build_report(collect_runs([tmp_path / "f" / "in", tmp_path / "m" / "in"]), published=[])
+    rows = [r for r in report.sections[0].rows if r.label == "forec"]
+    assert len(rows) == 2 and len({r.settings for r in rows}) == 2
+    assert all("base.model" in text for text in report.sections[0].legend.values()), report.sections[0].legend
 
 
 def test_an_interrupted_fork_resumes_to_the_uninterrupted_result(maml_run: Path, tmp_path: Path) -> None:

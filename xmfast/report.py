@@ -170,22 +170,27 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
     sources = tuple(tc_sources := info.get("train_config", {}).get("sources") or ())
     base = (info.get("pretrained") or {}).get("base")
     base_tc: dict[str, Any] = {}
+    base_info: dict[str, Any] = {}
     if base:
         try:
-            base_tc = dict(_read_json(Path(base) / "run.json").get("train_config") or {})
+            base_info = _read_json(Path(base) / "run.json")
+            base_tc = dict(base_info.get("train_config") or {})
         except XmfastError:
             pass
         if not tc_sources:  # a fine-tuned run: the sources are those its base learned from
             sources = tuple(base_tc.get("sources") or ())
     config = {**_flat("model", info.get("model_config") or {}), **_flat("train", tc),
+              **({"base.model": base_info["model"]} if isinstance(base_info.get("model"), str) else {}),
               **_flat("base.train", _settings_only(base_tc))}
+    # a fine-tuned run is what it was fine-tuned from too (FOREC from MAML is not FOREC from NMF++)
+    finetune: Any = {"model": base_info.get("model"), "train": _settings_only(base_tc)} if base else False
     return RunRecord(
         path=path, label=run_label(info), model=str(info["model"]), target=str(info.get("target") or results["target"]),
         protocol=str(info.get("dataset", {}).get("protocol", "?")),
         fingerprint=str(info.get("dataset", {}).get("fingerprint", "")),
         sources=sources, seed=seed,
         settings=digest_json({"model": info.get("model"), "model_config": info.get("model_config"), "train": tc,
-                              "finetune": "base" in (info.get("pretrained") or {})})[:8],
+                              "finetune": finetune})[:8],
         valid=dict(results["valid"]), test=dict(results["test"]), selected_epoch=results.get("selected_epoch"),
         markets=markets, inputs=inputs, config=config,
     )
