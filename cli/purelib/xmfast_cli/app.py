@@ -25,6 +25,69 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _Argument(typer.core.TyperArgument):
+    """An argument shown by its name in capitals, `DATA_DIR` or `[DATASET]` (optional) or
+    `RUNS...`: not typer's `{data_dir}`, and typed by its element (`<path>`, not `<list[Path]>`)."""
+
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar or (self.name or "").upper()
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:
+        return _element_type(self, ctx)
+
+
+class _Option(typer.core.TyperOption):
+    """An option whose help shows the type of the value it takes: none for a flag (not
+    `<bool>`), the element's for a repeatable one (`<str>...`, not `<list[str]>`)."""
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:
+        if self.is_flag:
+            return None
+        return _element_type(self, ctx) + ("..." if self.multiple else "")
+
+
+def _element_type(param: Any, ctx: Any) -> str:
+    import typing
+
+    desc = param.type_descriptor
+    if not desc.is_list:
+        return str(param.display_type(ctx))
+    (element,) = typing.get_args(desc.annotation)
+    return "<path>" if isinstance(element, type) and issubclass(element, Path) else f"<{param._bare_type(element)}>"
+
+
+class _Command(typer.core.TyperCommand):
+    """Every command's help as written: its text and its parameters' are escaped, so that rich
+    shows `[train]` instead of reading it as markup, and parameters are shown by the classes above."""
+
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:  # noqa: A002
+        from rich.markup import escape
+
+        super().__init__(*args, help=escape(help) if help else help, **kwargs)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)  # type: ignore[attr-defined]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:  # typer's own classes, shown our way (the --help option is added here)
+            if type(param) is typer.core.TyperArgument:
+                param.__class__ = _Argument
+            elif type(param) is typer.core.TyperOption:
+                param.__class__ = _Option
+        return params
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """`app.command` with the help shown as written (see :class:`_Command`)."""
+    return app.command(*args, cls=_Command, **kwargs)
+
+
 def user_errors(func: F) -> F:
     """Turns user-caused errors into one `error:` line on stderr and exit status 2."""
 
@@ -105,7 +168,7 @@ def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[s
         raise XmfastError(f"{e}; `xmfast {command} --help` lists the command's own options") from None
 
 
-@app.command()
+@command()
 @user_errors
 def prepare(
     data_dir: Annotated[Path, typer.Argument(help="Directory of XMarket rating files.")],
@@ -167,7 +230,7 @@ def prepare(
     )
 
 
-@app.command()
+@command()
 @user_errors
 def stats(
     path: Annotated[Path, typer.Argument(help="A data directory of rating files, or a prepared dataset.")],
@@ -221,7 +284,7 @@ def stats(
             console.print(item)
 
 
-@app.command()
+@command()
 @user_errors
 def download(
     markets: Annotated[str, typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")],
@@ -252,7 +315,7 @@ def download(
         console.print(f"{r.market}: {r.path} ({r.bytes:,} bytes, {how})", highlight=False)
 
 
-@app.command()
+@command()
 @user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the files to (created if needed).")],
@@ -299,7 +362,7 @@ def _parse_cutoffs(value: str) -> tuple[int, ...]:
     return cutoffs
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def evaluate(
     ctx: typer.Context,
@@ -492,7 +555,7 @@ def _read_scores(path: Path, dataset: Any, split: str) -> Any:
     return read_scores(path, dataset, split)  # type: ignore[arg-type]
 
 
-@app.command()
+@command()
 @user_errors
 def compare(
     results: Annotated[
@@ -530,7 +593,7 @@ def _refuse_directory_of_runs(path: Path, command: str) -> None:
                           f"one of them, e.g. `xmfast {command} {inside[0]}`")
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def train(
     ctx: typer.Context,
@@ -642,7 +705,7 @@ def _fine_tuning_model(run: Path) -> Any:
     return get_model(fitting[0])
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def finetune(
     ctx: typer.Context,
@@ -689,7 +752,7 @@ def finetune(
             show(train_summary(result))
 
 
-@app.command()
+@command()
 @user_errors
 def recommend(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
@@ -727,7 +790,7 @@ def recommend(
         show(*recommendations_table(recs, data, limit=20))
 
 
-@app.command("run")
+@command("run")
 @user_errors
 def run_experiment(
     experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/).")],
@@ -758,7 +821,7 @@ def run_experiment(
         console.print(f"report: {xp.write_experiment_report(exp, experiment)}", highlight=False)
 
 
-@app.command()
+@command()
 @user_errors
 def models(
     name: Annotated[Optional[str], typer.Argument(help="A model to describe (its settings, defaults and declarations).")] = None,
@@ -782,7 +845,7 @@ def models(
     console.print("; ".join(f for f in facts if f), highlight=False, markup=False)
 
 
-@app.command()
+@command()
 @user_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories, or directories to search for finished runs.")],
