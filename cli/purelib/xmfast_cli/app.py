@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -88,13 +89,79 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     return app.command(*args, cls=_Command, **kwargs)
 
 
+INTERRUPTED = 130  # 128 + SIGINT: the status a shell gives a command stopped by Ctrl-C
+_ARGV: list[str] = []  # the arguments main() was given, for "run the same command again"
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with one sentence of what was saved and the command that continues."""
+
+
+@contextlib.contextmanager
+def _on_interrupt(describe: Callable[[], str]) -> Iterator[None]:
+    """Turns Ctrl-C (KeyboardInterrupt) inside the block into the sentence `describe()` gives,
+    read from what is on disk once the work has stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise _Interrupted(describe()) from None
+
+
+def _same_command() -> str:
+    """The command line being run, to give again (a command that writes whole outputs or none)."""
+    import shlex
+
+    return f"`xmfast {shlex.join(_ARGV)}`" if _ARGV else "the same command"
+
+
+def _quoted(*words: Any) -> str:
+    import shlex
+
+    return "`" + shlex.join(str(w) for w in words) + "`"
+
+
+def _run_interrupted(path: Path, start: str) -> str:
+    """What a Ctrl-C left of the run at `path`, and the command that continues it: `train
+    --resume` for any unfinished run (one stopped before its first epoch ended starts from epoch
+    0), `start` when no run was created."""
+    from xmfast.runs import Run
+
+    try:
+        run = Run.open(path)
+    except XmfastError:
+        return f"no run was saved at {path}; start it with {start}"
+    if run.status == "finished":
+        return f"run {path} is finished; nothing to continue"
+    done, epochs = run.last_epoch(), run.info["train_config"].get("epochs")
+    if done:
+        return (f"run {path} interrupted after epoch {done} of {epochs}; its checkpoint is saved; continue it "
+                f"with {_quoted('xmfast', 'train', '--resume', path)}")
+    return (f"run {path} interrupted before its first epoch ended; start it (from epoch 0) with "
+            f"{_quoted('xmfast', 'train', '--resume', path)}")
+
+
+def _say_interrupted(message: str) -> None:
+    from rich.markup import escape
+
+    from xmfast_cli.render import err_console
+
+    err_console.print(f"[bold yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+
+
 def user_errors(func: F) -> F:
-    """Turns user-caused errors into one `error:` line on stderr and exit status 2."""
+    """Turns user-caused errors into one `error:` line on stderr and exit status 2, and Ctrl-C
+    into one `interrupted:` line (what was saved, the command that continues) and status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except _Interrupted as e:
+            _say_interrupted(str(e))
+            raise typer.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt:  # outside a command's own account: its outputs are whole or absent
+            _say_interrupted(f"every output is written whole or not at all; run {_same_command()} again")
+            raise typer.Exit(INTERRUPTED) from None
         except (XmfastError, core.DataFormatError) as e:
             if getattr(e, "shown_by_rank0", False):  # under torchrun: rank 0's error, printed there
                 raise typer.Exit(2) from None
@@ -218,7 +285,8 @@ def prepare(
         eval_negatives=eval_negatives,
         category=category,
     )
-    with steps("prepare") as on_step:
+    with _on_interrupt(lambda: f"nothing was written to {out} (a dataset already there is untouched); "
+                       f"run {_same_command()} again"), steps("prepare") as on_step:
         dataset = run_prepare(data_dir, out, config, overwrite=overwrite, on_step=on_step)
     counts = dataset.manifest["counts"]
     show(market_table(market_stats(dataset, dataset.target), dataset.target, f"Prepared dataset {out}"))
@@ -635,7 +703,8 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
+        Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (from epoch 0 if no "
+                                     "epoch had finished) with its saved settings; other options but --device are ignored.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
@@ -657,8 +726,8 @@ def train(
             raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
         if ctx.args:
             raise XmfastError(f"{ctx.args[0]}: --resume continues a run with its saved settings; give no other settings")
-        with TrainProgress() as observer:
-            result = training.resume(resume, dataset_path=dataset, observer=observer)
+        with _on_interrupt(lambda: _run_interrupted(resume, _same_command())), TrainProgress() as observer:
+            result = training.resume(resume, dataset_path=dataset, observer=observer, device=device)
         assert result is not None
         if is_main():  # under torchrun every rank returns the result; rank 0 prints it
             show(train_summary(result))
@@ -683,7 +752,7 @@ def train(
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
-    with TrainProgress() as observer:
+    with _on_interrupt(lambda: _run_interrupted(out, _same_command())), TrainProgress() as observer:
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
                                 observer=observer)
     assert result is not None
@@ -744,12 +813,46 @@ def finetune(
     model_config = spec.config_from(settings) if settings else None
     options = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
     config = spec.finetune_config(**{k: v for k, v in options.items() if v is not None})
-    with TrainProgress() as observer:
+    def interrupted() -> str:
+        options = {"--model": spec.name, "--epochs": epochs, "--lr": lr, "--l2": l2, "--patience": patience,
+                   "--seed": seed, "--device": device}
+        return _finetune_interrupted(run, out, _split_list(markets),
+                                     [w for o, v in options.items() if v is not None for w in (o, v)] + list(ctx.args))
+
+    with _on_interrupt(interrupted), TrainProgress() as observer:
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=spec.name,
                                     overwrite=overwrite, observer=observer)
     for result in results.values():
         if result is not None and is_main():
             show(train_summary(result))
+
+
+def _finished(path: Path) -> bool:
+    from xmfast.runs import Run
+
+    try:
+        return Run.open(path).status == "finished"
+    except XmfastError:
+        return False
+
+
+def _finetune_interrupted(base: Path, out: Path, markets: list[str], options: list[Any]) -> str:
+    """What a Ctrl-C left of `finetune`'s runs (one per market, in order) and the commands that
+    continue: `train --resume` for the one it stopped in, `finetune --markets` for those not begun."""
+    from xmfast.runs import Run
+
+    info = Run.open(base).info
+    wanted = list(dict.fromkeys(([info["target"], *info["train_config"].get("sources", [])]
+                                 if markets == ["all"] else markets) or [info["target"]]))
+    done = [m for m in wanted if _finished(out / m)]
+    begun = [m for m in wanted if m not in done and (out / m / "run.json").is_file()]
+    rest = [m for m in wanted if m not in done and m not in begun]
+    start = _quoted("xmfast", "finetune", base, "-o", out, "--markets", ",".join(rest), *options)
+    if not begun:
+        return (f"{', '.join(done) or 'no market'} fine-tuned in {out}; fine-tune "
+                f"{', '.join(rest)} with {start}")
+    told = _run_interrupted(out / begun[0], start)
+    return told + (f"; then fine-tune {', '.join(rest)} with {start}" if rest else "")
 
 
 @command()
@@ -812,7 +915,10 @@ def run_experiment(
     if dry_run:
         show(plan_table(plan, actions))
         return
-    with ExperimentProgress() as observer:
+    again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
+                    *([] if report else ["--no-report"]))
+    observer = ExperimentProgress()
+    with _on_interrupt(lambda: observer.interrupted(again)), observer:
         result = xp.run_experiment(plan, observer=observer)
     ran = len(result.executed)
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
@@ -894,6 +1000,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click.exceptions import ClickException  # type: ignore[no-redef]
 
+    _ARGV[:] = sys.argv[1:]
     try:
         code = typer.main.get_command(app).main(prog_name="xmfast", standalone_mode=False)
     except ClickException as e:

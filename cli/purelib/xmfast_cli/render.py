@@ -243,6 +243,8 @@ class TrainProgress:
         self._started = 0.0
         self._instances = 0
         self._monitor = "ndcg@10"
+        self.epoch = 0  # the last finished epoch of the training in progress, of `epochs`
+        self.epochs = 0
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -254,6 +256,7 @@ class TrainProgress:
     def on_start(self, trainer) -> None:  # noqa: ANN001 - xmfast.training.Trainer
         cfg = trainer.config
         self._monitor = cfg.monitor
+        self.epoch, self.epochs = trainer.epoch, cfg.epochs
         markets = ", ".join(f"{m} {trainer.rows.count(m):,}" for m in trainer.rows.markets)
         self.on_message(
             f"[bold]{trainer.spec.name}[/] on {trainer.dataset.target} ({'sources ' + ', '.join(trainer.sources) if trainer.sources else 'target only'}); "
@@ -289,6 +292,7 @@ class TrainProgress:
 
     def on_epoch_end(self, record: dict) -> None:
         v = record["valid"]
+        self.epoch = record["epoch"]
         mark = " [green]best[/]" if record["best"] else ""
         self.progress.update(self.epoch_task, advance=1, info=f"valid {self._monitor} {v[self._monitor]:.4f}")
         self.on_message(
@@ -342,6 +346,18 @@ class ExperimentProgress(TrainProgress):
     def __init__(self) -> None:
         super().__init__()
         self.stage_task = None
+        self.stage: str | None = None  # the stage running now, and its place among those to run
+        self.place = ""
+
+    def interrupted(self, again: str) -> str:
+        """After Ctrl-C: the stage it stopped in, what of it is saved, and the command `again`
+        that continues (a re-run reuses finished stages and resumes a run from its checkpoint)."""
+        if self.stage is None:
+            return f"no stage had started; continue with {again}"
+        stopped = f"stage {self.stage} ({self.place}) stopped" + (
+            f" after epoch {self.epoch} of {self.epochs}; its checkpoint is saved" if self.epoch
+            else " before its first epoch ended" if self.epochs else "")
+        return f"{stopped}; finished stages are kept; continue with {again}"
 
     def on_plan(self, plan, actions) -> None:  # noqa: ANN001 - xmfast.experiment.Plan
         todo = sum(1 for a in actions.values() if a != "cached")
@@ -355,6 +371,7 @@ class ExperimentProgress(TrainProgress):
                 self.progress.remove_task(task)
         self.epoch_task = self.batch_task = None
         verb = {"resume": "resuming", "run": "running"}[action]
+        self.stage, self.place, self.epoch, self.epochs = stage.id, f"{index} of {total}", 0, 0
         self.progress.update(self.stage_task, info=stage.id)
         self.on_message(f"[{index}/{total}] {verb} {stage.kind} {stage.id}")
 
