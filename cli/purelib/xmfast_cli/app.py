@@ -896,9 +896,11 @@ def recommend(
 @command("run")
 @user_errors
 def run_experiment(
-    experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/).")],
+    experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/); its data and out "
+                                               "paths are relative to the file's own directory.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and what would run; run nothing.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: the file's `out`).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory, relative to the current "
+                                                "directory (default: the file's `out`).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
