@@ -460,3 +460,11 @@ def test_a_failed_device_leaves_no_run_and_an_unfinished_run_names_its_command(d
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     line = assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, "--epochs", "1"), f"{out}: already exists")
     assert "a finished run; pass --overwrite to replace it" in line
+
+
+def test_evaluate_names_the_markets_of_a_fine_tuning_output(dataset: Path, tmp_path: Path) -> None:
+    """A directory of runs, one per market as `finetune` writes it, given where one run goes."""
+    out = tmp_path / "forec"
+    assert invoke("train", dataset, "-m", "pop", "-o", out / "in").exit_code == 0
+    assert_user_error(invoke("evaluate", out), f"{out}: a directory of runs (in), one per market as `xmfast finetune` "
+                      f"writes them, not one run; give one of them, e.g. `xmfast evaluate {out / 'in'}`")

@@ -657,8 +657,20 @@ def _refuse_directory_of_runs(path: Path, command: str) -> None:
 
     inside = runs_inside(path)
     if inside:
-        raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)}), not one run; give "
-                          f"one of them, e.g. `xmfast {command} {inside[0]}`")
+        # finetune's output: OUT/<market>, each the run of its market
+        per_market = all(_target_of(p) == p.name for p in inside)
+        raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)})"
+                          f"{', one per market as `xmfast finetune` writes them' if per_market else ''}, not one run; "
+                          f"give one of them, e.g. `xmfast {command} {inside[0]}`")
+
+
+def _target_of(run: Path) -> Optional[str]:
+    from xmfast.runs import Run
+
+    try:
+        return Run.open(run).info.get("target")
+    except XmfastError:
+        return None
 
 
 @command(context_settings=MODEL_SETTINGS)
