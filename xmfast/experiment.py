@@ -132,13 +132,12 @@ def _markets_or(value: Any, words: tuple[str, ...], what: str, where: Path) -> A
 
 def _beside(file: Path, value: str) -> Path:
     """A path the experiment `file` gives: a relative one is relative to the file's directory, so
-    the file runs the same from any directory; it is shown relative to the current directory."""
-    import os
-
+    the file runs the same from any directory. It is shown relative to the current directory
+    when it lies below it (`runs/quickstart` from the repository root), else in full."""
     where = (file.parent / value).resolve()
     try:
-        return Path(os.path.relpath(where))
-    except ValueError:  # pragma: no cover - Windows: another drive
+        return where.relative_to(Path.cwd().resolve())
+    except ValueError:
         return where
 
 

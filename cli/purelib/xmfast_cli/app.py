@@ -141,6 +141,10 @@ def _run_interrupted(path: Path, start: str) -> str:
 
 
 def _say_interrupted(message: str) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank gets Ctrl-C; rank 0 speaks
+        return
     from rich.markup import escape
 
     from xmfast_cli.render import err_console

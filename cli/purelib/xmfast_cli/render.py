@@ -348,12 +348,14 @@ class ExperimentProgress(TrainProgress):
         self.stage_task = None
         self.stage: str | None = None  # the stage running now, and its place among those to run
         self.place = ""
+        self.ended = 0  # stages run to their end
 
     def interrupted(self, again: str) -> str:
         """After Ctrl-C: the stage it stopped in, what of it is saved, and the command `again`
         that continues (a re-run reuses finished stages and resumes a run from its checkpoint)."""
         if self.stage is None:
-            return f"no stage had started; continue with {again}"
+            done = f"{self.ended} stages had finished" if self.ended else "no stage had started"
+            return f"{done}; continue with {again}"
         stopped = f"stage {self.stage} ({self.place}) stopped" + (
             f" after epoch {self.epoch} of {self.epochs}; its checkpoint is saved" if self.epoch
             else " before its first epoch ended" if self.epochs else "")
@@ -376,6 +378,8 @@ class ExperimentProgress(TrainProgress):
         self.on_message(f"[{index}/{total}] {verb} {stage.kind} {stage.id}")
 
     def on_stage_end(self, stage, seconds: float) -> None:  # noqa: ANN001
+        self.stage = None
+        self.ended += 1
         self.progress.advance(self.stage_task)
 
     def training_observer(self, stage):  # noqa: ANN001, ANN201
