@@ -263,7 +263,7 @@ def test_ctrl_c_in_xmfast_run_names_the_stage_and_the_command_that_continues(tin
     want = {r: json.loads((tmp_path / "ref" / r).read_text()) for r in results}
     lines = []
     # a sample of the stages before the training (prepare, pop), every third event of the training
-    for n in sorted(set(kill_points(ref["events"], 12)) | set(range(ref["events"] * 2 // 3, ref["events"] + 1, 3))):
+    for n in sorted(set(kill_points(ref["events"], 20)) | set(range(ref["events"] * 2 // 3, ref["events"] + 1, 4))):
         out = tmp_path / f"i{n}"
         file = experiment(out)
         line = interrupted_line(xmfast("run", file, "--no-report", interrupt_at=n))
@@ -295,7 +295,7 @@ def test_ctrl_c_in_finetune_and_prepare(tiny: Path, tmp_path: Path) -> None:
     assert ref["code"] == 0, ref["output"]
     want = {m: run_facts(tmp_path / "ref" / m) for m in ("in", "uk")}
     seen = set()
-    for n in kill_points(ref["events"], 5):
+    for n in kill_points(ref["events"], 8):
         out = tmp_path / f"i{n}"
         line = interrupted_line(xmfast(*command(out), interrupt_at=n))
         for again in commands_in(line):
