@@ -107,17 +107,16 @@ def _on_interrupt(describe: Callable[[], str]) -> Iterator[None]:
         raise _Interrupted(describe()) from None
 
 
-def _same_command() -> str:
-    """The command line being run, to give again (a command that writes whole outputs or none)."""
-    import shlex
-
-    return f"`xmfast {shlex.join(_ARGV)}`" if _ARGV else "the same command"
-
-
 def _quoted(*words: Any) -> str:
+    """A command line to copy: quoted as a shell reads it, between backticks."""
     import shlex
 
     return "`" + shlex.join(str(w) for w in words) + "`"
+
+
+def _same_command() -> str:
+    """The command line being run, to give again (a command that writes whole outputs or none)."""
+    return _quoted("xmfast", *_ARGV) if _ARGV else "the same command"
 
 
 def _run_interrupted(path: Path, start: str) -> str:
