@@ -3,7 +3,8 @@
 It imports xmfast, torch and the CLI once and then, for each request on stdin (a JSON line
 ``{"args": [...], "kill_at": n or null, "timeout": s}``), forks a child that runs ``xmfast
 ARGS`` in process and dies with os._exit(137) at its n-th write event (an open for writing, a
-mkdir, a rename or replace), as a SIGKILL there would. It answers one JSON line per request:
+mkdir, a rename or replace), as a SIGKILL there would (or, with ``"interrupt_at": n``, sends
+itself SIGINT there, as Ctrl-C would). It answers one JSON line per request:
 ``{"code", "events", "output"}``. It never computes anything itself: a child forked from a
 process whose Rust (rayon) or torch thread pools have started can hang on them, which is why
 the tests do not fork pytest's own process.
@@ -31,14 +32,19 @@ from xmfast_cli.app import app
 KILLED = 137
 
 
-def child(pipe: int, args: list[str], kill_at: int | None) -> None:
+def child(pipe: int, args: list[str], kill_at: int | None, interrupt_at: int | None = None) -> None:
     torch.set_num_threads(1)  # as in every reference run: bit-identical results need the same reductions
+    from xmfast_cli import app as cli
+
+    cli._ARGV[:] = args  # as main() records the command line (its "run the same command" messages)
     count = [0]
 
     def event() -> None:
         count[0] += 1
         if count[0] == kill_at:
             os._exit(KILLED)
+        if count[0] == interrupt_at:  # Ctrl-C: a real SIGINT, raised as KeyboardInterrupt by Python's handler
+            os.kill(os.getpid(), signal.SIGINT)
 
     def counted(fn, writes=lambda *a, **k: True):  # noqa: ANN001, ANN202
         def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
@@ -60,13 +66,13 @@ def child(pipe: int, args: list[str], kill_at: int | None) -> None:
     os.write(pipe, json.dumps({"code": result.exit_code, "events": count[0], "output": output}).encode())
 
 
-def run(args: list[str], kill_at: int | None, timeout: float) -> dict:
+def run(args: list[str], kill_at: int | None, timeout: float, interrupt_at: int | None = None) -> dict:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read_end)
-            child(write_end, args, kill_at)
+            child(write_end, args, kill_at, interrupt_at)
         finally:
             os._exit(0)
     os.close(write_end)
@@ -100,7 +106,7 @@ def main() -> None:
     os.write(answers, b"ready\n")
     for line in sys.stdin:
         request = json.loads(line)
-        answer = run(request["args"], request.get("kill_at"), request.get("timeout", 120.0))
+        answer = run(request["args"], request.get("kill_at"), request.get("timeout", 120.0), request.get("interrupt_at"))
         os.write(answers, (json.dumps(answer) + "\n").encode())
 
 

@@ -428,3 +428,43 @@ def test_evaluate_exports_the_trec_run_it_evaluated(dataset: Path, tmp_path: Pat
         back = json.loads((tmp_path / f"{tag}-back.json").read_text())["per_market"]["in"]
         assert back == pytest.approx(first, abs=1e-12) and first["hr@10"] > 0
         assert {line.split()[5] for line in (tmp_path / f"{tag}.run").read_text().splitlines()} == {"pop"}
+
+
+def test_a_failed_device_leaves_no_run_and_an_unfinished_run_names_its_command(dataset: Path, tmp_path: Path) -> None:
+    """`--device cuda` on a machine without CUDA is refused before the run directory exists (the
+    retry with `--device cpu` is not blocked); a run stopped before its first epoch, met by a
+    command with other settings, is refused naming `train --resume RUN` and --overwrite, and
+    `--resume --device cpu` then trains it from epoch 0."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "gmf"
+    assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, "--epochs", "1", "--device", "cuda"),
+                      "--device cuda: CUDA is not available")
+    assert not out.exists()
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models import get_model
+    from xmfast.training import train
+
+    spec = get_model("gmf")
+    # stopped before its first epoch ended (stop_after=0: the run exists, no checkpoint)
+    assert train(PreparedDataset.load(dataset), out, "gmf", config=spec.train_config(epochs=1, device="cpu"),
+                 stop_after=0) is None
+    line = assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, "--epochs", "1", "--lr", "0.5",
+                                    "--device", "cpu"), f"{out}: already exists")
+    assert f"stopped before its first epoch ended; continue it with `xmfast train --resume {out}`" in line
+    assert "--overwrite" in line
+    resumed = invoke("train", "--resume", out, "--device", "cpu")
+    assert resumed.exit_code == 0 and "training it from epoch 0" in resumed.output, resumed.output
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    line = assert_user_error(invoke("train", dataset, "-m", "gmf", "-o", out, "--epochs", "1"), f"{out}: already exists")
+    assert "a finished run; pass --overwrite to replace it" in line
+
+
+def test_evaluate_names_the_markets_of_a_fine_tuning_output(dataset: Path, tmp_path: Path) -> None:
+    """A directory of runs, one per market as `finetune` writes it, given where one run goes."""
+    out = tmp_path / "forec"
+    assert invoke("train", dataset, "-m", "pop", "-o", out / "in").exit_code == 0
+    assert_user_error(invoke("evaluate", out), f"{out}: a directory of runs (in), one per market as `xmfast finetune` "
+                      f"writes them, not one run; give one of them, e.g. `xmfast evaluate {out / 'in'}`")

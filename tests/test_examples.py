@@ -199,12 +199,15 @@ def test_an_experiment_grid_with_them_plans_caches_and_reports(sample_dir: Path,
     assert "bprmf" in compared and f"{bprmf['test']['ndcg@10']:.4f}" in compared
 
 
-def test_the_shipped_grid_plans_from_the_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """examples/xmfast-examples/grid.toml, as the README runs it."""
+@pytest.mark.parametrize("where", ["root", "elsewhere"])
+def test_the_shipped_grid_plans_from_any_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str) -> None:
+    """examples/xmfast-examples/grid.toml, as the README runs it (from the repository root), or
+    from anywhere else: its paths are relative to the file."""
     from xmfast.experiment import plan, read_experiment
 
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(ROOT if where == "root" else tmp_path)
     stages = plan(read_experiment(PACKAGE / "grid.toml")).stages
+    assert stages[0].path.resolve() == ROOT / "runs" / "byom" / "in" / "dataset"
     assert {s.label for s in stages} == {"dataset", "pop", "cooc", "gmf", "mlp", "nmf", *NAMES}
     assert len([s for s in stages if s.label == "gmf-bias"]) == 3  # one per seed
 

@@ -180,7 +180,10 @@ def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
         ('models = ["gmff"]\n', "unknown model 'gmff'"),
         ('models = ["gmf"]\ntargets = ["zz"]\n', "unknown market code 'zz'"),
         ('models = ["gmf"]\ntargets = ["fr"]\n', "target 'fr' has no rating file"),
-        ('models = ["gmf"]\n[train]\nepochz = 3\n', "unknown setting 'epochz'"),
+        ('models = ["gmf"]\n[train]\nepochz = 3\n', "[train]: unknown setting 'epochz'"),
+        # a typo under [train] is reported there, not under the [train.NAME] it is merged into
+        ('models = ["gmf"]\n[train]\nepoch = 3\n[train.acmr]\nepochs = 2\n', "[train]: unknown setting 'epoch'"),
+        ('models = ["gmf"]\n[train]\nepochs = 3\n[train.acmr]\nepoch = 2\n', "[train.acmr]: unknown setting 'epoch'"),
         ('models = ["gmf"]\n[model.nmf]\nalfa = 3\n', "[model.nmf]: unknown setting 'alfa'"),
         ('models = ["gmf"]\n[finetune.gmf]\nepochs = 3\n', "gmf has no fine-tuning stage (models made by fine-tuning: forec, acmr"),
         ('models = ["gmf"]\nseeds = [1, 1]\n', "distinct"),
@@ -217,10 +220,46 @@ def test_cli_dry_run_then_run_then_report(sample_dir: Path, tmp_path: Path) -> N
     assert "0 to run" in dry.output and "cached" in dry.output
 
 
-def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The files in experiments/ read and plan from the repository root, as the README runs them."""
+def test_experiment_paths_are_relative_to_the_file(sample_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data` and `out` in the file are relative to the file's directory, whatever the current
+    directory; `--out` on the command line is relative to the current directory."""
+    (tmp_path / "grid" / "exps").mkdir(parents=True)
+    file = tmp_path / "grid" / "exps" / "e.toml"
+    file.write_text('data = "../data"\nout = "../runs/e"\nmodels = ["pop"]\ntargets = ["in"]\n', encoding="utf-8")
+    import shutil
+
+    shutil.copytree(sample_dir, tmp_path / "grid" / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    exp = read_experiment(Path("../grid/exps/e.toml"))
+    assert exp.data.resolve() == tmp_path / "grid" / "data" and exp.out.resolve() == tmp_path / "grid" / "runs" / "e"
+    assert plan(exp).stages[0].path.resolve() == tmp_path / "grid" / "runs" / "e" / "in" / "dataset"
+    assert read_experiment(file, out=Path("mine")).out.resolve() == elsewhere / "mine"
+    dry = runner.invoke(app, ["run", str(file), "--dry-run", "--out", "mine"])
+    assert dry.exit_code == 0 and "mine" in dry.output, dry.output
+
+
+def test_shipped_experiment_files_plan_from_any_directory(sample_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`xmfast run experiments/quickstart.toml` reads the embedded sample and writes runs/quickstart
+    of the repository, from the repository root (as the README runs it) or anywhere else."""
     root = Path(__file__).resolve().parents[1]
+    for cwd in (root, tmp_path):
+        monkeypatch.chdir(cwd)
+        exp = read_experiment(root / "experiments" / "quickstart.toml")
+        assert exp.data.resolve() == sample_dir.resolve() and exp.out.resolve() == root / "runs" / "quickstart", cwd
+        dry = runner.invoke(app, ["run", str(root / "experiments" / "quickstart.toml"), "--dry-run"])
+        assert dry.exit_code == 0 and "in/all/s3/forec" in dry.output, dry.output
     monkeypatch.chdir(root)
+    assert read_experiment(Path("experiments/quickstart.toml")).out == Path("runs/quickstart")
+
+
+def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The files in experiments/ read and plan from any directory (here: not the repository root)."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
     counts = {}
     for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr", "acmr-shortcut"):
         p = plan(read_experiment(root / "experiments" / f"{name}.toml"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,12 +27,15 @@ KILLED = 137
 _zygote: list[subprocess.Popen] = []
 
 
-def xmfast(*args: Any, kill_at: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
+def xmfast(*args: Any, kill_at: int | None = None, timeout: float = 120.0,
+           interrupt_at: int | None = None) -> dict[str, Any]:
     """Runs `xmfast ARGS` in a forked child; with `kill_at`, the child dies at its kill_at-th
-    write event. Returns {"code", "events", "output"} (code 137 when killed)."""
+    write event (with `interrupt_at`, it gets SIGINT there). Returns {"code", "events", "output"}
+    (code 137 when killed)."""
     (proc,) = _zygote
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps({"args": [str(a) for a in args], "kill_at": kill_at, "timeout": timeout}) + "\n")
+    proc.stdin.write(json.dumps({"args": [str(a) for a in args], "kill_at": kill_at, "timeout": timeout,
+                                 "interrupt_at": interrupt_at}) + "\n")
     proc.stdin.flush()
     answer = json.loads(proc.stdout.readline())
     assert answer["code"] != -1, f"xmfast {' '.join(map(str, args))} (kill_at={kill_at}): {answer['output']}"
@@ -192,3 +196,150 @@ def test_xmfast_run_killed_at_each_write_continues_on_the_next_run(tiny: Path, t
         assert again["code"] == 0, (n, again["output"])
         assert {r: json.loads((out / r).read_text()) for r in results} == want, f"kill at {n}"
         assert leftovers(out) == [], f"kill at {n}"
+
+
+# ---- Ctrl-C: one line saying what was saved and the command that continues, status 130 ----------
+INTERRUPTED = 130
+
+
+def interrupted_line(answer: dict[str, Any]) -> str:
+    """The one `interrupted:` line a Ctrl-C printed (no traceback, exit status 130)."""
+    out = answer["output"]
+    assert answer["code"] == INTERRUPTED, answer
+    assert "Traceback" not in out and "[exception" not in out, out
+    assert out.count("interrupted:") == 1, out
+    return out[out.index("interrupted:"):]
+
+
+def commands_in(line: str) -> list[list[str]]:
+    """The commands a message names, in order, as argument lists (without `xmfast`)."""
+    import shlex
+
+    return [shlex.split(c) for c in re.findall(r"`xmfast ([^`]*)`", line)]
+
+
+def test_ctrl_c_in_train_names_what_is_saved_and_the_command_that_continues(tiny: Path, tmp_path: Path) -> None:
+    """A SIGINT at write events throughout a training (before the run exists, before its first
+    epoch ended, after one): one line, status 130, and the command it names (`train --resume`
+    once the run exists, from epoch 0 when no epoch had finished) ends where an uninterrupted
+    run does."""
+    def command(out: Path) -> tuple[Any, ...]:
+        return ("train", tiny / "ds", "-m", "gmf", "-o", out, "--epochs", "2", "--device", "cpu", "--seed", "3")
+
+    ref = xmfast(*command(tmp_path / "ref"))
+    want = run_facts(tmp_path / "ref")
+    seen = set()
+    for n in kill_points(ref["events"], 3):
+        out = tmp_path / f"i{n}" / "run"
+        line = interrupted_line(xmfast(*command(out), interrupt_at=n))
+        if (out / "checkpoints" / "last.pt").is_file():
+            done = max(json.loads(t)["epoch"] for t in (out / "metrics.jsonl").read_text().splitlines())
+            assert f"run {out} interrupted after epoch {done} of 2; its checkpoint is saved" in line, line
+            seen.add("epoch")
+        elif (out / "run.json").is_file():
+            assert f"run {out} interrupted before its first epoch ended; start it (from epoch 0)" in line, line
+            seen.add("created")
+        else:
+            assert f"no run was saved at {out}" in line, line
+            seen.add("nothing")
+        (again,) = commands_in(line)
+        assert again[:2] == (["train", "--resume"] if (out / "run.json").is_file() else ["train", str(tiny / "ds")])
+        done = xmfast(*again)
+        assert done["code"] == 0, (n, line, done["output"])
+        assert run_facts(out) == want, f"interrupt at {n}"
+        assert leftovers(out.parent) == [], f"interrupt at {n}"
+    assert seen == {"epoch", "created", "nothing"}
+
+
+def test_ctrl_c_in_xmfast_run_names_the_stage_and_the_command_that_continues(tiny: Path, tmp_path: Path) -> None:
+    def experiment(out: Path) -> Path:
+        file = out.parent / f"{out.name}.toml"
+        file.write_text(f'name = "ctrl-c"\ndata = "{tiny / "raw"}"\nout = "{out}"\ntargets = ["in"]\n'
+                        f'models = ["pop", "gmf"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 2\n')
+        return file
+
+    ref = xmfast("run", experiment(tmp_path / "ref"), "--no-report")
+    results = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("results.json"))
+    want = {r: json.loads((tmp_path / "ref" / r).read_text()) for r in results}
+    lines = []
+    # a sample of the stages before the training (prepare, pop), every third event of the training
+    for n in sorted(set(kill_points(ref["events"], 20)) | set(range(ref["events"] * 2 // 3, ref["events"] + 1, 4))):
+        out = tmp_path / f"i{n}"
+        file = experiment(out)
+        line = interrupted_line(xmfast("run", file, "--no-report", interrupt_at=n))
+        assert line.endswith(f"continue with `xmfast run {file} --no-report`"), line
+        assert "stage in/" in line or "no stage had started" in line, line
+        lines.append(line)
+        (again,) = commands_in(line)
+        done = xmfast(*again)
+        assert done["code"] == 0, (n, done["output"])
+        assert {r: json.loads((out / r).read_text()) for r in results} == want, f"interrupt at {n}"
+        assert leftovers(out) == [], f"interrupt at {n}"
+    for saved in ("stopped after epoch", "stopped before its first epoch ended", "in/dataset (1 of 3) stopped"):
+        assert any(saved in line for line in lines), (saved, lines)
+    assert any(re.search(r"stage in/single/s1/gmf \(3 of 3\) stopped after epoch [12] of 2; its checkpoint is saved; "
+                         "finished stages are kept", line) for line in lines), lines
+
+
+def test_ctrl_c_in_finetune_and_prepare(tiny: Path, tmp_path: Path) -> None:
+    """finetune: the run it stopped in continues with `train --resume`, the markets not begun with
+    `finetune --markets`; prepare: nothing was written, the same command again."""
+    base = tmp_path / "nmf"
+    assert xmfast("train", tiny / "ds", "-m", "nmf++", "--no-pretrained", "-o", base, "--epochs", "1",
+                  "--device", "cpu")["code"] == 0
+
+    def command(out: Path) -> tuple[Any, ...]:
+        return ("finetune", base, "-o", out, "--markets", "all", "--epochs", "2", "--device", "cpu")
+
+    ref = xmfast(*command(tmp_path / "ref"))
+    assert ref["code"] == 0, ref["output"]
+    want = {m: run_facts(tmp_path / "ref" / m) for m in ("in", "uk")}
+    seen = set()
+    for n in kill_points(ref["events"], 8):
+        out = tmp_path / f"i{n}"
+        line = interrupted_line(xmfast(*command(out), interrupt_at=n))
+        for again in commands_in(line):
+            done = xmfast(*again)
+            assert done["code"] == 0, (n, line, done["output"])
+            seen.add(again[0] if again[0] == "finetune" else " ".join(again[:2]))
+        assert {m: run_facts(out / m) for m in ("in", "uk")} == want, f"interrupt at {n}: {line}"
+    assert seen == {"finetune", "train --resume"}
+
+    prep = ("prepare", tiny / "raw", "-t", "in", "-s", "uk", "--seed", "5", "-o", tmp_path / "ds")
+    ref = xmfast(*prep[:-1], tmp_path / "ds-ref")
+    line = interrupted_line(xmfast(*prep, interrupt_at=ref["events"] // 2))
+    assert f"nothing was written to {tmp_path / 'ds'}" in line, line
+    (again,) = commands_in(line)
+    assert again == [str(a) for a in prep] and xmfast(*again)["code"] == 0
+    assert dir_bytes(tmp_path / "ds") == dir_bytes(tmp_path / "ds-ref")
+
+
+def test_ctrl_c_from_outside_stops_the_console_script_with_one_line(tiny: Path, tmp_path: Path) -> None:
+    """The `xmfast` script itself, sent SIGINT by another process (as a terminal's Ctrl-C is)
+    after its first epoch: status 130, one line, no traceback; the command it names finishes."""
+    import signal
+
+    script = shutil.which("xmfast")
+    if script is None:
+        pytest.skip("the xmfast console script is not installed")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([script, "train", str(tiny / "ds"), "-m", "gmf", "-o", str(out), "--epochs", "2",
+                             "--device", "cpu", "--batch-size", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for text in proc.stdout:
+        lines.append(text)
+        if text.startswith("epoch   1"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert proc.returncode == INTERRUPTED, output
+    assert "Traceback" not in output and output.count("interrupted:") == 1, output
+    (line,) = [t for t in output.splitlines() if t.startswith("interrupted:")]
+    assert re.fullmatch(rf"interrupted: run {re.escape(str(out))} interrupted after epoch [12] of 2; its checkpoint "
+                        rf"is saved; continue it with `xmfast train --resume {re.escape(str(out))}`", line), line
+    done = subprocess.run([script, "train", "--resume", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"

@@ -4,8 +4,8 @@ planner turns it into a dependency graph of stages and runs each stage once.
 ::
 
     name = "quickstart"
-    data = "data/sample"            # paths are relative to the directory xmfast is run from
-    out = "runs/quickstart"
+    data = "../data/sample"         # relative to this file's directory (so it runs from any directory)
+    out = "../runs/quickstart"      # `xmfast run --out DIR` instead: relative to the current directory
     protocol = "forec"              # forec or acmr
     targets = ["in"]                # or "all": every market in `data`
     sources = "all"                 # "all" (one pooled set), "each" (one run per other market), or ["de", "uk"]
@@ -130,8 +130,21 @@ def _markets_or(value: Any, words: tuple[str, ...], what: str, where: Path) -> A
     raise XmfastError(f"{where}: {what} must be {' or '.join(repr(w) for w in words)} or a list of market codes")
 
 
+def _beside(file: Path, value: str) -> Path:
+    """A path the experiment `file` gives: a relative one is relative to the file's directory, so
+    the file runs the same from any directory. It is shown relative to the current directory
+    when it lies below it (`runs/quickstart` from the repository root), else in full."""
+    where = (file.parent / value).resolve()
+    try:
+        return where.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return where
+
+
 def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
-    """Reads and checks an experiment file; every unknown key is an error naming it."""
+    """Reads and checks an experiment file; every unknown key is an error naming it. Its `data`
+    and `out` are relative to the file's directory; `out` given here (`xmfast run --out`) is
+    relative to the current directory, as every path on a command line is."""
     from xmfast.configs import read_config_file
 
     path = Path(path)
@@ -152,8 +165,8 @@ def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
         _expect(m, str, "each model", path)
     return Experiment(
         name=_expect(raw.get("name", path.stem), str, "name", path),
-        data=Path(_expect(raw["data"], str, "data", path)),
-        out=Path(out) if out is not None else Path(_expect(raw["out"], str, "out", path)),
+        data=_beside(path, _expect(raw["data"], str, "data", path)),
+        out=Path(out) if out is not None else _beside(path, _expect(raw["out"], str, "out", path)),
         protocol=_expect(raw.get("protocol", "forec"), str, "protocol", path),
         targets=_markets_or(raw.get("targets", "all"), ("all",), "targets", path),
         sources=_markets_or(raw.get("sources", "all"), ("all", "each"), "sources", path),
@@ -273,9 +286,11 @@ def plan(experiment: Experiment) -> Plan:
             check_market_code(s)
             if s not in available:
                 raise XmfastError(f"{where}: source {s!r} has no rating file in {exp.data}")
+    # [train] alone first: a typo there is reported under its own table, not under the first
+    # [train.NAME] it is merged into
+    _check_settings(TrainConfig, exp.train, f"{where}: [train]")
     for name, values in exp.train_by_model.items():
         _check_settings(TrainConfig, {**exp.train, **values}, f"{where}: [train.{name}]")
-    _check_settings(TrainConfig, exp.train, f"{where}: [train]")
     for name, values in exp.finetune_by_model.items():
         _check_settings(TrainConfig, values, f"{where}: [finetune.{name}]")
 

@@ -86,6 +86,20 @@ def _restartable(path: Path, info: dict[str, Any]) -> bool:
     return {k: v for k, v in old.info.items() if k not in _VOLATILE} == same
 
 
+def _what_continues(path: Path) -> str:
+    """For the "already exists" error: what the run at `path` is and the command that works."""
+    try:
+        old = Run.open(path)
+    except XmfastError:
+        return " (pass --overwrite to replace it)"
+    if old.status == "finished":
+        return " (a finished run; pass --overwrite to replace it)"
+    done = old.last_epoch()
+    where = f"stopped after epoch {done}" if done else "stopped before its first epoch ended"
+    return (f" (an unfinished run, {where}; continue it with `xmfast train --resume {path}`, "
+            "or pass --overwrite to replace it)")
+
+
 class Run:
     """A run directory (see the module docstring)."""
 
@@ -145,7 +159,7 @@ class Run:
         info = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **info}
         check_output(path, outputs.RUN, inputs=inputs)  # a foreign path is refused even with --overwrite
         if path.exists() and not overwrite and not _restartable(path, info):
-            raise XmfastError(f"{path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
+            raise XmfastError(f"{path}: already exists{_what_continues(path)}")
         with atomic_directory(path, overwrite=True, kind=outputs.RUN, inputs=inputs) as tmp:
             (tmp / "checkpoints").mkdir()
             write_json_atomic(tmp / "run.json", to_plain(info))
@@ -155,6 +169,12 @@ class Run:
     def finished_an_epoch(self) -> bool:
         """Whether an epoch has finished (its checkpoint is what --resume continues from)."""
         return self.last_checkpoint.is_file()
+
+    def last_epoch(self) -> int:
+        """The last epoch whose checkpoint is saved (0: none), what --resume continues after."""
+        if not self.finished_an_epoch:
+            return 0
+        return max((int(r.get("epoch", 0)) for r in self.read_metrics()), default=0)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Run]:

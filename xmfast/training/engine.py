@@ -119,6 +119,8 @@ def train(
     if spec.needs_sources and not resolve_sources(dataset, config.sources):
         raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
 
+    resolve_device(config.device)  # a device this machine lacks is refused before the run directory exists
+
     def create() -> tuple[dict[str, Run], Run]:
         check_build(spec, Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
         runs = find_pretrained(dataset, spec, model_config, config, Path(out), pretrained)
@@ -133,9 +135,11 @@ def train(
 
 
 def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainObserver | None = None,
-           stop_after: int | None = None) -> TrainResult | None:
+           stop_after: int | None = None, device: str | None = None) -> TrainResult | None:
     """Continues an interrupted run from its last checkpoint; it ends where an uninterrupted run
-    with the same settings would."""
+    with the same settings would. A run stopped before its first epoch ended starts from epoch 0,
+    so `resume` continues every unfinished run. `device` overrides the run's (a run started on a
+    GPU continues on the CPU); it changes where the run trains, not its settings in run.json."""
     run = Run.open(run_path)
     if run.status == "finished":
         raise XmfastError(f"{run_path}: already finished; nothing to resume")
@@ -147,6 +151,9 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     dataset = run.load_dataset(dataset_path)
     model_config = spec.config_from(run.info["model_config"])
     config = run_train_config(run)
+    if device is not None:
+        config = replace(config, device=device)
+    resolve_device(config.device)
     distributed.init(config.device)
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
     with distributed.writing(run):

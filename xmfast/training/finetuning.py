@@ -14,7 +14,7 @@ from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, for_market
 from xmfast.training import distributed
 from xmfast.training.engine import check_build, run_info, trainer_for
-from xmfast.training.loop import TrainObserver, TrainResult
+from xmfast.training.loop import TrainObserver, TrainResult, resolve_device
 
 
 def fine_tuned_models() -> list[str]:
@@ -85,6 +85,7 @@ def finetune(
 
     inputs = [base_run.path, dataset.path]
     check_output(Path(out), outputs.FINETUNE_DIR, inputs=inputs)
+    resolve_device(config.device)  # a device this machine lacks is refused before any run directory exists
     distributed.init(config.device)
     for market in dict.fromkeys(wanted):
         for_market(dataset, market).require_evaluated_users()  # before any run is created

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -29,8 +30,134 @@ F = TypeVar("F", bound=Callable[..., Any])
 PYTHON_TO_OPTION = {"users": "--user"}
 
 
+class _Argument(typer.core.TyperArgument):
+    """An argument shown by its name in capitals, `DATA_DIR` or `[DATASET]` (optional) or
+    `RUNS...`: not typer's `{data_dir}`, and typed by its element (`<path>`, not `<list[Path]>`)."""
+
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar or (self.name or "").upper()
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:
+        return _element_type(self, ctx)
+
+
+class _Option(typer.core.TyperOption):
+    """An option whose help shows the type of the value it takes: none for a flag (not
+    `<bool>`), the element's for a repeatable one (`<str>...`, not `<list[str]>`)."""
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:
+        if self.is_flag:
+            return None
+        return _element_type(self, ctx) + ("..." if self.multiple else "")
+
+
+def _element_type(param: Any, ctx: Any) -> str:
+    import typing
+
+    desc = param.type_descriptor
+    if not desc.is_list:
+        return str(param.display_type(ctx))
+    (element,) = typing.get_args(desc.annotation)
+    return "<path>" if isinstance(element, type) and issubclass(element, Path) else f"<{param._bare_type(element)}>"
+
+
+class _Command(typer.core.TyperCommand):
+    """Every command's help as written: its text and its parameters' are escaped, so that rich
+    shows `[train]` instead of reading it as markup, and parameters are shown by the classes above."""
+
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:  # noqa: A002
+        from rich.markup import escape
+
+        super().__init__(*args, help=escape(help) if help else help, **kwargs)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)  # type: ignore[attr-defined]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:  # typer's own classes, shown our way (the --help option is added here)
+            if type(param) is typer.core.TyperArgument:
+                param.__class__ = _Argument
+            elif type(param) is typer.core.TyperOption:
+                param.__class__ = _Option
+        return params
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """`app.command` with the help shown as written (see :class:`_Command`)."""
+    return app.command(*args, cls=_Command, **kwargs)
+
+
+INTERRUPTED = 130  # 128 + SIGINT: the status a shell gives a command stopped by Ctrl-C
+_ARGV: list[str] = []  # the arguments main() was given, for "run the same command again"
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with one sentence of what was saved and the command that continues."""
+
+
+@contextlib.contextmanager
+def _on_interrupt(describe: Callable[[], str]) -> Iterator[None]:
+    """Turns Ctrl-C (KeyboardInterrupt) inside the block into the sentence `describe()` gives,
+    read from what is on disk once the work has stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise _Interrupted(describe()) from None
+
+
+def _quoted(*words: Any) -> str:
+    """A command line to copy: quoted as a shell reads it, between backticks."""
+    import shlex
+
+    return "`" + shlex.join(str(w) for w in words) + "`"
+
+
+def _same_command() -> str:
+    """The command line being run, to give again (a command that writes whole outputs or none)."""
+    return _quoted("xmfast", *_ARGV) if _ARGV else "the same command"
+
+
+def _run_interrupted(path: Path, start: str) -> str:
+    """What a Ctrl-C left of the run at `path`, and the command that continues it: `train
+    --resume` for any unfinished run (one stopped before its first epoch ended starts from epoch
+    0), `start` when no run was created."""
+    from xmfast.runs import Run
+
+    try:
+        run = Run.open(path)
+    except XmfastError:
+        return f"no run was saved at {path}; start it with {start}"
+    if run.status == "finished":
+        return f"run {path} is finished; nothing to continue"
+    done, epochs = run.last_epoch(), run.info["train_config"].get("epochs")
+    if done:
+        return (f"run {path} interrupted after epoch {done} of {epochs}; its checkpoint is saved; continue it "
+                f"with {_quoted('xmfast', 'train', '--resume', path)}")
+    return (f"run {path} interrupted before its first epoch ended; start it (from epoch 0) with "
+            f"{_quoted('xmfast', 'train', '--resume', path)}")
+
+
+def _say_interrupted(message: str) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank gets Ctrl-C; rank 0 speaks
+        return
+    from rich.markup import escape
+
+    from xmfast_cli.render import err_console
+
+    err_console.print(f"[bold yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+
+
 def user_errors(func: F) -> F:
-    """Turns user-caused errors into one `error:` line on stderr and exit status 2."""
+    """Turns user-caused errors into one `error:` line on stderr and exit status 2, and Ctrl-C
+    into one `interrupted:` line (what was saved, the command that continues) and status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +166,12 @@ def user_errors(func: F) -> F:
         try:
             with cli_options(PYTHON_TO_OPTION):  # messages name this command line's options
                 return func(*args, **kwargs)
+        except _Interrupted as e:
+            _say_interrupted(str(e))
+            raise typer.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt:  # outside a command's own account: its outputs are whole or absent
+            _say_interrupted(f"every output is written whole or not at all; run {_same_command()} again")
+            raise typer.Exit(INTERRUPTED) from None
         except (XmfastError, core.DataFormatError) as e:
             if getattr(e, "shown_by_rank0", False):  # under torchrun: rank 0's error, printed there
                 raise typer.Exit(2) from None
@@ -113,7 +246,7 @@ def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[s
         raise XmfastError(f"{e}; `xmfast {command} --help` lists the command's own options") from None
 
 
-@app.command()
+@command()
 @user_errors
 def prepare(
     data_dir: Annotated[Path, typer.Argument(help="Directory of XMarket rating files.")],
@@ -163,7 +296,8 @@ def prepare(
         eval_negatives=eval_negatives,
         category=category,
     )
-    with steps("prepare") as on_step:
+    with _on_interrupt(lambda: f"nothing was written to {out} (a dataset already there is untouched); "
+                       f"run {_same_command()} again"), steps("prepare") as on_step:
         dataset = run_prepare(data_dir, out, config, overwrite=overwrite, on_step=on_step)
     counts = dataset.manifest["counts"]
     show(market_table(market_stats(dataset, dataset.target), dataset.target, f"Prepared dataset {out}"))
@@ -175,7 +309,7 @@ def prepare(
     )
 
 
-@app.command()
+@command()
 @user_errors
 def stats(
     path: Annotated[Path, typer.Argument(help="A data directory of rating files, or a prepared dataset.")],
@@ -229,7 +363,7 @@ def stats(
             console.print(item)
 
 
-@app.command()
+@command()
 @user_errors
 def download(
     markets: Annotated[str, typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")],
@@ -260,7 +394,7 @@ def download(
         console.print(f"{r.market}: {r.path} ({r.bytes:,} bytes, {how})", highlight=False)
 
 
-@app.command()
+@command()
 @user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the files to (created if needed).")],
@@ -307,7 +441,7 @@ def _parse_cutoffs(value: str) -> tuple[int, ...]:
     return cutoffs
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def evaluate(
     ctx: typer.Context,
@@ -503,7 +637,7 @@ def _read_scores(path: Path, dataset: Any, split: str) -> Any:
     return read_scores(path, dataset, split)  # type: ignore[arg-type]
 
 
-@app.command()
+@command()
 @user_errors
 def compare(
     results: Annotated[
@@ -559,11 +693,23 @@ def _refuse_directory_of_runs(path: Path, command: str) -> None:
 
     inside = runs_inside(path)
     if inside:
-        raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)}), not one run; give "
-                          f"one of them, e.g. `xmfast {command} {inside[0]}`")
+        # finetune's output: OUT/<market>, each the run of its market
+        per_market = all(_target_of(p) == p.name for p in inside)
+        raise XmfastError(f"{path}: a directory of runs ({', '.join(p.name for p in inside)})"
+                          f"{', one per market as `xmfast finetune` writes them' if per_market else ''}, not one run; "
+                          f"give one of them, e.g. `xmfast {command} {inside[0]}`")
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+def _target_of(run: Path) -> Optional[str]:
+    from xmfast.runs import Run
+
+    try:
+        return Run.open(run).info.get("target")
+    except XmfastError:
+        return None
+
+
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def train(
     ctx: typer.Context,
@@ -605,7 +751,8 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (other options ignored).")
+        Optional[Path], typer.Option(help="Continue this interrupted run from its last checkpoint (from epoch 0 if no "
+                                     "epoch had finished) with its saved settings; other options but --device are ignored.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
@@ -627,8 +774,8 @@ def train(
             raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
         if ctx.args:
             raise XmfastError(f"{ctx.args[0]}: --resume continues a run with its saved settings; give no other settings")
-        with TrainProgress() as observer:
-            result = training.resume(resume, dataset_path=dataset, observer=observer)
+        with _on_interrupt(lambda: _run_interrupted(resume, _same_command())), TrainProgress() as observer:
+            result = training.resume(resume, dataset_path=dataset, observer=observer, device=device)
         assert result is not None
         if is_main():  # under torchrun every rank returns the result; rank 0 prints it
             show(train_summary(result))
@@ -660,7 +807,7 @@ def train(
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
-    with TrainProgress() as observer:
+    with _on_interrupt(lambda: _run_interrupted(out, _same_command())), TrainProgress() as observer:
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
                                 observer=observer)
     assert result is not None
@@ -682,7 +829,7 @@ def _fine_tuning_model(run: Path) -> Any:
     return get_model(fitting[0])
 
 
-@app.command(context_settings=MODEL_SETTINGS)
+@command(context_settings=MODEL_SETTINGS)
 @user_errors
 def finetune(
     ctx: typer.Context,
@@ -721,7 +868,13 @@ def finetune(
     model_config = spec.config_from(settings) if settings else None
     options = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
     config = spec.finetune_config(**{k: v for k, v in options.items() if v is not None})
-    with TrainProgress() as observer:
+    def interrupted() -> str:
+        options = {"--model": spec.name, "--epochs": epochs, "--lr": lr, "--l2": l2, "--patience": patience,
+                   "--seed": seed, "--device": device}
+        return _finetune_interrupted(run, out, _split_list(markets),
+                                     [w for o, v in options.items() if v is not None for w in (o, v)] + list(ctx.args))
+
+    with _on_interrupt(interrupted), TrainProgress() as observer:
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=spec.name,
                                     overwrite=overwrite, observer=observer, given=settings)
     for result in results.values():
@@ -729,7 +882,35 @@ def finetune(
             show(train_summary(result))
 
 
-@app.command()
+def _finished(path: Path) -> bool:
+    from xmfast.runs import Run
+
+    try:
+        return Run.open(path).status == "finished"
+    except XmfastError:
+        return False
+
+
+def _finetune_interrupted(base: Path, out: Path, markets: list[str], options: list[Any]) -> str:
+    """What a Ctrl-C left of `finetune`'s runs (one per market, in order) and the commands that
+    continue: `train --resume` for the one it stopped in, `finetune --markets` for those not begun."""
+    from xmfast.runs import Run
+
+    info = Run.open(base).info
+    wanted = list(dict.fromkeys(([info["target"], *info["train_config"].get("sources", [])]
+                                 if markets == ["all"] else markets) or [info["target"]]))
+    done = [m for m in wanted if _finished(out / m)]
+    begun = [m for m in wanted if m not in done and (out / m / "run.json").is_file()]
+    rest = [m for m in wanted if m not in done and m not in begun]
+    start = _quoted("xmfast", "finetune", base, "-o", out, "--markets", ",".join(rest), *options)
+    if not begun:
+        return (f"{', '.join(done) or 'no market'} fine-tuned in {out}; fine-tune "
+                f"{', '.join(rest)} with {start}")
+    told = _run_interrupted(out / begun[0], start)
+    return told + (f"; then fine-tune {', '.join(rest)} with {start}" if rest else "")
+
+
+@command()
 @user_errors
 def recommend(
     run: Annotated[Path, typer.Argument(help="A trained run directory.")],
@@ -770,12 +951,14 @@ def recommend(
         show(*recommendations_table(recs, data))
 
 
-@app.command("run")
+@command("run")
 @user_errors
 def run_experiment(
-    experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/).")],
+    experiment: Annotated[Path, typer.Argument(help="An experiment file (TOML; see experiments/); its data and out "
+                                               "paths are relative to the file's own directory.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and what would run; run nothing.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: the file's `out`).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory, relative to the current "
+                                                "directory (default: the file's `out`).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
@@ -792,7 +975,10 @@ def run_experiment(
     if dry_run:
         show(plan_table(plan, actions))
         return
-    with ExperimentProgress() as observer:
+    again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
+                    *([] if report else ["--no-report"]))
+    observer = ExperimentProgress()
+    with _on_interrupt(lambda: observer.interrupted(again)), observer:
         result = xp.run_experiment(plan, observer=observer)
     ran = len(result.executed)
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
@@ -801,7 +987,7 @@ def run_experiment(
         console.print(f"report: {xp.write_experiment_report(exp, experiment)}", highlight=False)
 
 
-@app.command()
+@command()
 @user_errors
 def models(
     name: Annotated[Optional[str], typer.Argument(help="A model to describe (its settings, defaults and declarations).")] = None,
@@ -831,7 +1017,7 @@ def models(
     console.print("; ".join(f for f in facts if f), highlight=False, markup=False)
 
 
-@app.command()
+@command()
 @user_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories, or directories to search for finished runs.")],
@@ -882,6 +1068,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click.exceptions import ClickException  # type: ignore[no-redef]
 
+    _ARGV[:] = sys.argv[1:]
     try:
         code = typer.main.get_command(app).main(prog_name="xmfast", standalone_mode=False)
     except ClickException as e:

@@ -283,6 +283,8 @@ class TrainProgress:
         self._started = 0.0
         self._instances = 0
         self._monitor = "ndcg@10"
+        self.epoch = 0  # the last finished epoch of the training in progress, of `epochs`
+        self.epochs = 0
 
     def __enter__(self) -> TrainProgress:
         self.progress.__enter__()
@@ -294,6 +296,7 @@ class TrainProgress:
     def on_start(self, trainer) -> None:  # noqa: ANN001 - xmfast.training.Trainer
         cfg = trainer.config
         self._monitor = cfg.monitor
+        self.epoch, self.epochs = trainer.epoch, cfg.epochs
         markets = ", ".join(f"{m} {trainer.rows.count(m):,}" for m in trainer.rows.markets)
         self.on_message(
             f"[bold]{trainer.spec.name}[/] on {trainer.dataset.target} ({'sources ' + ', '.join(trainer.sources) if trainer.sources else 'target only'}); "
@@ -329,6 +332,7 @@ class TrainProgress:
 
     def on_epoch_end(self, record: dict) -> None:
         v = record["valid"]
+        self.epoch = record["epoch"]
         mark = " [green]best[/]" if record["best"] else ""
         self.progress.update(self.epoch_task, advance=1, info=f"valid {self._monitor} {v[self._monitor]:.4f}")
         self.on_message(
@@ -387,6 +391,20 @@ class ExperimentProgress(TrainProgress):
     def __init__(self) -> None:
         super().__init__()
         self.stage_task = None
+        self.stage: str | None = None  # the stage running now, and its place among those to run
+        self.place = ""
+        self.ended = 0  # stages run to their end
+
+    def interrupted(self, again: str) -> str:
+        """After Ctrl-C: the stage it stopped in, what of it is saved, and the command `again`
+        that continues (a re-run reuses finished stages and resumes a run from its checkpoint)."""
+        if self.stage is None:
+            done = f"{self.ended} stages had finished" if self.ended else "no stage had started"
+            return f"{done}; continue with {again}"
+        stopped = f"stage {self.stage} ({self.place}) stopped" + (
+            f" after epoch {self.epoch} of {self.epochs}; its checkpoint is saved" if self.epoch
+            else " before its first epoch ended" if self.epochs else "")
+        return f"{stopped}; finished stages are kept; continue with {again}"
 
     def on_plan(self, plan, actions) -> None:  # noqa: ANN001 - xmfast.experiment.Plan
         todo = sum(1 for a in actions.values() if a != "cached")
@@ -400,10 +418,13 @@ class ExperimentProgress(TrainProgress):
                 self.progress.remove_task(task)
         self.epoch_task = self.batch_task = None
         verb = {"resume": "resuming", "run": "running"}[action]
+        self.stage, self.place, self.epoch, self.epochs = stage.id, f"{index} of {total}", 0, 0
         self.progress.update(self.stage_task, info=stage.id)
         self.on_message(f"[{index}/{total}] {verb} {stage.kind} {stage.id}")
 
     def on_stage_end(self, stage, seconds: float) -> None:  # noqa: ANN001
+        self.stage = None
+        self.ended += 1
         self.progress.advance(self.stage_task)
 
     def training_observer(self, stage):  # noqa: ANN001, ANN201
