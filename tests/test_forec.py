@@ -83,7 +83,7 @@ def test_finetune_errors(maml_run: Path, tmp_path: Path) -> None:
     with pytest.raises(XmfastError, match="forec fine-tunes a finished maml or nmf run"):
         finetune(maml_run.parent / "gmf", tmp_path / "f", model="forec")
     ds = Run.open(maml_run).load_dataset()
-    with pytest.raises(XmfastError, match="made from a trained run by `xmfast finetune"):
+    with pytest.raises(XmfastError, match=r"made from a trained run by xmfast.training.finetune\(RUN, OUT, model=.forec.\)"):
         train(ds, tmp_path / "x", "forec")
 
 

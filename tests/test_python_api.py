@@ -64,3 +64,26 @@ def test_the_experiment_result_has_a_one_line_repr(tmp_path: Path, sample_dir: P
     again = repr(run_experiment(plan(read_experiment(path))))
     assert again == f"<ExperimentResult mini: 2 stages, 0 run in 0.0 s, 2 cached; out {tmp_path / 'out'}>"
     assert "\n" not in first and len(first) < 200  # the dataclass's repr printed the whole plan
+
+
+def test_training_errors_name_python_arguments_from_python_and_options_from_the_cli(dataset: Path,
+                                                                                    tmp_path: Path) -> None:
+    """The same mistake, told in the caller's words: TrainConfig(sources=...) and pretrained={...}
+    from Python, --sources and --gmf-run under the command line."""
+    from typer.testing import CliRunner
+
+    from xmfast.dataset import PreparedDataset
+    from xmfast.errors import XmfastError
+    from xmfast.training import TrainConfig, train
+    from xmfast_cli.app import app
+
+    data = PreparedDataset.load(dataset)
+    with pytest.raises(XmfastError, match=r"give source markets \(TrainConfig\(sources=\('de',\)\), or \('all',\)\)"):
+        train(data, tmp_path / "m", "maml", config=TrainConfig(epochs=1))
+    with pytest.raises(XmfastError, match=r"give it with pretrained=\{'gmf': RUN\}, or pass pretrained=False"):
+        train(data, tmp_path / "n", "nmf", config=TrainConfig(epochs=1))
+    out = CliRunner().invoke(app, ["train", str(dataset), "-m", "maml", "-o", str(tmp_path / "m"), "--epochs", "1"])
+    assert out.exit_code == 2 and "(--sources de, or all)" in out.output, out.output
+    out = CliRunner().invoke(app, ["train", str(dataset), "-m", "nmf", "-o", str(tmp_path / "n"), "--epochs", "1"])
+    assert out.exit_code == 2 and "give it with --gmf-run, or pass --no-pretrained" in out.output, out.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "n").exists()

@@ -50,6 +50,13 @@ def argument(name: str, value: Any = True, *, metavar: str = "") -> str:
     return f"{option} {value}"
 
 
+def spelled(python: str, cli: str) -> str:
+    """`cli` under the command line (:func:`cli_options`), `python` otherwise: for advice whose
+    two spellings differ in more than an argument's name (``resume(RUN)`` / ``xmfast train
+    --resume RUN``, ``pretrained={'gmf': RUN}`` / ``--gmf-run RUN``)."""
+    return python if _CLI_OPTIONS.get() is None else cli
+
+
 @contextlib.contextmanager
 def cli_options(options: Mapping[str, str] | None = None) -> Iterator[None]:
     """Within it, :func:`argument` names command-line options; `options` maps the Python

@@ -25,7 +25,7 @@ import numpy as np
 
 from xmfast._io import digest_json, sweep_leftovers, write_json_atomic, write_text_atomic
 from xmfast.compare import ALPHA, CORRECTION, MARK, PairedTest, adjust, paired_t_test
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, argument
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -402,7 +402,7 @@ def build_report(runs: Sequence[RunRecord], *, metrics: Sequence[str] = REPORT_M
     section is an error rather than a column of dashes)."""
     if reference is not None and not any(r.label == reference and not r.sources for r in runs):
         labels = sorted({r.label for r in runs if not r.sources})
-        raise XmfastError(f"--reference {reference}: no run of {reference} without sources among the runs "
+        raise XmfastError(f"{argument('reference', reference)}: no run of {reference} without sources among the runs "
                           f"(rows that can be the reference: {', '.join(labels) or 'none'})")
     reference = reference or REFERENCE
     published = list(read_published() if published is None else published)

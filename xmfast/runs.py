@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from xmfast import outputs
 from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import DatasetError, XmfastError
+from xmfast.errors import DatasetError, XmfastError, argument, spelled
 
 if TYPE_CHECKING:
     from xmfast.evaluation import Evaluation
@@ -50,7 +50,8 @@ def _directory_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise XmfastError(
-                f"{path}: another xmfast process is writing this run; wait for it to finish, or choose another --out"
+                f"{path}: another xmfast process is writing this run; wait for it to finish, or choose another "
+                f"{argument('out', None, metavar='RUN')}"
             ) from None
         yield
     finally:
@@ -91,13 +92,14 @@ def _what_continues(path: Path) -> str:
     try:
         old = Run.open(path)
     except XmfastError:
-        return " (pass --overwrite to replace it)"
+        return f" (pass {argument('overwrite')} to replace it)"
     if old.status == "finished":
-        return " (a finished run; pass --overwrite to replace it)"
+        return f" (a finished run; pass {argument('overwrite')} to replace it)"
     done = old.last_epoch()
     where = f"stopped after epoch {done}" if done else "stopped before its first epoch ended"
-    return (f" (an unfinished run, {where}; continue it with `xmfast train --resume {path}`, "
-            "or pass --overwrite to replace it)")
+    return (f" (an unfinished run, {where}; continue it with "
+            f"{spelled(f'xmfast.training.resume({str(path)!r})', f'`xmfast train --resume {path}`')}, "
+            f"or pass {argument('overwrite')} to replace it)")
 
 
 class Run:
@@ -206,7 +208,8 @@ class Run:
         try:
             dataset = PreparedDataset.load(where)
         except DatasetError as e:
-            raise XmfastError(f"{e} (the dataset of run {self.path}; give it with --dataset if it moved)") from None
+            raise XmfastError(f"{e} (the dataset of run {self.path}; give it with "
+                              f"{argument('dataset', None, metavar='DIR')} if it moved)") from None
         if dataset.fingerprint != self.dataset_fingerprint:
             raise XmfastError(
                 f"{where}: dataset fingerprint {dataset.fingerprint[:12]} differs from the one run {self.path} "
@@ -342,7 +345,7 @@ def save_scores_run(path: Path, dataset: PreparedDataset, scores: Any, *, label:
 
     base = label.removesuffix("++").split(" (")[0]
     if base in model_names():
-        raise XmfastError(f"--label {label}: the name of a registered model's runs; scores saved from a file get a "
+        raise XmfastError(f"{argument('label', label)}: the name of a registered model's runs; scores saved from a file get a "
                           "name of their own (e.g. --label my-" + base + ")")
 
     info = {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, spelled
 from xmfast.models import Model, Sizes, get_model
 from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, to_plain
@@ -199,7 +199,7 @@ def find_pretrained(dataset: PreparedDataset, model: Model, model_config: Any, c
     given = dict(given or {})
     extra = sorted(set(given) - set(wanted))
     if extra:
-        raise XmfastError(f"--{extra[0]}-run: model {model.name} starts from "
+        raise XmfastError(f"{spelled(f'pretrained[{extra[0]!r}]', f'--{extra[0]}-run')}: model {model.name} starts from "
                           f"{', '.join(wanted) or 'no trained run'}" + (" with this configuration" if model.starts_from else ""))
     sources = list(resolve_sources(dataset, config.sources))
     found: dict[str, Run] = {}
@@ -229,14 +229,16 @@ def find_pretrained(dataset: PreparedDataset, model: Model, model_config: Any, c
                 f"{name} run on this dataset with sources [{', '.join(sources)}], augmentation "
                 f"{config.augmentation}, sampling {config.sampling}"
                 + (f" and the same {name} settings" if want_config is not None else "")
-                + f"); train one first or give it with --{slot}-run"
-                + (", or pass --no-pretrained" if hasattr(model_config, "pretrained") else "")
+                + f"); train one first or give it with {spelled(f'pretrained={{{slot!r}: RUN}}', f'--{slot}-run')}"
+                + (f", or pass {spelled('pretrained=False in its settings', '--no-pretrained')}"
+                   if hasattr(model_config, "pretrained") else "")
             )
         if len(candidates) > 1:
             listed = "; ".join(describe_pretrained(pretrained_record(r, digest=False)) for r in candidates)
             raise XmfastError(
                 f"{model.name} starts from a trained {name} run, and {len(candidates)} match next to {out}: {listed}; "
-                f"name the one to start from with --{slot}-run (e.g. --{slot}-run {candidates[0].path})"
+                f"name the one to start from with " + spelled(f"pretrained={{{slot!r}: RUN}} (e.g. {str(candidates[0].path)!r})",
+                                                              f"--{slot}-run (e.g. --{slot}-run {candidates[0].path})")
             )
         found[slot] = candidates[0]
     return found

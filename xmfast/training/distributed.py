@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, argument
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def init(device: str = "auto") -> None:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if not torch.cuda.is_available():
-            raise XmfastError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+            raise XmfastError(f"{argument('device', device)}: CUDA is not available on this machine (use cpu or auto)")
         local = int(os.environ["LOCAL_RANK"])
         if local >= torch.cuda.device_count():
             raise XmfastError(f"LOCAL_RANK {local} but this node has {torch.cuda.device_count()} GPU(s); "

@@ -12,7 +12,7 @@ import torch
 
 from xmfast import core
 from xmfast.dataset import PreparedDataset
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, spelled
 from xmfast.models import Model, Sizes, config_from_dict, get_model
 from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, scores_origin, to_plain
@@ -115,9 +115,11 @@ def train(
     if not spec.trained:
         return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite))
     if spec.fine_tunes and spec.name not in spec.fine_tunes:
-        raise XmfastError(f"{spec.name} is made from a trained run by `xmfast finetune RUN --model {spec.name}`")
+        raise XmfastError(f"{spec.name} is made from a trained run by " + spelled(
+            f"xmfast.training.finetune(RUN, OUT, model={spec.name!r})", f"`xmfast finetune RUN --model {spec.name}`"))
     if spec.needs_sources and not resolve_sources(dataset, config.sources):
-        raise XmfastError(f"{spec.name} learns across markets: give source markets (--sources de, or all)")
+        raise XmfastError(f"{spec.name} learns across markets: give source markets "
+                          "(" + spelled("TrainConfig(sources=('de',)), or ('all',)", "--sources de, or all") + ")")
 
     resolve_device(config.device)  # a device this machine lacks is refused before the run directory exists
 

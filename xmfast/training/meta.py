@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, spelled
 from xmfast.models.maml import Tasks, adapt, meta_loss, meta_step, weights_of
 from xmfast.training import distributed
 from xmfast.training.loop import ModelScorer, Trainer, _adam, _epoch_seed
@@ -40,7 +40,8 @@ class MAMLTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if len(self.rows.markets) < 2:
-            raise XmfastError("maml meta-learns across markets: give source markets (--sources de, or all)")
+            raise XmfastError("maml meta-learns across markets: give source markets "
+                              "(" + spelled("TrainConfig(sources=('de',)), or ('all',)", "--sources de, or all") + ")")
         self.use_graphs = False  # the meta-step is not captured; the optimiser need not be capturable
         self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
 
