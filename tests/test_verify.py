@@ -316,7 +316,8 @@ def test_config_values_of_the_wrong_type_are_named(dataset: Path, tmp_path: Path
 
 def test_config_values_of_the_wrong_type_in_an_experiment_are_named(tmp_path: Path) -> None:
     exp = tmp_path / "exp.toml"
-    exp.write_text('name = "x"\ndata = "data/sample"\nout = "runs"\ntargets = ["in"]\nmodels = ["nmf"]\n'
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"  # paths are relative to the file: give it whole
+    exp.write_text(f'name = "x"\ndata = "{sample}"\nout = "runs"\ntargets = ["in"]\nmodels = ["nmf"]\n'
                    '[model.nmf]\nalpha = "half"\n')
     assert_user_error(invoke("run", exp, "--dry-run"), "[model.nmf]: setting alpha must be a number, got \"half\"")
     # Nested tables name their path; a float for an int and ints for floats are told apart.

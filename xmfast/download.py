@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmfast.errors import DataError, XmfastError
+from xmfast.errors import DataError, XmfastError, spelled
 from xmfast.markets import check_market_code
 
 XMARKET_BASE_URL = "https://ciir.cs.umass.edu/downloads/XMarket/FULL"
@@ -57,7 +57,7 @@ def check_base_url(base_url: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise XmfastError(f"--base-url {base_url!r}: expected an http(s) or ftp URL such as {XMARKET_BASE_URL}, "
+        raise XmfastError(f"{spelled(f'base_url={base_url!r}', f'--base-url {base_url!r}')}: expected an http(s) or ftp URL such as {XMARKET_BASE_URL}, "
                           "or a file: URL of a local mirror")
 
 
@@ -91,7 +91,7 @@ def download(
     check_base_url(base_url)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise XmfastError(f"{out_dir}: exists and is not a directory; choose a directory for --out")
+        raise XmfastError(f"{out_dir}: exists and is not a directory; choose a directory for {spelled('out_dir', '--out')}")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         _fetch(rating_file_url(m, category, base_url), out_dir / rating_file_name(m, category), m,
@@ -114,7 +114,7 @@ def _fetch(url: str, dest: Path, market: str, *, overwrite: bool, timeout: float
         if e.code == 416 and have:  # the part already holds the whole file
             response = None
         else:
-            raise XmfastError(f"{url}: HTTP {e.code} {e.reason} (check --markets, --category and --base-url)") from None
+            raise XmfastError(f"{url}: HTTP {e.code} {e.reason} (check {spelled('markets, category and base_url', '--markets, --category and --base-url')})") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise XmfastError(f"{url}: cannot connect ({reason}); the partial file is kept and resumed next time") from None

@@ -758,8 +758,7 @@ def train(
 ) -> None:
     """Train a model (or fit a baseline) into a run directory: config, checkpoints, per-epoch metrics, results.
 
-    The model's own settings are options too, named after its configuration: --embedding-dim 16,
-    --layers 16,64,32,16,8, --no-pretrained, --gmf-run RUN (`xmfast models MODEL` lists them).
+    The model's own settings are options too, named after its configuration and given after DATASET: --embedding-dim 16, --layers 16,64,32,16,8, --no-pretrained, --gmf-run RUN (`xmfast models MODEL` lists them).
     """
     from xmfast import training
     from xmfast.configs import experiment_configs, read_config_file
