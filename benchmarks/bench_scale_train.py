@@ -59,11 +59,11 @@ def run_child(args: list[str]) -> tuple[float, int, int, str]:
 
 STEPS_CHILD = r"""
 import json, sys, time, torch
-from xmfast.models import get_model
+from xmfast.models import Sizes, get_model
 from xmfast.models.ncf import NMFConfig
 from xmfast.training import _adam
 counts = json.load(open(sys.argv[1]))["counts"]
-model = get_model("nmf").build(counts["groups"], counts["items"], NMFConfig(pretrained=False), 18)
+model = get_model("nmf").build(Sizes(counts["groups"], counts["items"], 18), NMFConfig(pretrained=False))
 opt = _adam(model, 0.01, 1e-7, torch.device("cpu"), False)
 g = torch.Generator().manual_seed(0)
 def step(b):

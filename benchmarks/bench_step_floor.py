@@ -46,7 +46,7 @@ from _common import (
 )
 from bench_train import loader_rate
 
-from xmfast.models import get_model
+from xmfast.models import Sizes, get_model
 from xmfast.models.ncf import GMF, NMF, GMFConfig, NMFConfig
 from xmfast.prepare import PrepareConfig, prepare
 from xmfast.runs import Run
@@ -198,7 +198,7 @@ def model_config(name: str) -> GMFConfig | NMFConfig:
 
 def fresh(name: str, n_users: int, n_items: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return get_model(name).build(n_users, n_items, model_config(name))
+    return get_model(name).build(Sizes(n_users, n_items, 1), model_config(name))
 
 
 def measure(name: str, dataset, data: list[tuple[torch.Tensor, ...]], warmup: int, loader_batches: int) -> None:

@@ -80,7 +80,7 @@ def loader_rate(trainer: Trainer, model_name: str, batches: int, device: torch.d
     ds = dataset_type(users.cpu().numpy(), items.cpu().numpy(), labels.cpu().numpy())
     spec = get_model(model_name)
     torch.manual_seed(0)
-    model = spec.build(trainer.dataset.n_groups, trainer.dataset.n_items, trainer.model_config).to(device)
+    model = spec.build(trainer.sizes, trainer.model_config).to(device)
     # The engine's optimiser (fused Adam on CPU), so the loops differ only in how batches are made.
     opt = _adam(model, trainer.config.learning_rate(spec), trainer.config.l2, device, capturable=False)
     loss_fn = torch.nn.BCEWithLogitsLoss()
