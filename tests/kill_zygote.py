@@ -34,6 +34,9 @@ KILLED = 137
 
 def child(pipe: int, args: list[str], kill_at: int | None, interrupt_at: int | None = None) -> None:
     torch.set_num_threads(1)  # as in every reference run: bit-identical results need the same reductions
+    # A process started in the background by a non-interactive shell (a CI job) inherits SIGINT
+    # ignored, and Python then installs no handler: restore the one a terminal's Ctrl-C reaches.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from xmfast_cli import app as cli
 
     cli._ARGV[:] = args  # as main() records the command line (its "run the same command" messages)

@@ -326,7 +326,9 @@ def test_ctrl_c_from_outside_stops_the_console_script_with_one_line(tiny: Path, 
     out = tmp_path / "run"
     proc = subprocess.Popen([script, "train", str(tiny / "ds"), "-m", "gmf", "-o", str(out), "--epochs", "2",
                              "--device", "cpu", "--batch-size", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # as from a terminal, even when CI started the suite with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     lines = []
     for text in proc.stdout:

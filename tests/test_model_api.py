@@ -159,16 +159,18 @@ def test_a_config_without_defaults_is_refused() -> None:
         register(cls)
 
 
-def test_registry_loads_no_torch() -> None:
+def test_registry_loads_no_torch(tmp_path: Path) -> None:
     """Listing models, reading their settings and labels, planning: no torch import."""
     code = ("import sys\nfrom xmfast.models import get_model, model_names, label_of\n"
             "from xmfast.configs import setting_options\n"
             "for n in model_names():\n    m = get_model(n); setting_options(m.config_type)\n"
             "label_of({'model': 'gmf', 'train_config': {'sources': ['de']}})\n"
             "from xmfast import experiment\n"
-            "experiment.plan(experiment.read_experiment('experiments/quickstart.toml'))\n"
+            f"experiment.plan(experiment.read_experiment({str(ROOT / 'experiments' / 'quickstart.toml')!r}))\n"
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    # not from the repository root, where `python -c` would import the source tree before the installed package
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False", out.stderr
 
 
