@@ -341,3 +341,13 @@ def test_report_and_compare_refuse_what_they_cannot_use(dataset: Path, tmp_path:
                       "--reference nosuch: no run of nosuch without sources among the runs (rows that can be the "
                       "reference: pop)")
     assert not (tmp_path / "r.md").exists()
+
+
+def test_settings_that_make_no_network_are_one_error_and_no_run(registered, dataset: Path, tmp_path: Path) -> None:
+    """A user's model whose settings cannot build its network (a negative width torch refuses)
+    is one error naming the model, found before any run directory is written (before: a
+    traceback and a run left "running")."""
+    registered(dot_model("dot-neg"))
+    assert_user_error(invoke("train", dataset, "-m", "dot-neg", "-o", tmp_path / "r", "--dim", "-3"),
+                      "model dot-neg: its settings make no network (RuntimeError: ")
+    assert not (tmp_path / "r").exists()

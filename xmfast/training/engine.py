@@ -31,20 +31,26 @@ def check_build(model: Model, sizes: Sizes, config: Any) -> None:
     def first_line(e: BaseException) -> str:
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
-    try:
-        with torch.device("meta"):
-            model.build(sizes, config)
+    if _builds_on_meta(model, sizes, config):
         return
-    except XmfastError:
-        raise
-    except Exception:  # noqa: BLE001 - a user's build may raise anything; try it for real
-        pass
-    try:
+    try:  # a build that needs real tensors, or settings that make no network: find out for real
         model.build(sizes, config)
     except XmfastError:
         raise
     except Exception as e:  # noqa: BLE001
         raise XmfastError(f"model {model.name}: its settings make no network ({first_line(e)})") from None
+
+
+def _builds_on_meta(model: Model, sizes: Sizes, config: Any) -> bool:
+    """Whether `model` builds on the meta device; an XmfastError of its own is raised as is."""
+    try:
+        with torch.device("meta"):
+            model.build(sizes, config)
+    except XmfastError:
+        raise
+    except Exception:  # noqa: BLE001 - a user's build may raise anything
+        return False
+    return True
 
 
 def trainer_for(model: Model) -> type[Trainer]:
