@@ -201,7 +201,7 @@ def test_settings_become_options_from_the_dataclass() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["-m", "gmf", "--alpha", "0.2"], "--alpha is not a setting of model gmf (its settings: --embedding-dim, --init-std"),
+    (["-m", "gmf", "--alpha", "0.2"], "--alpha is not a setting of model gmf (its settings: --embedding-dim, --init, --init-std"),
     (["-m", "gmf", "--embedding-dim", "abc"], "--embedding-dim: expected an integer, got 'abc'"),
     (["-m", "nmf", "--layers", "16,x"], "--layers: expected comma-separated integers, got '16,x'"),
     (["-m", "nmf", "--pretrained=maybe"], "--pretrained: expected true or false, got 'maybe'"),

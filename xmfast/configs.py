@@ -34,6 +34,7 @@ from typing import Any
 
 from xmfast.errors import XmfastError
 from xmfast.models import Model, get_model, model_names
+from xmfast.models.api import merged
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,15 +83,8 @@ def experiment_configs(
     if name.endswith("++") and not train_values.get("sources"):
         train_values["sources"] = ["all"]
     train_config = spec.train_config(**train_values)
-    model_config = spec.config_from(_merged(model_values, model_overrides or {}))
+    model_config = spec.config_from(merged(model_values, model_overrides or {}), train_config.recipe)
     return name, spec, model_config, train_config
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ---- a model's settings as command-line options ----------------------------------------------------

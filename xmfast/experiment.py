@@ -257,7 +257,7 @@ def plan(experiment: Experiment) -> Plan:
     from xmfast.markets import check_market_code, discover
     from xmfast.models.schedule import TrainConfig
     from xmfast.prepare import KCore, PrepareConfig
-    from xmfast.runs import to_plain
+    from xmfast.runs import key_plain, to_plain
 
     exp = experiment
     where = str(exp.path or exp.name)
@@ -314,19 +314,22 @@ def plan(experiment: Experiment) -> Plan:
         stages.append(stage)
         return stage
 
-    def train_config(name: str, sources: tuple[str, ...], seed: int) -> dict[str, Any]:
+    def train_config(name: str, sources: tuple[str, ...], seed: int) -> Any:
         values = {**exp.train, **exp.train_by_model.get(name, {}), "seed": seed, "sources": sources,
                   "device": exp.device}
-        return to_plain(get_model(name).train_config(**values))
+        return get_model(name).train_config(**values)
 
-    def finetune_config(name: str, seed: int) -> dict[str, Any]:
-        values = {**exp.finetune_by_model.get(name, {}), "seed": seed, "device": exp.device}
-        return to_plain(get_model(name).finetune_config(**values))
+    def finetune_config(name: str, seed: int) -> Any:
+        # the recipe of the experiment's training, unless [finetune.NAME] names its own
+        recipe = configs.recipe(name)
+        values = {**({"recipe": recipe} if recipe else {}), **exp.finetune_by_model.get(name, {}), "seed": seed,
+                  "device": exp.device}
+        return get_model(name).finetune_config(**values)
 
-    def settings(name: str, model_config: Any, config: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
+    def settings(name: str, model_config: Any, config: Any, *, finetune: bool = False) -> dict[str, Any]:
         # device changes where a run trains, not what it is: a run moved to a GPU is not stale
-        kept = {k: v for k, v in config.items() if k not in ("device", "eval_batch")}
-        return {"model": name, "model_config": to_plain(model_config), "train_config": kept, "finetune": finetune}
+        kept = {k: v for k, v in key_plain(config).items() if k not in ("device", "eval_batch")}
+        return {"model": name, "model_config": key_plain(model_config), "train_config": kept, "finetune": finetune}
 
     if isinstance(exp.sources, tuple):
         source_sets = [tuple(exp.sources)]
@@ -411,6 +414,10 @@ class _ModelConfigs:
         self.exp, self.where = exp, where
         self._train: dict[str, Any] = {}
 
+    def recipe(self, name: str) -> str | None:
+        """The recipe `name` trains with: its [train.NAME] table's, else [train]'s."""
+        return {**self.exp.train, **self.exp.train_by_model.get(name, {})}.get("recipe")
+
     def train(self, name: str) -> Any:
         if name not in self._train:
             model = get_model(name)
@@ -425,7 +432,7 @@ class _ModelConfigs:
                 raise XmfastError(f"{self.where}: [model.{name}] cannot set {shared[0]!r}: it is the settings of the "
                                   f"{linked[shared[0]]} run {name} starts from; set them in [model.{linked[shared[0]]}]")
             try:
-                config = model.config_from(values)
+                config = model.config_from(values, self.recipe(name))
             except XmfastError as e:
                 raise XmfastError(f"{self.where}: [model.{name}]: {str(e).removeprefix(f'model {name}: ')}") from None
             for slot, dep in model.starts_from.items():

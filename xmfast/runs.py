@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,20 @@ def to_plain(value: Any) -> Any:
         return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
+    return value
+
+
+def key_plain(value: Any) -> Any:
+    """:func:`to_plain` for stage keys: a setting declared with ``added(default)`` (see
+    :mod:`xmfast.models.settings`) is left out while it holds its default, so adding a setting
+    does not make finished stages stale."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: key_plain(getattr(value, f.name)) for f in fields(value)
+                if not (f.metadata.get("added") and getattr(value, f.name) == f.default)}
+    if isinstance(value, dict):
+        return {k: key_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [key_plain(v) for v in value]
     return value
 
 

@@ -7,6 +7,7 @@ loads no model and no torch.
 
 from xmfast.models.api import (
     BATCHES,
+    DEFAULT_RECIPE,
     ENTRY_POINT_GROUP,
     OBJECTIVES,
     Model,
@@ -20,9 +21,11 @@ from xmfast.models.api import (
     refresh,
     register,
     unregister,
+    with_recipe,
 )
 
 __all__ = [
-    "BATCHES", "ENTRY_POINT_GROUP", "OBJECTIVES", "Model", "NoSettings", "Sizes", "check_dependencies",
+    "BATCHES", "DEFAULT_RECIPE", "ENTRY_POINT_GROUP", "OBJECTIVES", "Model", "NoSettings", "Sizes", "check_dependencies",
     "config_from_dict", "get_model", "label_of", "model_names", "refresh", "register", "unregister",
+    "with_recipe",
 ]

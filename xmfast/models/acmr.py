@@ -110,6 +110,8 @@ class ACMR(nn.Module):
         self.blocks = nn.ModuleList(
             EncoderBlock(d, config.heads, config.ff_multiplier * d, config.dropout) for _ in range(config.blocks)
         )
+        # Only when configured, so runs without it keep their state dicts.
+        self.embedding_norm = nn.LayerNorm(d, eps=1e-5) if config.embedding_norm else None
         self.output = nn.Linear(2 * d, 1)
         nn.init.normal_(self.item_embedding.weight, 0.0, d**-0.5)
         nn.init.normal_(self.market_embedding.weight, 0.0, d**-0.5)
@@ -196,6 +198,8 @@ class ACMR(nn.Module):
         seq = torch.cat([hist, cand[:, :, None]], dim=2).reshape(b * c, length + 1)
         mkt = market[:, None].expand(b, c).reshape(b * c)
         x = self.item_embedding(seq) + self.market_embedding(mkt)[:, None, :]
+        if self.embedding_norm is not None:
+            x = dropout(self.embedding_norm(x), self.config.dropout, self.training)
         positions = torch.arange(length + 1, device=history.device)
         real = positions[None, :] < lengths.repeat_interleave(c)[:, None]
         real[:, length] = True  # the candidate position

@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 from xmfast.errors import XmfastError
 
 ENTRY_POINT_GROUP = "xmfast.models"
+DEFAULT_RECIPE = "xmfast"  # the recipe of TrainConfig's and the models' own defaults
 OBJECTIVES = ("bce", "bpr", "softmax", "own")
 """``bce``: pointwise binary cross-entropy on the training rows (label 1) and `negatives`
 sampled items per row (label 0), every (key, item) instance shuffled on its own (FOREC's);
@@ -92,6 +93,12 @@ class Model:
     # Settings over TrainConfig's defaults for this model, and for its fine-tuning.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
     finetune_defaults: ClassVar[Mapping[str, Any]] = {}
+    # Named bundles of settings a user picks with TrainConfig.recipe (``--recipe NAME``): name ->
+    # {"train": TrainConfig values, "finetune": values for `xmfast finetune`, "model": nested
+    # values of config_type}. "xmfast" is always available and holds the defaults above; the
+    # built-ins declare "original", their original code's training choices. Settings given
+    # explicitly override a recipe's.
+    recipes: ClassVar[Mapping[str, Mapping[str, Mapping[str, Any]]]] = {}
 
     # ---- hooks ------------------------------------------------------------------------------
     def build(self, sizes: Sizes, config: Any) -> Any:
@@ -143,21 +150,36 @@ class Model:
         return None
 
     # ---- derived facts ----------------------------------------------------------------------
-    def config_from(self, values: Mapping[str, Any] | None) -> Any:
-        """The configuration from plain values (a TOML table, a saved run), every key and type
-        checked."""
-        return config_from_dict(self.config_type, dict(values or {}), f"model {self.name}")
+    def recipe(self, name: str | None) -> Mapping[str, Mapping[str, Any]]:
+        """The settings of recipe `name` (None: "xmfast"). A model without training has nothing
+        a recipe could change, so it takes any name as its defaults."""
+        name = name or DEFAULT_RECIPE
+        if name in self.recipes:
+            return self.recipes[name]
+        if name == DEFAULT_RECIPE or not self.trained:
+            return {}
+        known = ", ".join(dict.fromkeys([DEFAULT_RECIPE, *self.recipes]))
+        raise XmfastError(f"model {self.name} has no recipe {name!r} (its recipes: {known})")
+
+    def config_from(self, values: Mapping[str, Any] | None, recipe: str | None = None) -> Any:
+        """The configuration from plain values (a TOML table, a saved run) over the model
+        settings of `recipe` (None: none), every key and type checked."""
+        base = self.recipe(recipe).get("model", {}) if recipe else {}
+        return config_from_dict(self.config_type, merged(base, dict(values or {})), f"model {self.name}")
 
     def train_config(self, **overrides: Any) -> Any:
-        """The training settings: TrainConfig's defaults, the model's own, then `overrides`."""
+        """The training settings: TrainConfig's defaults, the model's own, its recipe's (the
+        ``recipe`` override, else "xmfast"), then `overrides`."""
         from xmfast.models.schedule import TrainConfig
 
-        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **overrides},
+        recipe = self.recipe(overrides.get("recipe") or self.train_defaults.get("recipe")).get("train", {})
+        return config_from_dict(TrainConfig, {**dict(self.train_defaults), **recipe, **overrides},
                                 f"training of model {self.name}")
 
     def finetune_config(self, **overrides: Any) -> Any:
         """The settings of `xmfast finetune` for this model (always on one market alone)."""
-        return self.train_config(**{**dict(self.finetune_defaults), **overrides, "sources": ()})
+        recipe = self.recipe(overrides.get("recipe")).get("finetune", {})
+        return self.train_config(**{**dict(self.finetune_defaults), **recipe, **overrides, "sources": ()})
 
     def label(self, *, sources: bool, fine_tuned: bool) -> str:
         """The name tables give a run: ``gmf++`` for a single-market model trained on pooled
@@ -346,6 +368,22 @@ def check_dependencies(model: Model, config: Any = None) -> None:
     walk(model, [model.name])
 
 
+def with_recipe(label: str, recipe: str | None) -> str:
+    """A run's table name with its recipe where that is not xmfast's: ``nmf++ (original)``,
+    ``acmr (pre-trained, original)``."""
+    if not recipe or recipe == DEFAULT_RECIPE:
+        return label
+    return f"{label[:-1]}, {recipe})" if label.endswith(")") else f"{label} ({recipe})"
+
+
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid over `base`, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
 def label_of(info: Mapping[str, Any]) -> str:
     """The table name of a run from its run.json: the label recorded when it was created, or
     (runs of older versions) :meth:`Model.label` now."""
@@ -355,7 +393,8 @@ def label_of(info: Mapping[str, Any]) -> str:
     sources = bool((info.get("train_config") or {}).get("sources"))
     fine_tuned = "base" in (info.get("pretrained") or {})
     try:
-        return get_model(model).label(sources=sources, fine_tuned=fine_tuned)
+        return with_recipe(get_model(model).label(sources=sources, fine_tuned=fine_tuned),
+                           (info.get("train_config") or {}).get("recipe"))
     except XmfastError:  # a model no longer installed: its runs still report, under their own name
         return model + ("++" if sources else "")
 

@@ -21,6 +21,18 @@ from xmfast.models.settings import (
 )
 
 
+# FOREC's code (hamedrab/FOREC: train_base.py, train_maml.py, train_forec.py, train_all.ipynb),
+# read setting by setting; each is a setting of its own that can be turned on alone (docs/recipes.md
+# measures what each changes). Its training has no validation: every stage keeps its last epoch,
+# the next stage starts from that, and its negatives are drawn once before training. The ++ runs of
+# its notebook alternate markets batch by batch (equal) over the largest market's batches.
+_FOREC_TRAIN = {"resample_negatives": False, "select": "last", "start_checkpoint": "last", "sampling": "equal",
+                "epoch_length": "largest"}
+_GMF_ORIGINAL = {"init": "pytorch"}
+_MLP_ORIGINAL = {"init": "pytorch", "from_gmf": True}
+_NMF_ORIGINAL = {"gmf": _GMF_ORIGINAL, "mlp": _MLP_ORIGINAL, "copy_tower_bias": False}
+
+
 class Popularity(Model):
     name = "pop"
     description = "item popularity in the query's market (baseline)"
@@ -55,6 +67,7 @@ class GMF(Model):
     description = "generalised matrix factorisation"
     config_type = GMFConfig
     lr = 0.005
+    recipes = {"original": {"train": _FOREC_TRAIN, "model": _GMF_ORIGINAL}}
 
     def build(self, sizes: Sizes, config: GMFConfig) -> Any:
         from xmfast.models import ncf
@@ -66,11 +79,21 @@ class MLP(Model):
     name = "mlp"
     description = "MLP tower over user and item embeddings"
     config_type = MLPConfig
+    starts_from = {"gmf": "gmf"}  # with from_gmf: the GMF run whose embeddings it starts from
+    recipes = {"original": {"train": _FOREC_TRAIN, "model": _MLP_ORIGINAL}}
 
     def build(self, sizes: Sizes, config: MLPConfig) -> Any:
         from xmfast.models import ncf
 
         return ncf.MLP(sizes.groups, sizes.items, config)
+
+    def requires(self, config: MLPConfig) -> dict[str, str]:
+        return dict(self.starts_from) if config.from_gmf else {}
+
+    def initialise(self, module: Any, runs: Any, config: MLPConfig) -> None:
+        from xmfast.models import ncf
+
+        ncf.embeddings_from_gmf(module, runs["gmf"].module())
 
 
 class NMF(Model):
@@ -78,6 +101,7 @@ class NMF(Model):
     description = "NeuMF: GMF and MLP branches, initialised from their runs"
     config_type = NMFConfig
     starts_from = {"gmf": "gmf", "mlp": "mlp"}  # the settings `gmf` and `mlp` are those runs' settings
+    recipes = {"original": {"train": _FOREC_TRAIN, "model": _NMF_ORIGINAL}}
 
     def build(self, sizes: Sizes, config: NMFConfig) -> Any:
         from xmfast.models import ncf
@@ -98,6 +122,12 @@ class MAML(Model):
     lr = 0.005
     starts_from = {"nmf": "nmf"}  # its weights as they are
     cross_market = needs_sources = True
+    # FOREC's MAML: 20 "shots" per support and query batch, Adam's lr of its NMF (0.01), one
+    # adaptation step on a shuffled batch of 20 validation instances before testing.
+    recipes = {"original": {
+        "train": {**_FOREC_TRAIN, "batch_size": 20, "lr": 0.01},
+        "model": {"nmf": _NMF_ORIGINAL, "maml": {"test_adaptation_steps": 1, "test_adaptation_batch": 20}},
+    }}
 
     def build(self, sizes: Sizes, config: MAMLModelConfig) -> Any:
         from xmfast.models import ncf
@@ -116,6 +146,13 @@ class FOREC(Model):
     config_type = FORECConfig
     fine_tunes = ("maml", "nmf")
     finetune_defaults = {"lr": 0.01, "l2": 1e-3}  # FOREC's head
+    # FOREC's code: batches of 20 shots, the last epoch, a head of widths [16 (input), 32, 16] in
+    # PyTorch's initialisation whose output layer loads the forked NMF's.
+    recipes = {"original": {
+        "finetune": {key: _FOREC_TRAIN[key] for key in ("resample_negatives", "select", "start_checkpoint")}
+        | {"batch_size": 20},
+        "model": {"init": "pytorch", "head": (32, 16), "output_from_base": True},
+    }}
 
     def build(self, sizes: Sizes, config: FORECConfig) -> Any:
         from xmfast.models import forec
@@ -144,6 +181,13 @@ class ACMR(Model):
     # the paper's schedule: up to 50 epochs, early stopping on NDCG@5 with patience 3,
     # pre-training on all markets with the sources' held-out items as training rows
     train_defaults = {"epochs": 50, "patience": 3, "monitor": "ndcg@5", "sources": ("all",), "sources_in_full": True}
+    # ACMR's code (laowangzi/ACMR): a LayerNorm and dropout on the embeddings, training histories
+    # that hold the row's own item, negatives drawn once, a patience counter never reset.
+    recipes = {"original": {
+        "train": {"resample_negatives": False, "patience_reset": False},
+        "finetune": {"resample_negatives": False, "patience_reset": False},
+        "model": {"embedding_norm": True, "leave_out_own_item": False},
+    }}
 
     def build(self, sizes: Sizes, config: ACMRConfig) -> Any:
         from xmfast.models import acmr

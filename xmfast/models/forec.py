@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xmfast.models.ncf import NMF, _init_normal
+from xmfast.models.ncf import NMF, initialise_weights
 from xmfast.models.settings import FORECConfig
 
 
@@ -29,8 +29,8 @@ class FOREC(nn.Module):
             width = h
         self.head = nn.Sequential(*layers)
         self.output = nn.Linear(width, 1)
-        _init_normal(self.head, config.init_std)
-        _init_normal(self.output, config.init_std)
+        initialise_weights(self.head, config.init, config.init_std)
+        initialise_weights(self.output, config.init, config.init_std)
         self.freeze()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -53,4 +53,7 @@ class FOREC(nn.Module):
     def fork(self, nmf_state: dict[str, torch.Tensor]) -> None:
         """Copies the forked network's weights (an NMF state dict) and re-applies the freezing."""
         self.base.load_state_dict(nmf_state)
+        if self.config.output_from_base:
+            self.output.weight.copy_(nmf_state["output.weight"])
+            self.output.bias.copy_(nmf_state["output.bias"])
         self.freeze()

@@ -16,6 +16,13 @@ from torch import nn
 from xmfast.models.settings import GMFConfig, MLPConfig, NMFConfig
 
 
+def initialise_weights(module: nn.Module, init: str, std: float) -> None:
+    """`init` "normal": every embedding and linear weight of `module` from N(0, std²), biases
+    zero; "pytorch": left as PyTorch's constructors drew them (see :data:`settings.Init`)."""
+    if init == "normal":
+        _init_normal(module, std)
+
+
 def _init_normal(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Embedding, nn.Linear)):
@@ -31,7 +38,7 @@ class GMF(nn.Module):
         self.user_embedding = nn.Embedding(n_users, config.embedding_dim)
         self.item_embedding = nn.Embedding(n_items, config.embedding_dim)
         self.output = nn.Linear(config.embedding_dim, 1)
-        _init_normal(self, config.init_std)
+        initialise_weights(self, config.init, config.init_std)
 
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.user_embedding(users) * self.item_embedding(items)
@@ -51,13 +58,23 @@ class MLP(nn.Module):
             tower += [nn.Linear(width_in, width_out), nn.ReLU()]
         self.tower = nn.Sequential(*tower)
         self.output = nn.Linear(config.layers[-1], 1)
-        _init_normal(self, config.init_std)
+        initialise_weights(self, config.init, config.init_std)
 
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.tower(torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(users, items)).squeeze(-1)
+
+
+@torch.no_grad()
+def embeddings_from_gmf(mlp: MLP, gmf: GMF) -> None:
+    """FOREC's MLP initialisation: the user and item embeddings of a trained GMF."""
+    if gmf.config.embedding_dim != mlp.config.embedding_dim:
+        raise ValueError(f"the GMF run's embedding_dim {gmf.config.embedding_dim} is not the MLP's "
+                         f"{mlp.config.embedding_dim} (layers[0] // 2)")
+    mlp.user_embedding.weight.copy_(gmf.user_embedding.weight)
+    mlp.item_embedding.weight.copy_(gmf.item_embedding.weight)
 
 
 class NMF(nn.Module):
@@ -68,7 +85,7 @@ class NMF(nn.Module):
         self.mlp = MLP(n_users, n_items, config.mlp)
         # The branches' own heads are unused inside NMF; they stay so the branches load as is.
         self.output = nn.Linear(config.mlp.layers[-1] + config.gmf.embedding_dim, 1)
-        _init_normal(self.output, config.gmf.init_std)
+        initialise_weights(self.output, config.gmf.init, config.gmf.init_std)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         joined = torch.cat([self.mlp.features(users, items), self.gmf.features(users, items)], dim=-1)
@@ -77,14 +94,18 @@ class NMF(nn.Module):
     @torch.no_grad()
     def load_pretrained(self, gmf: GMF, mlp: MLP) -> None:
         """FOREC's initialisation: both branches copied, the output layer = [alpha · MLP head,
-        (1 - alpha) · GMF head], its bias the same mix of the two biases."""
+        (1 - alpha) · GMF head], its bias the same mix of the two biases. Without
+        `copy_tower_bias` the MLP tower's biases keep their own initialisation (FOREC's code)."""
         if gmf.config != self.config.gmf or mlp.config != self.config.mlp:
             raise ValueError(
                 f"pretrained branches do not match NMF's configuration (gmf {gmf.config} vs {self.config.gmf}, "
                 f"mlp {mlp.config} vs {self.config.mlp})"
             )
         self.gmf.load_state_dict(gmf.state_dict())
+        own = {k: v.clone() for k, v in self.mlp.tower.state_dict().items() if k.endswith("bias")}
         self.mlp.load_state_dict(mlp.state_dict())
+        if not self.config.copy_tower_bias:
+            self.mlp.tower.load_state_dict(own, strict=False)
         a = self.config.alpha
         self.output.weight.copy_(torch.cat([a * mlp.output.weight, (1 - a) * gmf.output.weight], dim=-1))
         self.output.bias.copy_(a * mlp.output.bias + (1 - a) * gmf.output.bias)

@@ -12,9 +12,11 @@ from typing import Any, Literal
 
 from xmfast.errors import XmfastError, check_int
 from xmfast.evaluation import EvalConfig
+from xmfast.models.settings import added
 
 Augmentation = Literal["full", "selected"]
 Sampling = Literal["concat", "equal"]
+EpochLength = Literal["target", "largest"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,22 @@ class TrainConfig:
     # loss, backward, Adam): a step of these small models is otherwise ~100 tiny kernel launches.
     cuda_graphs: bool = True
     eval_batch: int = 4096  # validation queries scored at once
+    # A named bundle of settings the model declares (Model.recipes): "xmfast" (the defaults) or,
+    # for the FOREC family and ACMR, "original" (their code's training choices). Settings given
+    # explicitly override the recipe's.
+    recipe: str = added("xmfast")
+    # Draw the training negatives anew every epoch. False: drawn once and reused every epoch, as
+    # FOREC's and ACMR's code do (an epoch then shows the model the same negatives again).
+    resample_negatives: bool = added(True)
+    # With equal sampling and in MAML: an epoch is one pass over the target's instances (cycling
+    # smaller sources), or over the largest market's (cycling the target), as FOREC's code does.
+    epoch_length: EpochLength = added("target")
+    # Which checkpoint of the runs this one starts from (NMF's branches, MAML's NMF, a fine-tuned
+    # run's base): best (validation) or last. FOREC's code keeps only the last.
+    start_checkpoint: Literal["best", "last"] = added("best")
+    # Early stopping counts epochs since the last improvement; False counts every epoch without
+    # improvement since the start (ACMR's code never resets its patience counter).
+    patience_reset: bool = added(True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -60,8 +78,10 @@ class TrainConfig:
             raise XmfastError(f"augmentation must be full or selected, got {self.augmentation!r}")
         if self.sampling not in ("concat", "equal"):
             raise XmfastError(f"sampling must be concat or equal, got {self.sampling!r}")
-        if self.select not in ("best", "last"):
-            raise XmfastError(f"select must be best or last, got {self.select!r}")
+        for name, allowed in (("select", ("best", "last")), ("start_checkpoint", ("best", "last")),
+                              ("epoch_length", ("target", "largest"))):
+            if getattr(self, name) not in allowed:
+                raise XmfastError(f"{name} must be {' or '.join(allowed)}, got {getattr(self, name)!r}")
         if self.lr is not None and not self.lr > 0:
             raise XmfastError(f"lr must be positive, got {self.lr}")
         if self.l2 < 0:

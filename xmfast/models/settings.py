@@ -7,9 +7,23 @@ from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from xmfast.errors import XmfastError
+
+# How a network's weights start. "normal": every embedding and linear weight from N(0, init_std²),
+# biases zero (xmfast's choice, NCF's). "pytorch": PyTorch's own defaults, N(0, 1) embeddings and
+# Kaiming-uniform linear layers, which is what FOREC's code trains (its init_weight does nothing).
+Init = Literal["normal", "pytorch"]
+INITS = ("normal", "pytorch")
+
+
+def added(default: Any) -> Any:
+    """A setting added after runs of its model were made: at its default it behaves as before it
+    existed, so an experiment's stage keys leave it out (see :func:`xmfast.runs.key_plain`) and
+    finished stages stay valid."""
+    return field(default=default, metadata={"added": True})
 
 
 def _positive(name: str, value: int) -> None:
@@ -17,15 +31,22 @@ def _positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be positive, got {value}")
 
 
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be {' or '.join(INITS)}, got {init!r}")
+
+
 @dataclass(frozen=True)
 class GMFConfig:
     """Generalised matrix factorisation: logit = w · (p_u ⊙ q_i) + b."""
 
     embedding_dim: int = 8
-    init_std: float = 0.01  # FOREC (after NCF's PyTorch port) draws every weight from N(0, 0.01²)
+    init: Init = added("normal")
+    init_std: float = 0.01  # the std of init "normal"
 
     def __post_init__(self) -> None:
         _positive("embedding_dim", self.embedding_dim)
+        _check_init(self.init)
 
 
 @dataclass(frozen=True)
@@ -34,9 +55,14 @@ class MLPConfig:
     that concatenation, so each embedding has `layers[0] // 2` dimensions."""
 
     layers: tuple[int, ...] = (16, 64, 32, 16, 8)
+    init: Init = added("normal")
     init_std: float = 0.01
+    # Start the user and item embeddings from a trained GMF run's (FOREC's code does; its GMF
+    # must then have embedding_dim = layers[0] // 2).
+    from_gmf: bool = added(False)
 
     def __post_init__(self) -> None:
+        _check_init(self.init)
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if len(self.layers) < 2 or any(x <= 0 for x in self.layers):
             raise ValueError(f"mlp layers must be at least two positive widths, got {list(self.layers)}")
@@ -59,6 +85,9 @@ class NMFConfig:
     mlp: MLPConfig = MLPConfig()
     pretrained: bool = True
     alpha: float = 0.5
+    # With `pretrained`, copy the MLP tower's biases along with its weights. FOREC's code copies
+    # the weights only, so its tower biases restart from their initialisation.
+    copy_tower_bias: bool = added(True)
 
     def __post_init__(self) -> None:
         if isinstance(self.gmf, dict):
@@ -74,9 +103,15 @@ class FORECConfig:
     nmf: NMFConfig = NMFConfig()
     unfreeze: int = 3  # last fully-connected layers of the forked tower that stay trainable
     head: tuple[int, ...] = (16, 32, 16)  # widths of the market head's hidden layers
+    init: Init = added("normal")  # of the market head (the forked NMF comes from its run)
     init_std: float = 0.01
+    # The new output layer starts from the forked NMF's output layer, as in FOREC's code (which
+    # loads the NMF checkpoint into the head model non-strictly; the two output layers have the
+    # same shape when the last head width is the NMF's joined width).
+    output_from_base: bool = added(False)
 
     def __post_init__(self) -> None:
+        _check_init(self.init)
         if isinstance(self.nmf, dict):
             object.__setattr__(self, "nmf", NMFConfig(**self.nmf))
         object.__setattr__(self, "head", tuple(int(x) for x in self.head))
@@ -85,6 +120,10 @@ class FORECConfig:
             raise ValueError(f"unfreeze must be between 0 and the tower's {tower} layers, got {self.unfreeze}")
         if any(x <= 0 for x in self.head):
             raise ValueError(f"head widths must be positive, got {list(self.head)}")
+        joined = self.nmf.mlp.layers[-1] + self.nmf.gmf.embedding_dim
+        if self.output_from_base and (self.head[-1] if self.head else joined) != joined:
+            raise ValueError(f"output_from_base needs the head's last width to be the NMF's joined width {joined}, "
+                             f"got head {list(self.head)}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +146,9 @@ class ACMRConfig:
     # Training batches are sorted by history length within windows of this many batches (then the
     # window's batches are shuffled), so a batch is cut to a short width; 0 turns it off.
     bucket_batches: int = 64
+    # A LayerNorm and dropout on the sum of item and market embeddings before the first block, as
+    # the original code's BERTEmbedding has.
+    embedding_norm: bool = added(False)
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.heads:
@@ -131,6 +173,11 @@ class MAMLConfig:
     # Adaptation steps on a validation batch before testing, as FOREC's evaluation did; 0 (the
     # default) evaluates the meta-learned weights as they are.
     test_adaptation_steps: int = 0
+    # What the test-time adaptation adapts on. 0: every validation user's held-out item (label 1)
+    # with the first `negatives` of its candidates (label 0). n: n instances drawn at random
+    # (seeded by the run's seed) from all the validation candidates, the held-out item labelled
+    # 1 — FOREC's code adapts on one shuffled batch of `shots` (20) such instances.
+    test_adaptation_batch: int = added(0)
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1:
@@ -139,6 +186,8 @@ class MAMLConfig:
             raise XmfastError(f"inner_lr must be positive, got {self.inner_lr}")
         if self.test_adaptation_steps < 0:
             raise XmfastError(f"test_adaptation_steps must be 0 or more, got {self.test_adaptation_steps}")
+        if self.test_adaptation_batch < 0:
+            raise XmfastError(f"test_adaptation_batch must be 0 or more, got {self.test_adaptation_batch}")
 
 
 @dataclass(frozen=True)

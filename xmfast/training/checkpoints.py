@@ -31,10 +31,13 @@ class EarlyStopping:
     best_epoch: int = 0
     stale: int = 0
 
-    def update(self, epoch: int, value: float) -> bool:
-        """Records an epoch's value; True when it is a new best."""
+    def update(self, epoch: int, value: float, *, reset: bool = True) -> bool:
+        """Records an epoch's value; True when it is a new best. Without `reset` a new best does
+        not zero `stale`, which then counts every epoch without improvement (ACMR's code)."""
         if value > self.best_value:
-            self.best_value, self.best_epoch, self.stale = value, epoch, 0
+            self.best_value, self.best_epoch = value, epoch
+            if reset:
+                self.stale = 0
             return True
         self.stale += 1
         return False
@@ -135,12 +138,14 @@ def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, *, load
 @dataclass
 class StartingRun:
     """A finished run a new one starts from, as a model's :meth:`~xmfast.models.Model.initialise`
-    receives it: its `run`, `model` name and `config`, its selected weights (``best.pt``, read as
-    untrusted input) and :meth:`module`, its network built for `sizes` with those weights."""
+    receives it: its `run`, `model` name and `config`, its weights (``best.pt``, or ``last.pt``
+    when `checkpoint` is last; read as untrusted input) and :meth:`module`, its network built for
+    `sizes` with those weights."""
 
     run: Run
     sizes: Sizes
     device: Any = "cpu"
+    checkpoint: str = "best"  # best or last (TrainConfig.start_checkpoint)
 
     @property
     def model(self) -> str:
@@ -152,7 +157,7 @@ class StartingRun:
 
     @property
     def path(self) -> Path:
-        return self.run.best_checkpoint
+        return self.run.last_checkpoint if self.checkpoint == "last" else self.run.best_checkpoint
 
     @property
     def weights(self) -> dict[str, Any]:
@@ -166,10 +171,11 @@ class StartingRun:
         return module.to(self.device)
 
 
-def initialise(model: Model, module: nn.Module, runs: dict[str, Run], config: Any, sizes: Sizes, device: Any) -> None:
-    """`model.initialise` with the starting runs; weights that do not fit are one error naming
-    the checkpoints."""
-    starting = {slot: StartingRun(run, sizes, device) for slot, run in runs.items()}
+def initialise(model: Model, module: nn.Module, runs: dict[str, Run], config: Any, sizes: Sizes, device: Any,
+               checkpoint: str = "best") -> None:
+    """`model.initialise` with the starting runs (their `checkpoint`, best or last); weights that
+    do not fit are one error naming the checkpoints."""
+    starting = {slot: StartingRun(run, sizes, device, checkpoint) for slot, run in runs.items()}
     try:
         model.initialise(module, starting, config)
     except (RuntimeError, ValueError) as e:

@@ -234,7 +234,8 @@ class Trainer:
         self.pretrained: dict[str, dict[str, Any]] = run.info.get("pretrained_runs") or {
             name: pretrained_record(r) for name, r in (pretrained or {}).items()}
         if pretrained:
-            initialise(spec, self.model, pretrained, model_config, self.sizes, self.device)
+            initialise(spec, self.model, pretrained, model_config, self.sizes, self.device,
+                       checkpoint=config.start_checkpoint)
         # bce trains on shuffled (key, item) instances; the other objectives on whole rows
         self.pointwise = spec.objective == "bce"
         self.use_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1 and self.pointwise
@@ -256,9 +257,14 @@ class Trainer:
         self.epoch = 0  # epochs finished
 
     # ---- one epoch -----------------------------------------------------------------------------
+    def _sample_negatives(self, epoch: int) -> None:
+        """This epoch's negatives into `_negatives`: drawn for (seed, epoch), or with
+        ``resample_negatives`` off the first epoch's draw every time."""
+        self.sampler.sample_into(self._negatives, epoch if self.config.resample_negatives else 1)
+
     def _instances(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Users, items, labels and market of this epoch's instances: each row, then its negatives."""
-        self.sampler.sample_into(self._negatives, epoch)
+        self._sample_negatives(epoch)
         k = self.config.negatives
         negatives = torch.from_numpy(self._negatives[self._rows].astype(np.int64)).to(self.device)
         users = torch.cat([self._group, self._group.repeat_interleave(k)])
@@ -286,14 +292,21 @@ class Trainer:
         if self.config.sampling == "concat" or len(self.rows.markets) == 1:
             return list(torch.randperm(n, generator=gen).split(size))
         per_market = self._shuffled_by_market(market, gen)
-        target_batches = list(per_market[0].split(size))
-        streams = [target_batches]
-        for idx in per_market[1:]:
+        steps = self._epoch_steps(per_market, size)
+        streams = []
+        for idx in per_market:
             if idx.numel() == 0:
                 continue
             own = list(idx.split(size))
-            streams.append([own[b % len(own)] for b in range(len(target_batches))])
-        return [stream[b] for b in range(len(target_batches)) for stream in streams]
+            streams.append([own[b % len(own)] for b in range(steps)])
+        return [stream[b] for b in range(steps) for stream in streams]
+
+    def _epoch_steps(self, per_market: list[torch.Tensor], size: int) -> int:
+        """Batches per market in an epoch of alternating markets: those of the target's instances
+        or, with ``epoch_length`` largest, of the largest market's (smaller ones cycle)."""
+        counts = [idx.shape[0] for idx in per_market]
+        n = max(counts) if self.config.epoch_length == "largest" else counts[0]
+        return max(1, -(-n // size))
 
     def _shuffled_by_market(self, market: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         """Each market's instance indices (CPU), in an order drawn from `gen`; target first."""
@@ -317,7 +330,7 @@ class Trainer:
     def _row_batches(self, epoch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """This epoch's negatives per training row (rows × k, on the device) and its batches of
         row indices, shuffled and (with ``equal`` sampling) alternated by market like instances."""
-        self.sampler.sample_into(self._negatives, epoch)
+        self._sample_negatives(epoch)
         negatives = torch.from_numpy(self._negatives[self._rows].astype(np.int64)).to(self.device)
         return negatives, self._batches(epoch, self._market)
 
@@ -536,7 +549,7 @@ class Trainer:
                     self.run.save_info(status="interrupted")
                 raise
             valid = self.validate() if self.world == 1 else distributed.on_main(self.validate)
-            improved = self.stopping.update(epoch, valid[self.config.monitor])
+            improved = self.stopping.update(epoch, valid[self.config.monitor], reset=self.config.patience_reset)
             self.epoch = epoch
             ran_now += 1
             record = {

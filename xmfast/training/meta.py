@@ -54,7 +54,7 @@ class MAMLTrainer(Trainer):
         gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         per_market = [idx.to(self.device) for idx in self._shuffled_by_market(market, gen)]
         size = self.config.batch_size
-        steps = max(1, -(-per_market[0].shape[0] // (2 * size)))
+        steps = self._epoch_steps(per_market, 2 * size)
         self.observer.on_epoch_start(epoch, steps)
         self.model.train()
         return users, items, labels, per_market, steps, torch.arange(2 * size, device=self.device)
@@ -116,7 +116,8 @@ class MAMLTrainer(Trainer):
     def _test_scorer(self, scorer: ModelScorer) -> ModelScorer:
         """With `test_adaptation_steps` (as FOREC's MAML evaluation did): the selected weights
         adapted on the target's validation interactions (each held-out item, label 1, and the
-        first `negatives` of its stored candidates, label 0) before scoring the test split.
+        first `negatives` of its stored candidates, label 0; or `test_adaptation_batch` of all
+        the candidate instances at random) before scoring the test split.
         Validation results are always those of the unadapted weights."""
         steps = self.model_config.maml.test_adaptation_steps
         if not steps:
@@ -124,11 +125,18 @@ class MAMLTrainer(Trainer):
         held = self.dataset.valid
         q = self.valid_groups
         k = self.config.negatives
-        candidates = torch.from_numpy(np.asarray(held.candidates)[q][:, : 1 + k].astype(np.int64))
+        shots = self.model_config.maml.test_adaptation_batch
+        # the held-out item is column 0 of the stored candidates
+        candidates = torch.from_numpy(np.asarray(held.candidates)[q][:, : None if shots else 1 + k].astype(np.int64))
         groups = torch.from_numpy(np.asarray(held.group)[q].astype(np.int64))
-        users = groups[:, None].expand_as(candidates).reshape(-1).to(self.device)
-        items = candidates.reshape(-1).to(self.device)
-        labels = torch.zeros(candidates.shape).index_fill_(1, torch.tensor([0]), 1.0).reshape(-1).to(self.device)
+        users = groups[:, None].expand_as(candidates).reshape(-1)
+        items = candidates.reshape(-1)
+        labels = torch.zeros(candidates.shape).index_fill_(1, torch.tensor([0]), 1.0).reshape(-1)
+        if shots:  # one random batch of `shots` validation instances, as FOREC's code adapts on
+            gen = torch.Generator().manual_seed(_epoch_seed(self.config.seed, 0))
+            pick = torch.randperm(items.shape[0], generator=gen)[:shots]
+            users, items, labels = users[pick], items[pick], labels[pick]
+        users, items, labels = users.to(self.device), items.to(self.device), labels.to(self.device)
         weights = {name: w.detach() for name, w in weights_of(self.model).items()}
         adapted = adapt(self.model, weights, users, items, labels, self.model_config.maml, steps=steps)
         model = copy.deepcopy(self.model)

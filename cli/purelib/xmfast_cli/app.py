@@ -224,6 +224,8 @@ def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = Non
 
 
 MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+RECIPE_HELP = ("xmfast (the defaults) or original: the original code's training choices (`xmfast models MODEL` "
+               "lists them; options given override them).")
 """Commands whose model's settings are options read from its configuration dataclass (after
 the model is known), not declared here: see xmfast.configs.parse_setting_options."""
 
@@ -748,6 +750,15 @@ def train(
     ] = None,
     monitor: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping and the best checkpoint.")] = None,
     select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP)] = None,
+    resample_negatives: Annotated[Optional[bool], typer.Option(
+        "--resample-negatives/--static-negatives", help="Draw the negatives anew every epoch (xmfast) or once (FOREC's and ACMR's code).")] = None,
+    epoch_length: Annotated[Optional[str], typer.Option(
+        help="With equal sampling and MAML: an epoch passes over the target's instances or the largest market's (FOREC's code).")] = None,
+    start_checkpoint: Annotated[Optional[str], typer.Option(
+        help="Checkpoint of the runs this one starts from (NMF's branches, MAML's NMF): best or last (FOREC's code).")] = None,
+    patience_reset: Annotated[Optional[bool], typer.Option(
+        "--patience-reset/--patience-total", help="Patience counts epochs since the last improvement, or all epochs without one (ACMR's code).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = None,
     resume: Annotated[
@@ -788,7 +799,9 @@ def train(
         raise XmfastError(f"{ctx.args[0]}: name the model (--model) whose setting this is")
     untrained = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--l2": l2, "--negatives": negatives,
                  "--patience": patience, "--monitor": monitor, "--select": select, "--amp": amp,
-                 "--augmentation": augmentation, "--sampling": sampling}
+                 "--augmentation": augmentation, "--sampling": sampling, "--resample-negatives": resample_negatives,
+                 "--epoch-length": epoch_length, "--start-checkpoint": start_checkpoint,
+                 "--patience-reset": patience_reset}
     given_training = next((o for o, v in untrained.items() if v is not None), None)
     if name and given_training and not get_model(name).trained:
         raise XmfastError(f"{given_training}: {get_model(name).name} has no training loop (it is fitted on the training "
@@ -800,7 +813,8 @@ def train(
             "sources": _split_list(sources) if sources is not None else None, "augmentation": augmentation,
             "sampling": sampling, "sources_in_full": sources_in_full, "epochs": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
             "negatives": negatives, "seed": seed, "patience": patience, "monitor": monitor, "select": select,
-            "device": device, "amp": amp,
+            "device": device, "amp": amp, "recipe": recipe, "resample_negatives": resample_negatives,
+            "epoch_length": epoch_length, "start_checkpoint": start_checkpoint, "patience_reset": patience_reset,
         },
         model_overrides=settings,
         source=str(config_file),
@@ -846,6 +860,9 @@ def finetune(
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (forec: 0.01; acmr: 0.001).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (forec: 1e-3; acmr: 1e-7).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience (forec: all epochs; acmr: 3).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (1024; FOREC's code: 20).")] = None,
+    select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head's initialisation, negatives and shuffling (42).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing fine-tuned runs.")] = False,
@@ -864,12 +881,14 @@ def finetune(
     settings, given = _model_options(spec, ctx, "finetune")
     if given:
         raise XmfastError(f"--{next(iter(given))}-run: a fine-tuned model starts from the RUN argument")
-    model_config = spec.config_from(settings) if settings else None
-    options = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "seed": seed, "device": device}
+    model_config = spec.config_from(settings, recipe) if settings or recipe else None
+    options = {"epochs": epochs, "lr": lr, "l2": l2, "patience": patience, "batch_size": batch_size, "select": select,
+               "recipe": recipe, "seed": seed, "device": device}
     config = spec.finetune_config(**{k: v for k, v in options.items() if v is not None})
     def interrupted() -> str:
         options = {"--model": spec.name, "--epochs": epochs, "--lr": lr, "--l2": l2, "--patience": patience,
-                   "--seed": seed, "--device": device}
+                   "--batch-size": batch_size, "--select": select, "--recipe": recipe, "--seed": seed,
+                   "--device": device}
         return _finetune_interrupted(run, out, _split_list(markets),
                                      [w for o, v in options.items() if v is not None for w in (o, v)] + list(ctx.args))
 
@@ -1014,6 +1033,21 @@ def models(
              "training defaults " + ", ".join(f"{k} = {v}" for k, v in model.train_defaults.items())
              if model.train_defaults else ""]
     console.print("; ".join(f for f in facts if f), highlight=False, markup=False)
+    for recipe, parts in model.recipes.items():
+        console.print(f"recipe {recipe} (--recipe {recipe}): " + "; ".join(
+            f"{part} " + ", ".join(f"{k} = {v}" for k, v in _flat(values)) for part, values in parts.items() if values),
+            highlight=False, markup=False, soft_wrap=True)
+
+
+def _flat(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as (dotted name, value) pairs."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((prefix + key, list(value) if isinstance(value, tuple) else value))
+    return out
 
 
 @command()

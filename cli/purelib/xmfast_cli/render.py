@@ -523,7 +523,10 @@ def model_settings_table(model) -> Grid:  # noqa: ANN001 - xmfast.models.Model
         option = short.get(s.path, s.option)
         import typing
 
-        hint = str(s.hint) if typing.get_origin(s.hint) else getattr(s.hint, "__name__", str(s.hint))
+        if typing.get_origin(s.hint) is typing.Literal:
+            hint = " | ".join(map(str, typing.get_args(s.hint)))
+        else:
+            hint = str(s.hint) if typing.get_origin(s.hint) else getattr(s.hint, "__name__", str(s.hint))
         default = ",".join(map(str, s.default)) if isinstance(s.default, tuple) else str(s.default)
         t.add_row(escape(option), escape(".".join(s.path)), escape(hint), escape(default))
     for slot, dep in model.starts_from.items():
