@@ -250,12 +250,13 @@ def find_pretrained(dataset: PreparedDataset, model: Model, model_config: Any, c
     return found
 
 
-def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
+def pretrained_record(run: Run, *, digest: bool = True, checkpoint: str = "best") -> dict[str, Any]:
     """What a run starts from, as its run.json records it (``pretrained_runs``) and the command
     prints it: the pretrained run's absolute path, model, seed, sources, selected epoch and the
-    blake2b digest of the checkpoint whose weights it takes (``best.pt``), which tells whether
-    that run was retrained since. With `digest` the checkpoint is read first (:func:`read_checkpoint`),
-    so an unsafe or damaged one is refused before :func:`run_info`'s new run directory exists."""
+    blake2b digest of the checkpoint whose weights it takes (``best.pt``, or ``last.pt`` for
+    `checkpoint` last), which tells whether that run was retrained since. With `digest` the
+    checkpoint is read first (:func:`read_checkpoint`), so an unsafe or damaged one is refused
+    before :func:`run_info`'s new run directory exists."""
     import json
 
     tc = run.info.get("train_config", {})
@@ -268,8 +269,10 @@ def pretrained_record(run: Run, *, digest: bool = True) -> dict[str, Any]:
     if digest:
         from xmfast._io import digest_file
 
-        read_checkpoint(run.best_checkpoint, run)
-        record["checkpoint_blake2b"] = digest_file(run.best_checkpoint)
+        path = run.last_checkpoint if checkpoint == "last" else run.best_checkpoint
+        read_checkpoint(path, run)
+        record["checkpoint"] = path.name
+        record["checkpoint_blake2b"] = digest_file(path)
     return record
 
 
@@ -281,7 +284,7 @@ def describe_pretrained(record: dict[str, Any]) -> str:
     if record.get("selected_epoch") is not None:
         text += f", selected epoch {record['selected_epoch']}"
     if record.get("checkpoint_blake2b"):
-        text += f", best.pt {record['checkpoint_blake2b'][:12]}"
+        text += f", {record.get('checkpoint', 'best.pt')} {record['checkpoint_blake2b'][:12]}"
     return text + ")"
 
 

@@ -13,7 +13,7 @@ import torch
 from xmfast import core
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError, spelled
-from xmfast.models import Model, Sizes, config_from_dict, get_model
+from xmfast.models import Model, Sizes, config_from_dict, get_model, with_recipe
 from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, scores_origin, to_plain
 from xmfast.training import distributed
@@ -74,14 +74,15 @@ def run_info(dataset: PreparedDataset, spec: Model, model_config: Any, config: T
     return {
         "model": spec.name,
         # the table name, fixed now: a report reads it even where the model is not installed
-        "label": spec.label(sources=bool(sources), fine_tuned="base" in (pretrained or {})),
+        "label": with_recipe(spec.label(sources=bool(sources), fine_tuned="base" in (pretrained or {})), config.recipe),
         "model_config": to_plain(model_config),
         "train_config": to_plain(replace(config, sources=resolve_sources(dataset, config.sources))),
         "dataset": {"path": str(Path(dataset.path).resolve()) if dataset.path else None,
                     "fingerprint": dataset.fingerprint, "protocol": dataset.protocol},
         "target": dataset.target,
         "pretrained": {name: str(r.path.resolve()) for name, r in (pretrained or {}).items()},
-        "pretrained_runs": {name: pretrained_record(r) for name, r in (pretrained or {}).items()},
+        "pretrained_runs": {name: pretrained_record(r, checkpoint=config.start_checkpoint)
+                            for name, r in (pretrained or {}).items()},
         "versions": {"xmfast": core.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "status": "created",
     }

@@ -232,7 +232,7 @@ class Trainer:
         spec.attach(self.model, self.train_data, self.rows.rows)
         # What the run starts from, as recorded when it was created (runs of older versions: as now).
         self.pretrained: dict[str, dict[str, Any]] = run.info.get("pretrained_runs") or {
-            name: pretrained_record(r) for name, r in (pretrained or {}).items()}
+            name: pretrained_record(r, checkpoint=config.start_checkpoint) for name, r in (pretrained or {}).items()}
         if pretrained:
             initialise(spec, self.model, pretrained, model_config, self.sizes, self.device,
                        checkpoint=config.start_checkpoint)
