@@ -287,7 +287,7 @@ def test_cli_recipe_option_and_models_listing(sample: PreparedDataset, tmp_path:
     runner = CliRunner()
     out = tmp_path / "gmf"
     result = runner.invoke(app, ["train", str(sample.path), "-m", "gmf", "-o", str(out), "--recipe", "original",
-                                 "--epochs", "1", "--resample-negatives"])
+                                 "--epochs", "1", "--fresh-negatives"])
     assert result.exit_code == 0, result.output
     info = Run.open(out).info
     assert info["train_config"]["recipe"] == "original" and info["train_config"]["resample_negatives"] is True

@@ -743,7 +743,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Instances per batch (rows per batch for the bpr, softmax and own objectives; FOREC: 1024).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: the model's own, e.g. 0.005 GMF, 0.01 MLP/NMF).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="Adam weight decay (FOREC: 1e-7).")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="Training negatives per positive, resampled every epoch.")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Training negatives per positive (see --static-negatives).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, negatives and shuffling.")] = None,
     patience: Annotated[
         Optional[int], typer.Option(help="Stop after this many epochs without improvement (default: train all epochs).")
@@ -752,7 +752,7 @@ def train(
     select: Annotated[Optional[str], typer.Option(help="Checkpoint the final results use: best (validation) or last.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP)] = None,
     resample_negatives: Annotated[Optional[bool], typer.Option(
-        "--resample-negatives/--static-negatives", help="Draw the negatives anew every epoch (xmfast) or once (FOREC's and ACMR's code).")] = None,
+        "--fresh-negatives/--static-negatives", help="Draw the training negatives anew every epoch (xmfast) or once (FOREC's and ACMR's code).")] = None,
     epoch_length: Annotated[Optional[str], typer.Option(
         help="With equal sampling and MAML: an epoch passes over the target's instances or the largest market's (FOREC's code).")] = None,
     start_checkpoint: Annotated[Optional[str], typer.Option(
@@ -799,7 +799,7 @@ def train(
         raise XmfastError(f"{ctx.args[0]}: name the model (--model) whose setting this is")
     untrained = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--l2": l2, "--negatives": negatives,
                  "--patience": patience, "--monitor": monitor, "--select": select, "--amp": amp,
-                 "--augmentation": augmentation, "--sampling": sampling, "--resample-negatives": resample_negatives,
+                 "--augmentation": augmentation, "--sampling": sampling, "--fresh-negatives": resample_negatives,
                  "--epoch-length": epoch_length, "--start-checkpoint": start_checkpoint,
                  "--patience-reset": patience_reset}
     given_training = next((o for o, v in untrained.items() if v is not None), None)
