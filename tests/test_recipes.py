@@ -297,3 +297,25 @@ def test_cli_recipe_option_and_models_listing(sample: PreparedDataset, tmp_path:
     assert not (tmp_path / "x").exists()
     listing = runner.invoke(app, ["models", "mlp"])
     assert "recipe original (--recipe original):" in listing.output and "from_gmf = True" in listing.output
+
+
+def test_the_loop_stops_where_a_never_reset_patience_counter_says(sample: PreparedDataset, tmp_path: Path) -> None:
+    """With patience_reset off, training stops once `patience` epochs in all failed to improve,
+    computed here by hand from the run's own validation log."""
+    config = replace(FAST, epochs=12, patience=5, patience_reset=False, batch_size=512)
+    result = train(sample, tmp_path / "total", "gmf", config=config)
+    reset = train(sample, tmp_path / "reset", "gmf", config=replace(config, patience_reset=True))
+    assert result is not None and reset is not None
+    values = [r["valid"]["ndcg@10"] for r in reset.run.read_metrics()]
+    best, misses, stop = -math.inf, 0, len(values)
+    for epoch, v in enumerate(values, 1):
+        if v > best:
+            best = v
+        else:
+            misses += 1
+        if misses >= 5:
+            stop = epoch
+            break
+    assert result.epochs_run == stop and result.stopped_early
+    # this seed's curve dips, recovers and dips again: a reset counter never reaches 5
+    assert reset.epochs_run > stop
