@@ -261,7 +261,8 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
     counts = {}
-    for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr", "acmr-shortcut"):
+    for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr", "acmr-shortcut", "forec-original",
+                 "forec-xmfast"):
         p = plan(read_experiment(root / "experiments" / f"{name}.toml"))
         counts[name] = len(p.stages)
         assert p.stages[0].kind == "prepare"
@@ -277,6 +278,16 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     assert all(s.settings["model_config"]["leave_out_own_item"] is False for s in shortcut.stages if s.kind != "prepare")
     # pairwise: 7 targets × (dataset + 3 seeds × (pop, gmf, mlp, nmf + 6 sources × 5))
     assert counts["forec-pairwise"] == 7 * (1 + 3 * (4 + 6 * 5))
+    # the recipes: jp, in, mx × (dataset + 3 seeds × (gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, forec [+ pop, cooc]))
+    assert counts["forec-original"] == 3 * (1 + 3 * 8) and counts["forec-xmfast"] == 3 * (1 + 3 * 10)
+    original = plan(read_experiment(root / "experiments" / "forec-original.toml"))
+    trained = [s for s in original.stages if s.kind != "prepare"]
+    assert all(s.settings["train_config"]["recipe"] == "original" for s in trained)
+    assert deps_of(original, "jp/single/s1/mlp") == {"jp/dataset", "jp/single/s1/gmf"}  # MLP from GMF
+    forec = original.by_id()["jp/src-de/s1/forec"].settings
+    assert forec["train_config"]["batch_size"] == 20 and forec["model_config"]["output_from_base"] is True
+    xm = plan(read_experiment(root / "experiments" / "forec-xmfast.toml"))
+    assert all("recipe" not in s.settings.get("train_config", {}) for s in xm.stages)
 
 
 def test_run_refuses_torchrun(sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,3 +296,32 @@ def test_run_refuses_torchrun(sample_dir: Path, tmp_path: Path, monkeypatch: pyt
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "without torchrun" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_another_process_finished_meanwhile_is_not_run_again(sample_dir: Path, tmp_path: Path) -> None:
+    """Two `xmfast run`s of one experiment (say one per target): a stage the other process
+    finished after this one made its plan is taken as cached, not trained again over the run
+    a later stage of the other process may be reading."""
+    from xmfast import experiment
+
+    out = tmp_path / "out"
+    body = 'targets = ["in"]\nmodels = ["gmf", "mlp"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 1\n'
+    p = plan(read_experiment(write_experiment(tmp_path / "e.toml", sample_dir, out, body)))
+    started: list[str] = []
+
+    class Other(experiment.ExperimentObserver):
+        def on_stage_start(self, stage, action, index, total) -> None:
+            started.append(stage.id)
+            if stage.id == "in/single/s1/gmf":  # meanwhile the other process finishes mlp
+                other = plan(read_experiment(tmp_path / "e.toml"))
+                mlp = other.by_id()["in/single/s1/mlp"]
+                experiment._execute(other.experiment, mlp, "run", other.by_id(), None, None)
+                experiment.write_json_atomic(experiment._ledger_path(other.experiment, mlp),
+                                             {"id": mlp.id, "key": mlp.key, "status": "finished"})
+
+    order = [s.id for s in p.stages]
+    assert order.index("in/single/s1/gmf") < order.index("in/single/s1/mlp")
+    result = run_experiment(p, observer=Other())
+    assert "in/single/s1/mlp" not in started and "in/single/s1/mlp" not in result.executed
+    assert result.actions["in/single/s1/mlp"] == "cached"
+    assert (out / "in/single/s1/mlp/results.json").is_file()

@@ -481,17 +481,17 @@ def _resumable(stage: Stage) -> bool:
 def stage_actions(p: Plan) -> dict[str, Action]:
     """What executing the plan would do with each stage: nothing (cached: made with the same
     key and complete), continue it (resume) or run it from scratch."""
-    actions: dict[str, Action] = {}
-    for stage in p.stages:
-        ledger = _read_ledger(p.experiment, stage)
-        same = ledger.get("key") == stage.key
-        if same and ledger.get("status") == "finished" and _complete(stage):
-            actions[stage.id] = "cached"
-        elif same and ledger.get("status") == "started" and _resumable(stage) and not _complete(stage):
-            actions[stage.id] = "resume"
-        else:
-            actions[stage.id] = "run"
-    return actions
+    return {stage.id: _stage_action(p.experiment, stage) for stage in p.stages}
+
+
+def _stage_action(exp: Experiment, stage: Stage) -> Action:
+    ledger = _read_ledger(exp, stage)
+    same = ledger.get("key") == stage.key
+    if same and ledger.get("status") == "finished" and _complete(stage):
+        return "cached"
+    if same and ledger.get("status") == "started" and _resumable(stage) and not _complete(stage):
+        return "resume"
+    return "run"
 
 
 class ExperimentObserver:
@@ -545,6 +545,12 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     todo = [s for s in p.stages if actions[s.id] != "cached"]
     seconds: dict[str, float] = {}
     for n, stage in enumerate(todo, 1):
+        # Looked at again now: another process running the same experiment (a second `xmfast
+        # run`, another target's) may have finished this stage since the plan was made, and
+        # running it again would rewrite a run that a later stage of that process may be reading.
+        if _stage_action(p.experiment, stage) == "cached":
+            actions[stage.id] = "cached"
+            continue
         observer.on_stage_start(stage, actions[stage.id], n, len(todo))
         t0 = time.perf_counter()
         write_json_atomic(_ledger_path(p.experiment, stage), {"id": stage.id, "key": stage.key, "status": "started"})
