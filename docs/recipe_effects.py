@@ -106,6 +106,8 @@ def train_variant(choice: Choice, target: str, seed: int, model: str | None = No
         return out
     dataset = PreparedDataset.load(XMFAST / target / "dataset")
     pretrained = {slot: Path(p) for slot, p in info["pretrained"].items()}
+    for slot, dep in spec.requires(model_config).items():  # a run the variant starts from and the base did not
+        pretrained.setdefault(slot, run_dir(XMFAST, target, dep + ("++" if model.endswith("++") else ""), seed))
     if choice.branches_too:
         pretrained = {slot: train_variant(choice, target, seed, Path(p).name) for slot, p in pretrained.items()}
     train(dataset, out, name, model_config, config, pretrained=pretrained, overwrite=True)
