@@ -600,19 +600,20 @@ def _record(exp: Experiment, stage: Stage, status: str, seconds: float | None = 
 
 def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Stage], train_observer: Any,
              stop_after: int | None) -> bool:
-    from xmfast import training
-    from xmfast.dataset import PreparedDataset
-    from xmfast.models import config_from_dict
-    from xmfast.prepare import KCore, PrepareConfig
-    from xmfast.prepare import prepare as run_prepare
+    if stage.kind == "prepare":  # without torch: a worker process that only prepares never imports it
+        from xmfast.prepare import KCore, PrepareConfig
+        from xmfast.prepare import prepare as run_prepare
 
-    if stage.kind == "prepare":
         values = dict(stage.settings["prepare"])
         for key in ("kcore", "reference_kcore"):
             values[key] = KCore(**values[key])
         config = PrepareConfig(**values)
         run_prepare(exp.data, stage.path, config, overwrite=True)
         return True
+    from xmfast import training
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models import config_from_dict
+
     if action == "resume":
         return training.resume(stage.result_path, observer=train_observer, stop_after=stop_after) is not None
     assert stage.model is not None
@@ -770,7 +771,7 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
         assert stage is not None
         try:
             message = w.conn.recv()
-        except (EOFError, OSError):
+        except Exception:  # EOF, or a message cut short: the worker is gone
             message = ("died",)
         if message[0] == "event":
             observer.on_stage_event(stage, message[1])
@@ -852,6 +853,7 @@ def _worker_main() -> None:
     parent = os.getppid()
 
     def orphaned() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C is for the main thread, see send
         while os.getppid() == parent:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGINT)
@@ -866,14 +868,15 @@ def _worker_main() -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     try:
-        import torch
-
         from xmfast import core
 
-        torch.set_num_threads(int(os.environ["XMFAST_WORKER_THREADS"]))
         while (task := conn.recv()) is not None:
             exp, stage, action, by_id, stop_after = task
             try:
+                if stage.kind != "prepare":  # (torch is imported on the first stage that trains)
+                    import torch
+
+                    torch.set_num_threads(int(os.environ["XMFAST_WORKER_THREADS"]))
                 finished = _execute(exp, stage, action, by_id, _Relay(send), stop_after)
             except (XmfastError, core.DataFormatError) as e:
                 send(("error", str(e)))

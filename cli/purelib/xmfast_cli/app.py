@@ -981,7 +981,7 @@ def run_experiment(
         show(plan_table(plan, actions))
         return
     again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
-                    *([] if report else ["--no-report"]))
+                    *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []))
     observer = ExperimentProgress() if jobs == 1 else StagesProgress()
     t0 = time.perf_counter()
     with _on_interrupt(lambda: observer.interrupted(again)), observer:
