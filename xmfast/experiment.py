@@ -686,7 +686,7 @@ class _Worker:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         # Its own session: a terminal's Ctrl-C goes to the parent, which stops the workers itself.
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], env=env, pass_fds=[theirs.fileno()],
-                                     start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         self.stage: Stage | None = None
         self.started = 0.0
@@ -738,8 +738,14 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
     among the workers (max(1, cores // jobs) each) and, with GPUs, each worker gets one in turn
     (CUDA_VISIBLE_DEVICES). Ctrl-C stops every running stage as a serial Ctrl-C would (resumable)
     before KeyboardInterrupt goes on; a stage's error stops the others and is raised."""
+    import os
     from multiprocessing.connection import wait
 
+    from xmfast.errors import argument
+
+    if os.name != "posix":  # pragma: no cover - workers are handed their socket as POSIX file descriptors
+        raise XmfastError(f"{argument('jobs', jobs)} needs a POSIX system (Linux, macOS); here run one stage at a "
+                          f"time ({argument('jobs', 1)})")
     exp = p.experiment
     by_id = p.by_id()
     height = _heights(p)
