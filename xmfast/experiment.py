@@ -795,11 +795,14 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
             stop(XmfastError(message[1]))
         elif message[0] == "crash":
             stop(RuntimeError(f"stage {stage.id} failed in its worker process:\n{message[1]}"))
-        elif message[0] == "died" and not w.stopped:
+        elif w.stopped:  # "interrupted", or gone: the stage is left resumable; its ledger says "started"
+            pass
+        elif message[0] == "interrupted":  # Ctrl-C that reached the worker alone: as if it reached us
+            stop(KeyboardInterrupt())
+        else:
             code = w.proc.wait()
             stop(XmfastError(f"stage {stage.id}: its worker process ended unexpectedly (exit status {code}); its "
                              f"output is left as a kill leaves it: run the experiment again to continue"))
-        # "interrupted" (or a stopped worker gone): the stage is left resumable; its ledger says "started"
 
     try:
         try:
@@ -817,7 +820,10 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                     _record(exp, ready, "started")
                     needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
                     idle.stage, idle.started = ready, time.perf_counter()
-                    idle.conn.send((exp, ready, actions[ready.id], needed, stop_after))
+                    try:
+                        idle.conn.send((exp, ready, actions[ready.id], needed, stop_after))
+                    except OSError:  # it died idle: its end of file, heard next, says so
+                        pass
                 busy = running()
                 if not busy:
                     break
