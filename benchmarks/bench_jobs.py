@@ -10,6 +10,7 @@ timings of metrics.jsonl and the ledger aside.
 Target: the quickstart grid at least 1.6× faster with `--jobs 2` on two CPU cores.
 
     python benchmarks/bench_jobs.py                                   # quickstart, --jobs 2, 2 rounds
+    python benchmarks/bench_jobs.py --seeds 1                         # the quickstart's models with one seed
     python benchmarks/bench_jobs.py --experiment FILE.toml --jobs 4 --repeat 3
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -59,17 +61,30 @@ def run(experiment: Path, out: Path, jobs: int) -> float:
     return seconds
 
 
+def with_seeds(experiment: Path, seeds: str, work: Path) -> Path:
+    """A copy of `experiment` in `work` with other seeds (and its data path made absolute)."""
+    text = experiment.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^seeds = .*$", f"seeds = [{seeds}]", text)
+    text = re.sub(r'(?m)^data = "([^"]*)"', lambda m: f'data = "{(experiment.parent / m[1]).resolve()}"', text)
+    copy = work / f"{experiment.stem}-seeds-{seeds.replace(',', '-')}.toml"
+    copy.write_text(text, encoding="utf-8")
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "quickstart.toml")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="rounds (one serial and one parallel run each)")
+    parser.add_argument("--seeds", help="run the experiment with these seeds instead (e.g. 1, or 1,2)")
     args = parser.parse_args()
 
     print_machine()
     load = OtherLoad()
     work = WORK / "jobs"
     work.mkdir(parents=True, exist_ok=True)
+    if args.seeds:
+        args.experiment = with_seeds(args.experiment, args.seeds, work)
     out = work / "out"
     times: dict[int, list[float]] = {1: [], args.jobs: []}
     for r in range(args.repeat):
