@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xmfast.errors import XmfastError
-from xmfast.experiment import _gpus, _heights, plan, read_experiment, run_experiment, stage_actions
+from xmfast.experiment import _gpus, _heights, _Worker, plan, read_experiment, run_experiment, stage_actions
 from xmfast_cli.app import app
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are started with POSIX file passing")
@@ -180,3 +180,20 @@ def test_gpus_are_dealt_from_those_visible_and_none_for_the_cpu(monkeypatch: pyt
     # the longest chain waiting on a stage goes first: dataset -> gmf -> nmf
     heights = _heights(plan(read_experiment(grid[0])))
     assert heights["in/dataset"] == 3 and heights["in/single/s1/gmf"] == 2 and heights["in/single/s1/pop"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="reads a worker's environment from /proc")
+def test_a_worker_gets_its_share_of_threads_and_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the parent's setting is the whole machine's, not a worker's
+    worker = _Worker(3, "5")
+    try:
+        env = dict(entry.split("=", 1) for entry in
+                   Path(f"/proc/{worker.proc.pid}/environ").read_text().split("\0") if "=" in entry)
+        assert {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "XMFAST_WORKER_THREADS",
+                                    "CUDA_VISIBLE_DEVICES")} == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3",
+                                                                 "RAYON_NUM_THREADS": "3", "XMFAST_WORKER_THREADS": "3",
+                                                                 "CUDA_VISIBLE_DEVICES": "5"}
+        assert os.getpgid(worker.proc.pid) != os.getpgid(0)  # a terminal's Ctrl-C does not reach it
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0  # told to end (None), it ends cleanly
