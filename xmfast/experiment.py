@@ -548,7 +548,9 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     a re-run continues (an interrupted training resumes from its last checkpoint).
 
     `jobs` > 1 runs up to that many independent stages at once, each in a worker process
-    (:func:`_run_parallel`), with the same results on the CPU, bit for bit.
+    (:func:`_run_parallel`), with the results of a serial run on the CPU bit for bit when that
+    run has a worker's number of threads (max(1, cores // jobs)): some kernels (ACMR's) sum in
+    an order that depends on the thread count.
 
     `stop_after` ends the first executed training stage after that many epochs, as a crash
     would (with `jobs` > 1: every training stage running then); tests use it to check that a
