@@ -505,6 +505,29 @@ class ExperimentObserver:
         """A TrainObserver for the stage's epochs (None: silent)."""
         return None
 
+    def on_stage_event(self, stage: Stage, event: StageEvent) -> None:
+        """Progress of a stage running in a worker process (``jobs`` > 1), in place of the
+        training observer's hooks, which cannot cross into that process."""
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """A training hook of a stage running in a worker process, as plain data (it crosses a pipe).
+
+    ``start``: a training begins after epoch `epoch` of `epochs` (`monitor` is its validation
+    metric); ``epoch_start``: epoch `epoch` begins, `batches` long; ``batch``: `batches` of
+    epoch `epoch` done, running mean `loss` (sent a few times a second, not every step);
+    ``epoch_end``: `record` is the epoch's line of metrics.jsonl; ``message``: `text`."""
+
+    kind: Literal["start", "epoch_start", "batch", "epoch_end", "message"]
+    epoch: int = 0
+    epochs: int = 0
+    batches: int = 0
+    loss: float | None = None
+    monitor: str = ""
+    record: dict[str, Any] | None = None
+    text: str = ""
+
 
 @dataclass
 class ExperimentResult:
@@ -527,20 +550,29 @@ class ExperimentResult:
 
 
 def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
-                   stop_after: int | None = None) -> ExperimentResult:
+                   stop_after: int | None = None, jobs: int = 1) -> ExperimentResult:
     """Executes the stages that are not cached, in dependency order. Interrupting it is safe:
     a re-run continues (an interrupted training resumes from its last checkpoint).
 
+    `jobs` > 1 runs up to that many independent stages at once, each in a worker process
+    (:func:`_run_parallel`), with the results of a serial run on the CPU bit for bit when that
+    run has a worker's number of threads (max(1, cores // jobs)): some kernels (ACMR's) sum in
+    an order that depends on the thread count.
+
     `stop_after` ends the first executed training stage after that many epochs, as a crash
-    would; tests use it to check that a re-run continues."""
+    would (with `jobs` > 1: every training stage running then); tests use it to check that a
+    re-run continues."""
     from xmfast import outputs
     from xmfast._io import check_output
 
+    check_jobs(jobs)
     # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
     check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=[p.experiment.data])
     observer = observer or ExperimentObserver()
     actions = stage_actions(p)
     observer.on_plan(p, actions)
+    if jobs > 1:
+        return ExperimentResult(p, actions, _run_parallel(p, actions, observer, jobs, stop_after))
     by_id = p.by_id()
     todo = [s for s in p.stages if actions[s.id] != "cached"]
     seconds: dict[str, float] = {}
@@ -553,33 +585,50 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
             continue
         observer.on_stage_start(stage, actions[stage.id], n, len(todo))
         t0 = time.perf_counter()
-        write_json_atomic(_ledger_path(p.experiment, stage), {"id": stage.id, "key": stage.key, "status": "started"})
+        _record(p.experiment, stage, "started")
         finished = _execute(p.experiment, stage, actions[stage.id], by_id, observer.training_observer(stage),
                             stop_after)
         seconds[stage.id] = time.perf_counter() - t0
         if not finished:
             return ExperimentResult(p, actions, seconds)
-        write_json_atomic(_ledger_path(p.experiment, stage), {"id": stage.id, "key": stage.key, "status": "finished",
-                                                              "seconds": seconds[stage.id]})
+        _record(p.experiment, stage, "finished", seconds[stage.id])
         observer.on_stage_end(stage, seconds[stage.id])
     return ExperimentResult(p, actions, seconds)
 
 
+def check_jobs(jobs: int) -> None:
+    """Refuses a number of stages at once that is not a whole number of at least 1."""
+    from xmfast.errors import argument
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise XmfastError(f"{argument('jobs', None)} is the number of stages run at once: a whole number of at "
+                          f"least 1 (1 runs one stage at a time), got {jobs!r}")
+
+
+def _record(exp: Experiment, stage: Stage, status: str, seconds: float | None = None) -> None:
+    """The stage's ledger entry: "started" before it runs (a re-run resumes it), "finished" after."""
+    entry: dict[str, Any] = {"id": stage.id, "key": stage.key, "status": status}
+    if seconds is not None:
+        entry["seconds"] = seconds
+    write_json_atomic(_ledger_path(exp, stage), entry)
+
+
 def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Stage], train_observer: Any,
              stop_after: int | None) -> bool:
-    from xmfast import training
-    from xmfast.dataset import PreparedDataset
-    from xmfast.models import config_from_dict
-    from xmfast.prepare import KCore, PrepareConfig
-    from xmfast.prepare import prepare as run_prepare
+    if stage.kind == "prepare":  # without torch: a worker process that only prepares never imports it
+        from xmfast.prepare import KCore, PrepareConfig
+        from xmfast.prepare import prepare as run_prepare
 
-    if stage.kind == "prepare":
         values = dict(stage.settings["prepare"])
         for key in ("kcore", "reference_kcore"):
             values[key] = KCore(**values[key])
         config = PrepareConfig(**values)
         run_prepare(exp.data, stage.path, config, overwrite=True)
         return True
+    from xmfast import training
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models import config_from_dict
+
     if action == "resume":
         return training.resume(stage.result_path, observer=train_observer, stop_after=stop_after) is not None
     assert stage.model is not None
@@ -599,6 +648,312 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     return result is not None
 
 
+# ---- stages in parallel (run_experiment(jobs=N)) -----------------------------------------------------
+# Each worker is a `python -c` subprocess (not a multiprocessing pool) in a process group of its
+# own: a terminal's Ctrl-C reaches the parent alone, which stops every worker once, by name, and
+# waits for each to leave its stage resumable; a pool's workers would share the terminal's group
+# (interrupted mid-handshake, with tracebacks) and one dead worker breaks a whole pool. Workers
+# live for the whole run, so torch is imported once per worker, not once per stage.
+_WORKER_CODE = ("import json, os, sys; sys.path[:] = json.loads(os.environ['XMFAST_WORKER_PATH']); "
+                "from xmfast.experiment import _worker_main; _worker_main()")
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _gpus(device: str) -> list[str]:
+    """The GPUs workers take turns on: CUDA_VISIBLE_DEVICES's entries, else every GPU torch
+    sees; none for a CPU experiment or a device naming one GPU (`cuda:1`: all share it)."""
+    import os
+
+    if device not in ("auto", "cuda"):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class _Worker:
+    """A worker process (see :func:`_worker_main`) and its end of the socket between them."""
+
+    def __init__(self, threads: int, gpu: str | None) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+        from multiprocessing import Pipe
+
+        self.conn, theirs = Pipe(duplex=True)
+        env = {**os.environ, "XMFAST_WORKER_PATH": json.dumps(sys.path), "XMFAST_WORKER_FD": str(theirs.fileno()),
+               "XMFAST_WORKER_THREADS": str(threads)}
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+            env[var] = str(threads)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        # Its own session: a terminal's Ctrl-C goes to the parent, which stops the workers itself.
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], env=env, pass_fds=[theirs.fileno()],
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        theirs.close()
+        self.stage: Stage | None = None
+        self.started = 0.0
+        self.stopped = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C for the stage it runs (once: a second one could land in its cleanup)."""
+        import signal
+
+        if not self.stopped and self.proc.poll() is None:
+            self.stopped = True
+            self.proc.send_signal(signal.SIGINT)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Tells an idle worker to end and waits for it; one that does not is killed (as a kill
+        would leave it: resumable)."""
+        import subprocess
+
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+def _heights(p: Plan) -> dict[str, int]:
+    """Each stage's longest chain of stages that wait for it (itself included): among the stages
+    ready to start, the longest chain goes first, so the grid's critical path is not left last."""
+    waiting: dict[str, list[str]] = {s.id: [] for s in p.stages}
+    for s in p.stages:
+        for d in s.deps:
+            waiting[d].append(s.id)
+    height: dict[str, int] = {}
+    for s in reversed(p.stages):  # dependency order, reversed: every waiting stage is counted first
+        height[s.id] = 1 + max((height[w] for w in waiting[s.id]), default=0)
+    return height
+
+
+def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObserver, jobs: int,
+                  stop_after: int | None) -> dict[str, float]:
+    """Runs the stages to do on up to `jobs` worker processes, each stage as soon as every stage
+    it reads is finished. The parent alone writes the ledger; a worker writes only its stage's
+    output (distinct directories), under the same run lock as a serial run. Threads are divided
+    among the workers (max(1, cores // jobs) each) and, with GPUs, each worker gets one in turn
+    (CUDA_VISIBLE_DEVICES). Ctrl-C stops every running stage as a serial Ctrl-C would (resumable)
+    before KeyboardInterrupt goes on; a stage's error stops the others and is raised."""
+    import os
+    from multiprocessing.connection import wait
+
+    from xmfast.errors import argument
+
+    if os.name != "posix":  # pragma: no cover - workers are handed their socket as POSIX file descriptors
+        raise XmfastError(f"{argument('jobs', jobs)} needs a POSIX system (Linux, macOS); here run one stage at a "
+                          f"time ({argument('jobs', 1)})")
+    exp = p.experiment
+    by_id = p.by_id()
+    height = _heights(p)
+    queue = sorted((s for s in p.stages if actions[s.id] != "cached"),
+                   key=lambda s: -height[s.id])  # stable: plan order among equals
+    total = len(queue)
+    done = {s.id for s in p.stages if actions[s.id] == "cached"}
+    threads = max(1, _cores() // jobs)
+    gpus = _gpus(exp.device)
+    workers: list[_Worker] = []
+    seconds: dict[str, float] = {}
+    failure: BaseException | None = None
+    stopping = False
+
+    def running() -> list[_Worker]:
+        return [w for w in workers if w.stage is not None]
+
+    def stop(reason: BaseException) -> None:
+        nonlocal failure, stopping
+        stopping = True
+        failure = failure or reason
+        for w in running():
+            w.interrupt()
+
+    def hear(w: _Worker) -> None:
+        """One message from `w` about its stage."""
+        nonlocal stopping
+        stage = w.stage
+        assert stage is not None
+        try:
+            message = w.conn.recv()
+        except Exception:  # EOF, or a message cut short: the worker is gone
+            message = ("died",)
+        if message[0] == "event":
+            observer.on_stage_event(stage, message[1])
+            return
+        w.stage = None
+        if message[0] == "done":
+            seconds[stage.id] = time.perf_counter() - w.started
+            if message[1]:
+                _record(exp, stage, "finished", seconds[stage.id])
+                observer.on_stage_end(stage, seconds[stage.id])
+                done.add(stage.id)
+            else:  # stop_after: as a crash would, nothing more starts (those running end as they end)
+                stopping = True
+        elif message[0] == "error":
+            stop(XmfastError(message[1]))
+        elif message[0] == "crash":
+            stop(RuntimeError(f"stage {stage.id} failed in its worker process:\n{message[1]}"))
+        elif w.stopped:  # "interrupted", or gone: the stage is left resumable; its ledger says "started"
+            pass
+        elif message[0] == "interrupted":  # Ctrl-C that reached the worker alone: as if it reached us
+            stop(KeyboardInterrupt())
+        else:
+            code = w.proc.wait()
+            stop(XmfastError(f"stage {stage.id}: its worker process ended unexpectedly (exit status {code}); its "
+                             f"output is left as a kill leaves it: run the experiment again to continue"))
+
+    try:
+        try:
+            while True:
+                while not stopping:
+                    ready = next((s for s in queue if all(d in done for d in s.deps)), None)
+                    idle = next((w for w in workers if w.stage is None and w.proc.poll() is None), None)
+                    if ready is None or (idle is None and sum(w.proc.poll() is None for w in workers) >= jobs):
+                        break
+                    if idle is None:
+                        idle = _Worker(threads, gpus[len(workers) % len(gpus)] if gpus else None)
+                        workers.append(idle)
+                    queue.remove(ready)
+                    observer.on_stage_start(ready, actions[ready.id], total - len(queue), total)
+                    _record(exp, ready, "started")
+                    needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
+                    idle.stage, idle.started = ready, time.perf_counter()
+                    try:
+                        idle.conn.send((exp, ready, actions[ready.id], needed, stop_after))
+                    except OSError:  # it died idle: its end of file, heard next, says so
+                        pass
+                busy = running()
+                if not busy:
+                    break
+                for conn in wait([w.conn for w in busy]):
+                    hear(next(w for w in busy if w.conn is conn))
+        except KeyboardInterrupt:
+            stop(KeyboardInterrupt())
+            try:  # each stopped stage saves what a serial Ctrl-C saves, and says so
+                while busy := running():
+                    for conn in wait([w.conn for w in busy]):
+                        hear(next(w for w in busy if w.conn is conn))
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting (a kill leaves them resumable too)
+                for w in running():
+                    w.proc.kill()
+    finally:
+        for w in workers:
+            if w.stage is not None:  # left running by an error of the parent's own
+                w.interrupt()
+            w.close()
+    if failure is not None:
+        raise failure
+    return seconds
+
+
+def _worker_main() -> None:
+    """A worker process of :func:`_run_parallel`: runs the stages its parent sends over the
+    socket (fd XMFAST_WORKER_FD), one at a time, reporting progress and each outcome; ends on
+    None, on Ctrl-C from its parent (the stage left as a serial Ctrl-C leaves it), or when its
+    parent is gone (checked every second: it then stops as on Ctrl-C)."""
+    import os
+    import signal
+    import threading
+    import traceback
+    from multiprocessing.connection import Connection
+
+    # Ctrl-C is how the parent stops a stage (a background job inherits SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    conn = Connection(int(os.environ["XMFAST_WORKER_FD"]))
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C is for the main thread, see send
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    def send(message: tuple[Any, ...]) -> None:  # whole or not at all: Ctrl-C waits for the end of a message
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            conn.send(message)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    try:
+        from xmfast import core
+
+        while (task := conn.recv()) is not None:
+            exp, stage, action, by_id, stop_after = task
+            try:
+                if stage.kind != "prepare":  # (torch is imported on the first stage that trains)
+                    import torch
+
+                    torch.set_num_threads(int(os.environ["XMFAST_WORKER_THREADS"]))
+                finished = _execute(exp, stage, action, by_id, _Relay(send), stop_after)
+            except (XmfastError, core.DataFormatError) as e:
+                send(("error", str(e)))
+            except Exception:  # a bug: its traceback, for the parent to raise
+                send(("crash", traceback.format_exc()))
+            else:
+                send(("done", finished))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            send(("interrupted",))
+        except OSError:
+            pass
+    except (EOFError, OSError):  # the parent is gone
+        pass
+
+
+class _Relay:
+    """A TrainObserver in a worker process: each hook goes to the parent as a StageEvent."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.epoch = self.batches = 0
+        self.sent = 0.0
+
+    def event(self, kind: str, **values: Any) -> None:
+        self.send(("event", StageEvent(kind, **values)))  # type: ignore[arg-type]
+
+    def on_start(self, trainer: Any) -> None:
+        self.event("start", epoch=trainer.epoch, epochs=trainer.config.epochs, monitor=trainer.config.monitor)
+
+    def on_epoch_start(self, epoch: int, batches: int) -> None:
+        self.epoch, self.batches = epoch, 0
+        self.event("epoch_start", epoch=epoch, batches=batches)
+
+    def on_batch(self, mean_loss: float | None, instances: int) -> None:
+        self.batches += 1
+        now = time.monotonic()
+        if now - self.sent >= 0.25:
+            self.sent = now
+            self.event("batch", epoch=self.epoch, batches=self.batches,
+                       loss=None if mean_loss is None else float(mean_loss))
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.event("epoch_end", epoch=record["epoch"], record=record)
+
+    def on_message(self, text: str) -> None:
+        self.event("message", text=text)
+
+
 def write_experiment_report(exp: Experiment, source: Path) -> Path:
     """OUT/report.md (with its CSV, JSON and plots) over every finished run of the experiment,
     prefaced by its description and how it was made."""
@@ -611,5 +966,5 @@ def write_experiment_report(exp: Experiment, source: Path) -> Path:
                         preface=preface, inputs=[exp.out])
 
 
-__all__ = ["Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "plan", "read_experiment",
-           "run_experiment", "stage_actions", "write_experiment_report"]
+__all__ = ["Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "StageEvent", "plan",
+           "read_experiment", "run_experiment", "check_jobs", "stage_actions", "write_experiment_report"]

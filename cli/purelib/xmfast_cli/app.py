@@ -978,12 +978,18 @@ def run_experiment(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory, relative to the current "
                                                 "directory (default: the file's `out`).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.md when the plan is done.")] = True,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run at once, each in a process of its own, as "
+                                      "soon as the stages they read are finished; the CPU's threads are divided "
+                                      "among them and each gets a GPU in turn (same results as one at a time).")] = 1,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
+    import time
+
     from xmfast.training import distributed
     from xmfast import experiment as xp
-    from xmfast_cli.render import ExperimentProgress, console, plan_table, show
+    from xmfast_cli.render import ExperimentProgress, StagesProgress, console, plan_table, show
 
+    xp.check_jobs(jobs)
     if distributed.launched():
         raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
                           "(torchrun is for one `xmfast train` or `xmfast finetune` at a time)")
@@ -994,13 +1000,16 @@ def run_experiment(
         show(plan_table(plan, actions))
         return
     again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
-                    *([] if report else ["--no-report"]))
-    observer = ExperimentProgress()
+                    *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []))
+    observer = ExperimentProgress() if jobs == 1 else StagesProgress()
+    t0 = time.perf_counter()
     with _on_interrupt(lambda: observer.interrupted(again)), observer:
-        result = xp.run_experiment(plan, observer=observer)
+        result = xp.run_experiment(plan, observer=observer, jobs=jobs)
     ran = len(result.executed)
+    took = (f"{sum(result.seconds.values()):.0f} s" if jobs == 1 else
+            f"{time.perf_counter() - t0:.0f} s, up to {jobs} at once")
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
-                  f"({sum(result.seconds.values()):.0f} s)", highlight=False)
+                  f"({took})", highlight=False)
     if report:
         console.print(f"report: {xp.write_experiment_report(exp, experiment)}", highlight=False)
 

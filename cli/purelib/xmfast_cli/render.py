@@ -333,15 +333,19 @@ class TrainProgress:
     def on_epoch_end(self, record: dict) -> None:
         v = record["valid"]
         self.epoch = record["epoch"]
-        mark = " [green]best[/]" if record["best"] else ""
         self.progress.update(self.epoch_task, advance=1, info=f"valid {self._monitor} {v[self._monitor]:.4f}")
-        self.on_message(
-            f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['instances_per_s'] or 0:,.0f} inst/s  "
-            f"valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}{mark}"
-        )
+        self.on_message(epoch_line(record))
 
     def on_message(self, text: str) -> None:
         self.progress.console.print(text, highlight=False)
+
+
+def epoch_line(record: dict) -> str:
+    """A finished epoch, as its metrics.jsonl record says: loss, speed, validation."""
+    v = record["valid"]
+    mark = " [green]best[/]" if record["best"] else ""
+    return (f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['instances_per_s'] or 0:,.0f} inst/s  "
+            f"valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}{mark}")
 
 
 def train_summary(result) -> Grid:  # noqa: ANN001 - xmfast.training.TrainResult
@@ -429,6 +433,105 @@ class ExperimentProgress(TrainProgress):
 
     def training_observer(self, stage):  # noqa: ANN001, ANN201
         return self
+
+
+class StagesProgress:
+    """`xmfast run --jobs N`: the overall bar over the stages that run and a bar under it for
+    each stage running now (its epochs; the epoch in progress and its loss beside it); a line
+    when a stage starts, at each epoch it finishes (named by the stage) and when it ends."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=err_console, transient=True, disable=not live(),
+        )
+        self.stage_task = None
+        self.tasks: dict[str, object] = {}  # running stage -> its bar
+        self.place: dict[str, str] = {}  # running stage -> "3 of 40"
+        self.epochs: dict[str, tuple[int, int]] = {}  # running stage -> (last finished epoch, epochs)
+        self.batches: dict[str, int] = {}  # running stage -> batches of its epoch in progress
+        self.monitor: dict[str, str] = {}
+        self.ended = 0
+
+    def __enter__(self) -> StagesProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def interrupted(self, again: str) -> str:
+        """After Ctrl-C: the stages it stopped, what of each is saved, and the command `again`
+        that continues (a re-run reuses finished stages and resumes each run from its checkpoint)."""
+        if not self.tasks:
+            done = f"{self.ended} stages had finished" if self.ended else "no stage had started"
+            return f"{done}; continue with {again}"
+
+        def saved(stage: str) -> str:  # as ExperimentProgress says it of the one stage a serial run stops in
+            epoch, epochs = self.epochs.get(stage, (0, 0))
+            return (f"; after epoch {epoch} of {epochs}, its checkpoint saved" if epoch
+                    else "; before its first epoch ended" if epochs else "")
+
+        stopped = ", ".join(f"{s} ({self.place[s]}{saved(s)})" for s in self.tasks)
+        return (f"{'stage' if len(self.tasks) == 1 else 'stages'} {stopped} stopped; finished stages are kept; "
+                f"continue with {again}")
+
+    def on_plan(self, plan, actions) -> None:  # noqa: ANN001 - xmfast.experiment.Plan
+        todo = sum(1 for a in actions.values() if a != "cached")
+        self.on_message(f"[bold]{plan.experiment.name}[/]: {len(plan.stages)} stages, {todo} to run, "
+                        f"{len(plan.stages) - todo} reused")
+        self.stage_task = self.progress.add_task("stages", total=todo, info="")
+
+    def on_stage_start(self, stage, action, index: int, total: int) -> None:  # noqa: ANN001
+        from rich.markup import escape
+
+        verb = {"resume": "resuming", "run": "running"}[action]
+        self.place[stage.id] = f"{index} of {total}"
+        self.tasks[stage.id] = self.progress.add_task(f"  {escape(stage.id)}", total=None, info="")
+        self.on_message(f"[{index}/{total}] {verb} {stage.kind} {escape(stage.id)}")
+
+    def on_stage_event(self, stage, event) -> None:  # noqa: ANN001 - xmfast.experiment.Stage, StageEvent
+        from rich.markup import escape
+
+        task = self.tasks[stage.id]
+        if event.kind == "start":
+            self.epochs[stage.id] = (event.epoch, event.epochs)
+            self.monitor[stage.id] = event.monitor
+            self.progress.update(task, total=event.epochs, completed=event.epoch)
+        elif event.kind == "epoch_start":
+            self.batches[stage.id] = event.batches
+            self.progress.update(task, info=f"epoch {event.epoch}")
+        elif event.kind == "batch":
+            loss = "" if event.loss is None else f", loss {event.loss:.4f}"
+            self.progress.update(task, info=f"epoch {event.epoch}: {event.batches}/{self.batches.get(stage.id, 0)} "
+                                            f"batches{loss}")
+        elif event.kind == "epoch_end":
+            record = event.record
+            monitor = self.monitor.get(stage.id, "ndcg@10")
+            self.epochs[stage.id] = (record["epoch"], self.epochs.get(stage.id, (0, 0))[1])
+            self.progress.update(task, completed=record["epoch"],
+                                 info=f"valid {monitor} {record['valid'][monitor]:.4f}")
+            self.on_message(f"{escape(stage.id)} {epoch_line(record)}")
+        elif event.kind == "message":
+            self.on_message(f"{escape(stage.id)}: {escape(event.text)}")
+
+    def on_stage_end(self, stage, seconds: float) -> None:  # noqa: ANN001
+        from rich.markup import escape
+
+        self.progress.remove_task(self.tasks.pop(stage.id))
+        for facts in (self.place, self.epochs, self.batches, self.monitor):
+            facts.pop(stage.id, None)
+        self.ended += 1
+        self.progress.advance(self.stage_task)
+        self.on_message(f"finished {escape(stage.id)} ({seconds:.0f} s)")
+
+    def training_observer(self, stage):  # noqa: ANN001, ANN201 - stages report through on_stage_event
+        return None
+
+    def on_message(self, text: str) -> None:  # a line each, however long: lines of several stages interleave
+        self.progress.console.print(text, highlight=False, soft_wrap=True)
 
 
 def plan_table(plan, actions) -> Grid:  # noqa: ANN001 - xmfast.experiment.Plan
