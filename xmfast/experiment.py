@@ -831,6 +831,10 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                         idle = _Worker(threads, gpus[len(workers) % len(gpus)] if gpus else None)
                         workers.append(idle)
                     queue.remove(ready)
+                    if _stage_action(exp, ready) == "cached":  # finished meanwhile by another process
+                        actions[ready.id] = "cached"
+                        done.add(ready.id)
+                        continue
                     observer.on_stage_start(ready, actions[ready.id], total - len(queue), total)
                     _record(exp, ready, "started")
                     needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
