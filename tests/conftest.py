@@ -50,3 +50,16 @@ def dataset(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(app, ["prepare", str(sample_dir), "-t", "in", "-s", "uk", "-o", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: its results then do not depend on the machine's core
+    count (a different number of threads sums in a different order), and tiny models run no
+    slower, without two threads fighting over a busy CI machine's cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,6 +23,8 @@ import time
 
 import torch
 import torch._dynamo  # noqa: F401 - the first optimizer imports it: 10 s per child otherwise
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 from xmfast import experiment, report, training  # noqa: F401
@@ -30,6 +32,11 @@ from xmfast_cli import render  # noqa: F401
 from xmfast_cli.app import app
 
 KILLED = 137
+
+# typer's CliRunner.invoke builds the click command from the CLI's function signatures on every
+# call (0.07 s, a fifth of a short `train`); a fork of this process finds it built already.
+_COMMAND = typer.main.get_command(app)
+typer.testing._get_command = lambda _app: _COMMAND
 
 
 def child(pipe: int, args: list[str], kill_at: int | None, interrupt_at: int | None = None) -> None:

@@ -76,13 +76,8 @@ def _close(a: Run, b: Run, metric_tol: float = METRIC_TOL) -> None:
             assert rb[split][m] == pytest.approx(v, abs=metric_tol), (split, m)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The in-process trainings on one thread, as each torchrun rank (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The in-process trainings on one thread, as each torchrun rank (OMP_NUM_THREADS=1).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
