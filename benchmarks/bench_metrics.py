@@ -1,23 +1,33 @@
-"""Ranked evaluation speed (issue 4).
+"""Ranked evaluation speed (issues 4 and 25).
 
-* Sampled: 1M queries × 100 candidates (float32), all of HR/NDCG/precision/MAP at k = 5, 10, 20
-  plus MRR and AUC: target under 0.5 s on 2 cores; also the GB/s against reading the scores once.
-  Compared in the same run with a vectorised numpy implementation and with ranx (if installed).
+* Sampled, every size (issue 25): from 100 × 100 to 1M × 1000 scores (float32), xmfast's
+  sampled evaluation (``xmfast.evaluation.standings``, every metric: HR/NDCG/precision/MAP at
+  k = 5, 10, 20, MRR and AUC, and their means) against plain numpy HR@10 and NDCG@10 of the same
+  matrix, interleaved in the same run: target xmfast ≤ numpy at every size. Then
+  ``evaluate_sampled`` on a prepared dataset (the real uk test set, or the sample's), with the
+  queries' ids and the market filter, against the same numpy on the same rows.
+* Sampled, 1M queries × 100 candidates (issue 4): target under 0.5 s on 2 cores; also the GB/s
+  against reading the scores once, a vectorised numpy implementation of every metric and ranx
+  (if installed).
 * Full ranking: 100k users × 50k items, scores from 64-d embeddings in chunks, ranking of the
   held-out item with training items excluded, and top-10 retrieval.
 
-Usage: python benchmarks/bench_metrics.py [--queries N] [--full-users N] [--full-items N]
+Usage: python benchmarks/bench_metrics.py [--queries N] [--max-cells N] [--full-users N] [--full-items N]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import console, fmt_s, median, print_machine, repeat, table, timed, verdict
+from _common import (
+    REAL_DATA, SAMPLE_DATA, OtherLoad, console, fmt_s, median, print_machine, print_targets, repeat, table, timed,
+    verdict,
+)
 
-from xmfast import core
+from xmfast import core, evaluation
 from xmfast.evaluation import EvalConfig
 
 CUTOFFS = (5, 10, 20)
@@ -47,6 +57,91 @@ def numpy_metrics(scores: np.ndarray) -> np.ndarray:
     out.append((1.0 / (rank + 1.0)).mean())
     out.append(((n - rank) / n).mean())
     return np.array(out)
+
+
+SIZES = [(100, 100), (1_000, 100), (3_352, 100), (10_000, 100), (100_000, 100), (1_000_000, 100),
+         (100, 1_000), (1_000, 1_000), (10_000, 1_000), (100_000, 1_000), (1_000_000, 1_000)]
+
+
+def xmfast_evaluation(scores: np.ndarray) -> np.ndarray:
+    """What evaluate_sampled computes from a score matrix: standings, every metric, the means."""
+    return evaluation.column_means(evaluation.standings(scores).values(CONFIG.metric_names, CONFIG.ties))
+
+
+def numpy_two(scores: np.ndarray) -> np.ndarray:
+    """Plain numpy HR@10 and NDCG@10 (the positive in column 0 loses ties)."""
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)
+    hit = rank < 10
+    return np.array([hit.mean(), np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean()])
+
+
+def interleaved(fns: list, cells: int) -> list[float]:
+    """Median seconds of each function, called in turn (so load from others falls on all alike);
+    more rounds for small inputs."""
+    rounds = max(3, min(301, int(3e7 / cells)))
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for t, fn in zip(times, fns):
+            t.append(timed(fn)[0])
+    return [median(t) for t in times]
+
+
+def one_size(rng: np.random.Generator, n: int, c: int) -> tuple[float, float, bool]:
+    """(xmfast seconds, numpy seconds, whether their HR@10 and NDCG@10 agree) on n × c scores."""
+    scores = rng.random((n, c), dtype=np.float32)
+    scores[:, 0] += 0.15  # a model better than random
+    t_x, t_np = interleaved([lambda: xmfast_evaluation(scores), lambda: numpy_two(scores)], n * c)
+    ours = xmfast_evaluation(scores)[[CONFIG.metric_names.index("hr@10"), CONFIG.metric_names.index("ndcg@10")]]
+    return t_x, t_np, bool(np.allclose(ours, numpy_two(scores), rtol=0, atol=1e-12))
+
+
+def bench_sizes(max_cells: int) -> dict[str, bool]:
+    """xmfast's sampled evaluation (every metric) against numpy's HR@10 + NDCG@10, per size."""
+    tab = table(f"Sampled evaluation at every size: xmfast (standings + {len(CONFIG.metric_names)} metrics + means) "
+                "against numpy HR@10 + NDCG@10, same matrix, interleaved (median)",
+                ["queries × candidates", "xmfast", "numpy (2 metrics)", "numpy / xmfast", "agrees", "target"])
+    verdicts = {}
+    rng = np.random.default_rng(0)
+    for n, c in SIZES:
+        if n * c > max_cells:
+            tab.add_row(f"{n:,} × {c:,}", "skipped (--max-cells)", "", "", "", "")
+            continue
+        t_x, t_np, agree = one_size(rng, n, c)
+        ok = t_x <= t_np
+        verdicts[f"{n:,} × {c:,}: xmfast ≤ numpy (2 metrics)"] = ok and agree
+        tab.add_row(f"{n:,} × {c:,}", fmt_s(t_x), fmt_s(t_np), f"{t_np / t_x:.1f}×", "yes" if agree else "NO", verdict(ok))
+    console.print(tab)
+    return verdicts
+
+
+def bench_dataset() -> dict[str, bool]:
+    """evaluate_sampled on a prepared dataset's test set: the whole path (market filter, query
+    ids, Evaluation) against numpy's two metrics on the same rows."""
+    from xmfast.prepare import PrepareConfig, prepare
+
+    real = all((REAL_DATA / f"{m}_5core.txt").is_file() for m in ("ca", "de", "fr", "in", "jp", "mx", "uk"))
+    data, target = (REAL_DATA, "uk") if real else (SAMPLE_DATA, "in")
+    ds = prepare(Path(data), None, PrepareConfig(target=target, sources="all"))
+    shape = ds.test.candidates.shape
+    scores = np.random.default_rng(2).random(shape, dtype=np.float32)
+    scores[:, 0] += 0.15
+    mine = np.flatnonzero(np.asarray(ds.group_market)[np.asarray(ds.test.group)] == ds.markets.index(target))
+    tab = table(f"evaluate_sampled on the {'real' if real else 'sample'} test set ({target} + all sources, "
+                f"{len(CONFIG.metric_names)} metrics) against numpy HR@10 + NDCG@10 of the same rows",
+                ["queries", "xmfast evaluate_sampled", "numpy (2 metrics)", "numpy / xmfast", "target"])
+    verdicts = {}
+    for label, markets, rows in ((f"{target} only: {mine.size:,} × {shape[1]}", [target], mine),
+                                 (f"all markets: {shape[0]:,} × {shape[1]}", None, None)):
+        sub = scores if rows is None else np.ascontiguousarray(scores[rows])
+        t_x, t_np = interleaved([lambda: evaluation.evaluate_sampled(ds, "test", scores, CONFIG, markets=markets),
+                                 lambda: numpy_two(sub)], sub.size)
+        ok = t_x <= t_np
+        verdicts[f"evaluate_sampled, {label}: ≤ numpy"] = ok
+        tab.add_row(label, fmt_s(t_x), fmt_s(t_np), f"{t_np / t_x:.1f}×", verdict(ok))
+    console.print(tab)
+    return verdicts
 
 
 RANX_METRICS = (
@@ -108,7 +203,7 @@ def bench_sampled(queries: int, ranx_queries: int) -> None:
         tab.add_row(f"xmfast on the first {ranx_queries:,} queries", fmt_s(t_xs), "", "1.0×", "", "-")
         tab.add_row(f"ranx evaluate, same {ranx_queries:,} queries (13 metrics, compiled)", fmt_s(t_eval), "",
                     f"{t_eval / t_xs:.0f}× slower", "", same)
-        tab.add_row(f"ranx: building its Qrels/Run from the matrix", fmt_s(t_dicts), "", f"{t_dicts / t_xs:.0f}× slower", "", "")
+        tab.add_row("ranx: building its Qrels/Run from the matrix", fmt_s(t_dicts), "", f"{t_dicts / t_xs:.0f}× slower", "", "")
     else:
         tab.add_row("ranx", "not installed (pip install '.[bench]')", "", "", "", "")
     # Reading the scores once: the memory-bandwidth floor.
@@ -161,13 +256,22 @@ def bench_full(users: int, items: int, dim: int = 64) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=1_000_000)
+    parser.add_argument("--max-cells", type=int, default=1_000_000_000,
+                        help="skip sizes with more scores than this (1M × 1000 needs 5 GB of memory)")
+    parser.add_argument("--only-sizes", action="store_true", help="the every-size and dataset tables alone")
     parser.add_argument("--ranx-queries", type=int, default=20_000)
     parser.add_argument("--full-users", type=int, default=100_000)
     parser.add_argument("--full-items", type=int, default=50_000)
     args = parser.parse_args()
     print_machine()
-    bench_sampled(args.queries, args.ranx_queries)
-    bench_full(args.full_users, args.full_items)
+    load = OtherLoad()
+    verdicts = bench_sizes(args.max_cells)
+    verdicts.update(bench_dataset())
+    if not args.only_sizes:
+        bench_sampled(args.queries, args.ranx_queries)
+        bench_full(args.full_users, args.full_items)
+    print_targets(verdicts)
+    load.report()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ must not name the CLI at all, under TYPE_CHECKING included.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +241,79 @@ def test_the_walker_sees_xmfast() -> None:
     assert {"xmfast", "xmfast.core", "xmfast.evaluation", "xmfast.models", "xmfast.models.ncf"} <= graph.modules
     assert "xmfast.core" in graph.edges["xmfast.evaluation"]  # `from xmfast import _trec_format, core`
     assert "xmfast._trec_format" in graph.edges["xmfast.evaluation"]
+
+
+# -- what the commands import when they run -------------------------------------------------------
+
+# Runs the CLI's commands one after the other in one fresh interpreter (outside the checkout, so
+# the installed packages are the ones imported), with a meta-path hook that records and refuses
+# every import of torch: a command that needs no neural model must not even try (torch takes
+# seconds to import; see benchmarks/bench_startup.py). Prints, per command, the torch modules it
+# tried and whether it failed.
+NO_TORCH = """
+import json, sys
+tried = []
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            tried.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
+        return None
+sys.meta_path.insert(0, Refuse())
+from xmfast_cli.app import app
+seen = {}
+for argv in json.loads(sys.argv[1]):
+    del tried[:]
+    try:
+        app(argv, standalone_mode=False)
+        failed = False
+    except BaseException:
+        failed = True
+    seen[argv[0] + " " + argv[-1]] = {"tried": sorted(set(tried)), "failed": failed}
+seen["scipy.stats"] = "scipy.stats" in sys.modules
+print(json.dumps(seen))
+"""
+
+
+def _commands_run(commands: list[list[str]], cwd: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, json.dumps(commands)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {"stdout": proc.stdout, **json.loads(proc.stdout.splitlines()[-1])}
+
+
+def test_commands_without_a_neural_model_import_no_torch(dataset: Path, tmp_path: Path) -> None:
+    """`models`, `evaluate --scores`, `compare`, `report`, and `evaluate`/`recommend` of runs of
+    models without training (pop, cooc) never try to import torch; `compare` without --tests not
+    even scipy.stats. `train -m gmf` is the control: the same hook sees it try."""
+    import numpy as np
+
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models import get_model
+    from xmfast.runs import save_scores_run
+    from xmfast.training import TrainConfig, train
+
+    ds = PreparedDataset.load(dataset)
+    for name in ("pop", "cooc"):
+        train(ds, tmp_path / name, name, get_model(name).config_type(), TrainConfig())
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.random.default_rng(0).random(ds.test.candidates.shape))
+    save_scores_run(tmp_path / "mine", ds, np.load(scores), label="mine", scores_file=scores)
+    user = ds.users[int(ds.group_user[ds.group_market == ds.market_index(ds.target)][0])]
+    pop, cooc, mine = (str(tmp_path / n) for n in ("pop", "cooc", "mine"))
+    commands = [
+        ["models"], ["models", "cooc"],
+        ["evaluate", str(dataset), "--scores", str(scores)], ["evaluate", pop], ["evaluate", cooc],
+        ["recommend", pop, "--user", user], ["recommend", cooc, "--user", user],
+        ["compare", pop, mine],
+        ["report", pop, cooc, mine, "-o", str(tmp_path / "report.md"), "--no-plots"],
+        ["train", str(dataset), "-m", "gmf", "-o", str(tmp_path / "gmf")],  # the control
+    ]
+    seen = _commands_run(commands, tmp_path)
+    assert seen.pop("train " + str(tmp_path / "gmf")) == {"tried": ["torch"], "failed": True}
+    assert seen.pop("scipy.stats") is False
+    assert user in seen.pop("stdout") and (tmp_path / "report.md").is_file()  # the commands did their work
+    assert seen == {f"{c[0]} {c[-1]}": {"tried": [], "failed": False} for c in commands[:-1]}
 
 
 # -- the walker, on synthetic packages -----------------------------------------------------------

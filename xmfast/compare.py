@@ -63,7 +63,7 @@ class PairedTest:
 def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedTest:
     """Student's paired t-test of a − b. Identical inputs give p = 1; a constant non-zero
     difference gives p = 0."""
-    from scipy import stats
+    from scipy.special import stdtr  # what scipy.stats.t.sf calls, without importing scipy.stats (a second)
 
     x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if x.ndim != 1 or len(x) < 2:
@@ -73,7 +73,7 @@ def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarr
     if sd == 0.0:
         return PairedTest(len(x), mean, 0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0)
     t = mean / (sd / math.sqrt(len(x)))
-    p = float(2 * stats.t.sf(abs(t), df=len(x) - 1))
+    p = float(2 * stdtr(len(x) - 1, -abs(t)))
     return PairedTest(len(x), mean, t, p)
 
 
@@ -99,16 +99,20 @@ def adjust(tests: Sequence[PairedTest | None]) -> list[PairedTest | None]:
     return [None if t is None else replace(t, p_adjusted=next(adjusted)) for t in tests]
 
 
-def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+def paired_tests(a: np.ndarray, b: np.ndarray, *, all_tests: bool = True) -> tuple[float, float, float]:
     """Two-sided p-values of the paired t-test, Wilcoxon signed-rank test and sign test of b
-    against a. Identical samples give p = 1 for every test; fewer than two pairs, nan for t."""
-    from scipy import stats
-
+    against a. Identical samples give p = 1 for every test; fewer than two pairs, nan for t.
+    Without `all_tests` the Wilcoxon and sign p-values are nan (not computed: they need
+    scipy.stats, a second to import, and only ``compare --tests`` shows them)."""
     diff = b - a
     nonzero = diff[diff != 0]
     if nonzero.size == 0:
         return 1.0, 1.0, 1.0
     t_p = paired_t_test(b, a).p if len(diff) >= 2 else math.nan
+    if not all_tests:
+        return t_p, math.nan, math.nan
+    from scipy import stats
+
     w_p = float(stats.wilcoxon(b, a, zero_method="wilcox").pvalue)
     wins = int((nonzero > 0).sum())
     s_p = float(stats.binomtest(wins, int(nonzero.size), 0.5).pvalue)
@@ -225,11 +229,12 @@ def load_per_user(path: Path) -> tuple[dict[str, Any], dict[tuple[str, str], dic
 
 
 def compare_table(paths: Sequence[Path], *, names: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-                  reference: int = 0, test_metric: str | None = None) -> ComparisonTable:
+                  reference: int = 0, test_metric: str | None = None, all_tests: bool = True) -> ComparisonTable:
     """Every result of `paths` (evaluation JSON files with per-user results) on the queries they
     all share, each tested against ``paths[reference]``; the t-tests of each metric are one Holm
     family. `test_metric` is the metric the table's mark column shows (default ndcg@10 if
-    compared, else the first metric)."""
+    compared, else the first metric); without `all_tests`, the t-test alone (see
+    :func:`paired_tests`)."""
     paths = [Path(p) for p in paths]
     names = list(names) if names is not None else [str(p) for p in paths]
     if len(paths) < 2 or len(names) != len(paths) or not 0 <= reference < len(paths):
@@ -263,7 +268,7 @@ def compare_table(paths: Sequence[Path], *, names: Sequence[str] | None = None, 
             continue
         row = {}
         for m in chosen:
-            t_p, w_p, s_p = paired_tests(a[m], b[m])
+            t_p, w_p, s_p = paired_tests(a[m], b[m], all_tests=all_tests)
             row[m] = MetricComparison(m, float(a[m].mean()), float(b[m].mean()), t_p, w_p, s_p,
                                       int((b[m] > a[m]).sum()), int((b[m] < a[m]).sum()))
         tests.append(row)

@@ -163,6 +163,10 @@ def metric_values(
     metrics: list[str],
     policy: str = "pessimistic",
 ) -> tuple[list[str], npt.NDArray[np.float64]]: ...
+def column_means(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Means of a C-contiguous 2-d matrix's columns, the rows added in order: numpy's
+    ``mean(axis=0)`` to the bit when there are two or more columns."""
+    ...
 def top_k(
     scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     k: int,

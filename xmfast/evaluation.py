@@ -16,8 +16,8 @@ orders ties by item id as a string, descending, as trec_eval and pytrec_eval do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -162,8 +162,41 @@ def _as_score_array(scores: Any) -> np.ndarray:
     return np.ascontiguousarray(ranks)
 
 
+def column_means(values: np.ndarray) -> np.ndarray:
+    """``values.mean(axis=0)`` of a queries × metrics matrix, to the bit: in one pass in Rust
+    for two or more columns (numpy's strided reduction is several times slower), by numpy itself
+    for one (where it sums pairwise)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    if values.ndim == 2 and values.shape[1] > 1:
+        return core.column_means(values)
+    return values.mean(axis=0)
+
+
 EXACT_INTEGERS = 2**53
 """Every integer of at most this magnitude is exactly a float64."""
+
+
+class Ids(Sequence[str]):
+    """The original ids of a vocabulary's numbers `index`, each read when asked for: an
+    evaluation keeps its queries' user and item ids this way, so that computing metrics over
+    millions of queries builds no million Python strings unless per-user records are written."""
+
+    __slots__ = ("index", "vocab")
+
+    def __init__(self, vocab: core.Vocab, index: np.ndarray) -> None:
+        self.vocab = vocab
+        self.index = np.asarray(index)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def __getitem__(self, i: Any) -> Any:  # an int gives a str, a slice or an index array gives Ids
+        if isinstance(i, (int, np.integer)):
+            return self.vocab[int(self.index[i])]
+        return Ids(self.vocab, self.index[i])
+
+    def __repr__(self) -> str:
+        return f"Ids({list(self[:3])}{', ...' if len(self) > 3 else ''}; {len(self)} ids)"
 
 
 @dataclass
@@ -175,8 +208,8 @@ class Evaluation:
     config: EvalConfig
     markets: list[str]
     query_market: np.ndarray  # index into `markets`, per query
-    query_user: list[str]  # original user id, per query
-    positive_item: list[str]  # original item id of the held-out item, per query
+    query_user: Sequence[str]  # original user id, per query (Ids: read on demand)
+    positive_item: Sequence[str]  # original item id of the held-out item, per query
     standings: Standings
     values: np.ndarray  # queries × metrics
     info: dict[str, Any] = field(default_factory=dict)
@@ -199,8 +232,7 @@ class Evaluation:
         values = self.values if mask is None else self.values[mask]
         if values.shape[0] == 0:
             return {m: None for m in self.metrics}
-        means = values.mean(axis=0)
-        return {m: float(v) for m, v in zip(self.metrics, means)}
+        return {m: float(v) for m, v in zip(self.metrics, column_means(values))}
 
     def per_market(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -300,15 +332,28 @@ def _queries_of(dataset: PreparedDataset, held: HeldOut, markets: list[str] | No
     if unknown:
         raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
     codes = [dataset.markets.index(m) for m in markets]
-    return np.flatnonzero(np.isin(np.asarray(dataset.group_market)[np.asarray(held.group)], codes))
+    market_of = np.asarray(dataset.group_market)[np.asarray(held.group)]
+    if len(codes) == 1:  # the usual case (the target), without np.isin's set machinery
+        return np.flatnonzero(market_of == codes[0])
+    return np.flatnonzero(np.isin(market_of, codes))
 
 
-def _query_ids(dataset: PreparedDataset, held: HeldOut) -> tuple[np.ndarray, list[str], list[str]]:
-    group = np.asarray(held.group)
+def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]`` for ascending distinct `rows`: a view, not a copy, when they are one range
+    (a market's held-out rows are: groups are numbered market by market)."""
+    a = np.asarray(a)
+    if rows.size == a.shape[0]:
+        return a
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:
+        return a[int(rows[0]) : int(rows[-1]) + 1]
+    return a[rows]
+
+
+def _query_ids(dataset: PreparedDataset, held: HeldOut, rows: np.ndarray) -> tuple[np.ndarray, Ids, Ids]:
+    """Market, user and held-out item of the held-out rows `rows`."""
+    group = _take_rows(held.group, rows)
     market = np.asarray(dataset.group_market[group], dtype=np.int64)
-    users = dataset.users
-    items = dataset.items
-    return market, [users[int(u)] for u in dataset.group_user[group]], [items[int(i)] for i in held.item]
+    return market, Ids(dataset.users, dataset.group_user[group]), Ids(dataset.items, _take_rows(held.item, rows))
 
 
 def evaluate_sampled(
@@ -327,11 +372,17 @@ def evaluate_sampled(
         raise XmfastError(
             f"scores have shape {scores.shape} but the {split} candidates have shape {held.candidates.shape}"
         )
+    rows = _queries_of(dataset, held, markets)
+    return _sampled(dataset, split, held, rows, _take_rows(scores, rows), config)  # only the queries reported
+
+
+def _sampled(dataset: PreparedDataset, split: Split, held: HeldOut, rows: np.ndarray, scores: np.ndarray,
+             config: EvalConfig) -> Evaluation:
+    """The evaluation of the held-out rows `rows` (ascending) from their scores (one row each)."""
     keys = None
     if config.ties == "trec":
-        keys = dataset.items.order_keys()[np.asarray(held.candidates)]
-    st = standings(scores, keys=keys)
-    return _finish(dataset, split, "sampled", held, st, config, markets)
+        keys = dataset.items.order_keys()[_take_rows(held.candidates, rows)]
+    return _finish(dataset, split, "sampled", held, standings(scores, keys=keys), config, rows)
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -413,25 +464,26 @@ def evaluate_scorer(
     n = len(held)
     if not full:
         candidates = np.asarray(held.candidates)
-        # Only the queries that will be reported are scored; the others keep a constant score
-        # and are dropped again by the market filter.
+        # Only the queries that will be reported are scored and ranked.
         wanted = _queries_of(dataset, held, markets)
         scores: np.ndarray | None = None
         for start in range(0, wanted.size, batch_queries):
             rows = wanted[start : start + batch_queries]
             part = np.asarray(scorer.score(np.asarray(held.group)[rows], candidates[rows]))
             if scores is None:
-                scores = np.zeros(candidates.shape, dtype=part.dtype)
-            scores[rows] = part
+                scores = np.zeros((wanted.size, candidates.shape[1]), dtype=part.dtype)
+            scores[start : start + rows.size] = part
             if progress:
                 progress(min(start + batch_queries, wanted.size), wanted.size)
         if scores is None:
-            scores = np.zeros(candidates.shape, dtype=np.float32)
-        return evaluate_sampled(dataset, split, scores, config, markets=markets)
+            scores = np.zeros((wanted.size, candidates.shape[1]), dtype=np.float32)
+        return _sampled(dataset, split, held, wanted, _as_score_array(scores), config)
     parts_st: list[Standings] = []
     order: list[np.ndarray] = []
     done = 0
-    for chunk in full_ranking_chunks(dataset, split, max_scores=max_scores, batch_queries=batch_queries):
+    n = _queries_of(dataset, held, markets).size
+    for chunk in full_ranking_chunks(dataset, split, max_scores=max_scores, batch_queries=batch_queries,
+                                     markets=markets):
         scores = scorer.score_all(np.asarray(held.group[chunk.queries]), chunk.catalog)
         st = standings(
             scores, chunk.positive, column_keys=chunk.column_keys(dataset) if config.ties == "trec" else None,
@@ -443,10 +495,8 @@ def evaluate_scorer(
         if progress:
             progress(done, n)
     index = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-    st = Standings.concat(parts_st)
-    inverse = np.empty_like(index)
-    inverse[index] = np.arange(index.size)
-    return _finish(dataset, split, "full", held, st.take(inverse), config, markets)
+    ascending = np.argsort(index, kind="stable")
+    return _finish(dataset, split, "full", held, Standings.concat(parts_st).take(ascending), config, index[ascending])
 
 
 @dataclass(frozen=True)
@@ -464,14 +514,19 @@ class FullRankingChunk:
 
 
 def full_ranking_chunks(
-    dataset: PreparedDataset, split: Split, *, max_scores: int = 1 << 25, batch_queries: int = 4096
+    dataset: PreparedDataset, split: Split, *, max_scores: int = 1 << 25, batch_queries: int = 4096,
+    markets: list[str] | None = None,
 ) -> Iterator[FullRankingChunk]:
-    """Splits a split's queries by market into chunks of at most `max_scores` scores each, with
-    the known items (training, plus validation when ranking test) as column exclusions."""
+    """Splits a split's queries (those of `markets`, default all) by market into chunks of at
+    most `max_scores` scores each, with the known items (training, plus validation when ranking
+    test) as column exclusions."""
     held = held_out(dataset, split)
     group = np.asarray(held.group)
     market_of = np.asarray(dataset.group_market[group])
+    wanted = set(dataset.markets if markets is None else markets)
     for m in range(len(dataset.markets)):
+        if dataset.markets[m] not in wanted:
+            continue
         queries = np.flatnonzero(market_of == m)
         if queries.size == 0:
             continue
@@ -502,20 +557,11 @@ def _finish(
     held: HeldOut,
     st: Standings,
     config: EvalConfig,
-    markets: list[str] | None,
+    rows: np.ndarray,
 ) -> Evaluation:
-    query_market, users, items = _query_ids(dataset, held)
-    if markets is not None:
-        unknown = [m for m in markets if m not in dataset.markets]
-        if unknown:
-            raise XmfastError(f"market {unknown[0]!r} is not in the dataset (it has {', '.join(dataset.markets)})")
-        keep = np.isin(query_market, [dataset.markets.index(m) for m in markets])
-        idx = np.flatnonzero(keep)
-        st = st.take(idx)
-        query_market = query_market[idx]
-        users = [users[i] for i in idx]
-        items = [items[i] for i in idx]
+    """The evaluation of the held-out rows `rows` (ascending), whose standings `st` holds."""
+    query_market, users, items = _query_ids(dataset, held, rows)
     values = st.values(config.metric_names, config.ties)
     info = {"dataset": str(dataset.path) if dataset.path else None, "fingerprint": dataset.fingerprint,
-            "protocol": dataset.protocol, "config": asdict(config)}
+            "protocol": dataset.protocol, "config": {f.name: getattr(config, f.name) for f in fields(config)}}
     return Evaluation(split, mode, config, list(dataset.markets), query_market, users, items, st, values, info)

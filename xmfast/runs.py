@@ -394,3 +394,26 @@ def scores_origin(run: Run) -> str | None:
         return None
     return (f"{run.path}: saved from the scores file {scores.get('file')} (xmfast evaluate --save-run); it has no "
             "model to score with, only its test figures (report and compare read them)")
+
+
+def run_model(run: Run) -> tuple[Any, Any]:
+    """The registered model of `run` and its settings, read from run.json; a run saved from a
+    scores file (no model) or with settings this version cannot read is an error."""
+    from xmfast.models import get_model
+
+    origin = scores_origin(run)
+    if origin:
+        raise XmfastError(origin)
+    spec = get_model(run.model)
+    try:
+        return spec, spec.config_from(run.info["model_config"])
+    except XmfastError as e:
+        raise XmfastError(f"{run.path / 'run.json'}: {e}; the file was edited or belongs to another version") from None
+
+
+def fitted_scorer(run: Run, dataset: PreparedDataset) -> Any | None:
+    """For a run of a model without training (pop, cooc, ...): its scorer, fitted again on the
+    dataset; None for a trained model, whose network :func:`xmfast.training.load_scorer` loads.
+    Kept out of xmfast.training so that commands on baselines never import torch."""
+    spec, config = run_model(run)
+    return None if spec.trained else spec.fit(dataset, config, tuple(run.sources))

@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from xmfast import core
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class PopularityScorer:
@@ -57,6 +60,8 @@ class CooccurrenceScorer:
             np.asarray(dataset.train_offsets), np.asarray(dataset.train_item), np.asarray(dataset.group_market),
             [dataset.markets.index(m) for m in names], dataset.n_items, max_history,
         )
+        import scipy.sparse as sp  # here, not at the top: pop and the model registry need no scipy
+
         n = dataset.n_items
         self.cooc = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(n, n))
 
@@ -70,6 +75,8 @@ class CooccurrenceScorer:
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(groups) else np.zeros(0, np.int64)
         items = np.asarray(self.dataset.train_item)[rows]
         data = np.ones(items.size, dtype=np.float64)
+        import scipy.sparse as sp
+
         return sp.csr_matrix((data, items, indptr), shape=(len(groups), self.dataset.n_items))
 
     def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:

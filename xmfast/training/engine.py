@@ -15,7 +15,7 @@ from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError, spelled
 from xmfast.models import Model, Sizes, config_from_dict, get_model, with_recipe
 from xmfast.models.schedule import TrainConfig
-from xmfast.runs import Run, scores_origin, to_plain
+from xmfast.runs import Run, fitted_scorer, run_model, scores_origin, to_plain
 from xmfast.training import distributed
 from xmfast.training.checkpoints import find_pretrained, load_weights, pretrained_record, read_checkpoint
 from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, resolve_device
@@ -194,16 +194,10 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto",
                 checkpoint: Literal["best", "last"] | None = None) -> Any:
     """A scorer for a finished (or interrupted) run: its model with the selected checkpoint, or
     a model without training fitted again on the dataset."""
-    origin = scores_origin(run)
-    if origin:
-        raise XmfastError(origin)
-    spec = get_model(run.model)
-    try:
-        model_config = spec.config_from(run.info["model_config"])
-    except XmfastError as e:
-        raise XmfastError(f"{run.path / 'run.json'}: {e}; the file was edited or belongs to another version") from None
-    if not spec.trained:
-        return spec.fit(dataset, model_config, tuple(run.sources))
+    fitted = fitted_scorer(run, dataset)
+    if fitted is not None:
+        return fitted
+    spec, model_config = run_model(run)
     which = checkpoint or run.info["train_config"].get("select", "best")
     path = run.best_checkpoint if which == "best" else run.last_checkpoint
     if not path.is_file():

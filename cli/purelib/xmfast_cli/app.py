@@ -608,12 +608,11 @@ def _evaluate_run(
     from xmfast import trec
     from xmfast.evaluation import evaluate_scorer
     from xmfast.runs import Run
-    from xmfast.training import load_scorer
     from xmfast_cli.render import console, progress_bar, results_table, show
 
     run = Run.open(path)
     data = run.load_dataset()
-    scorer = load_scorer(run, data)
+    scorer = _load_scorer(run, data)
     markets = markets or [data.target]
     with progress_bar(f"scoring {split}") as update:
         evaluation = evaluate_scorer(data, split, scorer, config, full=full, markets=markets, progress=update)  # type: ignore[arg-type]
@@ -631,6 +630,19 @@ def _evaluate_run(
         f"ties: [bold]{config.ties}[/]; {evaluation.tie_share:.1%} of queries have a tie with the positive",
         highlight=False,
     )
+
+
+def _load_scorer(run: Any, dataset: Any, device: str = "auto") -> Any:
+    """The run's scorer: a model without training is fitted here, without importing torch
+    (xmfast.training, which the network of a trained one needs, takes seconds to import)."""
+    from xmfast.runs import fitted_scorer
+
+    scorer = fitted_scorer(run, dataset)
+    if scorer is None:
+        from xmfast.training import load_scorer
+
+        scorer = load_scorer(run, dataset, device=device)
+    return scorer
 
 
 def _read_scores(path: Path, dataset: Any, split: str) -> Any:
@@ -681,7 +693,7 @@ def compare(
             raise XmfastError(f"{file}: the same results as {'the reference ' if first == index else ''}{files[first]}; "
                               "compare different runs")
     table = compare_table(files, names=[str(p) for p in results], metrics=_split_list(metrics) or None,
-                          reference=index, test_metric=test_metric)
+                          reference=index, test_metric=test_metric, all_tests=tests)
     show(comparison_table(table))
     console.print(comparison_footnote(table), highlight=False, markup=False, soft_wrap=True)
     if tests:
@@ -946,7 +958,6 @@ def recommend(
     from xmfast.recommend import recommend as top_items
     from xmfast.recommend import select_groups, write_csv
     from xmfast.runs import Run, scores_origin
-    from xmfast.training import load_scorer
     from xmfast_cli.render import SHOWN_USERS, console, progress_bar, recommendations_table, show
 
     _check_ints({"--k": k})
@@ -959,7 +970,7 @@ def recommend(
     if out is None and groups.size > SHOWN_USERS:  # a table per user: hundreds would scroll past unread
         raise XmfastError(f"{groups.size:,} users would print {groups.size:,} tables; write their recommendations "
                           f"to a CSV file with -o FILE, or name at most {SHOWN_USERS} users")
-    scorer = load_scorer(r, data, device=device)
+    scorer = _load_scorer(r, data, device)
     with progress_bar("recommending") as update:
         recs = top_items(data, scorer, groups, k, exclude_known=not include_known, progress=update)
     if out is not None:

@@ -6,13 +6,15 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from xmfast.stats import CrossMarket, MarketStats
+if TYPE_CHECKING:  # annotations only: `models` and `compare` need no numpy
+    from xmfast.stats import CrossMarket, MarketStats
 
 console = Console()
 err_console = Console(stderr=True)

@@ -4,7 +4,7 @@
 //! arrays, no copy), core errors to Python exceptions. All long work runs with the GIL released.
 
 use numpy::ndarray::Array2;
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray2};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray2};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -775,6 +775,18 @@ fn metric_values<'py>(
     Ok((names, matrix_to_py(py, values, g.len(), parsed.len())?))
 }
 
+/// Means of the columns of a 2-d float64 matrix, the rows added in order: the bits numpy's
+/// `mean(axis=0)` gives for a C-contiguous matrix of two or more columns (one pass, no copy).
+#[pyfunction]
+fn column_means<'py>(py: Python<'py>, values: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let cols = values.shape()[1];
+    let v = values
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("`values` must be C-contiguous (use np.ascontiguousarray)"))?;
+    let means = py.detach(|| xc::metrics::column_means(v, cols));
+    Ok(vec_to_py(py, means))
+}
+
 /// The `k` best columns of each row of a 2-d score matrix (score descending, then column
 /// ascending), leaving out per-row excluded columns (CSR of column indices). Returns
 /// (indices int64, scores) of shape rows × k; rows with fewer eligible columns are padded
@@ -861,6 +873,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(standings, m)?)?;
     m.add_function(wrap_pyfunction!(metric_values, m)?)?;
+    m.add_function(wrap_pyfunction!(column_means, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(parse_date, m)?)?;
     m.add_function(wrap_pyfunction!(format_date, m)?)?;

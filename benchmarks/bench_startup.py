@@ -1,0 +1,143 @@
+"""Start-up of the `xmfast` commands (issue 25, item 2).
+
+Every command runs as a fresh process on tiny inputs (the embedded sample, target in: a prepared
+dataset, a pop run, a cooc run, a one-epoch GMF run and a scores run, made once under
+``benchmarks/_work/startup``), so its wall time is its start-up plus a job of milliseconds.
+The rounds are interleaved (each round runs every command once) so that load from other
+processes falls on all of them alike; the table gives the median of ``--runs`` rounds beside
+``python -c pass`` and ``python -c "import torch"`` measured in the same rounds, whether the
+command imported torch (``python -X importtime``), and its heaviest top-level imports.
+
+Targets: a command without a neural model under 0.3 s; one with a neural model within 0.3 s of
+``python -c "import torch"``.
+
+    python benchmarks/bench_startup.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import SAMPLE_DATA, WORK, OtherLoad, console, fmt_s, median, print_machine, print_targets, spread, table
+from bench_prepare import import_profile
+
+SCRATCH = WORK / "startup"
+ALONE_S = 0.3  # a command without a neural model
+OVER_TORCH_S = 0.3  # a command with one, beyond `import torch`
+
+
+def xmfast_script() -> str:
+    script = Path(sys.executable).parent / "xmfast"
+    return str(script) if script.is_file() else shutil.which("xmfast") or "xmfast"
+
+
+def timed_run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one command as a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=SCRATCH, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def make_inputs(xmfast: str) -> dict[str, str]:
+    """The tiny inputs, made once (a run that is already there is kept)."""
+    import numpy as np
+
+    ds, made = SCRATCH / "ds", {}
+    steps = [
+        (ds, ["prepare", str(SAMPLE_DATA), "-t", "in", "-s", "all", "-o", str(ds)]),
+        (SCRATCH / "pop", ["train", str(ds), "-m", "pop", "-o", str(SCRATCH / "pop")]),
+        (SCRATCH / "cooc", ["train", str(ds), "-m", "cooc", "-o", str(SCRATCH / "cooc")]),
+        (SCRATCH / "gmf", ["train", str(ds), "-m", "gmf", "--epochs", "1", "-o", str(SCRATCH / "gmf")]),
+    ]
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    for out, argv in steps:
+        if not out.exists():
+            timed_run([xmfast, *argv])
+    scores = SCRATCH / "scores.npy"
+    if not (SCRATCH / "mine").exists():
+        from xmfast.dataset import PreparedDataset
+
+        n = PreparedDataset.load(ds).test.candidates.shape
+        np.save(scores, np.random.default_rng(0).random(n))
+        timed_run([xmfast, "evaluate", str(ds), "--scores", str(scores), "--save-run", str(SCRATCH / "mine")], SCRATCH)
+    users = (ds / "users.txt").read_text(encoding="utf-8").split()
+    made.update(ds=str(ds), scores=str(scores), user=users[0])
+    return made
+
+
+def commands(x: dict[str, str]) -> list[tuple[str, list[str], bool]]:
+    """(label, xmfast arguments, whether the command runs a neural model)."""
+    s = str(SCRATCH)
+    return [
+        ("xmfast --help", ["--help"], False),
+        ("xmfast models", ["models"], False),
+        ("xmfast evaluate DS --scores S.npy", ["evaluate", x["ds"], "--scores", x["scores"]], False),
+        ("xmfast compare POP MINE", ["compare", f"{s}/pop", f"{s}/mine"], False),
+        ("xmfast report POP MINE --no-plots", ["report", f"{s}/pop", f"{s}/mine", "-o", f"{s}/report.md", "--no-plots"],
+         False),
+        ("xmfast recommend POP --user U", ["recommend", f"{s}/pop", "--user", x["user"]], False),
+        ("xmfast recommend COOC --user U", ["recommend", f"{s}/cooc", "--user", x["user"]], False),
+        ("xmfast evaluate POP", ["evaluate", f"{s}/pop"], False),
+        ("xmfast evaluate GMF", ["evaluate", f"{s}/gmf"], True),
+        ("xmfast recommend GMF --user U", ["recommend", f"{s}/gmf", "--user", x["user"]], True),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (median reported)")
+    args = ap.parse_args()
+    print_machine()
+    python, xmfast = sys.executable, xmfast_script()
+    inputs = make_inputs(xmfast)
+    load = OtherLoad()
+    cmds = commands(inputs)
+    rows = [("python -c pass", [python, "-c", "pass"]), ("python -c 'import torch'", [python, "-c", "import torch"])]
+    rows += [(label, [xmfast, *argv]) for label, argv, _ in cmds]
+    for _, cmd in rows:  # warm-up: page cache, .pyc files
+        timed_run(cmd)
+    times: dict[str, list[float]] = {label: [] for label, _ in rows}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in rows}
+    for _ in range(args.runs):
+        for label, cmd in rows:
+            wall, used = timed_run(cmd)
+            times[label].append(wall)
+            cpu[label].append(used)
+    torch_s = median(times["python -c 'import torch'"])
+
+    tab = table(f"Start-up: each command as a fresh process on the embedded sample, median of {args.runs} "
+                "interleaved rounds", ["command", "wall", "min – max", "CPU", "torch", "imports",
+                                       "heaviest imports (-X importtime)", "target"])
+    for label, cmd in rows[:2]:
+        tab.add_row(label, fmt_s(median(times[label])), spread(times[label]), fmt_s(median(cpu[label])),
+                    "yes" if "torch" in cmd[-1] else "no", "", "", "", end_section=label != "python -c pass")
+    verdicts: dict[str, bool] = {}
+    for label, argv, neural in cmds:
+        prof = import_profile(python, xmfast, argv, SCRATCH)
+        torch = "torch" in prof["heavy"]
+        t = median(times[label])
+        ok = t - torch_s < OVER_TORCH_S if neural else t < ALONE_S and not torch
+        target = f"< import torch + {OVER_TORCH_S} s" if neural else f"< {ALONE_S} s, no torch"
+        verdicts[f"{label}: {target}"] = ok
+        heavy = ", ".join(n for n, _ in prof["top"][:3])
+        tab.add_row(label, fmt_s(t), spread(times[label]), fmt_s(median(cpu[label])), "yes" if torch else "no",
+                    fmt_s(prof["import_s"]), heavy,
+                    (f"+{fmt_s(t - torch_s)} " if neural else "") + ("met" if ok else "NOT met"))
+    console.print(tab)
+    print_targets(verdicts)
+    load.report()
+
+
+if __name__ == "__main__":
+    main()
