@@ -77,12 +77,13 @@ def run_dir(root: Path, target: str, model: str, seed: int) -> Path:
     return root / target / setting / f"s{seed}" / model
 
 
-def test_ndcg(run: Path) -> float:
-    """The run's test NDCG@10 (forec's fine-tuned runs keep theirs one level down, per market)."""
+def test_ndcg(run: Path) -> float | None:
+    """The run's test NDCG@10 (forec's fine-tuned runs keep theirs one level down, per market),
+    None while it is not finished."""
     path = run / "results.json"
     if not path.is_file():
-        path = next(run.glob("*/results.json"))
-    return float(json.loads(path.read_text())["test"]["ndcg@10"])
+        path = next(run.glob("*/results.json"), path)
+    return float(json.loads(path.read_text())["test"]["ndcg@10"]) if path.is_file() else None
 
 
 def train_variant(choice: Choice, target: str, seed: int, model: str | None = None) -> Path:
@@ -114,12 +115,18 @@ def train_variant(choice: Choice, target: str, seed: int, model: str | None = No
     return out
 
 
-def effect(pairs: list[tuple[float, float]]) -> str:
-    """Mean ± std over seeds of (variant − base), and the two means."""
-    deltas = [v - b for v, b in pairs]
-    spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-    return (f"{statistics.mean(deltas):+.3f} ± {spread:.3f} "
-            f"({statistics.mean(b for _, b in pairs):.3f} → {statistics.mean(v for v, _ in pairs):.3f})")
+def effect(pairs: list[tuple[float | None, float | None]]) -> str:
+    """Mean ± std over the seeds both runs finished of (variant − base), and the two means; the
+    seeds are named when not all of them have finished."""
+    done = [(v, b) for v, b in pairs if v is not None and b is not None]
+    if not done:
+        return "not run yet"
+    deltas = [v - b for v, b in done]
+    spread = f" ± {statistics.stdev(deltas):.3f}" if len(deltas) > 1 else ""
+    seeds = "" if len(done) == len(pairs) else f", seed{'s' if len(done) > 1 else ''} " + ", ".join(
+        str(s) for s, (v, b) in zip(SEEDS, pairs) if v is not None and b is not None)
+    return (f"{statistics.mean(deltas):+.3f}{spread} "
+            f"({statistics.mean(b for _, b in done):.3f} → {statistics.mean(v for v, _ in done):.3f}{seeds})")
 
 
 def main() -> None:
