@@ -95,3 +95,14 @@ def test_query_ids_read_on_demand_behave_as_a_list(sample_dataset) -> None:
     assert list(e.positive_item[1:4]) == items[1:4] and items[2] in e.positive_item
     with pytest.raises(IndexError):
         e.query_user[len(users)]
+
+
+def test_ids_pickle_as_their_strings() -> None:
+    """An evaluation crosses processes (torchrun broadcasts rank 0's results): its lazily read
+    ids pickle as the ids themselves."""
+    import pickle
+
+    from xmfast.evaluation import Ids
+
+    ids = Ids(core.Vocab(["u1", "u2", "u3"]), np.array([2, 0, 2]))
+    assert pickle.loads(pickle.dumps(ids)) == ["u3", "u1", "u3"]

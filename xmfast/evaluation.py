@@ -198,6 +198,11 @@ class Ids(Sequence[str]):
     def __repr__(self) -> str:
         return f"Ids({list(self[:3])}{', ...' if len(self) > 3 else ''}; {len(self)} ids)"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the plain list of ids: the vocabulary is a Rust object, and an evaluation
+        crosses processes whole (rank 0's results broadcast under torchrun)."""
+        return (list, ([self.vocab[int(i)] for i in self.index],))
+
 
 @dataclass
 class Evaluation:
