@@ -169,7 +169,7 @@ def test_two_matching_gmf_runs_are_refused_with_the_list_then_the_named_one_is_p
     recorded = Run.open(runs / "nmf2").info
     assert recorded["pretrained"] == {"gmf": str(gmf), "mlp": str((runs / "mlp").resolve())}
     assert recorded["pretrained_runs"]["gmf"] == {"path": str(gmf), "model": "gmf", "seed": 7, "sources": ["uk"],
-                                                  "selected_epoch": 1, "checkpoint_blake2b": digest}
+                                                  "selected_epoch": 1, "checkpoint": "best.pt", "checkpoint_blake2b": digest}
 
 
 def test_finetune_prints_and_records_its_base_run(tree: Path) -> None:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,8 +187,13 @@ def test_a_worker_gets_its_share_of_threads_and_its_gpu(monkeypatch: pytest.Monk
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the parent's setting is the whole machine's, not a worker's
     worker = _Worker(3, "5")
     try:
-        env = dict(entry.split("=", 1) for entry in
-                   Path(f"/proc/{worker.proc.pid}/environ").read_text().split("\0") if "=" in entry)
+        deadline = time.monotonic() + 30
+        while True:  # /proc shows the new environment once the worker has exec'd, not between fork and exec
+            env = dict(entry.split("=", 1) for entry in
+                       Path(f"/proc/{worker.proc.pid}/environ").read_text().split("\0") if "=" in entry)
+            if "XMFAST_WORKER_THREADS" in env or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "XMFAST_WORKER_THREADS",
                                     "CUDA_VISIBLE_DEVICES")} == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3",
                                                                  "RAYON_NUM_THREADS": "3", "XMFAST_WORKER_THREADS": "3",

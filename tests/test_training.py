@@ -190,7 +190,7 @@ def test_run_directory_holds_config_fingerprint_checkpoints_log_and_results(samp
     info = json.loads((root / "run.json").read_text())
     assert info["model"] == "gmf" and info["status"] == "finished"
     assert info["dataset"]["fingerprint"] == sample_in.fingerprint
-    assert info["train_config"]["epochs"] == 2 and info["model_config"] == {"embedding_dim": 8, "init_std": 0.01}
+    assert info["train_config"]["epochs"] == 2 and info["model_config"] == {"embedding_dim": 8, "init": "normal", "init_std": 0.01}
     assert {p.name for p in (root / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
     lines = (root / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
