@@ -92,6 +92,8 @@ def test_ctrl_c_stops_every_worker_resumably_and_two_jobs_finish_with_the_serial
     exp = read_experiment(file)
     proc = subprocess.Popen([sys.executable, "-m", "xmfast_cli.app", "run", str(file), "--no-report", "--jobs", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            # `-m` puts the working directory first on the path: not the uncompiled source tree
+                            cwd=file.parent,
                             # as from a terminal, even when CI started the suite with SIGINT ignored
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
