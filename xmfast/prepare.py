@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from xmfast import core
+from xmfast._added import added, at_added_default  # noqa: F401 - added: for new PrepareConfig fields
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
 from xmfast.errors import DataError, XmfastError, check_int
@@ -203,7 +204,9 @@ def sample_candidates(split: SplitTables, config: PrepareConfig) -> PreparedData
 
 
 def _settings(config: PrepareConfig, markets: list[str]) -> dict:
-    s = asdict(config)
+    """The manifest's settings (inside the fingerprint): a field added after format 1 is left
+    out at its default, so datasets prepared before it existed keep their fingerprint."""
+    s = {k: v for k, v in asdict(config).items() if not at_added_default(config, k)}
     s["sources"] = markets[1:]
     return s
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xmfast import outputs
+from xmfast._added import is_added
 from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError, argument, spelled
@@ -75,7 +76,7 @@ def key_plain(value: Any) -> Any:
     does not make finished stages stale."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: key_plain(getattr(value, f.name)) for f in fields(value)
-                if not (f.metadata.get("added") and getattr(value, f.name) == f.default)}
+                if not (is_added(f) and getattr(value, f.name) == f.default)}
     if isinstance(value, dict):
         return {k: key_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

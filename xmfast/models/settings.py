@@ -7,9 +7,10 @@ from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
+from xmfast._added import added
 from xmfast.errors import XmfastError
 
 # How a network's weights start. "normal": every embedding and linear weight from N(0, init_std²),
@@ -17,13 +18,6 @@ from xmfast.errors import XmfastError
 # Kaiming-uniform linear layers, which is what FOREC's code trains (its init_weight does nothing).
 Init = Literal["normal", "pytorch"]
 INITS = ("normal", "pytorch")
-
-
-def added(default: Any) -> Any:
-    """A setting added after runs of its model were made: at its default it behaves as before it
-    existed, so an experiment's stage keys leave it out (see :func:`xmfast.runs.key_plain`) and
-    finished stages stay valid."""
-    return field(default=default, metadata={"added": True})
 
 
 def _positive(name: str, value: int) -> None:
