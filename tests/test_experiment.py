@@ -178,7 +178,8 @@ def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
     [
         ('models = ["gmf"]\ncolour = 1\n', "unknown key 'colour'"),
         ('models = ["gmff"]\n', "unknown model 'gmff'"),
-        ('models = ["gmf"]\ntargets = ["zz"]\n', "unknown market code 'zz'"),
+        ('models = ["gmf"]\ntargets = ["zz"]\n', "target 'zz' has no rating file in"),
+        ('models = ["gmf"]\ntargets = ["z z"]\n', "target 'z z': a market name is letters, digits, _ and - only"),
         ('models = ["gmf"]\ntargets = ["fr"]\n', "target 'fr' has no rating file"),
         ('models = ["gmf"]\n[train]\nepochz = 3\n', "[train]: unknown setting 'epochz'"),
         # a typo under [train] is reported there, not under the [train.NAME] it is merged into
@@ -234,7 +235,7 @@ def test_experiment_paths_are_relative_to_the_file(sample_dir: Path, tmp_path: P
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     exp = read_experiment(Path("../grid/exps/e.toml"))
-    assert exp.data.resolve() == tmp_path / "grid" / "data" and exp.out.resolve() == tmp_path / "grid" / "runs" / "e"
+    assert exp.data.dir.resolve() == tmp_path / "grid" / "data" and exp.out.resolve() == tmp_path / "grid" / "runs" / "e"
     assert plan(exp).stages[0].path.resolve() == tmp_path / "grid" / "runs" / "e" / "in" / "dataset"
     assert read_experiment(file, out=Path("mine")).out.resolve() == elsewhere / "mine"
     dry = runner.invoke(app, ["run", str(file), "--dry-run", "--out", "mine"])
@@ -249,7 +250,7 @@ def test_shipped_experiment_files_plan_from_any_directory(sample_dir: Path, tmp_
     for cwd in (root, tmp_path):
         monkeypatch.chdir(cwd)
         exp = read_experiment(root / "experiments" / "quickstart.toml")
-        assert exp.data.resolve() == sample_dir.resolve() and exp.out.resolve() == root / "runs" / "quickstart", cwd
+        assert exp.data.dir.resolve() == sample_dir.resolve() and exp.out.resolve() == root / "runs" / "quickstart", cwd
         dry = runner.invoke(app, ["run", str(root / "experiments" / "quickstart.toml"), "--dry-run"])
         assert dry.exit_code == 0 and "in/all/s3/forec" in dry.output, dry.output
     monkeypatch.chdir(root)

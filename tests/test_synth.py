@@ -102,10 +102,10 @@ def test_raw_category_layout_is_readable(tmp_path: Path) -> None:
     ("change", "error", "message"),
     [
         (dict(markets=["uk", "de", "uk"]), XmfastError, "each market may appear only once"),
-        (dict(markets=["uk", "zz"]), DataError, "unknown market code 'zz'"),
-        (dict(markets=["UK"]), DataError, "unknown market code 'UK'"),
+        (dict(markets=["uk", "z z"]), DataError, "market name 'z z': a market name is letters, digits, _ and - only"),
+        (dict(markets=["uk", "de/x"]), DataError, "market name 'de/x'"),
     ],
-    ids=["duplicate", "unknown", "uppercase"],
+    ids=["duplicate", "space", "slash"],
 )
 def test_bad_markets_raise_before_writing(tmp_path: Path, change: dict, error: type, message: str) -> None:
     assert issubclass(error, XmfastError)

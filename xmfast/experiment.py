@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from xmfast._io import digest_json, write_json_atomic
 from xmfast.errors import XmfastError
+from xmfast.markets import DataSource, check_market_name, parse_columns
 from xmfast.models import Model, get_model, model_names
 
 StageKind = Literal["prepare", "train", "finetune"]
@@ -57,7 +58,7 @@ class Experiment:
     """An experiment file, checked (see the module docstring)."""
 
     name: str
-    data: Path
+    data: DataSource
     out: Path
     protocol: str = "forec"
     targets: tuple[str, ...] | Literal["all"] = "all"
@@ -141,6 +142,28 @@ def _beside(file: Path, value: str) -> Path:
         return where
 
 
+def _data_source(value: Any, path: Path) -> DataSource:
+    """`data = "DIR"`, or a `[data]` table: `dir`, `files = {MARKET = "PATH", ...}` (a key `"*"`
+    lists a file whose market column names each row's market) and `columns = {user = "...", ...}`
+    (see xmfast.markets); paths relative to the experiment file's directory."""
+    if isinstance(value, str):
+        return DataSource(_beside(path, value))
+    table = dict(_expect(value, dict, "data", path))
+    unknown = sorted(set(table) - {"dir", "files", "columns"})
+    if unknown:
+        raise XmfastError(f"{path}: [data]: unknown key {unknown[0]!r} (expected dir, files, columns)")
+    files = []
+    for market, file in dict(_expect(table.get("files", {}), dict, "[data.files]", path)).items():
+        files.append((None if market == "*" else check_market_name(market, f"{path}: [data.files]: market"),
+                      _beside(path, _expect(file, str, f"[data.files] {market}", path))))
+    try:
+        columns = parse_columns(_expect(table.get("columns", {}), dict, "[data.columns]", path))
+        return DataSource(_beside(path, _expect(table["dir"], str, "[data] dir", path)) if "dir" in table else None,
+                          tuple(files), tuple(columns.items()))
+    except XmfastError as e:
+        raise XmfastError(f"{path}: [data]: {e}") from None
+
+
 def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
     """Reads and checks an experiment file; every unknown key is an error naming it. Its `data`
     and `out` are relative to the file's directory; `out` given here (`xmfast run --out`) is
@@ -165,7 +188,7 @@ def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
         _expect(m, str, "each model", path)
     return Experiment(
         name=_expect(raw.get("name", path.stem), str, "name", path),
-        data=_beside(path, _expect(raw["data"], str, "data", path)),
+        data=_data_source(raw["data"], path),
         out=Path(out) if out is not None else _beside(path, _expect(raw["out"], str, "out", path)),
         protocol=_expect(raw.get("protocol", "forec"), str, "protocol", path),
         targets=_markets_or(raw.get("targets", "all"), ("all",), "targets", path),
@@ -217,16 +240,15 @@ class Plan:
         return {s.id: s for s in self.stages}
 
 
-def _data_signature(data: Path, category: str | None) -> list[list[Any]]:
+def _data_signature(data: DataSource, category: str | None) -> list[list[Any]]:
     """What the rating files are: names, sizes and the blake3 of their bytes (the digest each
     prepared dataset's manifest records). Content, not modification times: a fresh copy of the
     same files (a new clone, a restored backup, a re-mounted share) must not re-run hours of
     finished stages. Hashing streams at disk speed (the 7 XMarket 5-core files: milliseconds)."""
     from xmfast import core
-    from xmfast.markets import discover
 
     out = []
-    for market, f in sorted(discover(data, category).items()):
+    for market, f in sorted(data.find(category).items()):
         try:
             digest = core.file_digest(f.path)
         except (OSError, ValueError) as e:
@@ -254,7 +276,6 @@ def _check_settings(config_type: type, values: dict[str, Any], where: str) -> No
 
 def plan(experiment: Experiment) -> Plan:
     """The stages of `experiment` in dependency order, each with its key."""
-    from xmfast.markets import check_market_code, discover
     from xmfast.models.schedule import TrainConfig
     from xmfast.prepare import KCore, PrepareConfig
     from xmfast.runs import key_plain, to_plain
@@ -275,15 +296,15 @@ def plan(experiment: Experiment) -> Plan:
         PrepareConfig(target="uk", **prep_values)
     except (TypeError, XmfastError) as e:
         raise XmfastError(f"{where}: [prepare]: {e}") from None
-    available = sorted(discover(exp.data, prep_values.get("category")))
+    available = sorted(exp.data.find(prep_values.get("category")))
     targets = available if exp.targets == "all" else list(exp.targets)
     for t in targets:
-        check_market_code(t)
+        check_market_name(t, f"{where}: target")
         if t not in available:
             raise XmfastError(f"{where}: target {t!r} has no rating file in {exp.data} (found {', '.join(available)})")
     if isinstance(exp.sources, tuple):
         for s in exp.sources:
-            check_market_code(s)
+            check_market_name(s, f"{where}: source")
             if s not in available:
                 raise XmfastError(f"{where}: source {s!r} has no rating file in {exp.data}")
     # [train] alone first: a typo there is reported under its own table, not under the first
@@ -567,7 +588,7 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
 
     check_jobs(jobs)
     # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
-    check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=[p.experiment.data])
+    check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=p.experiment.data.inputs)
     observer = observer or ExperimentObserver()
     actions = stage_actions(p)
     observer.on_plan(p, actions)

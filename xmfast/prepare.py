@@ -20,8 +20,8 @@ from xmfast._added import added, at_added_default  # noqa: F401 - added: for new
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
 from xmfast.errors import DataError, XmfastError, check_int
-from xmfast.markets import check_market_code, discover, resolve_markets
-from xmfast.ratings import Ratings, read_ratings
+from xmfast.markets import DataSource, check_market_name, resolve_markets
+from xmfast.ratings import Ratings
 
 PROTOCOLS: tuple[str, ...] = ("forec", "acmr")
 
@@ -74,19 +74,25 @@ def _noop(_: str) -> None:
     pass
 
 
-def load_inputs(data_dir: Path, config: PrepareConfig) -> tuple[list[str], Ratings]:
-    """Finds and parses the files the configuration needs (reference market included)."""
-    available = discover(Path(data_dir), config.category)
+def load_inputs(data: DataSource | Path, config: PrepareConfig, on_note: Step = _noop) -> tuple[list[str], Ratings]:
+    """Finds and parses the files the configuration needs (reference market included);
+    `on_note` hears about the data directory's files that match no rule (they are not read)."""
+    data = DataSource.of(data)
+    available = data.find(config.category)
+    if (note := available.unmatched_note()) is not None:
+        on_note(note)
     sources = config.sources if config.sources == "all" else list(config.sources)
     markets = resolve_markets(available, config.target, sources)
     to_read = list(markets)
     if config.reference_market is not None:
-        check_market_code(config.reference_market)
+        check_market_name(config.reference_market, "reference market")
         if config.reference_market not in available:
-            raise DataError(f"{data_dir}: reference market {config.reference_market!r} is absent")
+            raise DataError(f"{data}: reference market {config.reference_market!r} is absent "
+                            f"(markets found: {', '.join(available)})")
         if config.reference_market not in to_read:
             to_read.append(config.reference_market)
-    return markets, read_ratings([(m, available[m].path) for m in to_read])
+    ratings = data.read(available, to_read)
+    return markets, ratings
 
 
 def filter_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) -> Ratings:
@@ -212,7 +218,8 @@ def _settings(config: PrepareConfig, markets: list[str]) -> dict:
 
 
 def prepare(
-    data_dir: Path, out_dir: Path | None, config: PrepareConfig, *, overwrite: bool = False, on_step: Step = _noop
+    data: DataSource | Path, out_dir: Path | None, config: PrepareConfig, *, overwrite: bool = False,
+    on_step: Step = _noop, on_note: Step = _noop,
 ) -> PreparedDataset:
     """Reads, filters, splits and samples candidates; writes the dataset atomically to `out_dir`
     (unless None) and returns it. Same inputs and configuration give byte-identical output."""
@@ -220,9 +227,9 @@ def prepare(
         from xmfast import outputs
         from xmfast._io import check_output
 
-        check_output(Path(out_dir), outputs.DATASET, inputs=[data_dir], overwrite=overwrite)
+        check_output(Path(out_dir), outputs.DATASET, inputs=DataSource.of(data).inputs, overwrite=overwrite)
     on_step("read")
-    markets, ratings = load_inputs(data_dir, config)
+    markets, ratings = load_inputs(data, config, on_note)
     on_step("filter")
     ratings = filter_ratings(ratings, markets, config)
     on_step("split")
@@ -233,5 +240,5 @@ def prepare(
     if out_dir is None:
         return dataset
     on_step("write")
-    dataset.save(Path(out_dir), overwrite=overwrite, inputs=[data_dir])
+    dataset.save(Path(out_dir), overwrite=overwrite, inputs=DataSource.of(data).inputs)
     return PreparedDataset.load(Path(out_dir), just_written=True)

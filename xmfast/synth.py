@@ -13,7 +13,7 @@ from pathlib import Path
 from xmfast import core
 from xmfast._io import json_text
 from xmfast.errors import U64_MAX, XmfastError, check_int
-from xmfast.markets import check_market_code
+from xmfast.markets import check_market_name
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def synthesize(out_dir: Path, config: SynthConfig) -> list[dict]:
     from xmfast._io import atomic_directory
 
     for m in config.markets:
-        check_market_code(m)
+        check_market_name(m)
     if len(set(config.markets)) != len(config.markets):
         raise XmfastError("each market may appear only once")
     out_dir = Path(out_dir)

@@ -201,6 +201,19 @@ def main_options(
     """Fast, reproducible cross-market product recommendation on XMarket."""
 
 
+def _data_source(data_dir: Path | None, files: list[str] | None, columns: str) -> Any:
+    """The rating files a command reads: a directory and/or `--file` entries, with `--columns`."""
+    from xmfast.markets import DataSource, parse_columns, parse_file_option
+
+    return DataSource(data_dir, tuple(parse_file_option(f) for f in files or ()), tuple(parse_columns(columns).items()))
+
+
+def _warn(line: str) -> None:
+    from xmfast_cli.render import err_console
+
+    err_console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -251,9 +264,17 @@ def _model_options(model: Any, ctx: typer.Context, command: str) -> tuple[dict[s
 @command()
 @user_errors
 def prepare(
-    data_dir: Annotated[Path, typer.Argument(help="Directory of XMarket rating files.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target market code, e.g. uk.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target market, e.g. uk.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared dataset to.")],
+    data_dir: Annotated[Optional[Path], typer.Argument(
+        help="Directory of rating files ({market}_5core.txt, ratings_{market}_{category}.txt.gz, {market}.csv, "
+             ".tsv, .inter or .parquet).")] = None,
+    file: Annotated[Optional[list[str]], typer.Option(
+        "--file", help="A rating file MARKET=PATH (repeatable), added to the directory's; PATH alone: a file "
+                       "whose market column names each row's market.")] = None,
+    columns: Annotated[str, typer.Option(
+        help="Column names of CSV/TSV/Parquet files, e.g. user=reviewerID,item=asin,rating=overall,"
+             "time=unixReviewTime (also market=...); unmapped ones are found by their usual names.")] = "",
     sources: Annotated[
         str, typer.Option("--sources", "-s", help="Comma-separated source markets, 'all', or '' for none.")
     ] = "",
@@ -298,9 +319,10 @@ def prepare(
         eval_negatives=eval_negatives,
         category=category,
     )
+    data = _data_source(data_dir, file, columns)
     with _on_interrupt(lambda: f"nothing was written to {out} (a dataset already there is untouched); "
                        f"run {_same_command()} again"), steps("prepare") as on_step:
-        dataset = run_prepare(data_dir, out, config, overwrite=overwrite, on_step=on_step)
+        dataset = run_prepare(data, out, config, overwrite=overwrite, on_step=on_step, on_note=_warn)
     counts = dataset.manifest["counts"]
     show(market_table(market_stats(dataset, dataset.target), dataset.target, f"Prepared dataset {out}"))
     console.print(
@@ -322,8 +344,7 @@ def stats(
 ) -> None:
     """Per-market statistics; for raw inputs also item and co-occurrence overlap across markets."""
     from xmfast.dataset import PreparedDataset
-    from xmfast.markets import discover, resolve_markets
-    from xmfast.ratings import read_ratings
+    from xmfast.markets import DataSource, resolve_markets
     from xmfast.stats import cross_market, market_stats
     from xmfast_cli.render import Grid, console, market_table, overlap_tables, show
 
@@ -336,11 +357,14 @@ def stats(
         shown.append(market_table(per_market, tgt, f"Prepared dataset {path}"))
         report: dict[str, Any] = {"markets": [s.as_dict() for s in per_market]}
     else:
-        available = discover(path, category)
+        data = DataSource(path)
+        available = data.find(category)
+        if (note := available.unmatched_note()) is not None:
+            _warn(note)
         wanted = _split_list(markets) or list(available)
         tgt = target or wanted[0]
         chosen = resolve_markets(available, tgt, [m for m in wanted if m != tgt])
-        ratings = read_ratings([(m, available[m].path) for m in chosen])
+        ratings = data.read(available, chosen).drop_markets(chosen)
         per_market = market_stats(ratings, tgt)
         cm = cross_market(ratings)
         shown += [market_table(per_market, tgt, f"Rating files in {path}"), *overlap_tables(cm),

@@ -1,0 +1,147 @@
+"""Markets are names: discovery rules, explicitly listed files, the `[data]` table, and a whole
+pipeline (prepare, train, run, report, recommend) on markets that are not XMarket's."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xmfast.errors import DataError, XmfastError
+from xmfast.markets import DataSource, discover, parse_columns, parse_file_option
+from xmfast_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def touch(path: Path, text: str = "userId itemId rate date\nu1 i1 5 2020-01-01\n") -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_discovery_rules_name_each_market_and_report_the_rest(tmp_path: Path) -> None:
+    for name in ("north_5core.txt", "east-1_5core.txt.gz", "ratings_mx_Books.txt.gz", "south.csv", "t1.tsv",
+                 "s2.inter", "west.parquet", "notes.json", "north.txt", "synth.json", "uk_5core.txt.part"):
+        touch(tmp_path / name)
+    (tmp_path / ".hidden").write_text("x")
+    found = discover(tmp_path)
+    assert {m: (f.path.name, f.layout) for m, f in found.items()} == {
+        "east-1": ("east-1_5core.txt.gz", "processed"), "mx": ("ratings_mx_Books.txt.gz", "raw"),
+        "north": ("north_5core.txt", "processed"), "s2": ("s2.inter", "inter"), "south": ("south.csv", "csv"),
+        "t1": ("t1.tsv", "tsv"), "west": ("west.parquet", "parquet"),
+    }
+    assert found["mx"].category == "Books"
+    # matching no rule: reported (xmfast's own synth.json, a download's .part and dot-files are not)
+    assert [p.name for p in found.unmatched] == ["north.txt", "notes.json"]
+    note = found.unmatched_note()
+    assert note is not None and note.startswith(f"{tmp_path}: 2 files matching no rule were not read: north.txt, notes.json")
+
+
+def test_two_files_for_one_market_is_an_error_naming_both(tmp_path: Path) -> None:
+    a, b = touch(tmp_path / "north_5core.txt"), touch(tmp_path / "north.csv")
+    with pytest.raises(DataError, match=f"two files for market north: {b} and {a}; keep one"):
+        discover(tmp_path)
+    b.unlink()
+    other = touch(tmp_path.parent / f"{tmp_path.name}-north.txt")
+    with pytest.raises(DataError, match="two files for market north"):
+        discover(tmp_path, files=[("north", other)])
+    # XMarket's processed file still wins over its raw file (as always), and --category picks raw
+    raw = touch(tmp_path / "ratings_north_Books.txt.gz")
+    assert discover(tmp_path)["north"].path == a
+    assert discover(tmp_path, "Books")["north"].path == raw
+
+
+def test_listed_files_and_their_errors(tmp_path: Path) -> None:
+    f = touch(tmp_path / "anything.txt")
+    found = discover(None, files=[("east-1", f)])
+    assert found["east-1"].path == f and found["east-1"].listed and found["east-1"].layout == "processed"
+    assert parse_file_option("east-1=a/b.csv") == ("east-1", Path("a/b.csv"))
+    assert parse_file_option("data/all.inter") == (None, Path("data/all.inter"))
+    with pytest.raises(DataError, match="market 'a b': a market name is letters, digits, _ and - only"):
+        parse_file_option("a b=x.csv")
+    with pytest.raises(DataError, match="no such rating file"):
+        discover(None, files=[("x", tmp_path / "missing.csv")])
+    with pytest.raises(DataError, match="cannot tell the file's format from its name"):
+        discover(None, files=[("x", touch(tmp_path / "x.json"))])
+    with pytest.raises(XmfastError, match="no rating files: give a data directory"):
+        DataSource()
+
+
+def test_column_mappings_are_checked() -> None:
+    assert parse_columns("user=reviewerID, item=asin,time=unixReviewTime") == {
+        "user": "reviewerID", "item": "asin", "time": "unixReviewTime"}
+    for text, message in (("user", "expected KEY=COLUMN"), ("colour=x", "unknown key 'colour'"),
+                          ("user=a,user=b", "'user' is mapped twice"), ("user=", "expected a column name")):
+        with pytest.raises(XmfastError, match=message):
+            parse_columns(text)
+
+
+def test_prepare_warns_about_unmatched_files_and_still_prepares(sample_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("in_5core.txt", "uk_5core.txt"):
+        (data / name).write_bytes((sample_dir / name).read_bytes())
+    (data / "in_5core.txt.bak").write_text("old")
+    result = invoke("prepare", data, "-t", "in", "-s", "all", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: {data}: 1 file matching no rule was not read: in_5core.txt.bak (rating files are "
+                       "named {market}_5core.txt, ratings_{market}_{category}.txt.gz, {market}.csv, {market}.tsv, "
+                       "{market}.inter or {market}.parquet; or list one with --file MARKET=PATH)"]
+
+
+def test_listed_files_prepare_the_same_dataset_as_their_directory(sample_dir: Path, tmp_path: Path) -> None:
+    """`--file MARKET=PATH` reads the same bytes as discovery: the same fingerprint."""
+    assert invoke("prepare", sample_dir, "-t", "in", "-s", "uk", "-o", tmp_path / "a").exit_code == 0
+    result = invoke("prepare", "-t", "in", "-s", "uk", "-o", tmp_path / "b",
+                    "--file", f"in={sample_dir / 'in_5core.txt'}", "--file", f"uk={sample_dir / 'uk_5core.txt'}")
+    assert result.exit_code == 0, result.output
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab"]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]
+    one_error(invoke("prepare", sample_dir, "-t", "in", "-o", tmp_path / "c", "--file", f"in={sample_dir / 'in_5core.txt'}"),
+              "two files for market in")
+    assert not (tmp_path / "c").exists()
+
+
+def test_named_markets_go_through_the_whole_pipeline(tmp_path: Path) -> None:
+    """Acceptance: markets named north, south and east-1 through synth, prepare, train, run,
+    report and recommend."""
+    data = tmp_path / "data"
+    assert invoke("synth", data, "--markets", "north,south,east-1", "--ratings", "3000", "--items", "300").exit_code == 0
+    assert sorted(p.name for p in data.glob("*_5core.txt")) == ["east-1_5core.txt", "north_5core.txt", "south_5core.txt"]
+    result = invoke("prepare", data, "-t", "east-1", "-s", "all", "-o", tmp_path / "ds")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["markets"] == ["east-1", "north", "south"]
+    result = invoke("train", tmp_path / "ds", "-m", "gmf", "-o", tmp_path / "gmf", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    result = invoke("recommend", tmp_path / "gmf", "--all-users", "-k", "3", "-o", tmp_path / "recs.csv")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "recs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["market"] for r in rows} == {"east-1"}
+    exp = tmp_path / "e.toml"
+    exp.write_text(f'name = "named"\nout = "runs"\ntargets = ["east-1"]\nsources = ["north"]\nmodels = ["pop", "gmf"]\n'
+                   f'seeds = [1]\n[data]\nfiles = {{east-1 = "{data / "east-1_5core.txt"}", north = "{data / "north_5core.txt"}"}}\n'
+                   '[train]\nepochs = 1\n')
+    result = invoke("run", exp)
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "runs" / "report.md").read_text()
+    assert "## east-1" in report and "gmf" in report
+    assert invoke("report", tmp_path / "runs", "--out", tmp_path / "r.md").exit_code == 0
