@@ -123,12 +123,12 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: Path) -
 
 
 def _markets_or(value: Any, words: tuple[str, ...], what: str, where: Path) -> Any:
-    """One of `words`, or market codes (a list, or one code as a string) as a tuple."""
+    """One of `words`, or market names (a list, or one name as a string) as a tuple."""
     if isinstance(value, str):
         return value if value in words else (value,)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return tuple(dict.fromkeys(value))
-    raise XmfastError(f"{where}: {what} must be {' or '.join(repr(w) for w in words)} or a list of market codes")
+    raise XmfastError(f"{where}: {what} must be {' or '.join(repr(w) for w in words)} or a list of market names")
 
 
 def _beside(file: Path, value: str) -> Path:

@@ -424,7 +424,7 @@ def download(
 @user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the files to (created if needed).")],
-    markets: Annotated[str, typer.Option(help="Comma-separated market codes, largest market first.")] = "uk,de,in",
+    markets: Annotated[str, typer.Option(help="Comma-separated market names (letters, digits, _ and -), largest market first.")] = "uk,de,in",
     ratings: Annotated[int, typer.Option(help="Total ratings over all markets (approximate).")] = 20_000,
     items: Annotated[int, typer.Option(help="Size of the global item catalog.")] = 1_000,
     topics: Annotated[int, typer.Option(help="Latent topics shared across markets.")] = 40,
