@@ -382,30 +382,48 @@ def stats(
 @command()
 @user_errors
 def download(
-    markets: Annotated[str, typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the rating files.")],
-    category: Annotated[str, typer.Option(help="XMarket category, e.g. Electronics.")] = "Electronics",
+    markets: Annotated[Optional[str], typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for the rating files.")] = None,
+    category: Annotated[str, typer.Option(
+        help="XMarket category (Electronics, Home_and_Kitchen, ...; --list shows all), several comma-separated, "
+             "or all.")] = "Electronics",
     base_url: Annotated[str, typer.Option(help="Where the files are: BASE/{market}/{category}/ratings_{market}_{category}.txt.gz.")] = "https://ciir.cs.umass.edu/downloads/XMarket/FULL",
     overwrite: Annotated[bool, typer.Option(help="Fetch files that are already there again.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List XMarket's markets and categories and exit.")] = False,
 ) -> None:
-    """Download official XMarket rating files (resumes partial downloads; checks each gzip before it is kept)."""
+    """Download official XMarket rating files (resumes partial downloads; checks each gzip before it is kept).
+
+    Not every market has every category: a file the server lacks is reported on its own line and the
+    others are still fetched."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    from xmfast.download import XMARKET_CATEGORIES
     from xmfast.download import download as fetch
+    from xmfast.markets import XMARKET_MARKETS
     from xmfast_cli.render import console, err_console, live
 
-    names = _split_list(markets)
+    if list_:
+        console.print(f"markets: {', '.join(XMARKET_MARKETS)}\ncategories: {', '.join(XMARKET_CATEGORIES)}",
+                      highlight=False)
+        return
+    names = _split_list(markets or "")
     if not names:
         raise XmfastError("--markets: name at least one market, e.g. uk,de")
+    if out is None:
+        raise XmfastError("--out: name the directory for the rating files")
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err_console, transient=True, disable=not live()) as bars:
 
-        def progress(market: str):
-            task = bars.add_task(market, total=None)
+        def progress(label: str):
+            task = bars.add_task(label, total=None)
             return lambda done, total: bars.update(task, completed=done, total=total)
 
         results = fetch(names, category, out, base_url=base_url, overwrite=overwrite, progress=progress)
     for r in results:
+        if r.missing:
+            console.print(f"{r.market}: no {r.category} ratings at {r.missing} (HTTP 404; not every XMarket market "
+                          "has every category)", highlight=False)
+            continue
         how = "already complete" if r.skipped else (f"resumed at {r.resumed_from:,} bytes" if r.resumed_from else "downloaded")
         console.print(f"{r.market}: {r.path} ({r.bytes:,} bytes, {how})", highlight=False)
 
