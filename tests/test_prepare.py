@@ -707,3 +707,22 @@ def test_cli_prepare_on_raw_files(raw_and_forec: tuple[Path, Path], tmp_path: Pa
     assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"]) == (7, 7, "us")
     s = settings("--reference", "none", "--min-item", "3", "--min-rating", "2")
     assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (7, 3, None, 2.0)
+
+
+def test_experiment_plans_take_the_raw_defaults_too(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:
+    from xmfast.experiment import plan, read_experiment
+
+    raw, forec = raw_and_forec
+
+    def prepare_settings(data: Path, table: str = "") -> dict:
+        f = tmp_path / "e.toml"
+        f.write_text(f'data = "{data}"\nout = "{tmp_path / "out"}"\ntargets = ["in"]\nmodels = ["pop"]\n{table}', encoding="utf-8")
+        return next(s for s in plan(read_experiment(f)).stages if s.kind == "prepare").settings["prepare"]
+
+    s = prepare_settings(raw)
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["restrict_reference"]) == (7, 7, "us", False)
+    s = prepare_settings(raw, '[prepare]\nreference_market = "none"\nkcore = {min_user = 5}\nmin_rating = 4\n')
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (5, 7, None, 4)
+    s = prepare_settings(forec)  # processed files: nothing filtered, and neither new setting in the key
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"]) == (1, 1, None)
+    assert "restrict_reference" not in s and "min_rating" not in s
