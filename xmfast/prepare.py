@@ -26,7 +26,7 @@ from xmfast._added import added, at_added_default
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
 from xmfast.errors import DataError, XmfastError, check_int
-from xmfast.markets import check_market_code, discover, resolve_markets
+from xmfast.markets import MarketFile, check_market_code, discover, resolve_markets
 from xmfast.ratings import Ratings, read_ratings
 
 PROTOCOLS: tuple[str, ...] = ("forec", "acmr")
@@ -89,9 +89,9 @@ class PrepareConfig:
 
 # FOREC's preprocessing of XMarket's raw files (prepare_data.ipynb in its repository), the
 # defaults of settings left unset on such files: every market restricted to the items of the
-# US 10/25-core (the US itself only to its own 5-core), then one k-core pass per market, items
-# then users, at 7 ("5-core, +1 validation and +1 test"). On the raw Electronics files this
-# gives the released {market}_5core.txt files.
+# US 10/25-core (the US itself only to its own k-core), then one k-core pass per market, items
+# then users, at 7 ("5-core, +1 validation and +1 test"). This rule made the released
+# {market}_5core.txt files from the raw Electronics ones.
 FOREC_RAW: dict[str, Any] = {
     "reference_market": "us",
     "reference_kcore": KCore(10, 25),
@@ -104,8 +104,11 @@ def data_defaults(data_dir: Path, category: str | None = None) -> dict[str, Any]
     """The PrepareConfig settings the files in `data_dir` default to: :data:`FOREC_RAW` when
     the files found are XMarket's raw ones (all of them), none otherwise (processed 5-core
     files are already filtered; a mix of both gets none either)."""
-    found = discover(Path(data_dir), category).values()
-    return dict(FOREC_RAW) if all(f.layout == "raw" for f in found) else {}
+    return _defaults(discover(Path(data_dir), category))
+
+
+def _defaults(found: dict[str, MarketFile]) -> dict[str, Any]:
+    return dict(FOREC_RAW) if all(f.layout == "raw" for f in found.values()) else {}
 
 
 def data_settings(data_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -113,21 +116,21 @@ def data_settings(data_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     given takes the data's default, and a k-core given as a table of some of its fields
     (``{"min_user": 5}``) takes the others from the default k-core. A defaulted reference
     market that is absent is refused here, saying how to add it or turn the restriction off."""
-    defaults = data_defaults(data_dir, settings.get("category"))
+    found = discover(Path(data_dir), settings.get("category"))
+    defaults = _defaults(found)
     merged = {**defaults, **settings}
     for key in ("kcore", "reference_kcore"):
         if isinstance(settings.get(key), dict):
             base = defaults.get(key) or PrepareConfig.__dataclass_fields__[key].default_factory()  # type: ignore[misc]
             merged[key] = replace(base, **settings[key])
     ref = defaults.get("reference_market")
-    if "reference_market" not in settings and ref is not None:
-        available = discover(Path(data_dir), settings.get("category"))
-        if ref not in available:
-            cat = next(iter(available.values())).category
-            raise DataError(
-                f"{data_dir}: FOREC's preprocessing of raw files restricts items to {ref}'s 10/25-core, but "
-                f"there is no {ref} file; fetch it (xmfast download --markets {ref} --category {cat} --out "
-                f"{data_dir}) or pass --reference-market none (reference_market = \"none\")")
+    if "reference_market" not in settings and ref is not None and ref not in found:
+        k = merged["reference_kcore"]
+        raise DataError(
+            f"{data_dir}: FOREC's preprocessing of raw files restricts items to the {k.min_user}/{k.min_item}-core "
+            f"of {ref}, but there is no {ref} file; fetch it (xmfast download --markets {ref} --category "
+            f"{next(iter(found.values())).category} --out {data_dir}) or pass --reference-market none "
+            "(reference_market = \"none\" in an experiment's [prepare])")
     return merged
 
 
