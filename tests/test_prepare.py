@@ -578,6 +578,7 @@ def test_settings_at_their_defaults_keep_the_sample_fingerprint(sample_dir: Path
     one = prepare(sample_dir, None, PrepareConfig(target="in", sources="all", min_rating=1.0))
     assert one.manifest["counts"] == d.manifest["counts"] and one.fingerprint != d.fingerprint
     assert one.manifest["settings"]["min_rating"] == 1.0
+    assert prepare(sample_dir, None, PrepareConfig(target="in", sources="all", min_rating=1)).fingerprint == one.fingerprint
 
 
 def test_min_rating_keeps_ratings_at_or_above_it_before_any_filtering(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ class PrepareConfig:
                 isinstance(self.min_rating, bool) or not isinstance(self.min_rating, (int, float))
                 or not math.isfinite(self.min_rating)):
             raise XmfastError(f"min_rating must be a finite number (or none), got {self.min_rating!r}")
+        if self.min_rating is not None:  # 4 and 4.0 are one setting, and one fingerprint
+            object.__setattr__(self, "min_rating", float(self.min_rating))
         if self.protocol not in PROTOCOLS:
             raise XmfastError(f"unknown protocol {self.protocol!r} (expected forec or acmr)")
         check_int("the number of evaluation negatives", self.eval_negatives)
