@@ -711,6 +711,7 @@ def test_cli_prepare_on_raw_files(raw_and_forec: tuple[Path, Path], tmp_path: Pa
     assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"]) == (7, 7, "us")
     s = settings("--reference", "none", "--min-item", "3", "--min-rating", "2")
     assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (7, 3, None, 2.0)
+    assert "restrict_reference" not in settings("--restrict-reference")  # the setting's own default: left out
 
 
 def test_experiment_plans_take_the_raw_defaults_too(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:

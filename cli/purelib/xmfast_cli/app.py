@@ -273,6 +273,10 @@ def prepare(
              "XMarket files us (FOREC's).")] = None,
     reference_min_user: Annotated[Optional[int], typer.Option(help="k-core of the reference market: users (default 10).")] = None,
     reference_min_item: Annotated[Optional[int], typer.Option(help="k-core of the reference market: items (default 25).")] = None,
+    restrict_reference: Annotated[Optional[bool], typer.Option(
+        "--restrict-reference/--keep-reference",
+        help="Restrict the reference market's own ratings too (the default), or keep them all (FOREC's, the "
+             "default on raw XMarket files).")] = None,
     min_rating: Annotated[Optional[float], typer.Option(
         help="Keep only ratings >= this as positives, before any filtering (default: every rating).")] = None,
     dedup: Annotated[
@@ -310,6 +314,7 @@ def prepare(
            if any(v is not None for v in reference_given.values()) else {}),
         **({"reference_market": reference_market} if reference_market is not None else {}),
         **({"min_rating": min_rating} if min_rating is not None else {}),
+        **({"restrict_reference": restrict_reference} if restrict_reference is not None else {}),
     }
     config = PrepareConfig(**data_settings(data_dir, settings))
     with _on_interrupt(lambda: f"nothing was written to {out} (a dataset already there is untouched); "
