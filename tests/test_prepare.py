@@ -609,7 +609,7 @@ def test_min_rating_keeps_ratings_at_or_above_it_before_any_filtering(tmp_path: 
     assert made(kcore=KCore(1, 2)).manifest["counts"]["ratings"] == 15
     with pytest.raises(DataError, match=r"market uk: no ratings left .*ratings >= 6"):
         made(min_rating=6)
-    with pytest.raises(XmfastError, match="min_rating must be a finite number"):
+    with pytest.raises(XmfastError, match="min_rating=… must be a finite number, got nan"):
         PrepareConfig(target="uk", min_rating=float("nan"))
 
 
@@ -712,6 +712,9 @@ def test_cli_prepare_on_raw_files(raw_and_forec: tuple[Path, Path], tmp_path: Pa
     s = settings("--reference", "none", "--min-item", "3", "--min-rating", "2")
     assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (7, 3, None, 2.0)
     assert "restrict_reference" not in settings("--restrict-reference")  # the setting's own default: left out
+    r = CliRunner().invoke(app, ["prepare", str(raw), "-t", "in", "-o", str(tmp_path / "bad"), "--min-rating", "nan"])
+    assert r.exit_code == 2 and "error: --min-rating must be a finite number, got nan" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_experiment_plans_take_the_raw_defaults_too(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from xmfast import core
 from xmfast._added import added, at_added_default
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
-from xmfast.errors import DataError, XmfastError, check_int
+from xmfast.errors import DataError, XmfastError, argument, check_int
 from xmfast.markets import MarketFile, check_market_code, discover, resolve_markets
 from xmfast.ratings import Ratings, read_ratings
 
@@ -76,7 +76,7 @@ class PrepareConfig:
         if self.min_rating is not None and (
                 isinstance(self.min_rating, bool) or not isinstance(self.min_rating, (int, float))
                 or not math.isfinite(self.min_rating)):
-            raise XmfastError(f"min_rating must be a finite number (or none), got {self.min_rating!r}")
+            raise XmfastError(f"{argument('min_rating', None)} must be a finite number, got {self.min_rating!r}")
         if self.min_rating is not None:  # 4 and 4.0 are one setting, and one fingerprint
             object.__setattr__(self, "min_rating", float(self.min_rating))
         if self.protocol not in PROTOCOLS:
