@@ -180,8 +180,8 @@ def test_synth_raw_category_and_sample(sample_dir: Path, tmp_path: Path) -> None
     assert names == ["ratings_de_Electronics.txt.gz", "ratings_jp_Electronics.txt.gz", "synth.json"]
     body = gzip.decompress((tmp_path / "raw" / "ratings_de_Electronics.txt.gz").read_bytes()).decode()
     assert len(body.splitlines()[0].split()) == 4
-    assert invoke("prepare", tmp_path / "raw", "-t", "jp", "-s", "de", "-o", tmp_path / "ds",
-                  "--eval-negatives", "10").exit_code == 0
+    assert invoke("prepare", tmp_path / "raw", "-t", "jp", "-s", "de", "-o", tmp_path / "ds", "--eval-negatives", "10",
+                  "--reference", "none", "--min-user", "1", "--min-item", "1").exit_code == 0  # no us file to restrict to
     # --sample regenerates the committed sample byte for byte.
     sample = invoke("synth", tmp_path / "sample", "--sample")
     assert sample.exit_code == 0, sample.output
@@ -268,10 +268,11 @@ def test_truncated_gzip(sample_dir: Path, tmp_path: Path) -> None:
     body = (sample_dir / "in_5core.txt").read_text().split("\n", 1)[1]  # raw files have no header
     f = write_text(data / "ratings_in_Electronics.txt.gz", body, gz=True)
     write_text(data / "ratings_uk_Electronics.txt.gz", (sample_dir / "uk_5core.txt").read_text(), gz=True)
+    unfiltered = ("--reference", "none", "--min-user", "1", "--min-item", "1")  # not FOREC's raw-file defaults
     # Intact, it prepares.
-    assert invoke("prepare", data, "-t", "in", "-s", "all", "-o", tmp_path / "ok").exit_code == 0
+    assert invoke("prepare", data, "-t", "in", "-s", "all", "-o", tmp_path / "ok", *unfiltered).exit_code == 0
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    assert_user_error(invoke("prepare", data, "-t", "in", "-s", "all", "-o", tmp_path / "out"),
+    assert_user_error(invoke("prepare", data, "-t", "in", "-s", "all", "-o", tmp_path / "out", *unfiltered),
                       str(f), "truncated gzip")
     assert not (tmp_path / "out").exists()
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from xmfast.download import download, rating_file_url
+from xmfast.download import XMARKET_CATEGORIES, check_categories, download, rating_file_url
 from xmfast.errors import DataError, XmfastError
 from xmfast_cli.app import app
 
@@ -116,11 +116,58 @@ def test_cli_download_then_prepare(server: Server, tmp_path: Path) -> None:
                                  "--base-url", server.base])
     assert r.exit_code == 0, r.output
     assert "uk: " in r.output and "downloaded" in r.output
+    # raw files get FOREC's preprocessing, which needs the us file: one line saying how to fetch it
     r = CliRunner().invoke(app, ["prepare", str(tmp_path / "raw"), "--target", "in", "--sources", "all",
                                  "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 2 and "xmfast download --markets us --category Electronics" in r.output, r.output
+    assert not (tmp_path / "ds").exists()
+    r = CliRunner().invoke(app, ["prepare", str(tmp_path / "raw"), "--target", "in", "--sources", "all",
+                                 "--out", str(tmp_path / "ds"), "--reference", "none", "--min-user", "1", "--min-item", "1"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["download", "--markets", "uk", "--out", str(tmp_path / "raw"), "--base-url",
                                  server.base + "/nothing"])
     assert "already complete" in r.output  # the file is there and whole: nothing is fetched
     r = CliRunner().invoke(app, ["download", "--markets", "mx", "--out", str(tmp_path / "raw"), "--base-url", server.base])
     assert r.exit_code == 2 and "error:" in r.output and "HTTP 404" in r.output and "Traceback" not in r.output
+
+
+def test_categories_are_xmarkets_sixteen_and_a_wrong_one_is_named_with_a_suggestion() -> None:
+    assert len(XMARKET_CATEGORIES) == 16 and "Electronics" in XMARKET_CATEGORIES and "Home_and_Kitchen" in XMARKET_CATEGORIES
+    assert check_categories("all") == list(XMARKET_CATEGORIES)
+    assert check_categories("Books, Electronics,Books") == ["Books", "Electronics"]
+    for wrong, meant in (("electronics", "Electronics"), ("Toys", "Toys_and_Games"), ("Home_Kitchen", "Home_and_Kitchen")):
+        with pytest.raises(XmfastError, match=rf"category '{wrong}': not an XMarket category; did you mean {meant}\? "
+                                              r"XMarket's categories are Arts_Crafts_and_Sewing, .*Toys_and_Games \(or all\)"):
+            check_categories(wrong)
+    with pytest.raises(XmfastError, match=r"'Garden': not an XMarket category; XMarket's"):
+        check_categories("Garden")
+
+
+def test_a_market_without_the_category_is_one_line_and_the_others_are_fetched(server: Server, tmp_path: Path) -> None:
+    archive = gzip.compress(RATINGS[:2000])
+    server.put("uk", "Books", archive)
+    server.put("in", "Books", archive)
+    got = download(["uk", "mx", "in"], "Books", tmp_path, base_url=server.base)
+    assert [(g.market, g.missing is not None) for g in got] == [("uk", False), ("mx", True), ("in", False)]
+    assert got[1].missing == rating_file_url("mx", "Books", server.base)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings_in_Books.txt.gz", "ratings_uk_Books.txt.gz"]
+    r = CliRunner().invoke(app, ["download", "--markets", "uk,mx", "--category", "Books", "--out", str(tmp_path),
+                                 "--base-url", server.base])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert "uk: " in text and "already complete" in text
+    assert (f"mx: no Books ratings at {rating_file_url('mx', 'Books', server.base)} (HTTP 404; not every XMarket market "
+            "has every category)") in text
+
+
+def test_every_category_at_once_and_the_list(server: Server, tmp_path: Path) -> None:
+    server.put("jp", "Automotive", gzip.compress(RATINGS[:500]))
+    server.put("jp", "Toys_and_Games", gzip.compress(RATINGS[:700]))
+    got = download(["jp"], "all", tmp_path, base_url=server.base)
+    assert [g.category for g in got] == list(XMARKET_CATEGORIES)
+    assert [g.category for g in got if not g.missing] == ["Automotive", "Toys_and_Games"]
+    assert (tmp_path / "ratings_jp_Toys_and_Games.txt.gz").read_bytes() == gzip.compress(RATINGS[:700])
+    r = CliRunner().invoke(app, ["download", "--list"])
+    assert r.exit_code == 0 and "Arts_Crafts_and_Sewing" in r.output and "Toys_and_Games" in r.output and "us" in r.output
+    r = CliRunner().invoke(app, ["download", "--markets", "jp", "--out", str(tmp_path), "--category", "Toys"])
+    assert r.exit_code == 2 and "did you mean Toys_and_Games?" in r.output and "Traceback" not in r.output

@@ -108,9 +108,12 @@ def test_manifest_contents(sample_dir: Path, tmp_path: Path) -> None:
     assert on_disk["format_version"] == FORMAT_VERSION == 1
     assert on_disk["xmfast_version"] == core.__version__
     assert on_disk["markets"] == SAMPLE_MARKETS
-    # Settings: the configuration, with "all" resolved to the actual sources.
+    # Settings: the configuration, with "all" resolved to the actual sources; settings added
+    # after format 1 are left out at their defaults.
     want = asdict(config)
     want["sources"] = ["de", "jp", "uk"]
+    for later in ("restrict_reference", "min_rating"):
+        del want[later]
     assert on_disk["settings"] == json.loads(json.dumps(want))
     # Inputs: one entry per file read, with its size, row count and a blake3 digest.
     assert [f["market"] for f in on_disk["inputs"]] == SAMPLE_MARKETS
@@ -560,3 +563,174 @@ def test_real_xmarket_prepared_counts(xmarket_dir: Path) -> None:
     assert len(d.items) == np.unique(i).size == 8304
     assert d.manifest["counts"]["ratings"] == 134845 == m.size
     assert d.manifest["counts"]["groups"] == d.manifest["counts"]["evaluated_groups"] == 14313
+
+
+# ---- a rating threshold; FOREC's preprocessing of raw files --------------------------------------
+
+SAMPLE_FINGERPRINT = "806783687755c7b07cc0e74a165fbbbc3722a65193ce73fd83d0883e2bf3f409"  # before either existed
+
+
+def test_settings_at_their_defaults_keep_the_sample_fingerprint(sample_dir: Path) -> None:
+    d = prepare(sample_dir, None, PrepareConfig(target="in", sources="all"))
+    assert d.fingerprint == SAMPLE_FINGERPRINT
+    assert "min_rating" not in d.manifest["settings"] and "restrict_reference" not in d.manifest["settings"]
+    # the sample's lowest rating is 1.0: a threshold there keeps every row, but it is a setting
+    one = prepare(sample_dir, None, PrepareConfig(target="in", sources="all", min_rating=1.0))
+    assert one.manifest["counts"] == d.manifest["counts"] and one.fingerprint != d.fingerprint
+    assert one.manifest["settings"]["min_rating"] == 1.0
+    assert prepare(sample_dir, None, PrepareConfig(target="in", sources="all", min_rating=1)).fingerprint == one.fingerprint
+
+
+def test_min_rating_keeps_ratings_at_or_above_it_before_any_filtering(tmp_path: Path) -> None:
+    data = tmp_path / "t"
+    data.mkdir()
+    write_text(data / "uk_5core.txt", "userId itemId rate date\n" + "".join(
+        f"{u} {i} {r} 2020-01-0{d}\n" for u, rows in {
+            "a": [("i1", 5.0), ("i2", 2.0), ("i3", 4.0), ("i4", 3.5), ("i5", 4.0)],
+            "b": [("i1", 1.0), ("i2", 4.5), ("i3", 5.0), ("i4", 4.0), ("i6", 3.0)],
+            "c": [("i1", 3.0), ("i2", 3.0), ("i3", 3.0), ("i5", 3.0), ("i6", 3.0)],
+        }.items() for d, (i, r) in enumerate(rows, 1)))
+
+    def made(**settings: object) -> PreparedDataset:
+        return prepare(data, None, PrepareConfig(target="uk", eval_negatives=1, **settings))  # type: ignore[arg-type]
+
+    def split(d: PreparedDataset) -> dict[str, tuple[list[str], str, str]]:
+        """user -> (history, validation item, test item), as original ids"""
+        return {d.users[int(d.group_user[g])]: ([d.items[int(x)] for x in d.history(g)], d.items[int(d.valid.item[k])],
+                                                d.items[int(d.test.item[k])]) for k, g in enumerate(d.valid.group)}
+
+    four = made(min_rating=4)  # a keeps i1 i3 i5, b keeps i2 i3 i4, c nothing; i6 is gone with c's and b's 3.0
+    assert split(four) == {"a": (["i1"], "i3", "i5"), "b": (["i2"], "i3", "i4")}
+    assert four.manifest["counts"]["ratings"] == 6 and sorted(four.items.to_list()) == ["i1", "i2", "i3", "i4", "i5"]
+    assert split(made(min_rating=3.5)) == {"a": (["i1", "i3"], "i4", "i5"), "b": (["i2"], "i3", "i4")}  # >=, not >
+    # before the k-core: of the ratings >= 4 only i3 has two (a's and b's); over every rating,
+    # every item has two or more
+    assert made(min_rating=4, kcore=KCore(1, 2)).manifest["counts"]["ratings"] == 2
+    assert made(kcore=KCore(1, 2)).manifest["counts"]["ratings"] == 15
+    with pytest.raises(DataError, match=r"market uk: no ratings left .*ratings >= 6"):
+        made(min_rating=6)
+    with pytest.raises(XmfastError, match="min_rating=… must be a finite number, got nan"):
+        PrepareConfig(target="uk", min_rating=float("nan"))
+
+
+def _forec_kcore(rows: list[list[str]], user_thr: int, item_thr: int) -> list[list[str]]:
+    """FOREC's get_kcore (prepare_data.ipynb) in plain Python: one pass, items, then users."""
+    items = defaultdict(int)
+    for r in rows:
+        items[r[1]] += 1
+    rows = [r for r in rows if items[r[1]] >= item_thr]
+    users = defaultdict(int)
+    for r in rows:
+        users[r[0]] += 1
+    return [r for r in rows if users[r[0]] >= user_thr]
+
+
+@pytest.fixture(scope="module")
+def raw_and_forec(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Synthetic raw files for us, uk and in (skewed item popularity, some duplicate rows), and
+    the {market}_5core.txt files FOREC's notebook makes of them, by the port above."""
+    import random
+
+    root = tmp_path_factory.mktemp("forec")
+    (root / "raw").mkdir()
+    (root / "forec").mkdir()
+    rng = random.Random(7)
+    raw: dict[str, list[list[str]]] = {}
+    for market, users, items, low, high in (("us", 400, 80, 3, 20), ("uk", 150, 100, 3, 16), ("in", 80, 30, 5, 14)):
+        weights = [1 / (k + 1) ** 0.8 for k in range(items)]
+        rows = []
+        for u in range(users):
+            for i in rng.choices(range(items), weights, k=rng.randint(low, high)):  # repeats: duplicate rows
+                rows.append([f"{market}{u}", f"I{i}", f"{rng.randint(1, 5)}.0",
+                             f"2019-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"])
+        raw[market] = rows
+        write_text(root / "raw" / f"ratings_{market}_Toys_and_Games.txt.gz",
+                   "".join(" ".join(r) + "\n" for r in rows), gz=True)
+    us10 = {r[1] for r in _forec_kcore(raw["us"], 10, 25)}
+    made = {"us": _forec_kcore(raw["us"], 7, 7)}
+    for market in ("uk", "in"):
+        made[market] = _forec_kcore([r for r in raw[market] if r[1] in us10], 7, 7)
+    for market, rows in made.items():
+        assert 0 < len(rows) < len(raw[market])
+        write_text(root / "forec" / f"{market}_5core.txt", "userId itemId rate date\n" + "".join(" ".join(r) + "\n" for r in rows))
+    assert {r[1] for r in made["us"]} - us10  # the us market keeps items outside its 10/25-core
+    return root / "raw", root / "forec"
+
+
+def test_raw_files_get_forecs_preprocessing_and_give_its_5core_files(raw_and_forec: tuple[Path, Path]) -> None:
+    from xmfast.prepare import FOREC_RAW, data_defaults, data_settings
+
+    raw, forec = raw_and_forec
+    assert data_defaults(raw) == FOREC_RAW and data_defaults(forec) == {}
+    from_raw = prepare(raw, None, PrepareConfig(**data_settings(raw, {"target": "in", "sources": "all", "eval_negatives": 5})))
+    from_files = prepare(forec, None, PrepareConfig(target="in", sources="all", eval_negatives=5))
+    assert from_raw.markets == from_files.markets == ["in", "uk", "us"]
+    assert from_raw.users.to_list() == from_files.users.to_list() and from_raw.items.to_list() == from_files.items.to_list()
+    for name, array in from_files.arrays().items():
+        assert np.array_equal(from_raw.arrays()[name], array), name
+    assert from_raw.manifest["counts"] == from_files.manifest["counts"]
+    s = from_raw.manifest["settings"]
+    assert (s["reference_market"], s["reference_kcore"]["min_user"], s["reference_kcore"]["min_item"], s["restrict_reference"],
+            s["kcore"]) == ("us", 10, 25, False, {"min_user": 7, "min_item": 7, "fixpoint": False})
+    # restricting the us market too (the setting's default) gives other data
+    mine = prepare(raw, None, PrepareConfig(**data_settings(raw, {"target": "in", "sources": "all", "eval_negatives": 5,
+                                                                "restrict_reference": True})))
+    assert mine.manifest["counts"]["ratings"] < from_raw.manifest["counts"]["ratings"]
+
+
+def test_raw_defaults_give_way_to_what_is_given(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:
+    from xmfast.prepare import data_settings
+
+    raw, forec = raw_and_forec
+    given = data_settings(raw, {"target": "in", "kcore": {"min_user": 5}, "reference_market": None})
+    assert given["kcore"] == KCore(5, 7) and given["reference_market"] is None
+    assert data_settings(forec, {"target": "in", "kcore": {"min_item": 3}})["kcore"] == KCore(1, 3)
+    assert PrepareConfig(target="in", reference_market="none").reference_market is None  # TOML's spelling
+    alone = tmp_path / "no-us"
+    alone.mkdir()
+    shutil.copy(raw / "ratings_in_Toys_and_Games.txt.gz", alone)
+    with pytest.raises(DataError, match=r"no us file; fetch it \(xmfast download --markets us --category Toys_and_Games"):
+        data_settings(alone, {"target": "in"})
+    assert data_settings(alone, {"target": "in", "reference_market": None})["kcore"] == KCore(7, 7)
+
+
+def test_cli_prepare_on_raw_files(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from xmfast_cli.app import app
+
+    raw, _ = raw_and_forec
+
+    def settings(*options: str) -> dict:
+        r = CliRunner().invoke(app, ["prepare", str(raw), "-t", "in", "-s", "uk", "-o", str(tmp_path / "ds"), "--overwrite",
+                                     "--eval-negatives", "5", *options])
+        assert r.exit_code == 0, r.output
+        return json.loads((tmp_path / "ds" / "manifest.json").read_text())["settings"]
+
+    s = settings()
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"]) == (7, 7, "us")
+    s = settings("--reference", "none", "--min-item", "3", "--min-rating", "2")
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (7, 3, None, 2.0)
+    assert "restrict_reference" not in settings("--restrict-reference")  # the setting's own default: left out
+    r = CliRunner().invoke(app, ["prepare", str(raw), "-t", "in", "-o", str(tmp_path / "bad"), "--min-rating", "nan"])
+    assert r.exit_code == 2 and "error: --min-rating must be a finite number, got nan" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_experiment_plans_take_the_raw_defaults_too(raw_and_forec: tuple[Path, Path], tmp_path: Path) -> None:
+    from xmfast.experiment import plan, read_experiment
+
+    raw, forec = raw_and_forec
+
+    def prepare_settings(data: Path, table: str = "") -> dict:
+        f = tmp_path / "e.toml"
+        f.write_text(f'data = "{data}"\nout = "{tmp_path / "out"}"\ntargets = ["in"]\nmodels = ["pop"]\n{table}', encoding="utf-8")
+        return next(s for s in plan(read_experiment(f)).stages if s.kind == "prepare").settings["prepare"]
+
+    s = prepare_settings(raw)
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["restrict_reference"]) == (7, 7, "us", False)
+    s = prepare_settings(raw, '[prepare]\nreference_market = "none"\nkcore = {min_user = 5}\nmin_rating = 4\n')
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"], s["min_rating"]) == (5, 7, None, 4)
+    s = prepare_settings(forec)  # processed files: nothing filtered, and neither new setting in the key
+    assert (s["kcore"]["min_user"], s["kcore"]["min_item"], s["reference_market"]) == (1, 1, None)
+    assert "restrict_reference" not in s and "min_rating" not in s

@@ -277,8 +277,8 @@ def _check_settings(config_type: type, values: dict[str, Any], where: str) -> No
 def plan(experiment: Experiment) -> Plan:
     """The stages of `experiment` in dependency order, each with its key."""
     from xmfast.models.schedule import TrainConfig
-    from xmfast.prepare import KCore, PrepareConfig
-    from xmfast.runs import key_plain, to_plain
+    from xmfast.prepare import KCore, PrepareConfig, data_settings
+    from xmfast.runs import key_plain
 
     exp = experiment
     where = str(exp.path or exp.name)
@@ -292,11 +292,13 @@ def plan(experiment: Experiment) -> Plan:
                 if not isinstance(prep_values[key], dict):
                     raise XmfastError(f"{key} = {prep_values[key]!r}: expected a table such as "
                                       "{min_user = 5, min_item = 5}")
-                prep_values[key] = KCore(**prep_values[key])
-        PrepareConfig(target="uk", **prep_values)
+                KCore(**prep_values[key])  # checked here; data_settings fills in the fields not given
+        PrepareConfig(target="uk", **{k: KCore(**v) if k in ("kcore", "reference_kcore") else v
+                                      for k, v in prep_values.items()})
     except (TypeError, XmfastError) as e:
         raise XmfastError(f"{where}: [prepare]: {e}") from None
     available = sorted(exp.data.find(prep_values.get("category")))
+    prep_values = data_settings(exp.data, prep_values)  # raw XMarket files: FOREC's preprocessing
     targets = available if exp.targets == "all" else list(exp.targets)
     for t in targets:
         check_market_name(t, f"{where}: target")
@@ -362,7 +364,7 @@ def plan(experiment: Experiment) -> Plan:
     for t in targets:
         prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
-                            label="dataset", settings={"prepare": to_plain(prep), "data": data_signature}))
+                            label="dataset", settings={"prepare": key_plain(prep), "data": data_signature}))
         sets = (source_sets or [(m,) for m in available if m != t]) if multi else []
         for seed in exp.seeds:
             made: dict[tuple[str, str, tuple[str, ...]], Stage] = {}

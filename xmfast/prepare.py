@@ -1,26 +1,32 @@
 """Building a prepared dataset from XMarket rating files.
 
 Steps, all in the Rust core: read the target and source files (shared vocabularies) →
-optionally restrict items to a reference market's k-core (FOREC restricted every market to the
-US 10/25-core) → per-market k-core → renumber ids densely → leave-one-out split per (market,
-user) → sample and store the evaluation candidates.
+optionally keep only ratings at or above a threshold → optionally restrict items to a reference
+market's k-core (FOREC restricted every market to the US 10/25-core) → per-market k-core →
+renumber ids densely → leave-one-out split per (market, user) → sample and store the evaluation
+candidates.
+
+:class:`PrepareConfig` takes its settings as given. The command line and experiment files first
+fill the settings a user left unset with the defaults of the data (:func:`data_defaults`): none
+for processed 5-core files, FOREC's preprocessing (:data:`FOREC_RAW`) for XMarket's raw files.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from xmfast import core
-from xmfast._added import added, at_added_default  # noqa: F401 - added: for new PrepareConfig fields
+from xmfast._added import added, at_added_default
 from xmfast._io import digest_json
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
-from xmfast.errors import DataError, XmfastError, check_int
-from xmfast.markets import DataSource, check_market_name, resolve_markets
+from xmfast.errors import DataError, XmfastError, argument, check_int
+from xmfast.markets import DataSource, Found, check_market_name, resolve_markets
 from xmfast.ratings import Ratings
 
 PROTOCOLS: tuple[str, ...] = ("forec", "acmr")
@@ -48,15 +54,31 @@ class PrepareConfig:
     protocol: Protocol = "forec"
     seed: int = 42
     kcore: KCore = field(default_factory=KCore)
-    # Restrict every market to the items of this market's k-core (e.g. "us" with 10/25).
+    # Restrict every market to the items of this market's k-core (e.g. "us" with 10/25); "none"
+    # is None (a TOML file cannot write None).
     reference_market: str | None = None
     reference_kcore: KCore = field(default_factory=lambda: KCore(10, 25))
     dedup: bool = False  # drop repeated (market, user, item) rows, keeping the first
     eval_negatives: int = 99
     min_interactions: int = 3  # groups with fewer rows are training-only
     category: str | None = None  # which raw category to read when several are present
+    # Whether the reference market's own ratings are restricted to its k-core's items too.
+    # FOREC's are not: its us_5core.txt is the 5-core of all US ratings (31,125 items against
+    # the 24,522 of the US 10/25-core it restricted the other markets to).
+    restrict_reference: bool = added(True)
+    # Keep only ratings >= this as implicit positives, before any other filtering. None: every
+    # rating is a positive (as FOREC and ACMR do).
+    min_rating: float | None = added(None)
 
     def __post_init__(self) -> None:
+        if self.reference_market == "none":
+            object.__setattr__(self, "reference_market", None)
+        if self.min_rating is not None and (
+                isinstance(self.min_rating, bool) or not isinstance(self.min_rating, (int, float))
+                or not math.isfinite(self.min_rating)):
+            raise XmfastError(f"{argument('min_rating', None)} must be a finite number, got {self.min_rating!r}")
+        if self.min_rating is not None:  # 4 and 4.0 are one setting, and one fingerprint
+            object.__setattr__(self, "min_rating", float(self.min_rating))
         if self.protocol not in PROTOCOLS:
             raise XmfastError(f"unknown protocol {self.protocol!r} (expected forec or acmr)")
         check_int("the number of evaluation negatives", self.eval_negatives)
@@ -65,6 +87,54 @@ class PrepareConfig:
         check_int("min_interactions", self.min_interactions, 3)
         if not 0 <= self.seed < 2**63:
             raise XmfastError("seed must be between 0 and 2^63-1")
+
+
+# FOREC's preprocessing of XMarket's raw files (prepare_data.ipynb in its repository), the
+# defaults of settings left unset on such files: every market restricted to the items of the
+# US 10/25-core (the US itself only to its own k-core), then one k-core pass per market, items
+# then users, at 7 ("5-core, +1 validation and +1 test"). This rule made the released
+# {market}_5core.txt files from the raw Electronics ones.
+FOREC_RAW: dict[str, Any] = {
+    "reference_market": "us",
+    "reference_kcore": KCore(10, 25),
+    "restrict_reference": False,
+    "kcore": KCore(7, 7),
+}
+
+
+def data_defaults(data: DataSource | Path, category: str | None = None) -> dict[str, Any]:
+    """The PrepareConfig settings the files of `data` default to: :data:`FOREC_RAW` when
+    the files found are XMarket's raw ones (all of them), none otherwise (processed 5-core
+    files are already filtered; a mix of both gets none either)."""
+    return _defaults(DataSource.of(data).find(category))
+
+
+def _defaults(found: Found) -> dict[str, Any]:
+    return dict(FOREC_RAW) if all(f.layout == "raw" for f in found.values()) else {}
+
+
+def data_settings(data: DataSource | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` (PrepareConfig keywords) completed with :func:`data_defaults`: a setting not
+    given takes the data's default, and a k-core given as a table of some of its fields
+    (``{"min_user": 5}``) takes the others from the default k-core. A defaulted reference
+    market that is absent is refused here, saying how to add it or turn the restriction off."""
+    data = DataSource.of(data)
+    found = data.find(settings.get("category"))
+    defaults = _defaults(found)
+    merged = {**defaults, **settings}
+    for key in ("kcore", "reference_kcore"):
+        if isinstance(settings.get(key), dict):
+            base = defaults.get(key) or PrepareConfig.__dataclass_fields__[key].default_factory()  # type: ignore[misc]
+            merged[key] = replace(base, **settings[key])
+    ref = defaults.get("reference_market")
+    if "reference_market" not in settings and ref is not None and ref not in found:
+        k = merged["reference_kcore"]
+        raise DataError(
+            f"{data}: FOREC's preprocessing of raw files restricts items to the {k.min_user}/{k.min_item}-core "
+            f"of {ref}, but there is no {ref} file; fetch it (xmfast download --markets {ref} --category "
+            f"{next(iter(found.values())).category} --out {data}) or pass --reference-market none "
+            "(reference_market = \"none\" in an experiment's [prepare])")
+    return merged
 
 
 Step = Callable[[str], None]
@@ -96,13 +166,20 @@ def load_inputs(data: DataSource | Path, config: PrepareConfig, on_note: Step = 
 
 
 def filter_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) -> Ratings:
-    """Reference-market restriction, then per-market k-core; keeps only `markets`."""
+    """Rating threshold, then reference-market restriction, then per-market k-core; keeps
+    only `markets`."""
+    if config.min_rating is not None:
+        ratings = ratings.select(ratings.rating >= config.min_rating)
     if config.reference_market is not None:
         ref = ratings.drop_markets([config.reference_market]).kcore(
             config.reference_kcore.min_user, config.reference_kcore.min_item,
             fixpoint=config.reference_kcore.fixpoint,
         )
-        ratings = ratings.restrict_items(np.unique(ref.item).astype(np.uint32))
+        allowed = np.ascontiguousarray(np.unique(ref.item), dtype=np.uint32)
+        keep = core.restrict_items_mask(ratings.item, allowed)
+        if not config.restrict_reference:
+            keep |= ratings.market == ratings.market_index(config.reference_market)
+        ratings = ratings.select(keep)
     ratings = ratings.drop_markets(markets)
     ratings = ratings.kcore(config.kcore.min_user, config.kcore.min_item, fixpoint=config.kcore.fixpoint)
     counts = np.bincount(ratings.market, minlength=len(markets))
@@ -110,7 +187,8 @@ def filter_ratings(ratings: Ratings, markets: list[str], config: PrepareConfig) 
         if n == 0:
             raise DataError(
                 f"market {name}: no ratings left after filtering (k-core {config.kcore.min_user}/"
-                f"{config.kcore.min_item}{', reference ' + config.reference_market if config.reference_market else ''}); "
+                f"{config.kcore.min_item}{', reference ' + config.reference_market if config.reference_market else ''}"
+                f"{f', ratings >= {config.min_rating:g}' if config.min_rating is not None else ''}); "
                 "lower the thresholds"
             )
     return ratings.compact()

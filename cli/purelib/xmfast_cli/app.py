@@ -282,16 +282,24 @@ def prepare(
         str, typer.Option(help="forec: temporal split, market negatives; acmr: random split, all-item negatives.")
     ] = "forec",
     seed: Annotated[int, typer.Option(help="Seed of the split (acmr) and of all negative sampling.")] = 42,
-    min_user: Annotated[int, typer.Option(help="k-core: minimum ratings per user (per market).")] = 1,
-    min_item: Annotated[int, typer.Option(help="k-core: minimum ratings per item (per market).")] = 1,
-    fixpoint: Annotated[
-        bool, typer.Option("--fixpoint/--one-pass", help="k-core to a fixpoint, or one pass (items then users).")
-    ] = False,
-    reference_market: Annotated[
-        Optional[str], typer.Option(help="Keep only items of this market's k-core (FOREC used us).")
-    ] = None,
-    reference_min_user: Annotated[int, typer.Option(help="k-core of the reference market: users.")] = 10,
-    reference_min_item: Annotated[int, typer.Option(help="k-core of the reference market: items.")] = 25,
+    min_user: Annotated[Optional[int], typer.Option(
+        help="k-core: minimum ratings per user (per market). Default 1, on raw XMarket files 7 (FOREC's).")] = None,
+    min_item: Annotated[Optional[int], typer.Option(
+        help="k-core: minimum ratings per item (per market). Default 1, on raw XMarket files 7 (FOREC's).")] = None,
+    fixpoint: Annotated[Optional[bool], typer.Option(
+        "--fixpoint/--one-pass", help="k-core to a fixpoint, or one pass (items then users; the default).")] = None,
+    reference_market: Annotated[Optional[str], typer.Option(
+        "--reference-market", "--reference",
+        help="Keep only items of this market's k-core; 'none' for no restriction. Default none, on raw "
+             "XMarket files us (FOREC's).")] = None,
+    reference_min_user: Annotated[Optional[int], typer.Option(help="k-core of the reference market: users (default 10).")] = None,
+    reference_min_item: Annotated[Optional[int], typer.Option(help="k-core of the reference market: items (default 25).")] = None,
+    restrict_reference: Annotated[Optional[bool], typer.Option(
+        "--restrict-reference/--keep-reference",
+        help="Restrict the reference market's own ratings too (the default), or keep them all (FOREC's, the "
+             "default on raw XMarket files).")] = None,
+    min_rating: Annotated[Optional[float], typer.Option(
+        help="Keep only ratings >= this as positives, before any filtering (default: every rating).")] = None,
     dedup: Annotated[
         bool, typer.Option("--dedup/--keep-duplicates", help="Drop repeated (market, user, item) rows.")
     ] = False,
@@ -299,27 +307,38 @@ def prepare(
     category: Annotated[Optional[str], typer.Option(help="Category of raw files, when several are present.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
-    """Read, filter and split rating files; store evaluation candidates; print market statistics."""
-    from xmfast.prepare import KCore, PrepareConfig
+    """Read, filter and split rating files; store evaluation candidates; print market statistics.
+
+    Raw XMarket files (ratings_{market}_{category}.txt.gz) get FOREC's preprocessing unless an option
+    says otherwise: items restricted to the us 10/25-core, then a 7/7 k-core per market (FOREC's 5-core)."""
+    from xmfast.prepare import PrepareConfig, data_settings
     from xmfast.prepare import prepare as run_prepare
     from xmfast.stats import market_stats
     from xmfast_cli.render import console, market_table, show, steps
 
-    _check_ints({"--min-user": min_user, "--min-item": min_item, "--reference-min-user": reference_min_user,
-                 "--reference-min-item": reference_min_item, "--eval-negatives": eval_negatives})
-    config = PrepareConfig(
-        target=target,
-        sources="all" if sources.strip() == "all" else _split_list(sources),
-        protocol=protocol,  # type: ignore[arg-type]
-        seed=seed,
-        kcore=KCore(min_user, min_item, fixpoint),
-        reference_market=reference_market,
-        reference_kcore=KCore(reference_min_user, reference_min_item),
-        dedup=dedup,
-        eval_negatives=eval_negatives,
-        category=category,
-    )
+    _check_ints({name: value for name, value in {
+        "--min-user": min_user, "--min-item": min_item, "--reference-min-user": reference_min_user,
+        "--reference-min-item": reference_min_item, "--eval-negatives": eval_negatives}.items() if value is not None})
+    given = {"min_user": min_user, "min_item": min_item, "fixpoint": fixpoint}
+    reference_given = {"min_user": reference_min_user, "min_item": reference_min_item}
+    settings: dict[str, Any] = {
+        "target": target,
+        "sources": "all" if sources.strip() == "all" else _split_list(sources),
+        "protocol": protocol,
+        "seed": seed,
+        "dedup": dedup,
+        "eval_negatives": eval_negatives,
+        "category": category,
+        **({"kcore": {k: v for k, v in given.items() if v is not None}}
+           if any(v is not None for v in given.values()) else {}),
+        **({"reference_kcore": {k: v for k, v in reference_given.items() if v is not None}}
+           if any(v is not None for v in reference_given.values()) else {}),
+        **({"reference_market": reference_market} if reference_market is not None else {}),
+        **({"min_rating": min_rating} if min_rating is not None else {}),
+        **({"restrict_reference": restrict_reference} if restrict_reference is not None else {}),
+    }
     data = _data_source(data_dir, file, columns)
+    config = PrepareConfig(**data_settings(data, settings))
     with _on_interrupt(lambda: f"nothing was written to {out} (a dataset already there is untouched); "
                        f"run {_same_command()} again"), steps("prepare") as on_step:
         dataset = run_prepare(data, out, config, overwrite=overwrite, on_step=on_step, on_note=_warn)
@@ -392,30 +411,48 @@ def stats(
 @command()
 @user_errors
 def download(
-    markets: Annotated[str, typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the rating files.")],
-    category: Annotated[str, typer.Option(help="XMarket category, e.g. Electronics.")] = "Electronics",
+    markets: Annotated[Optional[str], typer.Option(help="Comma-separated market codes, e.g. uk,de,in.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for the rating files.")] = None,
+    category: Annotated[str, typer.Option(
+        help="XMarket category (Electronics, Home_and_Kitchen, ...; --list shows all), several comma-separated, "
+             "or all.")] = "Electronics",
     base_url: Annotated[str, typer.Option(help="Where the files are: BASE/{market}/{category}/ratings_{market}_{category}.txt.gz.")] = "https://ciir.cs.umass.edu/downloads/XMarket/FULL",
     overwrite: Annotated[bool, typer.Option(help="Fetch files that are already there again.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List XMarket's markets and categories and exit.")] = False,
 ) -> None:
-    """Download official XMarket rating files (resumes partial downloads; checks each gzip before it is kept)."""
+    """Download official XMarket rating files (resumes partial downloads; checks each gzip before it is kept).
+
+    Not every market has every category: a file the server lacks is reported on its own line and the
+    others are still fetched."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    from xmfast.download import XMARKET_CATEGORIES
     from xmfast.download import download as fetch
+    from xmfast.markets import XMARKET_MARKETS
     from xmfast_cli.render import console, err_console, live
 
-    names = _split_list(markets)
+    if list_:
+        console.print(f"markets: {', '.join(XMARKET_MARKETS)}\ncategories: {', '.join(XMARKET_CATEGORIES)}",
+                      highlight=False)
+        return
+    names = _split_list(markets or "")
     if not names:
         raise XmfastError("--markets: name at least one market, e.g. uk,de")
+    if out is None:
+        raise XmfastError("--out: name the directory for the rating files")
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err_console, transient=True, disable=not live()) as bars:
 
-        def progress(market: str):
-            task = bars.add_task(market, total=None)
+        def progress(label: str):
+            task = bars.add_task(label, total=None)
             return lambda done, total: bars.update(task, completed=done, total=total)
 
         results = fetch(names, category, out, base_url=base_url, overwrite=overwrite, progress=progress)
     for r in results:
+        if r.missing:
+            console.print(f"{r.market}: no {r.category} ratings at {r.missing} (HTTP 404; not every XMarket market "
+                          "has every category)", highlight=False)
+            continue
         how = "already complete" if r.skipped else (f"resumed at {r.resumed_from:,} bytes" if r.resumed_from else "downloaded")
         console.print(f"{r.market}: {r.path} ({r.bytes:,} bytes, {how})", highlight=False)
 
