@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xmfast import core
-from xmfast.errors import DataError, XmfastError
+from xmfast.errors import DataError, XmfastError, argument, spelled
 
 SPLITS = ("valid", "test")
 ALL_TRAINING = 2**62  # min_interactions that keeps every group training-only (as xmfast.stats does)
@@ -178,11 +178,14 @@ def read_candidates(candidates: Mapping[str, str], qrels: Mapping[str, str] | No
     file is reported at once); ids are matched to the ratings later (:func:`forced_split`)."""
     qrels = dict(qrels or {})
     if sorted(candidates) != sorted(SPLITS):
-        raise XmfastError("published candidates need a file for each of valid and test "
-                          f"(got {', '.join(sorted(candidates)) or 'none'})")
-    if set(qrels) - set(candidates):
-        raise XmfastError(f"qrels for {', '.join(sorted(set(qrels) - set(candidates)))}: only with a run file "
-                          "of the same split (valid=FILE or test=FILE)")
+        raise XmfastError("published candidates need a file for each of valid and test (got "
+                          f"{', '.join(sorted(candidates)) or 'none'}): give "
+                          + spelled("candidates={'valid': FILE, 'test': FILE}",
+                                    "--candidates valid=FILE --candidates test=FILE"))
+    if qrels and sorted(qrels) != sorted(SPLITS):
+        raise XmfastError("qrels come with WSDM Cup run files for both valid and test (got "
+                          f"{', '.join(sorted(qrels))}): give "
+                          + spelled("qrels={'valid': FILE, 'test': FILE}", "--qrels valid=FILE --qrels test=FILE"))
     out = {}
     for split in SPLITS:
         path = Path(candidates[split])
@@ -191,8 +194,8 @@ def read_candidates(candidates: Mapping[str, str], qrels: Mapping[str, str] | No
             raise DataError(f"{path}: no candidate lines")
         _check_lines(c)
         if c.width != eval_negatives + 1:
-            raise XmfastError(f"{c.where[0]}: {c.width - 1} negatives per line, but the dataset is to have "
-                              f"{eval_negatives} (set the number of evaluation negatives to {c.width - 1})")
+            raise XmfastError(f"{c.where[0]}: {c.width - 1} negatives per line, but the dataset is to store "
+                              f"{eval_negatives}; give {argument('eval_negatives', c.width - 1)}")
         out[split] = c
     valid, test = out["valid"], out["test"]
     for a, b in ((valid, test), (test, valid)):
