@@ -269,3 +269,13 @@ def test_a_failed_prepare_leaves_the_dataset_there_untouched(data: Path, tmp_pat
     r = invoke("prepare", data, "-t", "in", "-s", "uk", "-o", tmp_path, "--eval-negatives", "2", "--overwrite",
                "--candidates", f"valid={valid}", "--candidates", f"test={test}")
     assert r.exit_code == 2 and valid.is_file()
+
+
+def test_experiment_dataset_keys_leave_unset_candidates_out(sample_dir: Path) -> None:
+    """A dataset stage's key is made of its settings without the fields added later at their
+    default (candidates, qrels), so experiments run before they existed are not stale."""
+    from xmfast.experiment import plan, read_experiment
+
+    stage = plan(read_experiment(Path(__file__).parents[1] / "experiments" / "quickstart.toml")).stages[0]
+    assert stage.kind == "prepare" and "seed" in stage.settings["prepare"]
+    assert not {"candidates", "qrels"} & set(stage.settings["prepare"])

@@ -257,7 +257,7 @@ def plan(experiment: Experiment) -> Plan:
     from xmfast.markets import check_market_code, discover
     from xmfast.models.schedule import TrainConfig
     from xmfast.prepare import KCore, PrepareConfig
-    from xmfast.runs import key_plain, to_plain
+    from xmfast.runs import key_plain
 
     exp = experiment
     where = str(exp.path or exp.name)
@@ -341,7 +341,7 @@ def plan(experiment: Experiment) -> Plan:
     for t in targets:
         prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
-                            label="dataset", settings={"prepare": to_plain(prep), "data": data_signature}))
+                            label="dataset", settings={"prepare": key_plain(prep), "data": data_signature}))
         sets = (source_sets or [(m,) for m in available if m != t]) if multi else []
         for seed in exp.seeds:
             made: dict[tuple[str, str, tuple[str, ...]], Stage] = {}
