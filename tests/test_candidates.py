@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_text
 from xmfast.dataset import PreparedDataset
+from xmfast.errors import XmfastError
 from xmfast.prepare import PrepareConfig, prepare
 from xmfast_cli.app import app
 
@@ -279,3 +280,28 @@ def test_experiment_dataset_keys_leave_unset_candidates_out(sample_dir: Path) ->
     stage = plan(read_experiment(Path(__file__).parents[1] / "experiments" / "quickstart.toml")).stages[0]
     assert stage.kind == "prepare" and "seed" in stage.settings["prepare"]
     assert not {"candidates", "qrels"} & set(stage.settings["prepare"])
+
+
+def test_an_experiment_prepares_with_published_candidates(data: Path, tmp_path: Path) -> None:
+    """[prepare] candidates (files beside the experiment file) reach the dataset stage; an
+    edited file makes the stage stale, a second run with the same files does nothing; several
+    targets are refused (the files are one market's)."""
+    from dataclasses import replace
+
+    from xmfast.experiment import plan, read_experiment, run_experiment, stage_actions
+
+    files(tmp_path)
+    path = write_text(tmp_path / "e.toml", f'data = "{data}"\nout = "out"\ntargets = ["in"]\nmodels = ["pop"]\nseeds = [1]\ndevice = "cpu"\n'
+                      '[prepare]\neval_negatives = 2\ncandidates = {valid = "valid.tsv", test = "test.tsv"}\n')
+    whole = plan(read_experiment(path))
+    run_experiment(replace(whole, stages=whole.stages[:1]))  # the dataset stage alone (pop would import torch)
+    d = PreparedDataset.load(tmp_path / "out" / "in" / "dataset")
+    t = target_rows(d, d.test)
+    assert ids(d.items, d.test.candidates[t]) == [["d", "e", "g"], ["g", "c", "f"]]
+    assert stage_actions(plan(read_experiment(path)))["in/dataset"] == "cached"
+    files(tmp_path, valid=VALID.replace("e,f", "f,e"))
+    assert stage_actions(plan(read_experiment(path)))["in/dataset"] == "run"
+    write_text(path, path.read_text().replace('targets = ["in"]', 'targets = "all"'))
+    with pytest.raises(XmfastError, match="one target market's published candidates, but the experiment has "
+                                          "targets in, uk"):
+        plan(read_experiment(path))

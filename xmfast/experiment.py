@@ -14,6 +14,8 @@ planner turns it into a dependency graph of stages and runs each stage once.
     device = "cpu"                  # auto, cpu, cuda
 
     [prepare]                       # PrepareConfig settings (seed = the split's seed, kept for all runs)
+    candidates = {valid = "valid.tsv", test = "test.tsv"}   # published candidates (one target only),
+    qrels = {valid = "valid_qrel.tsv", test = "test_qrel.tsv"}  # beside this file; see xmfast.candidates
     [train]                         # TrainConfig settings for every model; a sub-table per model:
     [train.acmr]                    #   epochs = 10
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
@@ -235,6 +237,22 @@ def _data_signature(data: Path, category: str | None) -> list[list[Any]]:
     return out
 
 
+def _published_paths(exp: Experiment) -> dict[str, dict[str, str]]:
+    """[prepare]'s candidates and qrels tables with their files beside the experiment file. The
+    paths are not part of the dataset's key (their contents are: see :func:`plan`), so moving
+    the experiment with its files keeps what was made."""
+    out = {}
+    for key in ("candidates", "qrels"):
+        table = exp.prepare.get(key)
+        if table is None:
+            continue
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise XmfastError(f"{exp.path or exp.name}: [prepare] {key} = {table!r}: expected a table "
+                              '{valid = "FILE", test = "FILE"}')
+        out[key] = {split: str(_beside(exp.path, v) if exp.path else Path(v)) for split, v in table.items()}
+    return out
+
+
 def _setting_of(sources: tuple[str, ...] | str) -> str:
     if sources == () or sources == "":
         return "single"
@@ -262,6 +280,9 @@ def plan(experiment: Experiment) -> Plan:
     exp = experiment
     where = str(exp.path or exp.name)
     prep_values = dict(exp.prepare)
+    published = _published_paths(exp)
+    for key in published:
+        del prep_values[key]
     for key in ("target", "sources", "protocol"):
         if key in prep_values:
             raise XmfastError(f"{where}: [prepare] cannot set {key!r}; it comes from the experiment's own keys")
@@ -281,6 +302,10 @@ def plan(experiment: Experiment) -> Plan:
         check_market_code(t)
         if t not in available:
             raise XmfastError(f"{where}: target {t!r} has no rating file in {exp.data} (found {', '.join(available)})")
+    if published and len(targets) != 1:
+        raise XmfastError(f"{where}: [prepare] candidates are one target market's published candidates, but the "
+                          f"experiment has targets {', '.join(targets)}; give targets = [\"T\"] (one experiment "
+                          "per target)")
     if isinstance(exp.sources, tuple):
         for s in exp.sources:
             check_market_code(s)
@@ -340,8 +365,14 @@ def plan(experiment: Experiment) -> Plan:
 
     for t in targets:
         prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
+        prep_settings = {"prepare": key_plain(prep), "data": data_signature}
+        if published:  # read now: a malformed file is refused before any stage runs
+            from xmfast.candidates import read_candidates
+
+            files = read_candidates(published["candidates"], published.get("qrels"), prep.eval_negatives)
+            prep_settings["candidates"] = {split: c.files for split, c in files.items()}
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
-                            label="dataset", settings={"prepare": key_plain(prep), "data": data_signature}))
+                            label="dataset", settings=prep_settings))
         sets = (source_sets or [(m,) for m in available if m != t]) if multi else []
         for seed in exp.seeds:
             made: dict[tuple[str, str, tuple[str, ...]], Stage] = {}
@@ -622,7 +653,7 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
         values = dict(stage.settings["prepare"])
         for key in ("kcore", "reference_kcore"):
             values[key] = KCore(**values[key])
-        config = PrepareConfig(**values)
+        config = PrepareConfig(**values, **_published_paths(exp))
         run_prepare(exp.data, stage.path, config, overwrite=True)
         return True
     from xmfast import training
