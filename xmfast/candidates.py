@@ -17,7 +17,12 @@ latest of repeated ones), and a pair the ratings lack (XMRec leaves held-out pos
 training files) becomes a new row, rated as its qrels line says (1.0 in the plain layout), dated
 on the group's last training day (validation) and then on the validation day (test), so a
 held-out row never precedes training. Groups of the target without a line are training-only;
-other markets are split and sampled as without candidates.
+other markets are split and sampled as without candidates. The negatives are taken as given (not
+checked against the user's ratings): they are the publication's.
+
+Strict rather than forgiving: filtering (k-core, reference market) runs first, on the ratings
+alone, and an id it removed or no rating file holds is an error naming the line, never a skipped
+user, since results on fewer users than published are not comparable with the publication.
 """
 
 from __future__ import annotations
@@ -239,6 +244,30 @@ class ForcedSplit:
     rows_added: int  # held-out rows the ratings lacked
 
 
+def _encode(c: CandidateList, users: core.Vocab, items: core.Vocab, group_user: np.ndarray, target: str,
+            filtered: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A file's lines as (target group, held-out item, negatives) numbers; an id the filtered
+    ratings lack is an error naming its line (:func:`check_known` already refused ids that no
+    rating file holds)."""
+    u = users.encode(c.users)
+    pos = items.encode(c.positives)
+    neg = items.encode([i for negs in c.negatives for i in negs]).reshape(len(c.users), c.width - 1)
+    missing = [(what, i, ids[i]) for what, ids, codes in (("user", c.users, u), ("item", c.positives, pos))
+               for i in np.flatnonzero(codes < 0)[:1]]
+    missing += [("item", i, c.negatives[i][j]) for i, j in zip(*(x[:1] for x in np.nonzero(neg < 0)))]
+    if missing:
+        what, i, name = min(missing, key=lambda m: m[1])
+        raise DataError(f"{c.where[i]}: {what} {name} is not in the ratings left after filtering ({filtered}); "
+                        "lower the thresholds or leave the filter out")
+    g = np.searchsorted(group_user, u)
+    absent = (g >= group_user.size) | (group_user[np.minimum(g, group_user.size - 1)] != u)
+    if absent.any():
+        i = int(np.flatnonzero(absent)[0])
+        raise DataError(f"{c.where[i]}: user {c.users[i]} has no rating in market {target}"
+                        f"{' after filtering (' + filtered + ')' if filtered != 'none' else ''}")
+    return g, pos, neg
+
+
 def forced_split(lists: dict[str, CandidateList], users: core.Vocab, items: core.Vocab, market: np.ndarray,
                  user: np.ndarray, item: np.ndarray, rating: np.ndarray, day: np.ndarray, *, target: str,
                  order: str, seed: int, dedup: bool, min_interactions: int, market_keys: np.ndarray,
@@ -251,27 +280,7 @@ def forced_split(lists: dict[str, CandidateList], users: core.Vocab, items: core
         min_interactions=ALL_TRAINING, market_keys=market_keys, user_keys=user_keys,
     )
     group_user, offsets, sequence = s["group_user"], s["train_offsets"].astype(np.int64), rows[s["train_rows"]]
-    coded = {}
-    for split, c in lists.items():
-        u = users.encode(c.users)
-        pos = items.encode(c.positives)
-        neg = items.encode([i for negs in c.negatives for i in negs]).reshape(len(c.users), c.width - 1)
-        for what, ids, codes in (("user", c.users, u), ("item", c.positives, pos)):
-            if (codes < 0).any():
-                i = int(np.flatnonzero(codes < 0)[0])
-                raise DataError(f"{c.where[i]}: {what} {ids[i]} is not in the ratings left after filtering "
-                                f"({filtered}); lower the thresholds or leave the filter out")
-        if (neg < 0).any():
-            i, j = (int(x[0]) for x in np.nonzero(neg < 0))
-            raise DataError(f"{c.where[i]}: item {c.negatives[i][j]} is not in the ratings left after filtering "
-                            f"({filtered}); lower the thresholds or leave the filter out")
-        g = np.searchsorted(group_user, u)
-        absent = (g >= group_user.size) | (group_user[np.minimum(g, group_user.size - 1)] != u)
-        if absent.any():
-            i = int(np.flatnonzero(absent)[0])
-            raise DataError(f"{c.where[i]}: user {c.users[i]} has no rating in market {target}"
-                            f"{' after filtering (' + filtered + ')' if filtered != 'none' else ''}")
-        coded[split] = (g, pos, neg)
+    coded = {split: _encode(c, users, items, group_user, target, filtered) for split, c in lists.items()}
 
     # Per group, the rows the lines take (positions in `sequence`): test first (the latest
     # occurrence of its item), then validation (the latest one the test left).
