@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from xmfast import core
+from xmfast._trec_format import _lines as text_lines
 from xmfast.errors import DataError, XmfastError, argument, spelled
 
 SPLITS = ("valid", "test")
@@ -59,21 +60,9 @@ class CandidateList:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Numbered non-blank lines of a UTF-8 text file split at tabs; unreadable is one error."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield number, line.split("\t")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: a directory, not a candidates file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    """Numbered non-blank lines split at tabs (the line end removed)."""
+    for number, line in text_lines(path, "a candidates file"):
+        yield number, line.rstrip("\r\n").split("\t")
 
 
 def _ids(where: str, texts: list[str], what: str) -> list[str]:
