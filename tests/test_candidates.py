@@ -200,8 +200,8 @@ ERRORS = {  # name: (valid, test, extra options, fragments of the message; "V"/"
     "user of another market": ("u1\tc\te,f\nv1\te\tc,d\n", "u1\td\te,g\nv1\tg\tc,f\n", [],
                                ["V:2:", "user v1 has no rating in market in"]),
     # k-core 4/1 keeps u1 alone: e (u2's and u3's) is gone, line 1's first id filtering removed
-    "filtered out": (VALID, TEST, ["--min-user", "4"], ["V:1:", "item e is not in the ratings left after "
-                                                        "filtering (k-core 4/1)"]),
+    "filtered out": (VALID, TEST, ["--min-user", "4"],
+                     ["V:1:", "item e is not in the ratings left after filtering (k-core 4/1)"]),
     "not the latest": ("u1\tb\te,f\nu2\te\tc,d\n", TEST, [],
                        ["V:1:", "u1's held-out item b was rated on 2020-01-02", "training rows (2020-01-03)"]),
     "too few ratings": (VALID + "u4\ta\tc,d\n", TEST + "u4\tb\tc,f\n", [],
