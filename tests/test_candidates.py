@@ -119,27 +119,56 @@ def test_hand_made_case(data: Path, tmp_path: Path) -> None:
     assert "candidates" not in plain.manifest["settings"] and "qrels" not in plain.manifest["settings"]
 
 
-@pytest.mark.parametrize("protocol", ["forec", "acmr"])
-def test_round_trip_through_the_stored_candidates(sample_dir: Path, tmp_path: Path, protocol: str) -> None:
-    """The target's stored candidates of a normal prepare, written out and given back: the same
-    split and candidate arrays, bit for bit (the sources' sampled ones included)."""
-    config = PrepareConfig(target="in", sources="all", protocol=protocol)
-    d = prepare(sample_dir, None, config)
+def write_stored(d: PreparedDataset, where: Path, seps: tuple[str, str] = (",", ",")) -> dict[str, str]:
+    """The target's stored candidates of `d` as plain candidate files (lines in reverse order)."""
     paths = {}
-    for part, sep in (("valid", ","), ("test", "\t")):
+    for part, sep in zip(("valid", "test"), seps):
         held = getattr(d, part)
         t = target_rows(d, held)
         lines = [f"{d.users[int(d.group_user[g])]}\t{d.items[int(c[0])]}\t" + sep.join(d.items[int(i)] for i in c[1:])
                  for g, c in zip(held.group[t], held.candidates[t])]
-        paths[part] = str(write_text(tmp_path / f"{part}.tsv", "\n".join(lines[::-1]) + "\n"))
+        paths[part] = str(write_text(where / f"{part}.tsv", "\n".join(lines[::-1]) + "\n"))
+    return paths
+
+
+def assert_same_arrays(d: PreparedDataset, e: PreparedDataset) -> None:
+    for name, array in d.arrays().items():
+        assert np.array_equal(array, e.arrays()[name]), name
+
+
+@pytest.mark.parametrize("protocol", ["forec", "acmr"])
+def test_round_trip_through_the_stored_candidates(sample_dir: Path, tmp_path: Path, protocol: str) -> None:
+    """The target's stored candidates of a normal prepare, written out and given back: the same
+    split and candidate arrays, bit for bit (the sources' sampled ones included)."""
+    d = prepare(sample_dir, None, PrepareConfig(target="in", sources="all", protocol=protocol))
+    paths = write_stored(d, tmp_path, (",", "\t"))
     r = invoke("prepare", sample_dir, "-t", "in", "-s", "all", "--protocol", protocol, "-o", tmp_path / "ds",
                "--candidates", f"valid={paths['valid']}", "--candidates", f"test={paths['test']}")
     assert r.exit_code == 0, r.output
     assert "published candidates: 320 in users" in r.output
     e = PreparedDataset.load(tmp_path / "ds")
-    for name, array in d.arrays().items():
-        assert np.array_equal(array, e.arrays()[name]), name
+    assert_same_arrays(d, e)
     assert e.manifest["counts"]["heldout_rows_added"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_round_trip_with_repeats_and_same_day_ratings(tmp_path: Path, seed: int) -> None:
+    """Random ratings full of repeated (user, item) pairs and same-day ties: the round trip holds
+    under both protocols, with and without dedup (the held-out rows taken are the ones the
+    split held out: the latest occurrence, the test's first)."""
+    rng = np.random.default_rng(seed)
+    for m, n_items in (("in", 40), ("uk", 60)):
+        rows = [f"{m}u{rng.integers(30)} i{rng.integers(n_items)} {rng.integers(1, 6)}.0 2020-01-0{rng.integers(1, 6)}"
+                for _ in range(400)]
+        write_text(tmp_path / f"{m}_5core.txt", "userId itemId rate date\n" + "\n".join(rows) + "\n")
+    for protocol in ("forec", "acmr"):
+        for dedup in (False, True):
+            config = dict(target="in", sources="all", protocol=protocol, dedup=dedup, eval_negatives=5, seed=seed)
+            d = prepare(tmp_path, None, PrepareConfig(**config))
+            assert d.manifest["counts"]["duplicates_dropped"] > 0 or not dedup
+            e = prepare(tmp_path, None, PrepareConfig(**config, candidates=write_stored(d, tmp_path)))
+            assert_same_arrays(d, e)
+            assert e.manifest["counts"]["duplicates_dropped"] == d.manifest["counts"]["duplicates_dropped"]
 
 
 def test_wsdm_cup_run_and_qrels(data: Path, tmp_path: Path) -> None:
