@@ -66,9 +66,10 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def _ids(where: str, texts: list[str], what: str) -> list[str]:
-    for t in texts:
-        if not t.strip() or t != t.strip():
-            raise DataError(f"{where}: empty {what} id, or one with surrounding spaces ({t!r})")
+    """`texts`, refused if one is empty or has surrounding spaces (a mangled or space-separated file)."""
+    if "" in texts or (" " in "".join(texts) and any(t != t.strip() for t in texts)):
+        bad = next(t for t in texts if not t or t != t.strip())
+        raise DataError(f"{where}: empty {what} id, or one with surrounding spaces ({bad!r})")
     return texts
 
 
@@ -155,12 +156,13 @@ def _check_lines(c: CandidateList) -> None:
         if user in first:
             raise DataError(f"{at}: user {user} has a second line (first at {first[user]}); one line per user")
         first[user] = at
-        seen = {positive}
-        for item in negs:
-            if item in seen:
-                what = "the held-out item, which" if item == positive else "an item that"
-                raise DataError(f"{at}: {what} appears twice among the line's candidates ({item})")
-            seen.add(item)
+        if len({positive, *negs}) != 1 + len(negs):
+            seen = {positive}
+            for item in negs:
+                if item in seen:
+                    what = "the held-out item, which" if item == positive else "an item that"
+                    raise DataError(f"{at}: {what} appears twice among the line's candidates ({item})")
+                seen.add(item)
         if len(negs) != len(c.negatives[0]):
             raise DataError(f"{at}: {1 + len(negs)} candidates, but {c.where[0]} has {c.width}; "
                             "every line must have the same number")
