@@ -278,6 +278,7 @@ def test_wsdm_cup_errors_and_option_errors(data: Path, tmp_path: Path) -> None:
                       f"{fields}:1:", "a run file", "found 4 field(s)")
     assert_user_error(invoke(*base, "--candidates", f"valid={run}"), "valid and test", "--candidates test=FILE")
     assert_user_error(invoke(*base, *both, "--qrels", f"valid={qrel}"), "--qrels valid=FILE --qrels test=FILE")
+    assert_user_error(invoke(*base, *qrels(qrel)), "qrels name the positives of published candidates")
     assert_user_error(invoke(*base, "--candidates", str(run)), f"--candidates {run}: expected valid|test=FILE")
     assert_user_error(invoke(*base, *both[:2], "--candidates", f"valid={run}"), "--candidates valid= is given twice")
     assert_user_error(invoke(*base, "--candidates", f"valid={tmp_path / 'no'}", "--candidates", f"test={run}"),

@@ -20,7 +20,7 @@ from xmfast._added import added, at_added_default
 from xmfast._io import digest_json
 from xmfast.candidates import CandidateList, check_known, forced_split, read_candidates
 from xmfast.dataset import FORMAT, FORMAT_VERSION, HeldOut, PreparedDataset, Protocol
-from xmfast.errors import DataError, XmfastError, check_int
+from xmfast.errors import DataError, XmfastError, argument, check_int
 from xmfast.markets import check_market_code, discover, resolve_markets
 from xmfast.ratings import Ratings, read_ratings
 
@@ -77,7 +77,8 @@ class PrepareConfig:
                     raise XmfastError(f"{name} maps the splits valid and test to files, got {value!r}")
                 object.__setattr__(self, name, {k: str(Path(v)) for k, v in sorted(value.items())})
         if self.qrels and not self.candidates:
-            raise XmfastError("qrels name the positives of published candidates: give the candidates (run files) too")
+            raise XmfastError(f"qrels name the positives of published candidates: give the run files too "
+                              f"({argument('candidates', None, metavar='SPLIT=FILE')})")
 
 
 Step = Callable[[str], None]
