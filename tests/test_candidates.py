@@ -332,7 +332,16 @@ def test_an_experiment_prepares_with_published_candidates(data: Path, tmp_path: 
     assert stage_actions(plan(read_experiment(path)))["in/dataset"] == "cached"
     files(tmp_path, valid=VALID.replace("e,f", "f,e"))
     assert stage_actions(plan(read_experiment(path)))["in/dataset"] == "run"
-    write_text(path, path.read_text().replace('targets = ["in"]', 'targets = "all"'))
+    text = path.read_text()
+    write_text(path, text.replace('targets = ["in"]', 'targets = "all"'))
     with pytest.raises(XmfastError, match="one target market's published candidates, but the experiment has "
                                           "targets in, uk"):
         plan(read_experiment(path))
+    write_text(path, text.replace("eval_negatives = 2", "eval_negatives = 3"))
+    with pytest.raises(XmfastError, match=r"valid\.tsv:1: 2 negatives per line, .* give eval_negatives = 2 in "
+                                          r"\[prepare\]"):
+        plan(read_experiment(path))
+    for table in ('{valid = "valid.tsv"}', '"valid.tsv"', '{valid = "valid.tsv", test = 1}'):
+        write_text(path, text.replace('{valid = "valid.tsv", test = "test.tsv"}', table))
+        with pytest.raises(XmfastError, match=r"e\.toml: \[prepare\] candidates = .*: expected a table of both"):
+            plan(read_experiment(path))

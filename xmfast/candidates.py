@@ -28,7 +28,7 @@ user, since results on fewer users than published are not comparable with the pu
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,10 +168,15 @@ def _check_lines(c: CandidateList) -> None:
                             "every line must have the same number")
 
 
-def read_candidates(candidates: Mapping[str, str], qrels: Mapping[str, str] | None,
-                    eval_negatives: int) -> dict[str, CandidateList]:
+def _option(negatives: int) -> str:
+    return argument("eval_negatives", negatives)
+
+
+def read_candidates(candidates: Mapping[str, str], qrels: Mapping[str, str] | None, eval_negatives: int,
+                    setting: Callable[[int], str] | None = None) -> dict[str, CandidateList]:
     """Parses and cross-checks both splits' files (before the ratings are read, so a malformed
-    file is reported at once); ids are matched to the ratings later (:func:`forced_split`)."""
+    file is reported at once); ids are matched to the ratings later (:func:`forced_split`).
+    `setting(n)` spells the number of negatives the files need where the caller sets it."""
     qrels = dict(qrels or {})
     if sorted(candidates) != sorted(SPLITS):
         raise XmfastError("published candidates need a file for each of valid and test (got "
@@ -191,7 +196,7 @@ def read_candidates(candidates: Mapping[str, str], qrels: Mapping[str, str] | No
         _check_lines(c)
         if c.width != eval_negatives + 1:
             raise XmfastError(f"{c.where[0]}: {c.width - 1} negatives per line, but the dataset is to store "
-                              f"{eval_negatives}; give {argument('eval_negatives', c.width - 1)}")
+                              f"{eval_negatives}; give {(setting or _option)(c.width - 1)}")
         out[split] = c
     valid, test = out["valid"], out["test"]
     for a, b in ((valid, test), (test, valid)):

@@ -246,10 +246,14 @@ def _published_paths(exp: Experiment) -> dict[str, dict[str, str]]:
         table = exp.prepare.get(key)
         if table is None:
             continue
-        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-            raise XmfastError(f"{exp.path or exp.name}: [prepare] {key} = {table!r}: expected a table "
+        if not isinstance(table, dict) or sorted(table) != ["test", "valid"] or \
+                not all(isinstance(v, str) and v for v in table.values()):
+            raise XmfastError(f"{exp.path or exp.name}: [prepare] {key} = {table!r}: expected a table of both "
                               '{valid = "FILE", test = "FILE"}')
         out[key] = {split: str(_beside(exp.path, v) if exp.path else Path(v)) for split, v in table.items()}
+    if "qrels" in out and "candidates" not in out:
+        raise XmfastError(f"{exp.path or exp.name}: [prepare] qrels name the positives of published candidates: "
+                          'give the run files too (candidates = {valid = "FILE", test = "FILE"})')
     return out
 
 
@@ -369,7 +373,8 @@ def plan(experiment: Experiment) -> Plan:
         if published:  # read now: a malformed file is refused before any stage runs
             from xmfast.candidates import read_candidates
 
-            files = read_candidates(published["candidates"], published.get("qrels"), prep.eval_negatives)
+            files = read_candidates(published["candidates"], published.get("qrels"), prep.eval_negatives,
+                                    lambda n: f"eval_negatives = {n} in [prepare]")
             prep_settings["candidates"] = {split: c.files for split, c in files.items()}
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
                             label="dataset", settings=prep_settings))
