@@ -157,16 +157,18 @@ def test_round_trip_with_repeats_and_same_day_ratings(tmp_path: Path, seed: int)
     under both protocols, with and without dedup (the held-out rows taken are the ones the
     split held out: the latest occurrence, the test's first)."""
     rng = np.random.default_rng(seed)
+    data = tmp_path / "data"  # the candidate files go beside it, not into it
+    data.mkdir()
     for m, n_items in (("in", 40), ("uk", 60)):
         rows = [f"{m}u{rng.integers(30)} i{rng.integers(n_items)} {rng.integers(1, 6)}.0 2020-01-0{rng.integers(1, 6)}"
                 for _ in range(400)]
-        write_text(tmp_path / f"{m}_5core.txt", "userId itemId rate date\n" + "\n".join(rows) + "\n")
+        write_text(data / f"{m}_5core.txt", "userId itemId rate date\n" + "\n".join(rows) + "\n")
     for protocol in ("forec", "acmr"):
         for dedup in (False, True):
             config = dict(target="in", sources="all", protocol=protocol, dedup=dedup, eval_negatives=5, seed=seed)
-            d = prepare(tmp_path, None, PrepareConfig(**config))
+            d = prepare(data, None, PrepareConfig(**config))
             assert d.manifest["counts"]["duplicates_dropped"] > 0 or not dedup
-            e = prepare(tmp_path, None, PrepareConfig(**config, candidates=write_stored(d, tmp_path)))
+            e = prepare(data, None, PrepareConfig(**config, candidates=write_stored(d, tmp_path)))
             assert_same_arrays(d, e)
             assert e.manifest["counts"]["duplicates_dropped"] == d.manifest["counts"]["duplicates_dropped"]
 
