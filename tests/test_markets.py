@@ -49,6 +49,8 @@ def test_discovery_rules_name_each_market_and_report_the_rest(tmp_path: Path) ->
     assert found["mx"].category == "Books"
     # matching no rule: reported (xmfast's own synth.json, a download's .part and dot-files are not)
     assert [p.name for p in found.unmatched] == ["north.txt", "notes.json"]
+    # published candidates read beside the rating files are not markets (WSDM Cup's valid_run.tsv)
+    assert "t1" not in discover(tmp_path, ignore=[tmp_path / "t1.tsv"])
     note = found.unmatched_note()
     assert note is not None and note.startswith(f"{tmp_path}: 2 files matching no rule were not read: north.txt, notes.json")
 

@@ -107,9 +107,11 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
-def _lines(path: Path):
+def _lines(path: Path, what: str = "a TREC file"):
+    """Numbered non-blank lines of a UTF-8 text file (a leading byte-order mark skipped); a file
+    that cannot be read is one error naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     yield number, line
@@ -118,7 +120,7 @@ def _lines(path: Path):
     except UnicodeDecodeError as e:
         raise XmfastError(f"{path}: not UTF-8 text ({e})") from None
     except IsADirectoryError:
-        raise XmfastError(f"{path}: a directory, not a TREC file") from None
+        raise XmfastError(f"{path}: a directory, not {what}") from None
     except OSError as e:
         raise XmfastError(f"{path}: cannot read ({e.strerror or e})") from None
 

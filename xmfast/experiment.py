@@ -14,6 +14,8 @@ planner turns it into a dependency graph of stages and runs each stage once.
     device = "cpu"                  # auto, cpu, cuda
 
     [prepare]                       # PrepareConfig settings (seed = the split's seed, kept for all runs)
+    candidates = {valid = "valid.tsv", test = "test.tsv"}   # published candidates (one target only),
+    qrels = {valid = "valid_qrel.tsv", test = "test_qrel.tsv"}  # beside this file; see xmfast.candidates
     [train]                         # TrainConfig settings for every model; a sub-table per model:
     [train.acmr]                    #   epochs = 10
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
@@ -257,6 +259,26 @@ def _data_signature(data: DataSource, category: str | None) -> list[list[Any]]:
     return out
 
 
+def _published_paths(exp: Experiment) -> dict[str, dict[str, str]]:
+    """[prepare]'s candidates and qrels tables with their files beside the experiment file. The
+    paths are not part of the dataset's key (their contents are: see :func:`plan`), so moving
+    the experiment with its files keeps what was made."""
+    out = {}
+    for key in ("candidates", "qrels"):
+        table = exp.prepare.get(key)
+        if table is None:
+            continue
+        if not isinstance(table, dict) or sorted(table) != ["test", "valid"] or \
+                not all(isinstance(v, str) and v for v in table.values()):
+            raise XmfastError(f"{exp.path or exp.name}: [prepare] {key} = {table!r}: expected a table of both "
+                              '{valid = "FILE", test = "FILE"}')
+        out[key] = {split: str(_beside(exp.path, v) if exp.path else Path(v)) for split, v in table.items()}
+    if "qrels" in out and "candidates" not in out:
+        raise XmfastError(f"{exp.path or exp.name}: [prepare] qrels name the positives of published candidates: "
+                          'give the run files too (candidates = {valid = "FILE", test = "FILE"})')
+    return out
+
+
 def _setting_of(sources: tuple[str, ...] | str) -> str:
     if sources == () or sources == "":
         return "single"
@@ -283,6 +305,9 @@ def plan(experiment: Experiment) -> Plan:
     exp = experiment
     where = str(exp.path or exp.name)
     prep_values = dict(exp.prepare)
+    published = _published_paths(exp)
+    for key in published:
+        del prep_values[key]
     for key in ("target", "sources", "protocol"):
         if key in prep_values:
             raise XmfastError(f"{where}: [prepare] cannot set {key!r}; it comes from the experiment's own keys")
@@ -297,13 +322,18 @@ def plan(experiment: Experiment) -> Plan:
                                       for k, v in prep_values.items()})
     except (TypeError, XmfastError) as e:
         raise XmfastError(f"{where}: [prepare]: {e}") from None
-    available = sorted(exp.data.find(prep_values.get("category")))
-    prep_values = data_settings(exp.data, prep_values)  # raw XMarket files: FOREC's preprocessing
+    data = exp.data.ignoring(Path(f) for table in published.values() for f in table.values())
+    available = sorted(data.find(prep_values.get("category")))
+    prep_values = data_settings(data, prep_values)  # raw XMarket files: FOREC's preprocessing
     targets = available if exp.targets == "all" else list(exp.targets)
     for t in targets:
         check_market_name(t, f"{where}: target")
         if t not in available:
             raise XmfastError(f"{where}: target {t!r} has no rating file in {exp.data} (found {', '.join(available)})")
+    if published and len(targets) != 1:
+        raise XmfastError(f"{where}: [prepare] candidates are one target market's published candidates, but the "
+                          f"experiment has targets {', '.join(targets)}; give targets = [\"T\"] (one experiment "
+                          "per target)")
     if isinstance(exp.sources, tuple):
         for s in exp.sources:
             check_market_name(s, f"{where}: source")
@@ -328,7 +358,7 @@ def plan(experiment: Experiment) -> Plan:
     configs = _ModelConfigs(exp, where)
     for name in exp.model_settings:  # every table is checked, also one of a model not in `models`
         configs.train(name)
-    data_signature = _data_signature(exp.data, prep_values.get("category"))
+    data_signature = _data_signature(data, prep_values.get("category"))
     stages: list[Stage] = []
 
     def add(stage: Stage, deps: Sequence[Stage] = ()) -> Stage:
@@ -363,8 +393,15 @@ def plan(experiment: Experiment) -> Plan:
 
     for t in targets:
         prep = PrepareConfig(target=t, sources="all", protocol=exp.protocol, **prep_values)  # type: ignore[arg-type]
+        prep_settings = {"prepare": key_plain(prep), "data": data_signature}
+        if published:  # read now: a malformed file is refused before any stage runs
+            from xmfast.candidates import read_candidates
+
+            files = read_candidates(published["candidates"], published.get("qrels"), prep.eval_negatives,
+                                    lambda n: f"eval_negatives = {n} in [prepare]")
+            prep_settings["candidates"] = {split: c.files for split, c in files.items()}
         dataset = add(Stage(id=f"{t}/dataset", kind="prepare", target=t, path=exp.out / t / "dataset",
-                            label="dataset", settings={"prepare": key_plain(prep), "data": data_signature}))
+                            label="dataset", settings=prep_settings))
         sets = (source_sets or [(m,) for m in available if m != t]) if multi else []
         for seed in exp.seeds:
             made: dict[tuple[str, str, tuple[str, ...]], Stage] = {}
@@ -645,7 +682,7 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
         values = dict(stage.settings["prepare"])
         for key in ("kcore", "reference_kcore"):
             values[key] = KCore(**values[key])
-        config = PrepareConfig(**values)
+        config = PrepareConfig(**values, **_published_paths(exp))
         run_prepare(exp.data, stage.path, config, overwrite=True)
         return True
     from xmfast import training

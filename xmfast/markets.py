@@ -125,6 +125,9 @@ class DataSource:
     dir: Path | None = None
     files: tuple[tuple[str | None, Path], ...] = ()
     columns: tuple[tuple[str, str], ...] = ()
+    # Files of `dir` that are not rating files whatever their names (published candidates read
+    # beside them, e.g. WSDM Cup's valid_run.tsv).
+    ignore: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dir is None and not self.files:
@@ -133,6 +136,9 @@ class DataSource:
     @classmethod
     def of(cls, data: DataSource | Path | str) -> DataSource:
         return data if isinstance(data, DataSource) else cls(Path(data))
+
+    def ignoring(self, paths: Iterable[Path]) -> DataSource:
+        return replace(self, ignore=self.ignore + tuple(Path(p) for p in paths))
 
     @property
     def inputs(self) -> list[Path]:
@@ -144,7 +150,7 @@ class DataSource:
 
     def find(self, category: str | None = None) -> Found:
         """Each market's file (see :func:`discover`)."""
-        return discover(self.dir, category, files=self.files, markets_in=self._markets_in)
+        return discover(self.dir, category, files=self.files, markets_in=self._markets_in, ignore=self.ignore)
 
     def read(self, found: Found, markets: Iterable[str]) -> Ratings:
         """Parses the files holding `markets` (in that order) into one table with shared
@@ -251,19 +257,22 @@ def discover(
     *,
     files: Iterable[tuple[str | None, Path]] = (),
     markets_in: Callable[[MarketFile], Iterable[str]] | None = None,
+    ignore: Iterable[Path] = (),
 ) -> Found:
     """Finds each market's rating file in `data_dir` (by the rules above) and in the listed
     `files`. XMarket's processed files win over raw ones unless `category` is given; with
     several raw categories for one market, `category` must say which. `markets_in(file)` lists
-    the markets of a file with a market column (it reads the file)."""
+    the markets of a file with a market column (it reads the file). Files in `ignore` are
+    passed over."""
     by_market: dict[str, list[MarketFile]] = {}
     unmatched: list[Path] = []
+    ignored = {Path(p).resolve() for p in ignore}
     if data_dir is not None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise DataError(f"{data_dir}: no such data directory")
         for path in sorted(data_dir.iterdir()):
-            if not path.is_file() or path.name.startswith("."):
+            if not path.is_file() or path.name.startswith(".") or path.resolve() in ignored:
                 continue
             for layout, pattern in _RULES:
                 if m := pattern.match(path.name):

@@ -218,6 +218,19 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _split_files(values: list[str], option: str, keys: tuple[str, ...]) -> Optional[dict[str, str]]:
+    """`KEY=PATH` values of a repeatable option as {KEY: PATH} (None when none was given)."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, path = value.partition("=")
+        if not sep or key not in keys or not path:
+            raise XmfastError(f"{option} {value}: expected {'|'.join(keys)}=FILE, e.g. {option} {keys[0]}=FILE")
+        if key in out:
+            raise XmfastError(f"{option} {key}= is given twice ({out[key]} and {path})")
+        out[key] = path
+    return out or None
+
+
 def _check_output(path: Optional[Path], kind: str, *inputs: Optional[Path]) -> None:
     """Refuses an output path before any work (see xmfast.outputs): `kind` names the artefact."""
     if path is not None:
@@ -305,6 +318,14 @@ def prepare(
     ] = False,
     eval_negatives: Annotated[int, typer.Option(help="Negatives stored per validation/test interaction.")] = 99,
     category: Annotated[Optional[str], typer.Option(help="Category of raw files, when several are present.")] = None,
+    candidates: Annotated[list[str], typer.Option(
+        "--candidates", metavar="SPLIT=FILE",
+        help="Published candidates of the target market instead of sampled ones: valid=FILE and test=FILE, "
+             "lines user<TAB>held-out<TAB>negatives (or a WSDM Cup run file with --qrels).")] = [],  # noqa: B006
+    qrels: Annotated[list[str], typer.Option(
+        "--qrels", metavar="SPLIT=FILE",
+        help="With WSDM Cup run files as --candidates: valid=FILE and test=FILE, lines userId<TAB>itemId<TAB>rating "
+             "naming each user's positive.")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Read, filter and split rating files; store evaluation candidates; print market statistics.
@@ -336,6 +357,8 @@ def prepare(
         **({"reference_market": reference_market} if reference_market is not None else {}),
         **({"min_rating": min_rating} if min_rating is not None else {}),
         **({"restrict_reference": restrict_reference} if restrict_reference is not None else {}),
+        "candidates": _split_files(candidates, "--candidates", ("valid", "test")),
+        "qrels": _split_files(qrels, "--qrels", ("valid", "test")),
     }
     data = _data_source(data_dir, file, columns)
     config = PrepareConfig(**data_settings(data, settings))
@@ -350,6 +373,12 @@ def prepare(
         f"fingerprint {dataset.fingerprint[:16]}",
         highlight=False,
     )
+    if "published_groups" in counts:
+        console.print(
+            f"published candidates: {counts['published_groups']:,} {dataset.target} users evaluated on them; "
+            f"{counts['heldout_rows_added']:,} held-out rows the ratings lacked were added",
+            highlight=False,
+        )
 
 
 @command()
