@@ -64,5 +64,5 @@ EVALUATION_JSON = OutputKind("evaluation JSON", False, lambda p: json_format(p) 
 EXPORT_FORMAT = "xmfast-export"
 """The export sidecar's format (xmfast.export writes and reads it)."""
 EXPORT_SIDECAR = "xmfast-export.json"
-EXPORT_DIR = OutputKind("xmfast export directory (with xmfast-export.json)", True,
+EXPORT_DIR = OutputKind("export directory (with xmfast-export.json)", True,
                         lambda p: json_format(p, EXPORT_SIDECAR) == EXPORT_FORMAT)
