@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from conftest import write_text
 from test_cli import assert_user_error, dir_bytes, replace_line
 from xmfast.dataset import PreparedDataset
-from xmfast.export import file_names
+from xmfast.export import export_dataset, file_names, import_export
 from xmfast.prepare import PrepareConfig, prepare
+from xmfast.synth import SynthConfig, synthesize
 from xmfast_cli.app import app
 
 runner = CliRunner()
@@ -41,9 +42,26 @@ def small(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`small` exported to RecBole files (read-only: tests that damage it work on a copy)."""
+    """`small` exported to RecBole files."""
     out = tmp_path_factory.mktemp("exports") / "xm"
     assert invoke("export", small, "--format", "recbole", "--out", out).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic dataset a tenth of the sample's size, for the tests that import many times."""
+    root = tmp_path_factory.mktemp("mini")
+    synthesize(root / "data", SynthConfig(markets=["in", "uk"], ratings=1500, items=150, seed=3))
+    prepare(root / "data", root / "ds", PrepareConfig(target="in", sources=["uk"], eval_negatives=9))
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def mini_exported(mini: Path) -> Path:
+    """`mini` exported to RecBole files (read-only: tests that damage it work on a copy)."""
+    out = mini.parent / "xm"
+    assert invoke("export", mini, "--out", out).exit_code == 0
     return out
 
 
@@ -87,10 +105,10 @@ def _tiny(dir_: Path) -> Path:
 def test_a_reviewer_in_two_markets_stays_two_users(tmp_path: Path, protocol: str) -> None:
     config = PrepareConfig(target="uk", sources=["de"], protocol=protocol, eval_negatives=1, dedup=protocol == "acmr")
     prepare(_tiny(tmp_path / "data"), tmp_path / "ds", config)
-    assert invoke("export", tmp_path / "ds", "-o", tmp_path / "exp").exit_code == 0
-    users = [r[0] for r in csv.reader(open(tmp_path / "exp" / "exp.test.inter"), delimiter="\t")][1:]
+    export_dataset(tmp_path / "ds", tmp_path / "exp")
+    users = [r[0] for r in _rows(tmp_path / "exp" / "exp.test.inter")][1:]
     assert sorted(users) == ["de:U1", "de:U4", "uk:U1", "uk:U2"]
-    assert invoke("import", tmp_path / "exp", "-o", tmp_path / "back").exit_code == 0
+    import_export(tmp_path / "exp", tmp_path / "back")
     assert_same_dataset(tmp_path / "ds", tmp_path / "back")
 
 
@@ -180,29 +198,29 @@ def _set_field(path: Path, line: int, column: int, value: str) -> None:
     (lambda d: (d / "xm.valid.candidates").unlink(), ["xm.valid.candidates", "missing"]),
     (lambda d: (d / "xmfast-export.json").unlink(), ["no xmfast-export.json"]),
 ])
-def test_a_damaged_export_is_one_error_and_nothing_written(exported: Path, tmp_path: Path, edit, fragments) -> None:  # noqa: ANN001
-    result, out = _damaged(exported, tmp_path, edit)
+def test_a_damaged_export_is_one_error_and_nothing_written(mini_exported: Path, tmp_path: Path, edit, fragments) -> None:  # noqa: ANN001
+    result, out = _damaged(mini_exported, tmp_path, edit)
     assert_user_error(result, *fragments)
     assert not out.exists()
 
 
-def test_export_refuses_to_clobber(small: Path, tmp_path: Path) -> None:
+def test_export_refuses_to_clobber(mini: Path, tmp_path: Path) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    assert_user_error(invoke("export", small, "-o", foreign), "mine", "not an export directory")
+    assert_user_error(invoke("export", mini, "-o", foreign), "mine", "not an export directory")
     assert (foreign / "notes.txt").read_text() == "keep me" and len(list(foreign.iterdir())) == 1
-    assert_user_error(invoke("export", small, "-o", small / "exp"), "input")
-    assert invoke("export", small, "-o", tmp_path / "exp").exit_code == 0
+    assert_user_error(invoke("export", mini, "-o", mini / "exp"), "input")
+    export_dataset(mini, tmp_path / "exp")
     before = dir_bytes(tmp_path / "exp")
-    assert_user_error(invoke("export", small, "-f", "csv", "-o", tmp_path / "exp"), "--overwrite")
+    assert_user_error(invoke("export", mini, "-f", "csv", "-o", tmp_path / "exp"), "--overwrite")
     assert dir_bytes(tmp_path / "exp") == before
-    assert invoke("export", small, "-f", "csv", "-o", tmp_path / "exp", "--overwrite").exit_code == 0
+    export_dataset(mini, tmp_path / "exp", "csv", overwrite=True)
     assert (tmp_path / "exp" / "exp.train.csv").is_file() and not (tmp_path / "exp" / "exp.train.inter").exists()
-    assert_user_error(invoke("export", small, "-f", "xml", "-o", tmp_path / "x"), "unknown export format 'xml'")
+    assert_user_error(invoke("export", mini, "-f", "xml", "-o", tmp_path / "x"), "unknown export format 'xml'")
 
 
-def test_parquet_without_pyarrow_names_the_extra(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parquet_without_pyarrow_names_the_extra(mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
-    assert_user_error(invoke("export", small, "-f", "parquet", "-o", tmp_path / "exp"), 'pip install "xmfast[parquet]"')
+    assert_user_error(invoke("export", mini, "-f", "parquet", "-o", tmp_path / "exp"), 'pip install "xmfast[parquet]"')
     assert not (tmp_path / "exp").exists()

@@ -291,8 +291,8 @@ def _read_text(path: Path, fmt: str, columns: Sequence[str]) -> _Table:
     if missing:
         raise DataError(f"{path}:1: no column {missing[0]!r} in the header {head}; the export wrote "
                         f"{list(want.values())} (export the dataset again)")
-    short = next((i for i, r in enumerate(rows) if len(r) != len(head)), None)
-    if short is not None:
+    if set(map(len, rows)) - {len(head)}:
+        short = next(i for i, r in enumerate(rows) if len(r) != len(head))
         raise DataError(f"{where(short)}: {len(rows[short])} fields, but the header has {len(head)}")
     transposed = list(zip(*rows)) if rows else [()] * len(head)
     return _Table(path, {c: list(transposed[head.index(h)]) for c, h in want.items()}, where)
@@ -379,14 +379,13 @@ class _Keyed:
 def _keyed(table: _Table, fmt: str, ids: dict[str, dict[str, int]], n_users: int) -> _Keyed:
     market = _codes(table, "market", ids["market"], "market")
     if fmt == "recbole":  # user_id is market:user
-        prefixes = [m + ":" for m in ids["market"]]
-        users = [u[len(p):] if isinstance(u, str) and u.startswith(p) else None
-                 for u, p in zip(table.columns["user"], map(prefixes.__getitem__, market.tolist()))]
-        bad = np.fromiter((u is None for u in users), dtype=bool, count=len(users))
-        if bad.any():
-            raise DataError(f"{_first(table, bad, 'user_id', 'user')} does not start with its row's market and a "
+        prefix = np.array([m + ":" for m in ids["market"]], dtype=object)[market].tolist()
+        users = table.columns["user"]
+        ok = np.fromiter(map(str.startswith, users, prefix), dtype=bool, count=len(users))  # text: all str
+        if not ok.all():
+            raise DataError(f"{_first(table, ~ok, 'user_id', 'user')} does not start with its row's market and a "
                             "colon (user_id is market:user)")
-        table.columns["user"] = users
+        table.columns["user"] = [u[len(p):] for u, p in zip(users, prefix)]
     user = _codes(table, "user", ids["user"], "user id")
     item = _codes(table, "item", ids["item"], "item id")
     extra = {}
