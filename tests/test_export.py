@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from conftest import write_text
 from test_cli import assert_user_error, dir_bytes, replace_line
+from typer.testing import CliRunner
+from xmfast_cli.app import app
+
 from xmfast.dataset import PreparedDataset
 from xmfast.export import export_dataset, file_names, import_export
 from xmfast.prepare import PrepareConfig, prepare
 from xmfast.synth import SynthConfig, synthesize
-from xmfast_cli.app import app
 
 runner = CliRunner()
 FORMATS = ("recbole", "csv", "parquet")

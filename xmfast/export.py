@@ -23,17 +23,24 @@ from __future__ import annotations
 
 import csv
 import io
-from itertools import repeat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xmfast import core, outputs
-from xmfast._io import atomic_directory, check_output, digest_file, digest_json, read_descriptor, write_json
+from xmfast._io import (
+    atomic_directory,
+    check_output,
+    digest_file,
+    digest_json,
+    read_descriptor,
+    write_json,
+)
 from xmfast._trec_format import query_id
 from xmfast.dataset import HeldOut, PreparedDataset, _fingerprinted
 from xmfast.errors import DataError, XmfastError
@@ -174,7 +181,6 @@ def _readme(ds: PreparedDataset, dataset: Path, out: Path, name: str, fmt: str, 
     width = int(ds.test.candidates.shape[1])
     rows_header = ", ".join(f"`{h}`" for h in header(fmt, ROWS))
     cand_header = ", ".join(f"`{h}`" for h in header(fmt, CANDIDATES))
-    user = "`user_id`" if fmt == "recbole" else "`user`"
     label = "`label`"
     kind = {"recbole": "RecBole atomic files (tab-separated, `name:type` header)",
             "csv": "CSV files (comma-separated, header line)", "parquet": "Parquet files"}[fmt]
@@ -225,15 +231,30 @@ def _readme(ds: PreparedDataset, dataset: Path, out: Path, name: str, fmt: str, 
             "",
             "RecBole's sampled evaluation (`eval_args: {mode: uni99}`) draws its own negatives, so its figures "
             "are not on these candidates. The candidate files are not loaded by RecBole (not `.inter`); "
-            "read them yourself (same header convention) and score them as below.",
+            "score them with the trained model and hand the scores to xmfast, as below. With RecBole 1.x, for "
+            "example (every candidate user and item occurs in the three `.inter` files, so RecBole knows it):",
+            "",
+            "```python",
+            "import csv, numpy as np, torch",
+            "from recbole.data.interaction import Interaction",
+            f"rows = list(csv.reader(open('{names['test_candidates']}'), delimiter='\\t', quoting=csv.QUOTE_NONE))[1:]",
+            "users = dataset.token2id('user_id', [r[0] for r in rows])",
+            "items = dataset.token2id('item_id', [r[1] for r in rows])",
+            "batch = Interaction({'user_id': torch.as_tensor(users), 'item_id': torch.as_tensor(items)}).to(model.device)",
+            "with torch.no_grad():",
+            "    scores = model.predict(batch).float().cpu().numpy()",
+            f"np.save('scores.npy', scores.reshape({len(ds.test)}, {width}))",
+            "```",
         ]
     lines += [
         "",
         "## Evaluating on exactly these candidates",
         "",
         f"Score every row of `{names['test_candidates']}` with your model, in file order, and arrange the scores "
-        f"as a float matrix of shape ({len(ds.test)}, {width}): row q is the q-th query of the file, column j its "
-        "j-th candidate row (column 0 the positive). Save it with `numpy.save` and give it to xmfast's metric code:",
+        f"as a float matrix of shape ({len(ds.test)}, {width}) (`scores.reshape({len(ds.test)}, {width})`): row q is "
+        "the q-th query of the file, column j its j-th candidate row (column 0 the positive). Save it with "
+        "`numpy.save` and give it to xmfast's metric code, with the dataset exported or the one `xmfast import` "
+        "makes from this directory:",
         "",
         "```sh",
         f"xmfast evaluate {dataset} --scores scores.npy            # or: --split valid with "
@@ -263,7 +284,7 @@ class _Table:
 
 def _read_text(path: Path, fmt: str, columns: Sequence[str]) -> _Table:
     options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "recbole" else {}
-    want = dict(zip(columns, header(fmt, columns))) if fmt != "recbole" else {c: RECBOLE_FIELDS[c] for c in columns}
+    want = {c: RECBOLE_FIELDS[c] if fmt == "recbole" else c for c in columns}
 
     def where(i: int) -> str:  # read again to find data row i's line: only on the way to an error
         with open(path, encoding="utf-8", newline="") as f:
