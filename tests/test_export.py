@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli import assert_user_error, dir_bytes, replace_line
 from typer.testing import CliRunner
 from xmfast_cli.app import app
@@ -101,10 +103,8 @@ def _tiny(dir_: Path) -> Path:
     return dir_
 
 
-@pytest.mark.parametrize("protocol", ["forec", "acmr"])
-def test_a_reviewer_in_two_markets_stays_two_users(tmp_path: Path, protocol: str) -> None:
-    config = PrepareConfig(target="uk", sources=["de"], protocol=protocol, eval_negatives=1, dedup=protocol == "acmr")
-    prepare(_tiny(tmp_path / "data"), tmp_path / "ds", config)
+def test_a_reviewer_in_two_markets_stays_two_users(tmp_path: Path) -> None:
+    prepare(_tiny(tmp_path / "data"), tmp_path / "ds", PrepareConfig(target="uk", sources=["de"], eval_negatives=1))
     export_dataset(tmp_path / "ds", tmp_path / "exp")
     users = [r[0] for r in _rows(tmp_path / "exp" / "exp.test.inter")][1:]
     assert sorted(users) == ["de:U1", "de:U4", "uk:U1", "uk:U2"]
@@ -224,3 +224,68 @@ def test_parquet_without_pyarrow_names_the_extra(mini: Path, tmp_path: Path, mon
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     assert_user_error(invoke("export", mini, "-f", "parquet", "-o", tmp_path / "exp"), 'pip install "xmfast[parquet]"')
     assert not (tmp_path / "exp").exists()
+
+
+def _with_ids(src: Path, out: Path, users: list[str]) -> Path:
+    """`src` saved again with its user ids replaced by `users` (which the rating-file parsers,
+    splitting on whitespace, cannot produce)."""
+    from dataclasses import replace
+
+    from xmfast import core
+
+    ds = PreparedDataset.load(src)
+    manifest = {k: v for k, v in ds.manifest.items() if k not in ("files", "fingerprint")}
+    return replace(ds, users=core.Vocab(users), manifest=manifest).save(out)
+
+
+def test_ids_with_separators_round_trip_in_csv_and_parquet_and_recbole_refuses_tabs(tmp_path: Path) -> None:
+    prepare(_tiny(tmp_path / "data"), tmp_path / "ds", PrepareConfig(target="uk", sources=["de"], eval_negatives=1))
+    odd = _with_ids(tmp_path / "ds", tmp_path / "odd", ['a,b', 'say "hi"', " lead", "tab\there"])
+    for fmt in ("csv", "parquet"):
+        export_dataset(odd, tmp_path / fmt, fmt)
+        import_export(tmp_path / fmt, tmp_path / f"{fmt}-back")
+        assert_same_dataset(odd, tmp_path / f"{fmt}-back")
+    assert_user_error(invoke("export", odd, "-o", tmp_path / "rb"), "user id 'tab\\there'", "--format csv")
+    assert not (tmp_path / "rb").exists()
+
+
+def test_a_renamed_export_still_imports(mini: Path, mini_exported: Path, tmp_path: Path) -> None:
+    """The sidecar names the files, so the directory's name does not matter."""
+    renamed = shutil.copytree(mini_exported, tmp_path / "elsewhere")
+    import_export(renamed, tmp_path / "back")
+    assert_same_dataset(mini, tmp_path / "back")
+    assert_user_error(invoke("import", renamed, "-o", renamed / "ds"), "input")
+
+
+@st.composite
+def ratings_case(draw):  # noqa: ANN001, ANN201
+    """A few users and items in two markets (a user may rate in both), dates with ties, repeats."""
+    n = draw(st.integers(6, 40))
+    rows = {m: [] for m in ("uk", "de")}
+    for _ in range(n):
+        rows[draw(st.sampled_from(["uk", "de"]))].append(
+            (f"U{draw(st.integers(0, 5))}", f"I{draw(st.integers(0, 9))}", draw(st.sampled_from([1, 2.5, 5])),
+             f"2020-01-{draw(st.integers(1, 4)):02d}"))
+    for m in rows:  # V and W: evaluated users in each market, with items left over as negatives for everyone
+        rows[m] += [("V", f"J{j}", 1, f"2020-01-0{j + 1}") for j in range(3)]
+        rows[m] += [("W", f"I{j}", 2, "2020-01-05") for j in range(10)]
+    return rows, draw(st.sampled_from(["forec", "acmr"])), draw(st.booleans()), draw(st.sampled_from(["recbole", "csv"]))
+
+
+@settings(max_examples=6, deadline=None)  # each writes three directories: ~0.3 s
+@given(case=ratings_case())
+def test_any_split_comes_back_with_its_fingerprint(case) -> None:  # noqa: ANN001
+    import tempfile
+
+    rows, protocol, dedup, fmt = case
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        for market, lines in rows.items():
+            write_text(root / "data" / f"{market}_5core.txt",
+                       "userId itemId rate date\n" + "".join(f"{u} {i} {r} {d}\n" for u, i, r, d in lines))
+        config = PrepareConfig(target="uk", sources=["de"], protocol=protocol, dedup=dedup, eval_negatives=1)
+        prepare(root / "data", root / "ds", config)
+        export_dataset(root / "ds", root / "exp", fmt)
+        import_export(root / "exp", root / "back")
+        assert_same_dataset(root / "ds", root / "back")
