@@ -182,6 +182,12 @@ def _set_field(path: Path, line: int, column: int, value: str) -> None:
     replace_line(path, line, "\t".join(row))
 
 
+def _edit_sidecar(d: Path, edit) -> None:  # noqa: ANN001
+    side = json.loads((d / "xmfast-export.json").read_text())
+    edit(side)
+    (d / "xmfast-export.json").write_text(json.dumps(side))
+
+
 @pytest.mark.parametrize("edit, fragments", [
     (lambda d: _set_field(d / "xm.train.inter", 7, 0, "in:X"), ["xm.train.inter:7", "user id 'X'"]),
     (lambda d: _set_field(d / "xm.train.inter", 5, 0, "X"), ["xm.train.inter:5", "user_id 'X'"]),
@@ -197,6 +203,9 @@ def _set_field(path: Path, line: int, column: int, value: str) -> None:
     (lambda d: _set_field(d / "xm.train.inter", 2, 2, "2.5"), ["xm.train.inter:", "do not give the exported dataset"]),
     (lambda d: (d / "xm.valid.candidates").unlink(), ["xm.valid.candidates", "missing"]),
     (lambda d: (d / "xmfast-export.json").unlink(), ["no xmfast-export.json"]),
+    (lambda d: _edit_sidecar(d, lambda s: s["files"].update(train="..")), ["xmfast-export.json", "lacks"]),
+    (lambda d: _edit_sidecar(d, lambda s: s["dataset"]["settings"].update(seed=1)), ["xmfast-export.json", "fingerprint"]),
+    (lambda d: _edit_sidecar(d, lambda s: s["items"].reverse()), ["xmfast-export.json", "item id list differs"]),
 ])
 def test_a_damaged_export_is_one_error_and_nothing_written(mini_exported: Path, tmp_path: Path, edit, fragments) -> None:  # noqa: ANN001
     result, out = _damaged(mini_exported, tmp_path, edit)
@@ -221,9 +230,12 @@ def test_export_refuses_to_clobber(mini: Path, tmp_path: Path) -> None:
 
 
 def test_parquet_without_pyarrow_names_the_extra(mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export_dataset(mini, tmp_path / "pq", "parquet")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     assert_user_error(invoke("export", mini, "-f", "parquet", "-o", tmp_path / "exp"), 'pip install "xmfast[parquet]"')
-    assert not (tmp_path / "exp").exists()
+    assert_user_error(invoke("import", tmp_path / "pq", "-o", tmp_path / "ds"), "pq.train.parquet",
+                      'pip install "xmfast[parquet]"')
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "ds").exists()
 
 
 def _with_ids(src: Path, out: Path, users: list[str]) -> Path:

@@ -317,6 +317,8 @@ def _read_text(path: Path, fmt: str, columns: Sequence[str]) -> _Table:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
         raise DataError(f"{path}: unreadable ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e}); export the dataset again") from None
     if head is None:
         raise DataError(f"{path}:1: empty file, expected the header {' '.join(want.values())}")
     missing = [h for h in want.values() if h not in head]
@@ -336,12 +338,13 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> _Table:
         raise DataError(f"{path}: missing from the export (its {SIDECAR} lists it); export the dataset again")
     try:
         table = pa.parquet.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: unreadable Parquet file ({' '.join(str(e).split())})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: no column {missing[0]!r} (it has {table.column_names}); export the dataset again")
-    return _Table(path, {c: table.column(c).to_pylist() for c in columns}, lambda i: f"{path}: row {i + 1}")
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (it has {table.column_names}); export the dataset again")
+        values = {c: table.column(c).to_pylist() for c in columns}
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # damaged pages; strings are checked only here
+        raise DataError(f"{path}: unreadable Parquet file ({' '.join(str(e).split())}); export the dataset again") from None
+    return _Table(path, values, lambda i: f"{path}: row {i + 1}")
 
 
 def _first(table: _Table, bad: np.ndarray, what: str, column: str) -> DataError:
@@ -485,7 +488,7 @@ def _read_sidecar(directory: Path) -> dict[str, Any]:
     manifest, files = side.get("dataset"), side.get("files")
     fmt = side.get("export_format")
     ok = (fmt in FORMATS and isinstance(manifest, dict) and isinstance(files, dict)
-          and set(files) == set(file_names("x", fmt)) and all(isinstance(v, str) and "/" not in v for v in files.values())
+          and set(files) == set(file_names("x", fmt)) and all(isinstance(v, str) and Path(v).name == v not in ("", ".", "..") for v in files.values())
           and isinstance(side.get("users"), list) and isinstance(side.get("items"), list)
           and isinstance(manifest.get("files"), dict) and isinstance(manifest.get("settings"), dict)
           and isinstance(manifest.get("markets"), list))
@@ -534,7 +537,7 @@ def read_export(directory: Path) -> PreparedDataset:
         return _keyed(table, fmt, ids, len(users))
 
     with _collector_paused():
-        tables = {role: read(role) for role in names}
+        tables = {role: read(role) for role in file_names("", fmt)}  # train first
     train = tables["train"]
     groups = np.unique(np.concatenate([tables[p].key for p in PARTS]))
     train_group = np.searchsorted(groups, train.key)
