@@ -206,7 +206,9 @@ def _edit_sidecar(d: Path, edit) -> None:  # noqa: ANN001
     (lambda d: _edit_sidecar(d, lambda s: s["files"].update(train="..")), ["xmfast-export.json", "lacks"]),
     (lambda d: _edit_sidecar(d, lambda s: s["dataset"]["settings"].update(seed=1)), ["xmfast-export.json", "fingerprint"]),
     (lambda d: _edit_sidecar(d, lambda s: s["items"].reverse()), ["xmfast-export.json", "item id list differs"]),
-])
+], ids=["unknown-user", "user-without-market", "unknown-item", "rating", "timestamp", "fields", "missing-column",
+        "second-positive", "label", "no-positive", "edited-rating", "missing-file", "no-sidecar", "file-outside",
+        "sidecar-settings", "sidecar-ids"])
 def test_a_damaged_export_is_one_error_and_nothing_written(mini_exported: Path, tmp_path: Path, edit, fragments) -> None:  # noqa: ANN001
     result, out = _damaged(mini_exported, tmp_path, edit)
     assert_user_error(result, *fragments)
