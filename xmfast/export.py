@@ -192,7 +192,6 @@ def _readme(ds: PreparedDataset, dataset: Path, out: Path, name: str, fmt: str, 
     width = int(ds.test.candidates.shape[1])
     rows_header = ", ".join(f"`{h}`" for h in header(fmt, ROWS))
     cand_header = ", ".join(f"`{h}`" for h in header(fmt, CANDIDATES))
-    label = "`label`"
     kind = {"recbole": "RecBole atomic files (tab-separated, `name:type` header)",
             "csv": "CSV files (comma-separated, header line)", "parquet": "Parquet files"}[fmt]
     lines = [
@@ -214,8 +213,8 @@ def _readme(ds: PreparedDataset, dataset: Path, out: Path, name: str, fmt: str, 
         "dataset again (same fingerprint) |",
         "",
         "Times are Unix seconds (xmfast keeps whole days: day × 86400). Each (market, user) pair is one user "
-        f"for xmfast; in the candidate files the positive is the row whose {label} is 1 (the first of its "
-        f"query's {width}), the negatives have {label} 0.",
+        f"for xmfast; in the candidate files the positive is the row whose `label` is 1 (the first of its "
+        f"query's {width}), the negatives have `label` 0.",
     ]
     if fmt == "recbole":
         lines += [
@@ -540,6 +539,9 @@ def read_export(directory: Path) -> PreparedDataset:
         tables = {role: read(role) for role in file_names("", fmt)}  # train first
     train = tables["train"]
     groups = np.unique(np.concatenate([tables[p].key for p in PARTS]))
+    if groups.size == 0:
+        raise DataError(f"{directory / names['train']}: no rows in the training, validation or test file; "
+                        "export the dataset again")
     train_group = np.searchsorted(groups, train.key)
     order = np.argsort(train_group, kind="stable")
     offsets = np.zeros(len(groups) + 1, dtype=np.uint64)
