@@ -61,3 +61,8 @@ RECOMMENDATIONS_CSV = OutputKind("recommendations CSV", False, lambda p: first_l
 TREC_RUN = OutputKind("TREC run", False, _columns(6))
 TREC_QRELS = OutputKind("TREC qrels", False, _columns(4))
 EVALUATION_JSON = OutputKind("evaluation JSON", False, lambda p: json_format(p) == EVALUATION_FORMAT)
+EXPORT_FORMAT = "xmfast-export"
+"""The export sidecar's format (xmfast.export writes and reads it)."""
+EXPORT_SIDECAR = "xmfast-export.json"
+EXPORT_DIR = OutputKind("export directory (with xmfast-export.json)", True,
+                        lambda p: json_format(p, EXPORT_SIDECAR) == EXPORT_FORMAT)

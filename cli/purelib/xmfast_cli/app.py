@@ -523,6 +523,40 @@ def synth(
         console.print(f"{f['market']}: {f['users']:,} users, {f['ratings']:,} ratings -> {f['path']}", highlight=False)
 
 
+@command()
+@user_errors
+def export(
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the export to; its name is the "
+                                      "files' NAME (RecBole's dataset name).")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="recbole (atomic .inter files), csv or parquet "
+                                         "(needs pyarrow).")] = "recbole",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export at --out.")] = False,
+) -> None:
+    """Write a prepared dataset's split and stored candidates for another toolkit, with a README on evaluating them."""
+    from xmfast.export import export_dataset
+    from xmfast_cli.render import console
+
+    names = export_dataset(dataset, out, format_, overwrite=overwrite)
+    console.print(f"exported {dataset} as {format_} to {out}: {', '.join(names.values())}; "
+                  f"{out / 'README.md'} says how to load and evaluate them", highlight=False)
+
+
+@command("import")
+@user_errors
+def import_(
+    export_dir: Annotated[Path, typer.Argument(help="A directory written by `xmfast export`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared dataset to.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing prepared dataset at --out.")] = False,
+) -> None:
+    """Read an export (any format) back into the prepared dataset it was made from (the same fingerprint)."""
+    from xmfast.export import import_export
+    from xmfast_cli.render import console
+
+    dataset = import_export(export_dir, out, overwrite=overwrite)
+    console.print(f"imported {export_dir} to {out}: fingerprint {dataset.fingerprint[:16]}", highlight=False)
+
+
 def _parse_cutoffs(value: str) -> tuple[int, ...]:
     try:
         cutoffs = tuple(int(v) for v in _split_list(value))
