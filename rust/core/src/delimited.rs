@@ -140,14 +140,15 @@ fn to_str<'a>(field: Cow<'a, [u8]>, role: &str) -> std::result::Result<Cow<'a, s
 }
 
 /// Header positions of the mapped columns.
-struct Layout {
-    user: usize,
-    item: usize,
-    time: usize,
-    rating: Option<usize>,
-    market: Option<usize>,
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layout {
+    pub user: usize,
+    pub item: usize,
+    pub time: usize,
+    pub rating: Option<usize>,
+    pub market: Option<usize>,
     /// Fields a row needs: one past the last mapped column.
-    need: usize,
+    pub need: usize,
 }
 
 /// The first of `names` present in `header` (exactly, or as the `name` of `name:type`).
@@ -167,7 +168,10 @@ fn missing(role: &str, names: &[String], header: &[String], what: &str) -> Strin
     )
 }
 
-fn layout(header: &[String], spec: &DelimitedSpec, market_given: bool) -> std::result::Result<Layout, String> {
+/// Where each mapped column is in `header` (a delimited file's, or a Parquet schema's names), or
+/// a message naming the column, the names tried and the header's fields. `market_given`: the
+/// market column is not looked for.
+pub fn layout(header: &[String], spec: &DelimitedSpec, market_given: bool) -> std::result::Result<Layout, String> {
     let required = |role: &str, names: &[String]| find_column(header, names).ok_or_else(|| missing(role, names, header, ""));
     let user = required("user", &spec.user)?;
     let item = required("item", &spec.item)?;
