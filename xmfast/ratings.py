@@ -231,6 +231,7 @@ def _parquet_input(market: str | None, path: Path, columns: Columns) -> dict[str
     as Arrow's buffers (borrowed, not copied), times as days (or text the core parses)."""
     try:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f'{path}: reading Parquet needs pyarrow: pip install "xmfast[parquet]"') from None
@@ -245,12 +246,13 @@ def _parquet_input(market: str | None, path: Path, columns: Columns) -> dict[str
         raise DataError(f"{path}: no such file") from None
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    batches = []
+    batches, first_row = [], 0
     for batch in table.to_batches():
         def column(role: str, batch: pa.RecordBatch = batch) -> pa.Array:
             arr = batch.column(wanted[role])
             if arr.null_count:
-                raise DataError(f"{path}: column {wanted[role]!r} ({role}) has {arr.null_count} empty (null) values")
+                row = first_row + pc.index(arr.is_null(), True).as_py() + 1
+                raise DataError(f"{path}: row {row}: column {wanted[role]!r} ({role}) is empty (null)")
             return arr
 
         item: dict[str, Any] = {"user": _arrow_strings(column("user"), path, wanted["user"]),
@@ -260,7 +262,8 @@ def _parquet_input(market: str | None, path: Path, columns: Columns) -> dict[str
                 item["rating"] = np.ascontiguousarray(column("rating").cast(pa.float32()).to_numpy(zero_copy_only=False))
             except pa.ArrowException:
                 raise DataError(f"{path}: column {wanted['rating']!r} (rating) is not numeric") from None
-        item.update(_arrow_days(column("time"), path, wanted["time"]))
+        item.update(_arrow_days(column("time"), path, wanted["time"], first_row))
+        first_row += batch.num_rows
         if market is None:
             item["market"] = _arrow_strings(column("market"), path, wanted["market"])
         batches.append(item)
@@ -287,7 +290,7 @@ def _arrow_strings(arr: Any, path: Path, name: str) -> tuple[np.ndarray, np.ndar
 _UNITS_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
 
 
-def _arrow_days(arr: Any, path: Path, name: str) -> dict[str, Any]:
+def _arrow_days(arr: Any, path: Path, name: str, first_row: int) -> dict[str, Any]:
     """A time column as the core takes it: ``day`` (int32 days since 1970-01-01) from
     timestamps, dates and numeric Unix seconds (floor(s / 86400), as for delimited text), or
     ``time_text`` for strings, which the core parses by the delimited files' rules."""
@@ -308,8 +311,8 @@ def _arrow_days(arr: Any, path: Path, name: str) -> dict[str, Any]:
         seconds = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
         bad = ~np.isfinite(seconds)
         if bad.any():
-            row = int(np.argmax(bad)) + 1
-            raise DataError(f"{path}: column {name!r} (time): {seconds[row - 1]} is not a time (row {row} of its batch)")
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: row {first_row + i + 1}: time {seconds[i]} in column {name!r} is not a number of seconds")
         days = np.floor(seconds / 86_400.0)
     else:
         raise DataError(
