@@ -60,6 +60,24 @@ def file_digest(path: str | PathLike[str]) -> str:
     prepared dataset's manifest per file; streamed, on all cores, with the GIL released."""
 
 def read_ratings(sources: list[tuple[str, str | PathLike[str]]]) -> dict[str, Any]: ...
+def read_inputs(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Inputs of several formats into one table with shared vocabularies (the dict
+    ``read_ratings`` returns). Each input: ``market`` (str, or None: a market column decides),
+    ``path``, ``kind``: ``"xmarket"``; ``"delimited"`` with ``delimiter``, ``user``/``item``/``time``
+    (lists of accepted header names), ``rating``/``market_column`` (lists) and
+    ``rating_required``/``market_required``; ``"columns"`` with ``batches``: dicts of ``user``,
+    ``item`` (Arrow string buffers: (uint8 data, int32|int64 offsets)), ``rating`` (float32 or
+    None), ``day`` (int32) or ``time_text`` (strings), ``market`` (strings or None)."""
+    ...
+
+def map_columns(header: list[str], mapping: dict[str, Any], market_given: bool) -> dict[str, int | None]:
+    """Index of each role's column among ``header`` by the delimited files' rule (DataFormatError
+    naming the column, the names tried and the header when one is missing)."""
+    ...
+
+def check_market_name(name: str) -> bool:
+    """Whether ``name`` may name a market: letters, digits, ``_`` and ``-`` (the core's one rule)."""
+    ...
 def kcore_mask(
     market: npt.NDArray[np.uint16],
     user: npt.NDArray[np.uint32],

@@ -197,6 +197,10 @@ fn read_ratings<'py>(py: Python<'py>, sources: Vec<(String, PathBuf)>) -> PyResu
         .map(|(market, path)| xc::parse::Source { market, path })
         .collect();
     let r = py.detach(|| xc::parse::read_ratings(&sources)).map_err(py_err)?;
+    ratings_to_py(py, r)
+}
+
+fn ratings_to_py(py: Python<'_>, r: xc::parse::Ratings) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     let files = PyList::empty(py);
     for f in &r.files {
@@ -220,6 +224,207 @@ fn read_ratings<'py>(py: Python<'py>, sources: Vec<(String, PathBuf)>) -> PyResu
     d.set_item("day", vec_to_py(py, r.day))?;
     d.set_item("files", files)?;
     Ok(d)
+}
+
+/// A key of an input dict, extracted; a missing key is a KeyError naming it.
+fn key<'py, T>(d: &Bound<'py, PyDict>, name: &str) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py>,
+{
+    let v = d.get_item(name)?.ok_or_else(|| PyKeyError::new_err(format!("input dict lacks `{name}`")))?;
+    v.extract::<T>().map_err(|e| PyTypeError::new_err(format!("input `{name}`: {}", Into::<PyErr>::into(e))))
+}
+
+/// An optional key: absent or None is None.
+fn opt_key<'py, T>(d: &Bound<'py, PyDict>, name: &str) -> PyResult<Option<T>>
+where
+    T: for<'a> FromPyObject<'a, 'py>,
+{
+    match d.get_item(name)? {
+        Some(v) if !v.is_none() => Ok(Some(
+            v.extract::<T>().map_err(|e| PyTypeError::new_err(format!("input `{name}`: {}", Into::<PyErr>::into(e))))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+enum OffsetArray<'py> {
+    I32(PyReadonlyArray1<'py, i32>),
+    I64(PyReadonlyArray1<'py, i64>),
+}
+
+/// A string column as Python passes it: (data uint8, offsets int32 or int64), borrowed.
+struct StrArrays<'py> {
+    data: PyReadonlyArray1<'py, u8>,
+    offsets: OffsetArray<'py>,
+}
+
+impl<'py> StrArrays<'py> {
+    fn from_py(v: Bound<'py, PyAny>, name: &str) -> PyResult<Self> {
+        let bad = || PyTypeError::new_err(format!("`{name}`: expected (data uint8 array, offsets int32 or int64 array)"));
+        let (data, offsets): (Bound<'py, PyAny>, Bound<'py, PyAny>) = v.extract().map_err(|_| bad())?;
+        let data = data.extract::<PyReadonlyArray1<'py, u8>>().map_err(|_| bad())?;
+        let offsets = match offsets.extract::<PyReadonlyArray1<'py, i32>>() {
+            Ok(o) => OffsetArray::I32(o),
+            Err(_) => OffsetArray::I64(offsets.extract::<PyReadonlyArray1<'py, i64>>().map_err(|_| bad())?),
+        };
+        Ok(StrArrays { data, offsets })
+    }
+
+    fn column(&self, name: &str) -> PyResult<xc::columns::StrColumn<'_>> {
+        let offsets = match &self.offsets {
+            OffsetArray::I32(o) => xc::columns::Offsets::I32(slice(name, o)?),
+            OffsetArray::I64(o) => xc::columns::Offsets::I64(slice(name, o)?),
+        };
+        Ok(xc::columns::StrColumn { data: slice(name, &self.data)?, offsets })
+    }
+}
+
+struct BatchArrays<'py> {
+    user: StrArrays<'py>,
+    item: StrArrays<'py>,
+    rating: Option<PyReadonlyArray1<'py, f32>>,
+    day: Option<PyReadonlyArray1<'py, i32>>,
+    time_text: Option<StrArrays<'py>>,
+    market: Option<StrArrays<'py>>,
+}
+
+impl<'py> BatchArrays<'py> {
+    fn from_py(d: &Bound<'py, PyDict>) -> PyResult<Self> {
+        let strings = |name: &str| -> PyResult<Option<StrArrays<'py>>> {
+            d.get_item(name)?.filter(|v| !v.is_none()).map(|v| StrArrays::from_py(v, name)).transpose()
+        };
+        let need = |v: Option<StrArrays<'py>>, name: &str| v.ok_or_else(|| PyKeyError::new_err(format!("batch lacks `{name}`")));
+        let batch = BatchArrays {
+            user: need(strings("user")?, "user")?,
+            item: need(strings("item")?, "item")?,
+            rating: opt_key(d, "rating")?,
+            day: opt_key(d, "day")?,
+            time_text: strings("time_text")?,
+            market: strings("market")?,
+        };
+        if batch.day.is_some() == batch.time_text.is_some() {
+            return Err(PyValueError::new_err("a batch has either `day` (int32) or `time_text` (strings)"));
+        }
+        Ok(batch)
+    }
+
+    fn batch(&self) -> PyResult<xc::columns::ColumnBatch<'_>> {
+        let time = match (&self.day, &self.time_text) {
+            (Some(d), _) => xc::columns::TimeColumn::Days(slice("day", d)?),
+            (None, Some(t)) => xc::columns::TimeColumn::Text(t.column("time_text")?),
+            (None, None) => unreachable!("checked in from_py"),
+        };
+        Ok(xc::columns::ColumnBatch {
+            user: self.user.column("user")?,
+            item: self.item.column("item")?,
+            rating: self.rating.as_ref().map(|r| slice("rating", r)).transpose()?,
+            time,
+            market: self.market.as_ref().map(|m| m.column("market")).transpose()?,
+        })
+    }
+}
+
+enum PyContent<'py> {
+    Xmarket(PathBuf),
+    Delimited(PathBuf, xc::delimited::DelimitedSpec),
+    Columns(PathBuf, Vec<BatchArrays<'py>>),
+}
+
+fn optional_column(d: &Bound<'_, PyDict>, names: &str, required: &str) -> PyResult<xc::delimited::OptionalColumn> {
+    Ok(xc::delimited::OptionalColumn {
+        names: opt_key(d, names)?.unwrap_or_default(),
+        required: opt_key(d, required)?.unwrap_or(false),
+    })
+}
+
+/// A column mapping as an input dict gives it (see `read_inputs`).
+fn delimited_spec(d: &Bound<'_, PyDict>, delimiter: u8) -> PyResult<xc::delimited::DelimitedSpec> {
+    Ok(xc::delimited::DelimitedSpec {
+        delimiter,
+        user: key(d, "user")?,
+        item: key(d, "item")?,
+        time: key(d, "time")?,
+        rating: optional_column(d, "rating", "rating_required")?,
+        market: optional_column(d, "market_column", "market_required")?,
+    })
+}
+
+/// Where the columns of a mapping (a dict as `read_inputs` takes) are among `header`'s names:
+/// a dict role → index (`rating`, `market` None when absent), or DataFormatError whose message
+/// names the column, the names tried and the header. The rule delimited files follow, for
+/// Parquet schemas.
+#[pyfunction]
+fn map_columns<'py>(py: Python<'py>, header: Vec<String>, mapping: Bound<'py, PyDict>, market_given: bool) -> PyResult<Bound<'py, PyDict>> {
+    let spec = delimited_spec(&mapping, b',')?;
+    let lay = xc::delimited::layout(&header, &spec, market_given).map_err(DataFormatError::new_err)?;
+    let d = PyDict::new(py);
+    d.set_item("user", lay.user)?;
+    d.set_item("item", lay.item)?;
+    d.set_item("time", lay.time)?;
+    d.set_item("rating", lay.rating)?;
+    d.set_item("market", lay.market)?;
+    Ok(d)
+}
+
+/// Reads inputs of several formats into one table with shared vocabularies (as `read_ratings`,
+/// whose result dict it returns). Each input is a dict with `market` (str, or None where a market
+/// column names each row's market), `path` and `kind`:
+///
+/// * `"xmarket"`: an XMarket file.
+/// * `"delimited"`: `delimiter` (one of `,` tab `;` `|`), `user`, `item`, `time` (lists of
+///   accepted header names, the first present wins; `name:type` fields answer to `name`),
+///   `rating` and `market_column` (lists, may be empty) with `rating_required` and
+///   `market_required` (bools: absence is an error; otherwise no column).
+/// * `"columns"`: `batches`, a list of dicts with `user`, `item` (each (uint8 data, int32 or
+///   int64 offsets), Arrow's string layout), `rating` (float32 or None: all 1.0), either `day`
+///   (int32, days since 1970-01-01) or `time_text` (strings, parsed as delimited times), and
+///   `market` (strings or None); `path` is the file they were read from (digest, messages).
+///
+/// Arrays are borrowed, not copied; parsing runs with the GIL released.
+#[pyfunction]
+fn read_inputs<'py>(py: Python<'py>, inputs: Vec<Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyDict>> {
+    let mut held: Vec<(Option<String>, PyContent<'py>)> = Vec::with_capacity(inputs.len());
+    for d in &inputs {
+        let market: Option<String> = opt_key(d, "market")?;
+        let path: PathBuf = key(d, "path")?;
+        let kind: String = key(d, "kind")?;
+        let content = match kind.as_str() {
+            "xmarket" => PyContent::Xmarket(path),
+            "delimited" => {
+                let delimiter: String = key(d, "delimiter")?;
+                let &[delimiter] = delimiter.as_bytes() else {
+                    return Err(PyValueError::new_err(format!("delimiter {delimiter:?} is not one byte")));
+                };
+                PyContent::Delimited(path, delimited_spec(d, delimiter)?)
+            }
+            "columns" => {
+                let batches: Vec<Bound<'py, PyDict>> = key(d, "batches")?;
+                PyContent::Columns(path, batches.iter().map(BatchArrays::from_py).collect::<PyResult<_>>()?)
+            }
+            other => return Err(PyValueError::new_err(format!("unknown input kind {other:?}"))),
+        };
+        held.push((market, content));
+    }
+    let mut parsed = Vec::with_capacity(held.len());
+    for (market, content) in &held {
+        let content = match content {
+            PyContent::Xmarket(p) => xc::parse::Content::Xmarket(p.clone()),
+            PyContent::Delimited(p, spec) => xc::parse::Content::Delimited(p.clone(), spec.clone()),
+            PyContent::Columns(p, batches) => {
+                xc::parse::Content::Columns(p.clone(), batches.iter().map(BatchArrays::batch).collect::<PyResult<_>>()?)
+            }
+        };
+        parsed.push(xc::parse::Input { market: market.clone(), content });
+    }
+    let r = py.detach(|| xc::parse::read_inputs(&parsed)).map_err(py_err)?;
+    ratings_to_py(py, r)
+}
+
+/// Whether `name` may name a market (letters, digits, `_`, `-`): the core's one rule.
+#[pyfunction]
+fn check_market_name(name: &str) -> bool {
+    xc::parse::valid_market_name(name)
 }
 
 /// Keep-mask of the k-core per market: users need `min_user` ratings, items `min_item`.
@@ -860,6 +1065,9 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Vocab>()?;
     m.add_class::<TrainNegativeSampler>()?;
     m.add_function(wrap_pyfunction!(read_ratings, m)?)?;
+    m.add_function(wrap_pyfunction!(read_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(check_market_name, m)?)?;
+    m.add_function(wrap_pyfunction!(map_columns, m)?)?;
     m.add_function(wrap_pyfunction!(file_digest, m)?)?;
     m.add_function(wrap_pyfunction!(kcore_mask, m)?)?;
     m.add_function(wrap_pyfunction!(restrict_items_mask, m)?)?;

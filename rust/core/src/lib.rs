@@ -1,13 +1,16 @@
 //! xmfast-core: the data engine of xmfast, in plain Rust (no Python types).
 //!
-//! Files → [`parse`] (columnar ratings with shared vocabularies) → [`filter`] (k-core, item
+//! Files → [`parse`] (columnar ratings with shared vocabularies; [`delimited`] text and in-memory
+//! [`columns`] join the same vocabularies) → [`filter`] (k-core, item
 //! restriction, renumbering) → [`split`] (leave-one-out per market and user) → [`protocol`]
 //! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
 //! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
 //! counts item co-occurrence; [`history`] pads histories for sequence models; [`synth`] writes
 //! synthetic XMarket-format data.
 
+pub mod columns;
 pub mod cooc;
+pub mod delimited;
 pub mod error;
 pub mod filter;
 pub mod history;

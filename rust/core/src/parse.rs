@@ -25,7 +25,7 @@ pub const XMARKET_MARKETS: [&str; 18] = [
 pub const HEADER: [&str; 4] = ["userId", "itemId", "rate", "date"];
 
 /// The UTF-8 byte-order mark, skipped at the start of a file.
-const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+pub(crate) const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// One input file and the market its rows belong to.
 #[derive(Clone, Debug)]
@@ -205,30 +205,54 @@ pub fn read_maybe_gzip(path: &Path) -> Result<(Vec<u8>, u64, String, bool)> {
     }
 }
 
-/// Rows parsed from one chunk, with ids numbered locally in first-appearance order.
-struct Chunk<'a> {
-    user_keys: Vec<&'a str>,
-    item_keys: Vec<&'a str>,
-    user: Vec<u32>,
-    item: Vec<u32>,
-    rating: Vec<f32>,
-    day: Vec<i32>,
+/// Rows parsed from one chunk, with ids numbered locally in first-appearance order. `K` is the
+/// key type: `&str` borrowed from the text, or `Cow<str>` where a quoted field had to be unescaped.
+/// `market`/`market_keys` stay empty when the whole file belongs to one given market.
+pub(crate) struct Chunk<K> {
+    pub user_keys: Vec<K>,
+    pub item_keys: Vec<K>,
+    pub market_keys: Vec<K>,
+    pub user: Vec<u32>,
+    pub item: Vec<u32>,
+    pub market: Vec<u16>,
+    pub rating: Vec<f32>,
+    pub day: Vec<i32>,
 }
 
-/// Error found in a chunk: byte offset of the bad line (to count its line number) and message.
-struct ChunkError {
-    line_start: usize,
-    message: String,
+impl<K> Chunk<K> {
+    pub fn with_capacity(est: usize) -> Self {
+        Chunk {
+            user_keys: Vec::new(),
+            item_keys: Vec::new(),
+            market_keys: Vec::new(),
+            user: Vec::with_capacity(est),
+            item: Vec::with_capacity(est),
+            market: Vec::new(),
+            rating: Vec::with_capacity(est),
+            day: Vec::with_capacity(est),
+        }
+    }
 }
 
-struct LocalInterner<'a> {
-    keys: Vec<&'a str>,
+/// Error found in a chunk: byte offset of the bad line (to count its line number; a row number
+/// for columns) and message.
+pub(crate) struct ChunkError {
+    pub line_start: usize,
+    pub message: String,
+}
+
+/// The message for a byte-order mark met after the start of a file.
+pub(crate) const BOM_INSIDE: &str =
+    "a byte-order mark (U+FEFF) inside the file, not at its start (files joined with `cat`?); remove it";
+
+pub(crate) struct LocalInterner<K> {
+    pub keys: Vec<K>,
     table: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
-impl<'a> LocalInterner<'a> {
-    fn new(cap: usize) -> Self {
+impl<K: AsRef<str>> LocalInterner<K> {
+    pub fn new(cap: usize) -> Self {
         LocalInterner {
             keys: Vec::with_capacity(cap),
             table: HashTable::with_capacity(cap),
@@ -236,20 +260,38 @@ impl<'a> LocalInterner<'a> {
         }
     }
 
+    /// The local number of `key`, and whether it is new.
     #[inline]
-    fn intern(&mut self, key: &'a str) -> u32 {
-        let hash = self.hasher.hash_one(key);
+    pub fn intern_new(&mut self, key: K) -> (u32, bool) {
+        let hash = self.hasher.hash_one(key.as_ref());
         let keys = &self.keys;
-        if let Some(&id) = self.table.find(hash, |&id| keys[id as usize] == key) {
-            return id;
+        if let Some(&id) = self.table.find(hash, |&id| keys[id as usize].as_ref() == key.as_ref()) {
+            return (id, false);
         }
         let id = self.keys.len() as u32;
         self.keys.push(key);
         let (keys, hasher) = (&self.keys, &self.hasher);
         self.table
-            .insert_unique(hash, id, |&o| hasher.hash_one(keys[o as usize]));
-        id
+            .insert_unique(hash, id, |&o| hasher.hash_one(keys[o as usize].as_ref()));
+        (id, true)
     }
+
+    #[inline]
+    pub fn intern(&mut self, key: K) -> u32 {
+        self.intern_new(key).0
+    }
+}
+
+/// Whether `name` may name a market: non-empty, ASCII letters, digits, `_` and `-` only (it
+/// becomes part of file and directory names and of command lines). The one rule, used by the
+/// parsers for market columns and by Python through `core.check_market_name`.
+pub fn valid_market_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The error message for a market column value that is not a valid market name.
+pub(crate) fn bad_market_message(name: &str) -> String {
+    format!("market name {name:?} is not valid: use letters, digits, `_` and `-` only")
 }
 
 /// Field separators: any ASCII whitespace but the line break (a stray carriage return or form
@@ -294,14 +336,11 @@ fn describe_column_error(line: &[u8], n: usize) -> String {
     }
 }
 
-fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, ChunkError> {
+fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<&str>, ChunkError> {
     let est = text.len() / 56 + 16;
     let mut users = LocalInterner::new(est / 4);
     let mut items = LocalInterner::new(est / 4);
-    let mut chunk_user = Vec::with_capacity(est);
-    let mut chunk_item = Vec::with_capacity(est);
-    let mut rating = Vec::with_capacity(est);
-    let mut day = Vec::with_capacity(est);
+    let mut c = Chunk::with_capacity(est);
     // One SIMD scan per chunk instead of a test per field: the first mark's line fails below.
     let bom_at = memchr::memmem::find(text, UTF8_BOM);
     let mut pos = 0;
@@ -311,11 +350,7 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, Chunk
         let line_start = base + pos;
         let fail = |message: String| ChunkError { line_start, message };
         if bom_at.is_some_and(|b| b < end) {
-            return Err(fail(
-                "a byte-order mark (U+FEFF) inside the file, not at its start (files joined with `cat`?); \
-                 remove it"
-                    .into(),
-            ));
+            return Err(fail(BOM_INSIDE.into()));
         }
         pos = end + 1;
         if let [rest @ .., b'\r'] = line {
@@ -346,23 +381,18 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<'_>, Chunk
             return Err(fail(format!("rating {r_text:?} is not a finite number")));
         }
         let d = parse_date(f[3]).map_err(fail)?;
-        chunk_user.push(users.intern(u));
-        chunk_item.push(items.intern(it));
-        rating.push(r);
-        day.push(d);
+        c.user.push(users.intern(u));
+        c.item.push(items.intern(it));
+        c.rating.push(r);
+        c.day.push(d);
     }
-    Ok(Chunk {
-        user_keys: users.keys,
-        item_keys: items.keys,
-        user: chunk_user,
-        item: chunk_item,
-        rating,
-        day,
-    })
+    c.user_keys = users.keys;
+    c.item_keys = items.keys;
+    Ok(c)
 }
 
 /// Splits `text` into about `parts` pieces that end on line boundaries.
-fn chunk_bounds(text: &[u8], parts: usize) -> Vec<(usize, usize)> {
+pub(crate) fn chunk_bounds(text: &[u8], parts: usize) -> Vec<(usize, usize)> {
     let target = (text.len() / parts.max(1)).max(1 << 16);
     let mut bounds = Vec::new();
     let mut start = 0;
@@ -377,13 +407,121 @@ fn chunk_bounds(text: &[u8], parts: usize) -> Vec<(usize, usize)> {
     bounds
 }
 
-/// Parses one file's content and appends its rows to `out`.
-fn parse_into(out: &mut Ratings, market_index: u16, path: &Path, text: &[u8]) -> Result<(bool, u64)> {
-    // A UTF-8 byte-order mark (written by many Windows tools) is not part of the first field.
+/// Skips a leading UTF-8 byte-order mark (written by many Windows tools; not part of the first
+/// field) and refuses UTF-16 text.
+pub(crate) fn text_body<'t>(path: &Path, text: &'t [u8]) -> Result<&'t [u8]> {
     let text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
     if text.starts_with(b"\xff\xfe") || text.starts_with(b"\xfe\xff") {
         return Err(Error::file(path, "UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"));
     }
+    Ok(text)
+}
+
+/// Parses `text[body_start..]` in parallel chunks ending on line boundaries with `parse`
+/// (called with a chunk and its offset in the body), and reports the first error in file order
+/// with its 1-based line number.
+pub(crate) fn parse_lines<'t, K, F>(path: &Path, text: &'t [u8], body_start: usize, parse: F) -> Result<Vec<Chunk<K>>>
+where
+    K: Send,
+    F: Fn(&'t [u8], usize) -> std::result::Result<Chunk<K>, ChunkError> + Sync,
+{
+    let body = if body_start >= text.len() { &[][..] } else { &text[body_start..] };
+    let bounds = chunk_bounds(body, rayon::current_num_threads() * 4);
+    let chunks: Vec<std::result::Result<Chunk<K>, ChunkError>> =
+        bounds.par_iter().map(|&(s, e)| parse(&body[s..e], s)).collect();
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        match c {
+            Ok(c) => out.push(c),
+            Err(err) => {
+                let line = (memchr::memchr_iter(b'\n', &text[..body_start + err.line_start]).count() + 1) as u64;
+                return Err(Error::parse(path, line, err.message));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Finds or adds a market by name; its index.
+fn market_index(out: &mut Ratings, name: &str) -> Result<u16> {
+    let i = match out.markets.iter().position(|m| m == name) {
+        Some(i) => i,
+        None => {
+            out.markets.push(name.to_string());
+            out.markets.len() - 1
+        }
+    };
+    u16::try_from(i).map_err(|_| Error::invalid("more than 65535 markets"))
+}
+
+/// Appends parsed chunks to `out`: local vocabularies merge into the global ones in chunk order
+/// (= first appearance), then ids are renumbered in parallel. Rows belong to `fixed_market`, or
+/// where it is None to the chunks' own market columns. Returns the number of rows.
+pub(crate) fn merge_chunks<K: AsRef<str> + Sync>(out: &mut Ratings, chunks: &[Chunk<K>], fixed_market: Option<u16>) -> Result<u64> {
+    let rows: usize = chunks.iter().map(|c| c.user.len()).sum();
+    let mut maps: Vec<(Vec<u32>, Vec<u32>, Vec<u16>)> = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let um = c.user_keys.iter().map(|k| out.users.intern(k.as_ref())).collect();
+        let im = c.item_keys.iter().map(|k| out.items.intern(k.as_ref())).collect();
+        let mm = c.market_keys.iter().map(|k| market_index(out, k.as_ref())).collect::<Result<_>>()?;
+        maps.push((um, im, mm));
+    }
+    let start = out.user.len();
+    out.user.resize(start + rows, 0);
+    out.item.resize(start + rows, 0);
+    out.market.resize(start + rows, fixed_market.unwrap_or(0));
+    out.rating.reserve(rows);
+    out.day.reserve(rows);
+    {
+        let mut user_slices = Vec::with_capacity(chunks.len());
+        let mut item_slices = Vec::with_capacity(chunks.len());
+        let mut market_slices = Vec::with_capacity(chunks.len());
+        let (mut u_rest, mut i_rest, mut m_rest) =
+            (&mut out.user[start..], &mut out.item[start..], &mut out.market[start..]);
+        for c in chunks {
+            let (a, b) = std::mem::take(&mut u_rest).split_at_mut(c.user.len());
+            user_slices.push(a);
+            u_rest = b;
+            let (a, b) = std::mem::take(&mut i_rest).split_at_mut(c.item.len());
+            item_slices.push(a);
+            i_rest = b;
+            let (a, b) = std::mem::take(&mut m_rest).split_at_mut(c.user.len());
+            market_slices.push(a);
+            m_rest = b;
+        }
+        chunks
+            .par_iter()
+            .zip(maps.par_iter())
+            .zip(user_slices.into_par_iter().zip(item_slices.into_par_iter()).zip(market_slices.into_par_iter()))
+            .for_each(|((c, (um, im, mm)), ((us, is), ms))| {
+                for (dst, &local) in us.iter_mut().zip(&c.user) {
+                    *dst = um[local as usize];
+                }
+                for (dst, &local) in is.iter_mut().zip(&c.item) {
+                    *dst = im[local as usize];
+                }
+                if fixed_market.is_none() {
+                    for (dst, &local) in ms.iter_mut().zip(&c.market) {
+                        *dst = mm[local as usize];
+                    }
+                }
+            });
+    }
+    for c in chunks {
+        out.rating.extend_from_slice(&c.rating);
+        out.day.extend_from_slice(&c.day);
+    }
+    Ok(rows as u64)
+}
+
+/// The error for a file without a single rating.
+pub(crate) fn no_ratings(path: &Path) -> Error {
+    Error::file(path, "no ratings in file (empty, or only a header)")
+}
+
+/// Parses one XMarket file's content and appends its rows to `out`.
+fn parse_into(out: &mut Ratings, market_index: u16, path: &Path, text: &[u8]) -> Result<(bool, u64)> {
+    let text = text_body(path, text)?;
     // The header, if any, is the first non-blank line.
     let mut body_start = 0;
     let mut had_header = false;
@@ -413,103 +551,99 @@ fn parse_into(out: &mut Ratings, market_index: u16, path: &Path, text: &[u8]) ->
             break;
         }
     }
-    let body = if body_start >= text.len() { &[][..] } else { &text[body_start..] };
-    let threads = rayon::current_num_threads();
-    let bounds = chunk_bounds(body, threads * 4);
-    let chunks: Vec<std::result::Result<Chunk, ChunkError>> = bounds
-        .par_iter()
-        .map(|&(s, e)| parse_chunk(&body[s..e], s))
-        .collect();
-    // Report the first error in file order, with its 1-based line number.
-    for c in &chunks {
-        if let Err(err) = c {
-            let line = (memchr::memchr_iter(b'\n', &text[..body_start + err.line_start]).count() + 1) as u64;
-            return Err(Error::parse(path, line, err.message.clone()));
-        }
+    let chunks = parse_lines(path, text, body_start, parse_chunk)?;
+    if chunks.iter().all(|c| c.user.is_empty()) {
+        return Err(no_ratings(path));
     }
-    let chunks: Vec<Chunk> = chunks.into_iter().map(|c| c.ok().expect("checked above")).collect();
-    let rows: usize = chunks.iter().map(|c| c.user.len()).sum();
-    if rows == 0 {
-        return Err(Error::file(path, "no ratings in file (empty, or only a header)"));
-    }
-    // Merge local vocabularies into the global ones in chunk order (= first appearance).
-    let maps: Vec<(Vec<u32>, Vec<u32>)> = chunks
-        .iter()
-        .map(|c| {
-            let um = c.user_keys.iter().map(|k| out.users.intern(k)).collect();
-            let im = c.item_keys.iter().map(|k| out.items.intern(k)).collect();
-            (um, im)
-        })
-        .collect();
-    let start = out.user.len();
-    out.user.resize(start + rows, 0);
-    out.item.resize(start + rows, 0);
-    out.market.resize(start + rows, market_index);
-    out.rating.reserve(rows);
-    out.day.reserve(rows);
-    {
-        let mut user_slices = Vec::with_capacity(chunks.len());
-        let mut item_slices = Vec::with_capacity(chunks.len());
-        let (mut u_rest, mut i_rest) = (&mut out.user[start..], &mut out.item[start..]);
-        for c in &chunks {
-            let (a, b) = std::mem::take(&mut u_rest).split_at_mut(c.user.len());
-            user_slices.push(a);
-            u_rest = b;
-            let (a, b) = std::mem::take(&mut i_rest).split_at_mut(c.item.len());
-            item_slices.push(a);
-            i_rest = b;
-        }
-        chunks
-            .par_iter()
-            .zip(maps.par_iter())
-            .zip(user_slices.into_par_iter().zip(item_slices.into_par_iter()))
-            .for_each(|((c, (um, im)), (us, is))| {
-                for (dst, &local) in us.iter_mut().zip(&c.user) {
-                    *dst = um[local as usize];
-                }
-                for (dst, &local) in is.iter_mut().zip(&c.item) {
-                    *dst = im[local as usize];
-                }
-            });
-    }
-    for c in &chunks {
-        out.rating.extend_from_slice(&c.rating);
-        out.day.extend_from_slice(&c.day);
-    }
-    Ok((had_header, rows as u64))
+    let rows = merge_chunks(out, &chunks, Some(market_index))?;
+    Ok((had_header, rows))
 }
 
-/// Reads the given files (in order) into one table with shared vocabularies.
+/// How one input's rows are given.
+#[derive(Clone, Debug)]
+pub enum Content<'a> {
+    /// An XMarket file (5-core with header, or raw without), plain or gzip.
+    Xmarket(PathBuf),
+    /// Delimited text with a header, read through a column mapping (see [`crate::delimited`]).
+    Delimited(PathBuf, crate::delimited::DelimitedSpec),
+    /// Columns already in memory (a Parquet file read by the caller), in batches; the path is
+    /// that of the file they came from, for its digest and for messages.
+    Columns(PathBuf, Vec<crate::columns::ColumnBatch<'a>>),
+}
+
+impl Content<'_> {
+    pub fn path(&self) -> &Path {
+        match self {
+            Content::Xmarket(p) | Content::Delimited(p, _) | Content::Columns(p, _) => p,
+        }
+    }
+}
+
+/// One input of [`read_inputs`]: its rows, and the market they belong to; None where the
+/// content has a market column (a delimited file's mapped market column, a market column).
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub market: Option<String>,
+    pub content: Content<'a>,
+}
+
+/// Reads inputs of any format (in order) into one table with shared vocabularies, numbered by
+/// first appearance across all inputs: the same ratings in the same order give the same arrays
+/// whatever the format.
 ///
-/// Market names become indices in order of first mention; several files may share a market.
-pub fn read_ratings(sources: &[Source]) -> Result<Ratings> {
-    if sources.is_empty() {
+/// Market names become indices in order of first mention (a given market, or a market column's
+/// value at its first row); several inputs may share a market.
+pub fn read_inputs(inputs: &[Input<'_>]) -> Result<Ratings> {
+    if inputs.is_empty() {
         return Err(Error::invalid("no rating files given"));
     }
     let mut out = Ratings::default();
-    for src in sources {
-        let market_index = match out.markets.iter().position(|m| *m == src.market) {
-            Some(i) => i,
-            None => {
-                out.markets.push(src.market.clone());
-                out.markets.len() - 1
+    for input in inputs {
+        let fixed = input.market.as_deref().map(|m| market_index(&mut out, m)).transpose()?;
+        let path = input.content.path();
+        let (bytes, digest, gzip, had_header, rows) = match &input.content {
+            Content::Xmarket(_) | Content::Delimited(..) => {
+                let (text, bytes, digest, gzip) = read_maybe_gzip(path)?;
+                let (had_header, rows) = match (&input.content, fixed) {
+                    (Content::Delimited(_, spec), fixed) => crate::delimited::parse_into(&mut out, fixed, path, &text, spec)?,
+                    (_, Some(m)) => parse_into(&mut out, m, path, &text)?,
+                    (_, None) => return Err(Error::file(path, "an XMarket file needs its market given (it has no market column)")),
+                };
+                (bytes, digest, gzip, had_header, rows)
+            }
+            Content::Columns(_, batches) => {
+                let rows = crate::columns::add_columns(&mut out, fixed, path, batches)?;
+                let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+                (bytes, file_digest(path)?, false, true, rows)
             }
         };
-        let market_index = u16::try_from(market_index)
-            .map_err(|_| Error::invalid("more than 65535 markets"))?;
-        let (text, bytes, digest, gzip) = read_maybe_gzip(&src.path)?;
-        let (had_header, rows) = parse_into(&mut out, market_index, &src.path, &text)?;
-        out.files.push(FileInfo {
-            market: src.market.clone(),
-            path: src.path.clone(),
-            bytes,
-            blake3: digest,
-            gzip,
-            had_header,
-            rows,
-        });
+        // A market column's file records the markets it held, in order of first appearance.
+        let market = match &input.market {
+            Some(m) => m.clone(),
+            None => {
+                let (mut seen, mut flag) = (Vec::new(), vec![false; out.markets.len()]);
+                for &m in &out.market[out.market.len() - rows as usize..] {
+                    if !std::mem::replace(&mut flag[m as usize], true) {
+                        seen.push(m);
+                    }
+                }
+                seen.iter().map(|&m| out.markets[m as usize].as_str()).collect::<Vec<_>>().join(",")
+            }
+        };
+        out.files.push(FileInfo { market, path: path.to_path_buf(), bytes, blake3: digest, gzip, had_header, rows });
     }
     Ok(out)
+}
+
+/// Reads the given XMarket files (in order) into one table with shared vocabularies.
+///
+/// Market names become indices in order of first mention; several files may share a market.
+pub fn read_ratings(sources: &[Source]) -> Result<Ratings> {
+    let inputs: Vec<Input> = sources
+        .iter()
+        .map(|s| Input { market: Some(s.market.clone()), content: Content::Xmarket(s.path.clone()) })
+        .collect();
+    read_inputs(&inputs)
 }
 
 /// Parses bytes already in memory (used by tests and fuzzing; `name` stands in for the path).
