@@ -147,3 +147,99 @@ def test_named_markets_go_through_the_whole_pipeline(tmp_path: Path) -> None:
     report = (tmp_path / "runs" / "report.md").read_text()
     assert "## east-1" in report and "gmf" in report
     assert invoke("report", tmp_path / "runs", "--out", tmp_path / "r.md").exit_code == 0
+
+
+def _sample_rows(sample_dir: Path, market: str) -> list[list[str]]:
+    lines = (sample_dir / f"{market}_5core.txt").read_text().splitlines()[1:]
+    return [line.split() for line in lines]
+
+
+def _unix(date: str) -> int:
+    import datetime as dt
+
+    return int((dt.datetime.fromisoformat(date) - dt.datetime(1970, 1, 1)).total_seconds()) + 3600 * 13
+
+
+def _write_formats(sample_dir: Path, root: Path) -> dict[str, list[str]]:
+    """The sample's in and uk ratings in every format; returns each variant's extra CLI args."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {m: _sample_rows(sample_dir, m) for m in ("in", "uk")}
+    variants: dict[str, list[str]] = {}
+    d = root / "xmarket"
+    d.mkdir(parents=True)
+    for m in rows:
+        (d / f"{m}_5core.txt").write_bytes((sample_dir / f"{m}_5core.txt").read_bytes())
+    variants["xmarket"] = [str(d)]
+    d = root / "csv"  # Amazon-review column names, unix seconds, a quoted extra column
+    d.mkdir()
+    for m, rs in rows.items():
+        with open(d / f"{m}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["reviewerID", "summary", "asin", "overall", "unixReviewTime"])
+            w.writerows([u, 'great, "really"', i, r, _unix(t)] for u, i, r, t in rs)
+    variants["csv"] = [str(d), "--columns", "user=reviewerID,item=asin,rating=overall,time=unixReviewTime"]
+    d = root / "tsv"
+    d.mkdir()
+    for m, rs in rows.items():
+        (d / f"{m}.tsv").write_text("user\titem\trating\tdate\n" + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rs))
+    variants["tsv"] = [str(d)]
+    d = root / "inter"  # one RecBole atomic file holding both markets
+    d.mkdir()
+    (d / "xm.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\tmarket:token\n" + "".join(
+        f"{u}\t{i}\t{r}\t{_unix(t)}.0\t{m}\n" for m, rs in rows.items() for u, i, r, t in rs))
+    variants["inter"] = [str(d)]
+    d = root / "parquet"
+    d.mkdir()
+    for m, rs in rows.items():
+        pq.write_table(pa.table({"user": [r[0] for r in rs], "item": [r[1] for r in rs],
+                                 "rating": [float(r[2]) for r in rs], "time": [r[3] for r in rs]}), d / f"{m}.parquet")
+    variants["parquet"] = [str(d)]
+    return variants
+
+
+def test_every_format_prepares_the_same_dataset(sample_dir: Path, tmp_path: Path) -> None:
+    """Acceptance: the same ratings as XMarket files, CSV with odd column names, TSV, one .inter
+    file with a market field, and Parquet give the same prepared dataset (same fingerprint)."""
+    variants = _write_formats(sample_dir, tmp_path / "data")
+    prints = {}
+    for name, args in variants.items():
+        result = invoke("prepare", *args, "-t", "in", "-s", "uk", "-o", tmp_path / name)
+        assert result.exit_code == 0, (name, result.output)
+        prints[name] = json.loads((tmp_path / name / "manifest.json").read_text())["fingerprint"]
+    assert set(prints.values()) == {prints["xmarket"]}, prints
+    inputs = json.loads((tmp_path / "inter" / "manifest.json").read_text())["inputs"]
+    assert [f["file"] for f in inputs] == ["xm.inter"]
+
+
+@pytest.mark.parametrize("case", ["mapping", "missing", "time", "space", "two"])
+def test_bad_files_are_one_error_line_naming_the_file(sample_dir: Path, tmp_path: Path, case: str) -> None:
+    """Acceptance: a wrong column mapping, a missing column, a non-numeric time, a market name
+    with a space, two files for one market: one error line naming the file, exit 2, nothing written."""
+    data = tmp_path / "d"
+    data.mkdir()
+    good = "user,item,rating,time\nu1,i1,5,2020-01-02\nu2,i1,4,2020-01-03\n"
+    (data / "uk.csv").write_text(good)
+    args: list[str] = []
+    bad = data / "in.csv"
+    if case == "mapping":
+        bad.write_text(good)
+        args, fragments = ["--columns", "user=reviewerID"], [f"{bad}:1", "column `user` not found in the header (tried: reviewerID)"]
+    elif case == "missing":
+        bad.write_text("user,rating,time\nu1,5,2020-01-02\n")
+        fragments = [f"{bad}:1", "item"]
+    elif case == "time":
+        bad.write_text("user,item,rating,time\nu1,i1,5,2020-01-02\nu2,i1,4,yesterday\n")
+        fragments = [f"{bad}:3", "yesterday"]
+    elif case == "space":
+        bad = data / "all.csv"
+        bad.write_text("user,item,rating,time,market\nu1,i1,5,2020-01-02,in\nu2,i1,4,2020-01-03,in dia\n")
+        args, fragments = ["--file", str(bad)], [f"{bad}:3", "in dia"]
+    else:
+        bad.write_text(good)
+        (data / "in_5core.txt").write_text("userId itemId rate date\nu1 i1 5 2020-01-02\n")
+        fragments = ["two files for market in", str(bad), str(data / "in_5core.txt")]
+    result = invoke("prepare", data, *args, "-t", "in", "-s", "uk", "-o", tmp_path / "out")
+    one_error(result, *fragments)
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,8 @@ WSDM Cup 2022's ``t1``). Files in a data directory are matched by these rules, i
 * ``ratings_{market}_{category}.txt[.gz]``: XMarket's official full files (no header; the
   market part holds no ``_``);
 * ``{market}.csv[.gz]`` / ``{market}.tsv[.gz]``: delimited text with a header, its columns found
-  by name (see :data:`DEFAULT_COLUMNS`, or a mapping such as ``--columns user=reviewerID,...``);
+  by name (the usual names, see :class:`xmfast.ratings.Columns`, or a mapping such as
+  ``--columns user=reviewerID,...``);
 * ``{market}.inter``: a RecBole atomic file (``user_id:token item_id:token rating:float
   timestamp:float``); one whose header has a ``market`` field holds several markets;
 * ``{market}.parquet``: a Parquet table with the same columns as the delimited files.
@@ -37,6 +38,8 @@ XMARKET_MARKETS: tuple[str, ...] = tuple(core.XMARKET_MARKETS)
 
 Layout = Literal["processed", "raw", "csv", "tsv", "inter", "parquet"]
 
+# Market names in file names; the rule itself is the Rust core's (`core.check_market_name`),
+# which a test checks this pattern against.
 _NAME = r"[A-Za-z0-9_-]+"
 _MARKET_NAME = re.compile(rf"^{_NAME}$")
 # (layout, pattern): the documented discovery rules, in the order they are tried.
@@ -59,16 +62,9 @@ _BY_SUFFIX: tuple[tuple[Layout, re.Pattern[str]], ...] = (
     ("parquet", re.compile(r"\.parquet$")),
 )
 
-# Which header names each column answers to when no mapping is given (first present wins).
-DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "user": ("user", "user_id", "userId", "reviewerID"),
-    "item": ("item", "item_id", "itemId", "asin"),
-    "rating": ("rating", "rate", "overall"),
-    "time": ("time", "timestamp", "date", "unixReviewTime"),
-    "market": ("market",),
-}
-COLUMN_KEYS = tuple(DEFAULT_COLUMNS)
-_REQUIRED_COLUMNS = ("user", "item", "time")
+# The roles a column mapping names (`--columns user=reviewerID,...`); the header names each
+# answers to by default are xmfast.ratings.Columns' (USER_NAMES, ...).
+COLUMN_KEYS = ("user", "item", "rating", "time", "market")
 
 
 @dataclass(frozen=True)
@@ -160,17 +156,14 @@ class DataSource:
         return read_ratings([self._source(f) for f in found.sources(markets)])
 
     def _source(self, f: MarketFile) -> tuple[str, Path] | tuple[str | None, Path, FileFormat]:
+        from xmfast.ratings import CSV, PARQUET, TSV, Columns
+
         if f.layout in ("processed", "raw"):
             return (str(f.market), f.path)
-        from xmfast.ratings import Columns, FileFormat
-
-        names = {key: (value,) for key, value in self.columns}
-        columns = Columns(**{key: names.get(key, default) for key, default in DEFAULT_COLUMNS.items()})
-        if f.market is not None and "market" not in names:
-            columns = replace(columns, market=None)  # the file is the market's: any market column is not read
-        if f.layout == "parquet":
-            return (f.market, f.path, FileFormat("parquet", columns=columns))
-        return (f.market, f.path, FileFormat("delimited", delimiter="," if f.layout == "csv" else "\t", columns=columns))
+        fmt = {"csv": CSV, "tsv": TSV, "inter": TSV, "parquet": PARQUET}[f.layout]
+        if self.columns:
+            fmt = replace(fmt, columns=Columns.mapping(**dict(self.columns)))
+        return (f.market, f.path, fmt)
 
     def _markets_in(self, f: MarketFile) -> list[str]:
         """The markets a file with a market column holds, in order of first appearance."""
@@ -181,7 +174,7 @@ class DataSource:
 
 def check_market_name(name: str, where: str = "market name") -> str:
     """Returns `name` if it is a valid market name (letters, digits, ``_``, ``-``), else raises."""
-    if not isinstance(name, str) or not _MARKET_NAME.match(name):
+    if not isinstance(name, str) or not core.check_market_name(name):
         raise DataError(f"{where} {name!r}: a market name is letters, digits, _ and - only (e.g. uk, north, east-1)")
     return name
 
@@ -198,7 +191,8 @@ def check_market_code(code: str) -> str:
 
 def parse_columns(text: str | Mapping[str, str]) -> dict[str, str]:
     """A column mapping from ``user=reviewerID,item=asin,...`` (or a table of the same), checked:
-    known keys only, each once, non-empty names. Unmapped keys keep :data:`DEFAULT_COLUMNS`."""
+    known keys only, each once, non-empty names. Unmapped keys keep their default names
+    (:class:`xmfast.ratings.Columns`)."""
     if isinstance(text, Mapping):
         pairs = [(str(k), v) for k, v in text.items()]
     else:
@@ -213,7 +207,7 @@ def parse_columns(text: str | Mapping[str, str]) -> dict[str, str]:
             pairs.append((key.strip(), value.strip()))
     out: dict[str, str] = {}
     for key, value in pairs:
-        if key not in DEFAULT_COLUMNS:
+        if key not in COLUMN_KEYS:
             raise XmfastError(f"column mapping: unknown key {key!r} (keys: {', '.join(COLUMN_KEYS)})")
         if key in out:
             raise XmfastError(f"column mapping: {key!r} is mapped twice")
@@ -376,6 +370,6 @@ def resolve_markets(
     return [target, *chosen]
 
 
-__all__ = ["COLUMN_KEYS", "DEFAULT_COLUMNS", "Found", "Layout", "MarketFile", "RULES_TEXT", "XMARKET_MARKETS",
+__all__ = ["COLUMN_KEYS", "Found", "Layout", "MarketFile", "RULES_TEXT", "XMARKET_MARKETS",
            "check_market_code", "check_market_name", "discover", "parse_columns", "parse_file_option",
            "resolve_markets"]
