@@ -243,3 +243,16 @@ def test_bad_files_are_one_error_line_naming_the_file(sample_dir: Path, tmp_path
     result = invoke("prepare", data, *args, "-t", "in", "-s", "uk", "-o", tmp_path / "out")
     one_error(result, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_file_name_pattern_follows_the_core_market_name_rule() -> None:
+    from hypothesis import given, strategies as st
+
+    from xmfast import core
+    from xmfast.markets import _MARKET_NAME
+
+    @given(st.text(alphabet="aZ09_-. /é\t\n", max_size=6))
+    def agree(name: str) -> None:
+        assert bool(_MARKET_NAME.fullmatch(name)) == core.check_market_name(name), name
+
+    agree()

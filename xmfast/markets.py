@@ -221,7 +221,7 @@ def parse_file_option(text: str) -> tuple[str | None, Path]:
     """``MARKET=PATH`` → (market, path); a bare ``PATH`` → (None, path): a file whose market
     column names each row's market."""
     market, eq, path = text.partition("=")
-    if eq and _MARKET_NAME.match(market) and path:
+    if eq and _MARKET_NAME.fullmatch(market) and path:
         return market, Path(path)
     if eq and not path:
         raise XmfastError(f"--file {text!r}: expected MARKET=PATH")
