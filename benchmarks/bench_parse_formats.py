@@ -17,6 +17,7 @@ byte replacement (so both hold exactly the same ratings, which is checked on the
 from __future__ import annotations
 
 import argparse
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,12 @@ def convert(src: Path, dst: Path, quoted: bool) -> None:
     tmp = dst.with_name(f".{dst.name}.partial")
     tmp.write_bytes(data)
     tmp.replace(dst)
+
+
+def cpu_seconds() -> float:
+    """This process's user + system CPU time: less swayed than wall time by other processes."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def same(a: Ratings, b: Ratings) -> bool:
@@ -71,10 +78,13 @@ def main() -> None:
         convert(directory / f"{m}_5core.txt", directory / f"{m}.csv", quoted=False)
         convert(directory / f"{m}_5core.txt", directory / f"{m}.quoted.csv", quoted=True)
     times: dict[str, list[float]] = {name: [] for name in sources}
+    cpu: dict[str, list[float]] = {name: [] for name in sources}
     reference = None
     for round_ in range(args.rounds + 1):  # round 0 warms the page cache and checks equality
         for name, srcs in sources.items():
+            cpu0 = cpu_seconds()
             seconds, r = timed(lambda srcs=srcs: read_ratings(srcs))
+            cpu_s = cpu_seconds() - cpu0
             if round_ == 0:
                 if reference is None:
                     reference = r
@@ -82,18 +92,19 @@ def main() -> None:
                     raise SystemExit(f"{name}: the arrays differ from the XMarket files' arrays")
             else:
                 times[name].append(seconds)
+                cpu[name].append(cpu_s)
             del r
     rows = len(reference) if reference is not None else 0
     reference = None
-    base = median(times["xmarket"])
+    base, base_cpu = median(times["xmarket"]), median(cpu["xmarket"])
     t = table(f"read_ratings over {len(markets)} files, {rows:,} ratings "
               f"(median of {args.rounds} interleaved rounds, {core.num_threads()} threads)",
-              ["format", "bytes on disk", "median", "all rounds", "ratings/s", "× xmarket"])
+              ["format", "bytes on disk", "median", "all rounds", "ratings/s", "× xmarket", "CPU s (median)", "CPU × xmarket"])
     for name, srcs in sources.items():
         size = sum(Path(s[1]).stat().st_size for s in srcs)
         med = median(times[name])
         t.add_row(name, fmt_bytes(size), fmt_s(med), ", ".join(fmt_s(x) for x in times[name]),
-                  fmt_rate(rows / med), f"{med / base:.2f}")
+                  fmt_rate(rows / med), f"{med / base:.2f}", f"{median(cpu[name]):.2f}", f"{median(cpu[name]) / base_cpu:.2f}")
     console.print(t)
     console.print("identical arrays (users, items, markets, ratings, days) in every format: yes")
     load.report()
