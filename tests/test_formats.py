@@ -93,6 +93,8 @@ def test_mixed_formats_share_vocabularies_and_record_each_file(tmp_path: Path) -
         (m, n, core.file_digest(p)) for m, n, p in [("uk", 1, uk), ("de", 2, csv_file), ("t1,t2", 2, tmp_path / "more.parquet")]
     ]
     assert arrays(read_ratings([("uk", uk)])) == arrays(read_ratings([("uk", uk, XMARKET)]))
+    kept = r.drop_markets(["t2", "uk"])  # the Parquet file held t1 and t2: kept with t2
+    assert [f["market"] for f in kept.files] == ["uk", "t1,t2"] and kept.market.tolist() == [1, 0]
 
 
 @settings(max_examples=60, deadline=None)
