@@ -31,6 +31,8 @@ class Ratings:
     item: np.ndarray  # uint32
     rating: np.ndarray  # float32
     day: np.ndarray  # int32, days since 1970-01-01
+    # One dict per input file: market (a market column's file: its markets in order of first
+    # appearance, joined by commas), path, bytes, blake3 (of the bytes on disk), gzip, had_header, rows.
     files: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -85,7 +87,8 @@ class Ratings:
         return Ratings(
             list(keep_markets), kept.users, kept.items,
             remap[kept.market], kept.user, kept.item, kept.rating, kept.day,
-            [f for f in self.files if f["market"] in index],
+            # A file with a market column records its markets joined by commas: kept with any of them.
+            [f for f in self.files if any(m in index for m in f["market"].split(","))],
         )
 
 

@@ -6,7 +6,7 @@
 //! vocabularies of the other inputs of the same [`crate::parse::read_inputs`] call and numbers
 //! ids by first appearance.
 
-use crate::delimited::parse_time;
+use crate::delimited::{empty_id, parse_time};
 use crate::error::{Error, Result};
 use crate::parse::{bad_market_message, merge_chunks, no_ratings, valid_market_name, Chunk, ChunkError, LocalInterner, Ratings};
 use rayon::prelude::*;
@@ -154,8 +154,12 @@ pub(crate) fn add_columns(out: &mut Ratings, market: Option<u16>, path: &Path, b
                         }
                         c.market.push(u16::try_from(id).map_err(|_| fail("more than 65535 markets".into()))?);
                     }
-                    c.user.push(us.intern(b.user.get(users, i)));
-                    c.item.push(is.intern(b.item.get(items, i)));
+                    let (u, it) = (b.user.get(users, i), b.item.get(items, i));
+                    if let Some(role) = empty_id(u, it) {
+                        return Err(fail(format!("empty {role} id")));
+                    }
+                    c.user.push(us.intern(u));
+                    c.item.push(is.intern(it));
                     c.rating.push(r);
                     c.day.push(d);
                 }
@@ -236,6 +240,7 @@ mod tests {
 
         // Errors name the file and the row.
         let (bd, bo) = arrow(&["ok", "no way"]);
+        let (ed, eo) = arrow(&["a", ""]);
         let (ud, uo) = arrow(&["a", "b"]);
         let bad = ColumnBatch {
             user: StrColumn { data: &ud, offsets: Offsets::I32(&uo) },
@@ -252,6 +257,8 @@ mod tests {
         let p = pq.display();
         assert_eq!(err(bad, None), format!("{p}: row 2: market name \"no way\" is not valid: use letters, digits, `_` and `-` only"));
         assert_eq!(err(ColumnBatch { rating: Some(&[1.0, f32::NAN]), ..bad }, Some("uk")), format!("{p}: row 2: rating NaN is not a finite number"));
+        let blank = StrColumn { data: &ed, offsets: Offsets::I32(&eo) };
+        assert_eq!(err(ColumnBatch { item: blank, ..bad }, Some("uk")), format!("{p}: row 2: empty item id"));
         let (td, to) = arrow(&["2020-01-01", "soon"]);
         let text_time = TimeColumn::Text(StrColumn { data: &td, offsets: Offsets::I32(&to) });
         assert_eq!(

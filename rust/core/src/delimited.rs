@@ -139,6 +139,17 @@ fn to_str<'a>(field: Cow<'a, [u8]>, role: &str) -> std::result::Result<Cow<'a, s
     }
 }
 
+/// Which of a row's ids is empty, if one is (an empty id is a gap in the data, never an id).
+pub(crate) fn empty_id(user: &str, item: &str) -> Option<&'static str> {
+    if user.is_empty() {
+        Some("user")
+    } else if item.is_empty() {
+        Some("item")
+    } else {
+        None
+    }
+}
+
 /// Header positions of the mapped columns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
@@ -251,8 +262,11 @@ fn parse_chunk<'a>(text: &'a [u8], base: usize, delim: u8, lay: &Layout) -> std:
             c.market.push(u16::try_from(id).map_err(|_| fail("more than 65535 markets".into()))?);
         }
         let u = to_str(std::mem::take(&mut fields[lay.user]), "user id").map_err(fail)?;
-        c.user.push(users.intern(u));
         let it = to_str(std::mem::take(&mut fields[lay.item]), "item id").map_err(fail)?;
+        if let Some(role) = empty_id(&u, &it) {
+            return Err(fail(format!("empty {role} id")));
+        }
+        c.user.push(users.intern(u));
         c.item.push(items.intern(it));
         c.rating.push(r);
         c.day.push(d);
@@ -356,9 +370,11 @@ mod tests {
 
     #[test]
     fn quoting_follows_rfc_4180() {
-        let r = parse("user,item,time\n\"a,\"\"b\"\"\",\"\",0\nc\"d,x,0\n").unwrap();
+        let r = parse("user,item,time\n\"a,\"\"b\"\"\",\"\"\"\"\"\",0\nc\"d,x,0\n").unwrap();
         assert_eq!(r.users.iter().collect::<Vec<_>>(), ["a,\"b\"", "c\"d"]);
-        assert_eq!(r.items.iter().collect::<Vec<_>>(), ["", "x"]);
+        assert_eq!(r.items.iter().collect::<Vec<_>>(), ["\"\"", "x"]);
+        assert_eq!(err_of("user,item,time\nu,\"\",0\n"), "f.csv:2: empty item id");
+        assert_eq!(err_of("user,item,time\nu,i,0\n,i,0\n"), "f.csv:3: empty user id");
         assert_eq!(r.rating, vec![1.0, 1.0]); // no rating column
         // Fields after the last mapped one may be quoted and hold anything but a newline.
         let r = parse("user,item,time,text\nu,i,0,\"x,\"\"y\"\",\"\r\n").unwrap();
