@@ -1187,7 +1187,8 @@ def tune_experiment(
         console.print(f"[bold]{s['entry']}@{s['target']}[/]: {t['complete']} complete, {t['pruned']} pruned, "
                       f"{t['failed']} failed; chosen {chosen}" + (f" (valid {s['monitor']} {best['value']:.4f})"
                                                                    if best else ""), highlight=False)
-    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, '--use-tuned')}", highlight=False)
+    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned')}",
+                  highlight=False)
 
 
 @command()
