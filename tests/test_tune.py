@@ -74,6 +74,8 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     assert len(trained) == 8 - 3  # only the trials still owed: none of the 3 finished ones again
     assert {n: (t.state, t.value, t.params) for n, t in enumerate(study.trials) if n < 3} == \
         {n: v for n, v in first.items() if n < 3}
+    trained.clear()
+    assert tuning.tune(exp)["gmf@in"] == summary and trained == []  # the budget is spent: nothing more runs
     assert summary["trials"] == {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": 2}
     # the test split was never scored, and no trial has a test.json (or results.json)
     assert scored == [] and "test" not in scored
