@@ -128,3 +128,12 @@ def test_budget_and_run_without_tuning(tmp_path: Path, sample_dir: Path) -> None
         tuning.read_tune(read_experiment(file))
     result = CliRunner().invoke(app, ["run", str(file), "--use-tuned", "--dry-run"])
     assert result.exit_code == 2 and "summary.json: missing; run `xmfast tune" in result.output
+
+
+def test_without_optuna_is_one_error_line(tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: `import optuna` raises ImportError
+    result = CliRunner().invoke(app, ["tune", str(experiment(tmp_path, sample_dir))])
+    assert result.exit_code == 2 and result.output.strip() == \
+        'error: hyper-parameter search needs Optuna: pip install "xmfast[tune]"', result.output

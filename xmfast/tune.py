@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -297,7 +296,10 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
     time, and writes OUT/tune/summary.json; returns that summary. `jobs` is handed to the
     executor for the trials' prerequisites (the dataset, NMF's GMF and MLP); the trials
     themselves run one after another, as TPE proposes each from the ones finished before it."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise XmfastError('hyper-parameter search needs Optuna: pip install "xmfast[tune]"') from None
 
     from xmfast import outputs
     from xmfast._io import check_output, digest_json, write_json_atomic
@@ -416,9 +418,10 @@ def summary_markdown(exp: Experiment) -> str:
     studies = read_summary(exp)
     if not studies:
         return ""
+    monitors = "; ".join(sorted({s["monitor"] for s in studies.values()}))
     lines = ["## Tuning", "",
-             f"Optuna TPE search (`xmfast tune`) on validation {'; '.join(sorted({s['monitor'] for s in studies.values()}))}"
-             " only; the grid uses the chosen values with `xmfast run --use-tuned`.", "",
+             f"Optuna TPE search (`xmfast tune`) on validation {monitors} only; the grid uses the chosen values "
+             "with `xmfast run --use-tuned`.", "",
              "| model | target | searched | trials (complete / pruned / failed) | chosen | validation |",
              "|---|---|---|---|---|---|"]
     for s in studies.values():
