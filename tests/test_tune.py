@@ -72,6 +72,8 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     assert states.count("COMPLETE") + states.count("PRUNED") == 8 and states.count("FAIL") == 2
     assert states.count("PRUNED") >= 1  # the median pruner stopped some trial early
     assert len(trained) == 8 - 3  # only the trials still owed: none of the 3 finished ones again
+    counted = [t.params["lr"] for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(set(counted)) == 8  # the continued search drew new values, not the first call's again
     assert {n: (t.state, t.value, t.params) for n, t in enumerate(study.trials) if n < 3} == \
         {n: v for n, v in first.items() if n < 3}
     trained.clear()

@@ -312,7 +312,7 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
         run_experiment(Plan(base_plan.experiment, [s for s in base_plan.stages if s.id != base.id]), jobs=jobs)
     directory = tune_dir(exp)
     lock = _lock(directory)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is said once, by the error it raises
     summary: dict[str, Any] = {}
     try:
         storage = _storage(directory)
@@ -337,7 +337,7 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     # what the trials' values mean: the space and everything else a trial's run is made of
     identity = digest_json({"space": [d.describe() + d.name + d.table for d in dims], "base": base.key})
     study = optuna.create_study(study_name=sname, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=_pruner(spec.pruner))
+                                pruner=_pruner(spec.pruner))
     known = study.user_attrs.get("identity")
     if known is None:
         study.set_user_attr("identity", identity)
@@ -347,6 +347,8 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         # left by a killed search (the lock says none runs now): failed, not counted
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    # seeded by the trials so far: a continued search draws new values, not the first call's again
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     by_id = base_plan.by_id()
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
 
