@@ -344,9 +344,9 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     elif known != identity:
         raise XmfastError(f"{tune_dir(exp) / 'tune.db'}: study {sname} was made with another search space or other "
                           f"settings of {name}; delete the file (or move it) to start the search again")
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # left by a killed search (the lock says none runs now): failed, not counted
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
     # seeded by the trials so far: a continued search draws new values, not the first call's again
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     by_id = base_plan.by_id()
