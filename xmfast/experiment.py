@@ -20,6 +20,7 @@ planner turns it into a dependency graph of stages and runs each stage once.
     [train.acmr]                    #   epochs = 10
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
     [model.nmf]                     # hyper-parameters (the model's configuration dataclass)
+    [tune]                          # a hyper-parameter search (xmfast.tune): budget, [tune.MODEL] ranges
 
 The graph comes from the models' declarations in the registry (:mod:`xmfast.models`): a model
 starts from the runs it declares (``nmf`` from ``gmf`` and ``mlp``, ``maml`` from ``nmf``), trained
