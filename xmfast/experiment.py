@@ -20,6 +20,7 @@ planner turns it into a dependency graph of stages and runs each stage once.
     [train.acmr]                    #   epochs = 10
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
     [model.nmf]                     # hyper-parameters (the model's configuration dataclass)
+    [tune]                          # a hyper-parameter search (xmfast.tune): budget, [tune.MODEL] ranges
 
 The graph comes from the models' declarations in the registry (:mod:`xmfast.models`): a model
 starts from the runs it declares (``nmf`` from ``gmf`` and ``mlp``, ``maml`` from ``nmf``), trained
@@ -52,7 +53,7 @@ StageKind = Literal["prepare", "train", "finetune"]
 Action = Literal["cached", "resume", "run"]
 
 _TOP_KEYS = {"name", "data", "out", "protocol", "targets", "sources", "models", "seeds", "device", "description",
-             "prepare", "train", "finetune", "model"}
+             "prepare", "train", "finetune", "model", "tune"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Experiment:
     train_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune: dict[str, Any] = field(default_factory=dict)  # the [tune] table (read by xmfast.tune)
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +206,7 @@ def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
         train_by_model=train_by_model,
         finetune_by_model=dict(_expect(raw.get("finetune", {}), dict, "[finetune]", path)),
         model_settings=dict(_expect(raw.get("model", {}), dict, "[model]", path)),
+        tune=dict(_expect(raw.get("tune", {}), dict, "[tune]", path)),
         path=path,
     )
 
@@ -674,7 +677,7 @@ def _record(exp: Experiment, stage: Stage, status: str, seconds: float | None = 
 
 
 def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Stage], train_observer: Any,
-             stop_after: int | None) -> bool:
+             stop_after: int | None, *, validation_only: bool = False) -> bool:
     if stage.kind == "prepare":  # without torch: a worker process that only prepares never imports it
         from xmfast.prepare import KCore, PrepareConfig
         from xmfast.prepare import prepare as run_prepare
@@ -704,7 +707,8 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     dataset = PreparedDataset.load(by_id[stage.deps[0]].path)
     pretrained = {name: by_id[d].path for name, d in stage.pretrained.items()}
     result = training.train(dataset, stage.path, stage.model, model_config, config, pretrained=pretrained,
-                            overwrite=True, observer=train_observer, stop_after=stop_after)
+                            overwrite=True, observer=train_observer, stop_after=stop_after,
+                            validation_only=validation_only)
     return result is not None
 
 
@@ -1018,14 +1022,16 @@ class _Relay:
         self.event("message", text=text)
 
 
-def write_experiment_report(exp: Experiment, source: Path) -> Path:
+def write_experiment_report(exp: Experiment, source: Path, *, tuning: str = "") -> Path:
     """OUT/report.md (with its CSV, JSON and plots) over every finished run of the experiment,
-    prefaced by its description and how it was made."""
+    prefaced by its description, how it was made and `tuning` (xmfast.tune.summary_markdown:
+    the search's ranges, trials and chosen values)."""
     from xmfast.report import build_report, collect_runs, write_report
 
     made = (f"Made by `xmfast run {source}` (data `{exp.data}`, protocol {exp.protocol}, seeds "
             f"{', '.join(map(str, exp.seeds))}).")
     preface = f"{exp.description.strip()}\n\n{made}" if exp.description.strip() else made
+    preface = f"{preface}\n\n{tuning}" if tuning else preface
     return write_report(build_report(collect_runs([exp.out])), exp.out / "report.md", title=f"{exp.name}: results",
                         preface=preface, inputs=[exp.out])
 

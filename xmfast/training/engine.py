@@ -99,6 +99,7 @@ def train(
     overwrite: bool = False,
     observer: TrainObserver | None = None,
     stop_after: int | None = None,
+    validation_only: bool = False,
 ) -> TrainResult | None:
     """Trains `model` on `dataset` into the run directory `out` (see :mod:`xmfast.runs`).
 
@@ -107,7 +108,9 @@ def train(
     defaults apply (FOREC's for the NCF family, the paper's schedule for ACMR).
 
     Started by ``torchrun`` with more than one process, every process calls this and they train
-    together (see :mod:`xmfast.training.distributed`); rank 0 writes the run, every rank returns its result."""
+    together (see :mod:`xmfast.training.distributed`); rank 0 writes the run, every rank returns its result.
+    `validation_only` (a tuning trial) trains and validates but never scores the test split
+    and returns None."""
     spec = get_model(model)
     config = config if config is not None else spec.train_config()
     distributed.init(config.device)
@@ -139,7 +142,7 @@ def train(
     runs, run = distributed.on_main(create)
     with distributed.writing(run):
         trainer = trainer_for(spec)(dataset, run, spec, model_config, config, pretrained=runs, observer=observer,
-                                      stop_after=stop_after)
+                                      stop_after=stop_after, validation_only=validation_only)
         return trainer.fit()
 
 

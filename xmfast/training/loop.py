@@ -206,6 +206,7 @@ class Trainer:
         pretrained: dict[str, Run] | None = None,
         observer: TrainObserver | None = None,
         stop_after: int | None = None,
+        validation_only: bool = False,
     ) -> None:
         self.dataset = dataset
         self.run = run
@@ -218,6 +219,9 @@ class Trainer:
         self.observer = (observer if self.main else None) or TrainObserver()
         # For tests and time-boxed jobs: return (as if interrupted) after this many epochs.
         self.stop_after = stop_after
+        # A hyper-parameter search's trial (xmfast.tune): the epochs and their validation only;
+        # the test split is never scored, so no test.json or results.json is written.
+        self.validation_only = validation_only
         self.device = distributed.local_device(resolve_device(config.device))
         self.amp = config.amp and self.device.type == "cuda"
         self.sources = resolve_sources(dataset, config.sources)
@@ -525,7 +529,8 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult | None:
         """Trains until the epoch budget or early stopping; evaluates the selected checkpoint.
-        Returns None when stopped by `stop_after` (the run stays resumable). Under torchrun every
+        Returns None when stopped by `stop_after` (the run stays resumable) or, with
+        `validation_only`, after the last epoch (status "validated", metrics.jsonl only). Under torchrun every
         rank runs the loop; rank 0 validates (every rank gets its metrics, so all stop at the same
         epoch) and writes checkpoints, metrics and results."""
         self.observer.on_start(self)
@@ -566,6 +571,10 @@ class Trainer:
                 self.run.append_metrics(record)
                 self._save(self.run.last_checkpoint, self._state())
             self.observer.on_epoch_end(record)
+        if self.validation_only:
+            if self.main:
+                self.run.save_info(status="validated")
+            return None
         if self.world > 1:  # rank 0 evaluates and writes; every rank returns its results
             return distributed.on_main(lambda: self.finish(stopped_early))
         return self.finish(stopped_early)

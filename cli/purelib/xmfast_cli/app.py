@@ -1116,12 +1116,15 @@ def run_experiment(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run at once, each in a process of its own, as "
                                       "soon as the stages they read are finished; the CPU's threads are divided "
                                       "among them and each gets a GPU in turn (same results as one at a time).")] = 1,
+    use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Train with the values `xmfast tune` chose for each "
+                                            "(model, target) (OUT/tune/summary.json).")] = False,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
     import time
 
     from xmfast.training import distributed
     from xmfast import experiment as xp
+    from xmfast import tune
     from xmfast_cli.render import ExperimentProgress, StagesProgress, console, plan_table, show
 
     xp.check_jobs(jobs)
@@ -1129,13 +1132,14 @@ def run_experiment(
         raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
                           "(torchrun is for one `xmfast train` or `xmfast finetune` at a time)")
     exp = xp.read_experiment(experiment, out=out)
-    plan = xp.plan(exp)
+    plan = tune.tuned_plan(exp) if use_tuned else xp.plan(exp)
     actions = xp.stage_actions(plan)
     if dry_run:
         show(plan_table(plan, actions))
         return
     again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
-                    *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []))
+                    *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []),
+                    *(["--use-tuned"] if use_tuned else []))
     observer = ExperimentProgress() if jobs == 1 else StagesProgress()
     t0 = time.perf_counter()
     with _on_interrupt(lambda: observer.interrupted(again)), observer:
@@ -1146,7 +1150,45 @@ def run_experiment(
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
                   f"({took})", highlight=False)
     if report:
-        console.print(f"report: {xp.write_experiment_report(exp, experiment)}", highlight=False)
+        console.print(f"report: {xp.write_experiment_report(exp, experiment, tuning=tune.summary_markdown(exp))}",
+                      highlight=False)
+
+
+@command("tune")
+@user_errors
+def tune_experiment(
+    experiment: Annotated[Path, typer.Argument(help="An experiment file with a [tune] table (search spaces per model, "
+                                               "a budget in trials and/or time).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory, relative to the current "
+                                                "directory (default: the file's `out`).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run at once for the trials' prerequisites (the "
+                                      "dataset, runs a model starts from); the trials run one after another.")] = 1,
+) -> None:
+    """Search hyper-parameters (Optuna TPE, pruned on the validation metric); re-run to continue."""
+    from xmfast import experiment as xp
+    from xmfast import tune
+    from xmfast_cli.render import console
+
+    xp.check_jobs(jobs)
+    exp = xp.read_experiment(experiment, out=out)
+
+    def said(e: Any) -> None:
+        value = "" if e.value is None else f" {e.value:.4f}"
+        params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in e.params.items())
+        console.print(f"{e.study} trial {e.number}: {e.state}{value} ({params})", highlight=False)
+
+    again = _quoted("xmfast", "tune", experiment, *(["--out", out] if out is not None else []))
+    with _on_interrupt(lambda: f"finished trials are kept in {tune.tune_dir(exp) / 'tune.db'}; continue with {again}"):
+        studies = tune.tune(exp, on_trial=said, jobs=jobs)
+    for s in studies.values():
+        best = s.get("best")
+        t = s["trials"]
+        chosen = ", ".join(f"{k} {v}" for k, v in {**best["train"], **best["model"]}.items()) if best else "none"
+        console.print(f"[bold]{s['entry']}@{s['target']}[/]: {t['complete']} complete, {t['pruned']} pruned, "
+                      f"{t['failed']} failed; chosen {chosen}" + (f" (valid {s['monitor']} {best['value']:.4f})"
+                                                                   if best else ""), highlight=False)
+    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned')}",
+                  highlight=False)
 
 
 @command()

@@ -1,0 +1,141 @@
+"""`xmfast tune`: an Optuna search over an experiment's [tune] table on the embedded sample (GMF,
+two epochs per trial). A study of 8 trials with pruning finishes; interrupted mid-way (an
+exception in trial 4, plus a trial left running as a SIGKILL leaves one) it resumes and completes
+the budget without redoing a finished trial; no trial scores the test split; its chosen values
+beat the default on validation (same seed); `xmfast run --use-tuned` trains the grid with them;
+a bad [tune] table is one error line naming the table and the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xmfast import tune as tuning
+from xmfast.errors import XmfastError
+from xmfast.experiment import plan, read_experiment, run_experiment
+from xmfast_cli.app import app
+
+EXP = ('name = "tune"\ndata = "{data}"\nout = "{out}"\ntargets = ["in"]\nmodels = ["gmf"]\nseeds = [1]\n'
+       'device = "cpu"\n[train]\nepochs = 2\n[tune]\ntrials = 8\npruner = "median"\n'
+       '[tune.gmf]\nlr = {{low = 0.01, high = 0.2, log = true}}\nembedding_dim = [8, 16, 32]\n{extra}')
+
+
+def experiment(tmp_path: Path, sample_dir: Path, extra: str = "") -> Path:
+    file = tmp_path / "exp.toml"
+    file.write_text(EXP.format(data=sample_dir, out=tmp_path / "out", extra=extra), encoding="utf-8")
+    return file
+
+
+def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sample_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    import optuna
+
+    import xmfast.evaluation as evaluation
+
+    exp = read_experiment(experiment(tmp_path, sample_dir))
+    scored = []
+    real_scorer = evaluation.evaluate_scorer
+
+    def spy(dataset, split, *args, **kwargs):  # noqa: ANN001, ANN202 - records every split scored
+        scored.append(split)
+        return real_scorer(dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_scorer", spy)
+    trained = []
+    real_execute = tuning._execute
+
+    def crashing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the 4th trial dies after its first epoch
+        trained.append(args[1].path.name)
+        if len(trained) == 4:
+            def crash(record: dict) -> None:
+                raise RuntimeError("injected crash")
+            args[4].on_epoch_end = crash
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "_execute", crashing)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        tuning.tune(exp)
+    storage = tuning._storage(tuning.tune_dir(exp))
+    study = optuna.load_study(study_name="gmf@in", storage=storage)
+    first = {t.number: (t.state, t.value, t.params) for t in study.trials}
+    assert len(first) == 4 and sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 1
+    study.ask()  # a trial a SIGKILL left running: on restart it is failed, not counted
+    monkeypatch.setattr(tuning, "_execute", real_execute)
+    trained.clear()
+    monkeypatch.setattr(tuning, "_execute", lambda *a, **k: trained.append(a[1].path.name) or real_execute(*a, **k))
+    summary = tuning.tune(exp)["gmf@in"]
+    study = optuna.load_study(study_name="gmf@in", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 8 and states.count("FAIL") == 2
+    assert states.count("PRUNED") >= 1  # the median pruner stopped some trial early
+    assert len(trained) == 8 - 3  # only the trials still owed: none of the 3 finished ones again
+    counted = [t.params["lr"] for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(set(counted)) == 8  # the continued search drew new values, not the first call's again
+    assert {n: (t.state, t.value, t.params) for n, t in enumerate(study.trials) if n < 3} == \
+        {n: v for n, v in first.items() if n < 3}
+    trained.clear()
+    assert tuning.tune(exp)["gmf@in"] == summary and trained == []  # the budget is spent: nothing more runs
+    assert summary["trials"] == {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": 2}
+    # the test split was never scored, and no trial has a test.json (or results.json)
+    assert scored == [] and "test" not in scored
+    assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 9  # the 8 counted trials and the crashed one
+
+    best = summary["best"]
+    assert best["value"] == study.best_value and set(best["train"]) == {"lr"} and set(best["model"]) == {"embedding_dim"}
+    # the default config, same seed, trained by the grid: the chosen values beat it on validation
+    run_experiment(plan(exp))
+    default = json.loads((exp.out / "in" / "single" / "s1" / "gmf" / "results.json").read_text())
+    assert best["value"] > default["valid"]["ndcg@10"]
+    # the grid with the chosen values: a stage of another key, trained with them
+    tuned = tuning.tuned_plan(exp)
+    stage = next(s for s in tuned.stages if s.model == "gmf")
+    assert stage.key != next(s for s in plan(exp).stages if s.model == "gmf").key
+    run_experiment(tuned)
+    info = json.loads((stage.path / "run.json").read_text())
+    assert info["train_config"]["lr"] == best["train"]["lr"]
+    assert info["model_config"]["embedding_dim"] == best["model"]["embedding_dim"]
+    results = json.loads((stage.path / "results.json").read_text())
+    assert results["valid"]["ndcg@10"] == pytest.approx(best["value"], abs=1e-12)  # the trial, re-made by the grid
+    text = tuning.summary_markdown(exp)
+    assert "lr [0.01, 0.2] log" in text and f"{states.count('COMPLETE')} / {states.count('PRUNED')} / 2" in text
+    assert f"lr {best['train']['lr']:.4g}" in text
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("dropout = {low = 0.0, high = 0.5}\n", "[tune.gmf] dropout: gmf has no such setting"),
+    ("lr2 = 1\n", "[tune.gmf] lr2"),
+    ("[tune.mlp]\nlr = [0.1]\n", "[tune.mlp]: 'mlp' is not among the experiment's models"),
+    ("negatives = {low = 0, high = 4}\n", "[tune.gmf] negatives = 0"),
+    ("l2 = {low = 1.0, high = 0.5}\n", "[tune.gmf] l2: low and high must be numbers with low < high"),
+])
+def test_bad_tune_table_is_one_error_line(tmp_path: Path, sample_dir: Path, extra: str, message: str) -> None:
+    file = experiment(tmp_path, sample_dir, extra)
+    result = CliRunner().invoke(app, ["tune", str(file)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0] and str(file) in lines[0], lines
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_budget_and_run_without_tuning(tmp_path: Path, sample_dir: Path) -> None:
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8\n", "").replace('pruner = "median"', 'timeout = "2h"'))
+    assert tuning.read_tune(read_experiment(file)).timeout == 7200.0
+    file.write_text(file.read_text().replace('timeout = "2h"', 'timeout = "soon"'))
+    with pytest.raises(XmfastError, match="timeout = 'soon'"):
+        tuning.read_tune(read_experiment(file))
+    result = CliRunner().invoke(app, ["run", str(file), "--use-tuned", "--dry-run"])
+    assert result.exit_code == 2 and "summary.json: missing; run `xmfast tune" in result.output
+
+
+def test_without_optuna_is_one_error_line(tmp_path: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: `import optuna` raises ImportError
+    result = CliRunner().invoke(app, ["tune", str(experiment(tmp_path, sample_dir))])
+    assert result.exit_code == 2 and result.output.strip() == \
+        'error: hyper-parameter search needs Optuna: pip install "xmfast[tune]"', result.output
