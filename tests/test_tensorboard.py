@@ -121,6 +121,31 @@ def test_a_resumed_run_has_each_epoch_once_whatever_its_log_held(dataset: Path, 
     assert got["final/valid/ndcg@10"] == [(3, f32(json.loads((run / "results.json").read_text())["valid"]["ndcg@10"]))]
 
 
+def test_finetune_logs_each_market_under_out_and_its_resume_continues_there(dataset: Path, tmp_path: Path,
+                                                                             one_thread: None) -> None:
+    from xmfast.dataset import PreparedDataset
+    from xmfast.models.settings import NMFConfig
+    from xmfast.runs import Run
+    from xmfast.training import TrainConfig, finetune, resume, train
+
+    base, tb = tmp_path / "nmf++", tmp_path / "tb"
+    train(PreparedDataset.load(dataset), base, "nmf++", NMFConfig(pretrained=False), TrainConfig(epochs=1, device="cpu"))
+    result = CliRunner().invoke(app, ["finetune", str(base), "-o", str(tmp_path / "forec"), "--markets", "in,uk",
+                                      "--epochs", "1", "--device", "cpu", "--tensorboard", str(tb)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tb).as_posix() for p in tb.glob("*/*")) == ["forec/in", "forec/uk"]
+    for market in ("in", "uk"):
+        records = Run.open(tmp_path / "forec" / market).read_metrics()
+        assert {t: v for t, v in scalars(tb / "forec" / market).items() if not t.startswith("final/")} == curves(records)
+        assert hparams(tb / "forec" / market)["model"] == "forec"
+    # stopped after one of two epochs, then resumed: the same directory, each epoch once
+    assert finetune(base, tmp_path / "ft", model="forec", config=TrainConfig(epochs=2, device="cpu"), stop_after=1,
+                    tensorboard=tb) == {"in": None}
+    assert resume(tmp_path / "ft" / "in", tensorboard=tb) is not None
+    assert sorted(p.relative_to(tb).as_posix() for p in tb.glob("*/*")) == ["forec/in", "forec/uk", "ft/in"]
+    assert [s for s, _ in scalars(tb / "ft" / "in")["train/loss"]] == [1, 2]
+
+
 GRID = ('name = "tb"\ndata = "{data}"\nout = "{out}"\ntargets = ["in"]\nsources = ["uk"]\nmodels = ["pop", "gmf"]\n'
         'seeds = [1]\ndevice = "cpu"\n[train]\nepochs = 2\n')
 
