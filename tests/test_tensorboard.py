@@ -113,6 +113,9 @@ def test_a_resumed_run_has_each_epoch_once_whatever_its_log_held(dataset: Path, 
     with SummaryWriter(str(log)) as stale:
         stale.add_scalar("train/loss", 99.0, 1)
         stale.add_scalar("valid/hr@10", 99.0, 3)
+    from xmfast_cli.app import _run_interrupted  # what Ctrl-C tells: the resume that continues the curves
+
+    assert _run_interrupted(run, "", tb).endswith(f"with `xmfast train --resume {run} --tensorboard {tb}`")
     assert resume(run, tensorboard=tb) is not None
     records = Run.open(run).read_metrics()
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -190,6 +193,22 @@ def test_without_tensorboard_installed_the_option_is_one_error_line_and_training
     result = CliRunner().invoke(app, ["train", str(dataset), "-m", "gmf", "-o", str(run), "--epochs", "1",
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_log_directory_that_cannot_be_made_is_one_error_line_before_anything_is_written(
+        dataset: Path, sample_dir: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a directory\n")
+    file = tmp_path / "grid.toml"
+    file.write_text(GRID.format(data=sample_dir, out=tmp_path / "out"), encoding="utf-8")
+    for argv, where in ((["train", str(dataset), "-m", "gmf", "-o", str(tmp_path / "gmf"), "--epochs", "1"], taken / "x"),
+                        (["run", str(file)], taken)):
+        result = CliRunner().invoke(app, [*argv, "--tensorboard", str(where)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"error: --tensorboard: {taken} is not a directory; give a directory where TensorBoard's logs can be "
+            "written"]
+    assert not (tmp_path / "gmf").exists() and not (tmp_path / "out").exists() and taken.read_text() == "not a directory\n"
 
 
 def _top_level_imports(path: Path) -> set[str]:

@@ -632,7 +632,7 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     if tensorboard is not None:
         from xmfast.training.tensorboard import require
 
-        require()  # before any stage starts (without importing torch here)
+        require(tensorboard)  # before any stage starts (without importing torch here)
     # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
     check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=p.experiment.data.inputs)
     observer = observer or ExperimentObserver()

@@ -30,33 +30,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xmfast.errors import XmfastError
+from xmfast.errors import XmfastError, argument
 
 EVENTS = "events.out.tfevents.*"
 
 
-MISSING = '--tensorboard needs the tensorboard package: pip install "xmfast[tensorboard]"'
+def _missing() -> XmfastError:
+    return XmfastError(f'{argument("tensorboard", None)} needs the tensorboard package: '
+                       'pip install "xmfast[tensorboard]"')
 
 
-def require() -> None:
-    """Refuses (one error line) where tensorboard is not installed, without importing it."""
+def require(logdir: Path) -> None:
+    """Refuses (one error line, before anything is written) where tensorboard is not installed,
+    without importing it, or where `logdir` could not be made: its first existing ancestor must
+    be a writable directory."""
     import importlib.util
+    import os
 
     try:
         found = importlib.util.find_spec("tensorboard") is not None
     except (ImportError, ValueError):  # a None entry in sys.modules: refused as missing
         found = False
     if not found:
-        raise XmfastError(MISSING)
+        raise _missing()
+    there = Path(logdir).absolute()
+    while not there.exists() and not there.is_symlink() and there != there.parent:
+        there = there.parent
+    if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):
+        what = "is not a directory" if not there.is_dir() else "is not writable"
+        raise XmfastError(f"{argument('tensorboard', None)}: {there} {what}; give a directory where TensorBoard's "
+                          "logs can be written")
 
 
 def _summary_writer() -> Any:
     """torch's SummaryWriter class, or one error line saying how to install tensorboard."""
-    require()
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise XmfastError(MISSING) from None
+        raise _missing() from None
     return SummaryWriter
 
 
@@ -96,6 +107,7 @@ class TensorBoardLog:
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = Path(logdir)
+        require(self.logdir)
         self._writer_type = _summary_writer()
         self._writer: Any = None
         self._trainer: Any = None
@@ -103,7 +115,10 @@ class TensorBoardLog:
     def on_start(self, trainer: Any) -> None:
         self.close()
         self._trainer = trainer
-        self.logdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # made unwritable since the check, or a full disk
+            raise XmfastError(f"{self.logdir}: cannot write TensorBoard's log here ({e.strerror})") from None
         for old in self.logdir.glob(EVENTS):
             if old.is_file():
                 old.unlink()
