@@ -633,6 +633,7 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
         from xmfast.training.tensorboard import require
 
         require(tensorboard)  # before any stage starts (without importing torch here)
+        tensorboard = Path(tensorboard).absolute()  # the same directory for every worker
     # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
     check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=p.experiment.data.inputs)
     observer = observer or ExperimentObserver()
