@@ -613,7 +613,7 @@ class ExperimentResult:
 
 
 def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
-                   stop_after: int | None = None, jobs: int = 1) -> ExperimentResult:
+                   stop_after: int | None = None, jobs: int = 1, tensorboard: Path | None = None) -> ExperimentResult:
     """Executes the stages that are not cached, in dependency order. Interrupting it is safe:
     a re-run continues (an interrupted training resumes from its last checkpoint).
 
@@ -624,18 +624,26 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
 
     `stop_after` ends the first executed training stage after that many epochs, as a crash
     would (with `jobs` > 1: every training stage running then); tests use it to check that a
-    re-run continues."""
+    re-run continues.
+
+    `tensorboard` DIR: each training stage run now (not a cached one) also writes its curves and
+    hyper-parameters to DIR/<stage id> (see :mod:`xmfast.training.tensorboard`)."""
     from xmfast import outputs
     from xmfast._io import check_output
 
     check_jobs(jobs)
+    if tensorboard is not None:
+        from xmfast.training.tensorboard import require
+
+        require(tensorboard)  # before any stage starts (without importing torch here)
+        tensorboard = Path(tensorboard).absolute()  # the same directory for every worker
     # Only an experiment's own directory (or a fresh one) holds its stages, and never the data.
     check_output(p.experiment.out, outputs.EXPERIMENT_DIR, inputs=p.experiment.data.inputs)
     observer = observer or ExperimentObserver()
     actions = stage_actions(p)
     observer.on_plan(p, actions)
     if jobs > 1:
-        return ExperimentResult(p, actions, _run_parallel(p, actions, observer, jobs, stop_after))
+        return ExperimentResult(p, actions, _run_parallel(p, actions, observer, jobs, stop_after, tensorboard))
     by_id = p.by_id()
     todo = [s for s in p.stages if actions[s.id] != "cached"]
     seconds: dict[str, float] = {}
@@ -650,7 +658,7 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
         t0 = time.perf_counter()
         _record(p.experiment, stage, "started")
         finished = _execute(p.experiment, stage, actions[stage.id], by_id, observer.training_observer(stage),
-                            stop_after)
+                            stop_after, tensorboard)
         seconds[stage.id] = time.perf_counter() - t0
         if not finished:
             return ExperimentResult(p, actions, seconds)
@@ -677,7 +685,7 @@ def _record(exp: Experiment, stage: Stage, status: str, seconds: float | None = 
 
 
 def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Stage], train_observer: Any,
-             stop_after: int | None, *, validation_only: bool = False) -> bool:
+             stop_after: int | None, tensorboard: Path | None = None, *, validation_only: bool = False) -> bool:
     if stage.kind == "prepare":  # without torch: a worker process that only prepares never imports it
         from xmfast.prepare import KCore, PrepareConfig
         from xmfast.prepare import prepare as run_prepare
@@ -692,6 +700,10 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
     from xmfast.dataset import PreparedDataset
     from xmfast.models import config_from_dict
 
+    if tensorboard is not None:  # named by the stage, so a resumed stage continues its curves
+        from xmfast.training.tensorboard import with_tensorboard
+
+        train_observer = with_tensorboard(train_observer, Path(tensorboard) / stage.id)
     if action == "resume":
         return training.resume(stage.result_path, observer=train_observer, stop_after=stop_after) is not None
     assert stage.model is not None
@@ -810,7 +822,7 @@ def _heights(p: Plan) -> dict[str, int]:
 
 
 def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObserver, jobs: int,
-                  stop_after: int | None) -> dict[str, float]:
+                  stop_after: int | None, tensorboard: Path | None = None) -> dict[str, float]:
     """Runs the stages to do on up to `jobs` worker processes, each stage as soon as every stage
     it reads is finished. The parent alone writes the ledger; a worker writes only its stage's
     output (distinct directories), under the same run lock as a serial run. Threads are divided
@@ -904,7 +916,7 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                     needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
                     idle.stage, idle.started = ready, time.perf_counter()
                     try:
-                        idle.conn.send((exp, ready, actions[ready.id], needed, stop_after))
+                        idle.conn.send((exp, ready, actions[ready.id], needed, stop_after, tensorboard))
                     except OSError:  # it died idle: its end of file, heard next, says so
                         pass
                 busy = running()
@@ -966,13 +978,13 @@ def _worker_main() -> None:
         from xmfast import core
 
         while (task := conn.recv()) is not None:
-            exp, stage, action, by_id, stop_after = task
+            exp, stage, action, by_id, stop_after, tensorboard = task
             try:
                 if stage.kind != "prepare":  # (torch is imported on the first stage that trains)
                     import torch
 
                     torch.set_num_threads(int(os.environ["XMFAST_WORKER_THREADS"]))
-                finished = _execute(exp, stage, action, by_id, _Relay(send), stop_after)
+                finished = _execute(exp, stage, action, by_id, _Relay(send), stop_after, tensorboard)
             except (XmfastError, core.DataFormatError) as e:
                 send(("error", str(e)))
             except Exception:  # a bug: its traceback, for the parent to raise

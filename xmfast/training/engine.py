@@ -100,6 +100,7 @@ def train(
     observer: TrainObserver | None = None,
     stop_after: int | None = None,
     validation_only: bool = False,
+    tensorboard: Path | None = None,
 ) -> TrainResult | None:
     """Trains `model` on `dataset` into the run directory `out` (see :mod:`xmfast.runs`).
 
@@ -110,7 +111,10 @@ def train(
     Started by ``torchrun`` with more than one process, every process calls this and they train
     together (see :mod:`xmfast.training.distributed`); rank 0 writes the run, every rank returns its result.
     `validation_only` (a tuning trial) trains and validates but never scores the test split
-    and returns None."""
+    and returns None.
+
+    `tensorboard` DIR: the run's curves and hyper-parameters also go to DIR/<name of `out`> (see
+    :mod:`xmfast.training.tensorboard`; a model without training writes none)."""
     spec = get_model(model)
     config = config if config is not None else spec.train_config()
     distributed.init(config.device)
@@ -132,6 +136,7 @@ def train(
                           "(" + spelled("TrainConfig(sources=('de',)), or ('all',)", "--sources de, or all") + ")")
 
     resolve_device(config.device)  # a device this machine lacks is refused before the run directory exists
+    observer = _with_log(observer, tensorboard, Path(out), fine_tuned=False)  # tensorboard missing: refused here too
 
     def create() -> tuple[dict[str, Run], Run]:
         check_build(spec, Sizes(dataset.n_groups, dataset.n_items, len(dataset.markets)), model_config)
@@ -147,11 +152,13 @@ def train(
 
 
 def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainObserver | None = None,
-           stop_after: int | None = None, device: str | None = None) -> TrainResult | None:
+           stop_after: int | None = None, device: str | None = None,
+           tensorboard: Path | None = None) -> TrainResult | None:
     """Continues an interrupted run from its last checkpoint; it ends where an uninterrupted run
     with the same settings would. A run stopped before its first epoch ended starts from epoch 0,
     so `resume` continues every unfinished run. `device` overrides the run's (a run started on a
-    GPU continues on the CPU); it changes where the run trains, not its settings in run.json."""
+    GPU continues on the CPU); it changes where the run trains, not its settings in run.json.
+    `tensorboard` DIR continues the run's curves where :func:`train` (or :func:`finetune`) put them."""
     run = Run.open(run_path)
     if run.status == "finished":
         raise XmfastError(f"{run_path}: already finished; nothing to resume")
@@ -166,6 +173,7 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     if device is not None:
         config = replace(config, device=device)
     resolve_device(config.device)
+    observer = _with_log(observer, tensorboard, Path(run_path), fine_tuned="base" in run.info.get("pretrained", {}))
     distributed.init(config.device)
     pretrained = {name: Run.open(Path(p)) for name, p in run.info.get("pretrained", {}).items()}
     with distributed.writing(run):
@@ -180,6 +188,22 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
         return trainer.fit()
 
 
+
+
+def log_name(run_path: Path, *, fine_tuned: bool) -> str:
+    """A run's directory under ``--tensorboard DIR``: its own name, or for a fine-tuned run (one
+    of ``finetune``'s OUT/<market>) OUT's name and the market, so `resume` finds either again."""
+    path = Path(run_path).resolve()
+    return f"{path.parent.name}/{path.name}" if fine_tuned else path.name
+
+
+def _with_log(observer: Any, tensorboard: Path | None, run_path: Path, *, fine_tuned: bool) -> Any:
+    """`observer`, joined by a TensorBoard log of the run when `tensorboard` is given."""
+    if tensorboard is None:
+        return observer
+    from xmfast.training.tensorboard import with_tensorboard
+
+    return with_tensorboard(observer, Path(tensorboard) / log_name(run_path, fine_tuned=fine_tuned))
 
 
 def _train_baseline(dataset: PreparedDataset, out: Path, spec: Model, model_config: Any, config: TrainConfig,

@@ -13,7 +13,7 @@ from xmfast.models import Sizes, get_model, model_names
 from xmfast.models.schedule import TrainConfig
 from xmfast.runs import Run, for_market
 from xmfast.training import distributed
-from xmfast.training.engine import check_build, run_info, trainer_for
+from xmfast.training.engine import _with_log, check_build, run_info, trainer_for
 from xmfast.training.loop import TrainObserver, TrainResult, resolve_device
 
 
@@ -41,6 +41,7 @@ def finetune(
     observer: TrainObserver | None = None,
     stop_after: int | None = None,
     given: dict[str, Any] | None = None,
+    tensorboard: Path | None = None,
 ) -> dict[str, TrainResult | None]:
     """Fine-tunes a finished run on single markets with `model`, one run per market, `out/<market>`
     (FOREC forks a MAML or NMF++ run and fine-tunes a market head; ACMR continues its
@@ -51,7 +52,8 @@ def finetune(
     its target only. `model_config` None takes the settings from the base run (see the model's
     ``config_from_base``); `config` None means the model's fine-tuning defaults. `given` holds
     the settings the user named (nested plain values): one the base run decides otherwise is
-    an error, never ignored."""
+    an error, never ignored. `tensorboard` DIR: each run's curves and hyper-parameters also go to
+    DIR/<name of `out`>/<market> (see :mod:`xmfast.training.tensorboard`)."""
     spec = get_model(model)
     if not spec.fine_tunes:
         raise XmfastError(f"model {spec.name} is not made by fine-tuning (fine-tuned models: "
@@ -86,6 +88,7 @@ def finetune(
     inputs = [base_run.path, dataset.path]
     check_output(Path(out), outputs.FINETUNE_DIR, inputs=inputs)
     resolve_device(config.device)  # a device this machine lacks is refused before any run directory exists
+    logs = {m: _with_log(observer, tensorboard, Path(out) / m, fine_tuned=True) for m in dict.fromkeys(wanted)}  # before any run
     distributed.init(config.device)
     for market in dict.fromkeys(wanted):
         for_market(dataset, market).require_evaluated_users()  # before any run is created
@@ -96,7 +99,7 @@ def finetune(
             data, spec, model_config, config, {"base": base_run}), overwrite=overwrite, inputs=inputs))
         with distributed.writing(run):
             trainer = trainer_for(spec)(data, run, spec, model_config, config, pretrained={"base": base_run},
-                                          observer=observer, stop_after=stop_after)
+                                          observer=logs[market], stop_after=stop_after)
             results[market] = trainer.fit()  # None when stopped by `stop_after` (resumable)
     return results
 

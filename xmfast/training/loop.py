@@ -173,6 +173,9 @@ class TrainObserver:
     def on_batch(self, mean_loss: float | None, instances: int) -> None: ...
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
     def on_message(self, text: str) -> None: ...
+    def on_finish(self, result: TrainResult) -> None:
+        """The run finished and was evaluated (not called for one stopped or interrupted).
+        Optional: the trainer calls it only on observers that have it."""
 
 
 @dataclass
@@ -576,8 +579,13 @@ class Trainer:
                 self.run.save_info(status="validated")
             return None
         if self.world > 1:  # rank 0 evaluates and writes; every rank returns its results
-            return distributed.on_main(lambda: self.finish(stopped_early))
-        return self.finish(stopped_early)
+            result = distributed.on_main(lambda: self.finish(stopped_early))
+        else:
+            result = self.finish(stopped_early)
+        finished = getattr(self.observer, "on_finish", None)  # observers are duck-typed (the CLI's bars)
+        if finished is not None:
+            finished(result)
+        return result
 
     def finish(self, stopped_early: bool = False) -> TrainResult:
         """Evaluates the selected checkpoint on validation and test (target market) and writes

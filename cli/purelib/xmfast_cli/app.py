@@ -123,10 +123,10 @@ def _same_command() -> str:
     return _quoted("xmfast", *_ARGV) if _ARGV else "the same command"
 
 
-def _run_interrupted(path: Path, start: str) -> str:
+def _run_interrupted(path: Path, start: str, tensorboard: Optional[Path] = None) -> str:
     """What a Ctrl-C left of the run at `path`, and the command that continues it: `train
     --resume` for any unfinished run (one stopped before its first epoch ended starts from epoch
-    0), `start` when no run was created."""
+    0), `start` when no run was created. With `tensorboard`, the resume logs there too."""
     from xmfast.runs import Run
 
     try:
@@ -136,11 +136,11 @@ def _run_interrupted(path: Path, start: str) -> str:
     if run.status == "finished":
         return f"run {path} is finished; nothing to continue"
     done, epochs = run.last_epoch(), run.info["train_config"].get("epochs")
+    again = _quoted('xmfast', 'train', '--resume', path, *(["--tensorboard", tensorboard] if tensorboard else []))
     if done:
         return (f"run {path} interrupted after epoch {done} of {epochs}; its checkpoint is saved; continue it "
-                f"with {_quoted('xmfast', 'train', '--resume', path)}")
-    return (f"run {path} interrupted before its first epoch ended; start it (from epoch 0) with "
-            f"{_quoted('xmfast', 'train', '--resume', path)}")
+                f"with {again}")
+    return f"run {path} interrupted before its first epoch ended; start it (from epoch 0) with {again}"
 
 
 def _say_interrupted(message: str) -> None:
@@ -902,6 +902,9 @@ def train(
                                      "epoch had finished) with its saved settings; other options but --device are ignored.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        help="Also write the per-epoch loss, validation metrics and epoch time, and at the end the settings "
+             "with the final metrics, to DIR/<run name> for TensorBoard (`tensorboard --logdir DIR`).")] = None,
 ) -> None:
     """Train a model (or fit a baseline) into a run directory: config, checkpoints, per-epoch metrics, results.
 
@@ -920,8 +923,10 @@ def train(
             raise XmfastError("--resume continues a run with its saved settings; give only the run directory")
         if ctx.args:
             raise XmfastError(f"{ctx.args[0]}: --resume continues a run with its saved settings; give no other settings")
-        with _on_interrupt(lambda: _run_interrupted(resume, _same_command())), TrainProgress() as observer:
-            result = training.resume(resume, dataset_path=dataset, observer=observer, device=device)
+        with _on_interrupt(lambda: _run_interrupted(resume, _same_command(), tensorboard)), \
+                TrainProgress() as observer:
+            result = training.resume(resume, dataset_path=dataset, observer=observer, device=device,
+                                     tensorboard=tensorboard)
         assert result is not None
         if is_main():  # under torchrun every rank returns the result; rank 0 prints it
             show(train_summary(result))
@@ -956,9 +961,9 @@ def train(
         source=str(config_file),
     )
     data = PreparedDataset.load(dataset)
-    with _on_interrupt(lambda: _run_interrupted(out, _same_command())), TrainProgress() as observer:
+    with _on_interrupt(lambda: _run_interrupted(out, _same_command(), tensorboard)), TrainProgress() as observer:
         result = training.train(data, out, name, model_config, config, pretrained=given, overwrite=overwrite,
-                                observer=observer)
+                                observer=observer, tensorboard=tensorboard)
     assert result is not None
     if is_main():
         show(train_summary(result))
@@ -1002,6 +1007,9 @@ def finetune(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head's initialisation, negatives and shuffling (42).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing fine-tuned runs.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        help="Also write each run's curves and, at the end, its settings with the final metrics to "
+             "DIR/<OUT's name>/<market> for TensorBoard (`tensorboard --logdir DIR`).")] = None,
 ) -> None:
     """Fine-tune a trained run per market: FOREC forks a meta-learned NMF and adds a market head; ACMR continues its pre-training on the target.
 
@@ -1024,13 +1032,14 @@ def finetune(
     def interrupted() -> str:
         options = {"--model": spec.name, "--epochs": epochs, "--lr": lr, "--l2": l2, "--patience": patience,
                    "--batch-size": batch_size, "--select": select, "--recipe": recipe, "--seed": seed,
-                   "--device": device}
+                   "--device": device, "--tensorboard": tensorboard}
         return _finetune_interrupted(run, out, _split_list(markets),
-                                     [w for o, v in options.items() if v is not None for w in (o, v)] + list(ctx.args))
+                                     [w for o, v in options.items() if v is not None for w in (o, v)] + list(ctx.args),
+                                     tensorboard)
 
     with _on_interrupt(interrupted), TrainProgress() as observer:
         results = training.finetune(run, out, _split_list(markets) or None, model_config, config, model=spec.name,
-                                    overwrite=overwrite, observer=observer, given=settings)
+                                    overwrite=overwrite, observer=observer, given=settings, tensorboard=tensorboard)
     for result in results.values():
         if result is not None and is_main():
             show(train_summary(result))
@@ -1045,7 +1054,8 @@ def _finished(path: Path) -> bool:
         return False
 
 
-def _finetune_interrupted(base: Path, out: Path, markets: list[str], options: list[Any]) -> str:
+def _finetune_interrupted(base: Path, out: Path, markets: list[str], options: list[Any],
+                          tensorboard: Optional[Path] = None) -> str:
     """What a Ctrl-C left of `finetune`'s runs (one per market, in order) and the commands that
     continue: `train --resume` for the one it stopped in, `finetune --markets` for those not begun."""
     from xmfast.runs import Run
@@ -1060,7 +1070,7 @@ def _finetune_interrupted(base: Path, out: Path, markets: list[str], options: li
     if not begun:
         return (f"{', '.join(done) or 'no market'} fine-tuned in {out}; fine-tune "
                 f"{', '.join(rest)} with {start}")
-    told = _run_interrupted(out / begun[0], start)
+    told = _run_interrupted(out / begun[0], start, tensorboard)
     return told + (f"; then fine-tune {', '.join(rest)} with {start}" if rest else "")
 
 
@@ -1118,6 +1128,9 @@ def run_experiment(
                                       "among them and each gets a GPU in turn (same results as one at a time).")] = 1,
     use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Train with the values `xmfast tune` chose for each "
                                             "(model, target) (OUT/tune/summary.json).")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        help="Also write each training stage's curves and, at the end, its settings with the final metrics to "
+             "DIR/<stage id> for TensorBoard (`tensorboard --logdir DIR`); cached stages write nothing.")] = None,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
     import time
@@ -1139,11 +1152,12 @@ def run_experiment(
         return
     again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
                     *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []),
-                    *(["--use-tuned"] if use_tuned else []))
+                    *(["--use-tuned"] if use_tuned else []),
+                    *(["--tensorboard", tensorboard] if tensorboard is not None else []))
     observer = ExperimentProgress() if jobs == 1 else StagesProgress()
     t0 = time.perf_counter()
     with _on_interrupt(lambda: observer.interrupted(again)), observer:
-        result = xp.run_experiment(plan, observer=observer, jobs=jobs)
+        result = xp.run_experiment(plan, observer=observer, jobs=jobs, tensorboard=tensorboard)
     ran = len(result.executed)
     took = (f"{sum(result.seconds.values()):.0f} s" if jobs == 1 else
             f"{time.perf_counter() - t0:.0f} s, up to {jobs} at once")
