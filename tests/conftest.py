@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT / "data" / "sample"
 XMARKET_DIR = ROOT.parent / "shared" / "xmarket"
 MARKETS_7 = ["ca", "de", "fr", "in", "jp", "mx", "uk"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`pytest -n auto`, as CI runs the suite), each worker's torch, and the
+    commands its tests start, get the worker's share of the cores: torch would otherwise start
+    as many threads as the machine has cores in every worker, and N workers' tiny models would
+    fight over the same cores. A serial run, and an explicit OMP_NUM_THREADS, are left alone."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // int(workers)))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+    if "torch" in sys.modules:  # imported by a plugin already: it has read the variables
+        sys.modules["torch"].set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")
