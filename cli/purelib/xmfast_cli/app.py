@@ -1197,7 +1197,7 @@ def tune_experiment(
     for s in studies.values():
         best = s.get("best")
         t = s["trials"]
-        chosen = ", ".join(f"{k} {v}" for k, v in {**best["train"], **best["model"]}.items()) if best else "none"
+        chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in {**best["train"], **best["model"]}.items()) if best else "none"
         console.print(f"[bold]{s['entry']}@{s['target']}[/]: {t['complete']} complete, {t['pruned']} pruned, "
                       f"{t['failed']} failed; chosen {chosen}" + (f" (valid {s['monitor']} {best['value']:.4f})"
                                                                    if best else ""), highlight=False)

@@ -18,8 +18,8 @@
 
 use crate::error::{Error, Result};
 use crate::parse::{
-    bad_market_message, merge_chunks, no_ratings, parse_date, parse_lines, text_body, valid_market_name, Chunk,
-    ChunkError, LocalInterner, Ratings, BOM_INSIDE, UTF8_BOM,
+    bad_market_message, each_line, merge_chunks, no_ratings, parse_date, parse_lines, text_body, valid_market_name,
+    Chunk, ChunkError, LocalInterner, Ratings,
 };
 use std::borrow::Cow;
 use std::path::Path;
@@ -211,27 +211,11 @@ fn parse_chunk<'a>(text: &'a [u8], base: usize, delim: u8, lay: &Layout) -> std:
     if lay.market.is_some() {
         c.market.reserve(est);
     }
-    let bom_at = memchr::memmem::find(text, UTF8_BOM);
     // Lines of a chunk without a quote are split only as far as the mapped columns; with one,
     // whole lines, so that a quote left open in any column is an error on its own line.
     let want = if memchr::memchr(b'"', text).is_some() { usize::MAX } else { lay.need };
     let mut fields: Vec<Cow<'a, [u8]>> = Vec::with_capacity(lay.need + 1);
-    let mut pos = 0;
-    while pos < text.len() {
-        let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
-        let mut line = &text[pos..end];
-        let line_start = base + pos;
-        let fail = |message: String| ChunkError { line_start, message };
-        if bom_at.is_some_and(|b| b < end) {
-            return Err(fail(BOM_INSIDE.into()));
-        }
-        pos = end + 1;
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    each_line(text, base, |b| b.is_ascii_whitespace(), |line, fail| {
         split_line(line, delim, want, &mut fields).map_err(fail)?;
         if fields.len() < lay.need {
             return Err(fail(format!(
@@ -270,7 +254,8 @@ fn parse_chunk<'a>(text: &'a [u8], base: usize, delim: u8, lay: &Layout) -> std:
         c.item.push(items.intern(it));
         c.rating.push(r);
         c.day.push(d);
-    }
+        Ok(())
+    })?;
     c.user_keys = users.keys;
     c.item_keys = items.keys;
     c.market_keys = markets.keys;
@@ -327,7 +312,7 @@ pub fn parse_bytes(market: Option<&str>, name: &str, text: &[u8], spec: &Delimit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::{read_inputs, Content, Input};
+    use crate::parse::{read_inputs, Content, Input, BOM_INSIDE};
     use std::io::Write;
 
     fn names(v: &[&str]) -> Vec<String> {

@@ -341,24 +341,7 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<&str>, Chu
     let mut users = LocalInterner::new(est / 4);
     let mut items = LocalInterner::new(est / 4);
     let mut c = Chunk::with_capacity(est);
-    // One SIMD scan per chunk instead of a test per field: the first mark's line fails below.
-    let bom_at = memchr::memmem::find(text, UTF8_BOM);
-    let mut pos = 0;
-    while pos < text.len() {
-        let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
-        let mut line = &text[pos..end];
-        let line_start = base + pos;
-        let fail = |message: String| ChunkError { line_start, message };
-        if bom_at.is_some_and(|b| b < end) {
-            return Err(fail(BOM_INSIDE.into()));
-        }
-        pos = end + 1;
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        if line.iter().all(|&b| is_sep(b)) {
-            continue; // blank lines carry nothing and are skipped
-        }
+    each_line(text, base, is_sep, |line, fail| {
         let (f, n) = split_fields(line);
         if n != 4 {
             return Err(fail(describe_column_error(line, n)));
@@ -385,10 +368,42 @@ fn parse_chunk(text: &[u8], base: usize) -> std::result::Result<Chunk<&str>, Chu
         c.item.push(items.intern(it));
         c.rating.push(r);
         c.day.push(d);
-    }
+        Ok(())
+    })?;
     c.user_keys = users.keys;
     c.item_keys = items.keys;
     Ok(c)
+}
+
+/// Calls `row(line, fail)` for each line of a chunk (`base`: the chunk's offset in the file)
+/// that is not blank (`blank` for every byte), its `\n` and any `\r` before it removed; `fail`
+/// makes that line's error. A byte-order mark inside the chunk fails its line: one SIMD scan
+/// per chunk instead of a test per field (a mark there means files joined with `cat`).
+#[inline]
+pub(crate) fn each_line<'a>(
+    text: &'a [u8],
+    base: usize,
+    blank: impl Fn(u8) -> bool,
+    mut row: impl FnMut(&'a [u8], &dyn Fn(String) -> ChunkError) -> std::result::Result<(), ChunkError>,
+) -> std::result::Result<(), ChunkError> {
+    let bom_at = memchr::memmem::find(text, UTF8_BOM);
+    let mut pos = 0;
+    while pos < text.len() {
+        let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
+        let line = &text[pos..end];
+        let line_start = base + pos;
+        let fail = |message: String| ChunkError { line_start, message };
+        if bom_at.is_some_and(|b| b < end) {
+            return Err(fail(BOM_INSIDE.into()));
+        }
+        pos = end + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(|&b| blank(b)) {
+            continue; // blank lines carry nothing and are skipped
+        }
+        row(line, &fail)?;
+    }
+    Ok(())
 }
 
 /// Splits `text` into about `parts` pieces that end on line boundaries.
