@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from xmfast_cli.app import app
 
-pytest.importorskip("tensorboard")
+import tensorboard  # noqa: E402,F401 - the test extra installs it: a missing one must fail here, not skip
 
 
 def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:

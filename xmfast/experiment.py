@@ -38,6 +38,7 @@ from its last checkpoint, and re-runs exactly the stages downstream of a changed
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -796,10 +797,8 @@ class _Worker:
         would leave it: resumable)."""
         import subprocess
 
-        try:
+        with contextlib.suppress(OSError):  # already gone: the wait below says so
             self.conn.send(None)
-        except OSError:
-            pass
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -886,8 +885,8 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
             stop(XmfastError(message[1]))
         elif message[0] == "crash":
             stop(RuntimeError(f"stage {stage.id} failed in its worker process:\n{message[1]}"))
-        elif w.stopped:  # "interrupted", or gone: the stage is left resumable; its ledger says "started"
-            pass
+        elif w.stopped:  # "interrupted", or gone, after we stopped it: resumable, its ledger says "started"
+            return
         elif message[0] == "interrupted":  # Ctrl-C that reached the worker alone: as if it reached us
             stop(KeyboardInterrupt())
         else:
@@ -915,10 +914,8 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                     _record(exp, ready, "started")
                     needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
                     idle.stage, idle.started = ready, time.perf_counter()
-                    try:
+                    with contextlib.suppress(OSError):  # it died idle: its end of file, heard next, says so
                         idle.conn.send((exp, ready, actions[ready.id], needed, stop_after, tensorboard))
-                    except OSError:  # it died idle: its end of file, heard next, says so
-                        pass
                 busy = running()
                 if not busy:
                     break
@@ -993,12 +990,10 @@ def _worker_main() -> None:
                 send(("done", finished))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with contextlib.suppress(OSError):  # the parent may be gone already
             send(("interrupted",))
-        except OSError:
-            pass
-    except (EOFError, OSError):  # the parent is gone
-        pass
+    except (EOFError, OSError):  # the parent is gone: nothing to report to
+        return
 
 
 class _Relay:

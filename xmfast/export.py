@@ -38,12 +38,12 @@ from xmfast import core, outputs
 from xmfast._io import atomic_directory, check_output, digest_file, digest_json, read_descriptor, write_json
 from xmfast._trec_format import query_id
 from xmfast.dataset import HeldOut, PreparedDataset, _fingerprinted
+from xmfast.ratings import require_pyarrow
 from xmfast.errors import DataError, XmfastError
 
 FORMATS: tuple[str, ...] = ("recbole", "csv", "parquet")
 SIDECAR = outputs.EXPORT_SIDECAR
 SIDECAR_VERSION = 1
-PARQUET_INSTALL = 'pip install "xmfast[parquet]"'
 DAY_SECONDS = 86400
 PARTS: tuple[str, ...] = ("train", "valid", "test")
 HELD: tuple[str, ...] = ("valid", "test")
@@ -72,15 +72,6 @@ def header(fmt: str, columns: Sequence[str]) -> list[str]:
     if fmt != "recbole":
         return list(columns)
     return [RECBOLE_FIELDS[c] for c in RECBOLE_ORDER if c in columns]
-
-
-def _pyarrow(what: str) -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise XmfastError(f"{what} needs pyarrow, which is not installed: {PARQUET_INSTALL}") from None
-    return pyarrow
 
 
 @contextlib.contextmanager
@@ -148,7 +139,7 @@ def _write_text(path: Path, fmt: str, table: dict[str, np.ndarray]) -> None:
 
 
 def _write_parquet(path: Path, table: dict[str, np.ndarray]) -> None:
-    pa = _pyarrow("--format parquet")
+    pa = require_pyarrow("--format parquet")
     types = {"market": pa.string(), "user": pa.string(), "item": pa.string(), "rating": pa.float32(),
              "timestamp": pa.int64(), "label": pa.int8()}
     pa.parquet.write_table(pa.table({c: pa.array(v.tolist() if v.dtype == object else v, type=types[c])
@@ -164,7 +155,7 @@ def export_dataset(dataset: Path, out: Path, fmt: str = "recbole", *, overwrite:
     dataset, out = Path(dataset), Path(out)
     check_output(out, outputs.EXPORT_DIR, inputs=[dataset], overwrite=overwrite)  # before any work
     if fmt == "parquet":
-        _pyarrow("--format parquet")
+        require_pyarrow("--format parquet")
     ds = PreparedDataset.load(dataset)
     if fmt == "recbole":
         _check_tokens(ds)
@@ -332,7 +323,7 @@ def _read_text(path: Path, fmt: str, columns: Sequence[str]) -> _Table:
 
 
 def _read_parquet(path: Path, columns: Sequence[str]) -> _Table:
-    pa = _pyarrow(f"{path}: reading Parquet")
+    pa = require_pyarrow(f"{path}: reading Parquet")
     if not path.is_file():
         raise DataError(f"{path}: missing from the export (its {SIDECAR} lists it); export the dataset again")
     try:

@@ -229,15 +229,26 @@ def read_ratings(sources: Sequence[Source]) -> Ratings:
     )
 
 
+PARQUET_INSTALL = 'pip install "xmfast[parquet]"'
+
+
+def require_pyarrow(what: str) -> Any:
+    """pyarrow (with its Parquet module), or a DataError saying `what` needs it and how to get it:
+    Parquet is an optional extra, read and written only through pyarrow."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise DataError(f"{what} needs pyarrow: {PARQUET_INSTALL}") from None
+    return pyarrow
+
+
 def _parquet_input(market: str | None, path: Path, columns: Columns) -> dict[str, Any]:
     """Reads the mapped columns of a Parquet file with pyarrow, as the core's input dict: strings
     as Arrow's buffers (borrowed, not copied), times as days (or text the core parses)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f'{path}: reading Parquet needs pyarrow: pip install "xmfast[parquet]"') from None
+    pa = require_pyarrow(f"{path}: reading Parquet")
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     try:
         names = pq.read_schema(path).names
         where = core.map_columns(names, columns._spec(), market is not None)
