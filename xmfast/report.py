@@ -26,6 +26,7 @@ import numpy as np
 from xmfast._io import digest_json, sweep_leftovers, write_json_atomic, write_text_atomic
 from xmfast.compare import ALPHA, CORRECTION, MARK, PairedTest, adjust, paired_t_test
 from xmfast.errors import XmfastError, argument
+from xmfast.leaderboard import Board, boards_records, build_boards, render_boards
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -526,6 +527,11 @@ def _significance(section: Section, reference: str) -> None:
         row.vs_baseline = t
 
 
+def leaderboards(report: Report) -> list[Board]:
+    """The report's leaderboards (xmfast.leaderboard): one per protocol with several markets."""
+    return build_boards(report, TEST_METRIC, _is_baseline)
+
+
 # ---- writing -------------------------------------------------------------------------------------
 def _cell(row: Row, metric: str, best: bool) -> str:
     text = f"{row.mean[metric]:.4f}"
@@ -600,6 +606,7 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
         "setting and reference.",
         "",
     ]
+    lines += render_boards(leaderboards(report))
     for s in report.sections:
         lines += [f"## {s.target} (protocol {s.protocol}, dataset {s.fingerprint[:12]}, {s.users:,} test users)", ""]
         head = ["model", "sources", "seeds", *(m.upper().replace("NDCG", "NDCG").replace("HR", "HR") for m in report.metrics),
@@ -843,11 +850,12 @@ def write_report(report: Report, out: Path, *, title: str = "xmfast report", pre
     for rec in records:
         writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
     write_text_atomic(out.with_suffix(".csv"), buffer.getvalue())
-    write_json_atomic(out.with_suffix(".json"), {"format": outputs.REPORT_FORMAT, "rows": records})
+    write_json_atomic(out.with_suffix(".json"), {"format": outputs.REPORT_FORMAT, "rows": records,
+                                                   "leaderboards": boards_records(leaderboards(report))})
     write_text_atomic(out, outputs.REPORT_MARKER + "\n" + render_markdown(report, title=title, preface=preface, plots=made))
     return out
 
 
 __all__ = ["PairedTest", "PublishedFigure", "Report", "RunRecord", "build_report", "collect_runs", "figure_matches",
-           "paired_t_test", "published_notes", "read_published", "render_markdown", "report_records",
+           "leaderboards", "paired_t_test", "published_notes", "read_published", "render_markdown", "report_records",
            "settings_legend", "significance_note", "write_report"]

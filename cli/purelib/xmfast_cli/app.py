@@ -1269,8 +1269,8 @@ def report(
     ] = None,
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
-    from xmfast.report import build_report, collect_runs, read_published, write_report
-    from xmfast_cli.render import console, report_notes, report_table, show
+    from xmfast.report import build_report, collect_runs, leaderboards, read_published, write_report
+    from xmfast_cli.render import console, leaderboard_tables, report_notes, report_table, show
 
     text = ""
     if preface is not None:
@@ -1283,7 +1283,7 @@ def report(
     built = build_report(collect_runs(runs), published=read_published(published) if published else None,
                          **({"reference": reference} if reference else {}))
     path = write_report(built, out, title=title, preface=text, plots=plots, inputs=[*runs, preface, published])
-    show(*report_table(built))
+    show(*leaderboard_tables(leaderboards(built)), *report_table(built))
     for line in report_notes(built):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {path} ({path.with_suffix('.csv').name}, {path.with_suffix('.json').name}"

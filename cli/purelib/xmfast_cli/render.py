@@ -571,6 +571,36 @@ def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
     return tables
 
 
+def leaderboard_tables(boards) -> list[Grid]:  # noqa: ANN001 - xmfast.leaderboard.Board
+    """Each leaderboard for the terminal: the mean per market, bold where best, † on the market's
+    best baseline and +✱ / −✱ where significantly above / below it (the markdown has the differences)."""
+    from rich.markup import escape
+
+    from xmfast.compare import MARK
+    from xmfast.leaderboard import BEST_BASELINE
+
+    tables = []
+    for b in boards:
+        t = Grid(f"leaderboard, protocol {b.protocol} (test {b.metric})", ["model", *b.columns, f"{MARK} wins"])
+        for r in b.rows:
+            cells = []
+            for c in b.columns:
+                cell = r.cells.get(c)
+                if cell is None:
+                    cells.append("–")
+                    continue
+                text = f"{cell.mean:.4f}"
+                text = f"[bold]{text}[/]" if cell.best else text
+                sign = "+" if (cell.diff or 0) > 0 else "−"
+                mark = BEST_BASELINE if cell.best_baseline else (sign + MARK if cell.significant else "")
+                cells.append(text + (f" {mark}" if mark else ""))
+            t.add_row(escape(r.name), *cells, "–" if r.baseline else f"{r.wins()}/{len(r.cells)}")
+        t.note = (f"{BEST_BASELINE} the market's best baseline; +{MARK} / −{MARK} significantly above / below it "
+                  f"(Holm); {MARK} wins: markets significantly above it")
+        tables.append(t)
+    return tables
+
+
 def report_notes(report) -> list[str]:  # noqa: ANN001 - xmfast.report.Report
     """Lines under the report's tables: what the mark means, how rows of one model differ."""
     from xmfast.compare import footnote
