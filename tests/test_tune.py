@@ -48,6 +48,8 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     real_execute = tuning._execute
 
     def crashing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the 4th trial dies after its first epoch
+        if args[1].path.name == "default":  # the default configuration's run, before the trials
+            return real_execute(*args, **kwargs)
         trained.append(args[1].path.name)
         if len(trained) == 4:
             def crash(record: dict) -> None:
@@ -82,14 +84,17 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     # the test split was never scored, and no trial has a test.json (or results.json)
     assert scored == [] and "test" not in scored
     assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
-    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 9  # the 8 counted trials and the crashed one
+    # the 8 counted trials, the crashed one and the default configuration's run
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 10
 
     best = summary["best"]
     assert best["value"] == study.best_value and set(best["train"]) == {"lr"} and set(best["model"]) == {"embedding_dim"}
-    # the default config, same seed, trained by the grid: the chosen values beat it on validation
+    # the default config, trained once by the search (validation only) as the grid trains it (same
+    # seed): its value is the grid run's, and the chosen values beat it on validation
     run_experiment(plan(exp))
     default = json.loads((exp.out / "in" / "single" / "s1" / "gmf" / "results.json").read_text())
-    assert best["value"] > default["valid"]["ndcg@10"]
+    assert summary["default"]["value"] == pytest.approx(default["valid"]["ndcg@10"], abs=1e-12)
+    assert best["value"] > default["valid"]["ndcg@10"] and summary["chosen"] == "tuned"
     # the grid with the chosen values: a stage of another key, trained with them
     tuned = tuning.tuned_plan(exp)
     stage = next(s for s in tuned.stages if s.model == "gmf")
@@ -100,9 +105,11 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     assert info["model_config"]["embedding_dim"] == best["model"]["embedding_dim"]
     results = json.loads((stage.path / "results.json").read_text())
     assert results["valid"]["ndcg@10"] == pytest.approx(best["value"], abs=1e-12)  # the trial, re-made by the grid
-    text = tuning.summary_markdown(exp)
+    text = tuning.summary_markdown(exp.out)
     assert "lr [0.01, 0.2] log" in text and f"{states.count('COMPLETE')} / {states.count('PRUNED')} / 2" in text
     assert f"lr {best['train']['lr']:.4g}" in text
+    gain = best["value"] - summary["default"]["value"]
+    assert f"| {best['value']:.4f} | {summary['default']['value']:.4f} | {gain:+.4f} |" in text
 
 
 @pytest.mark.parametrize(("extra", "message"), [
