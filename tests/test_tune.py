@@ -110,6 +110,10 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     assert f"lr {best['train']['lr']:.4g}" in text
     gain = best["value"] - summary["default"]["value"]
     assert f"| {best['value']:.4f} | {summary['default']['value']:.4f} | {gain:+.4f} |" in text
+    # `xmfast report OUT` of the tuned experiment's output has the same tuning section
+    result = CliRunner().invoke(app, ["report", str(exp.out), "-o", str(tmp_path / "r.md"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert text.strip() in (tmp_path / "r.md").read_text()
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -146,3 +150,102 @@ def test_without_optuna_is_one_error_line(tmp_path: Path, sample_dir: Path, monk
     result = CliRunner().invoke(app, ["tune", str(experiment(tmp_path, sample_dir))])
     assert result.exit_code == 2 and result.output.strip() == \
         'error: hyper-parameter search needs Optuna: pip install "xmfast[tune]"', result.output
+
+
+def _study_states(exp) -> list[str]:  # noqa: ANN001
+    import optuna
+
+    study = optuna.load_study(study_name="gmf@in", storage=tuning._storage(tuning.tune_dir(exp)))
+    return [t.state.name for t in study.trials]
+
+
+def test_parallel_trials_keep_budget_and_default_that_beats_every_trial(tmp_path: Path, sample_dir: Path) -> None:
+    """`--jobs 2`: two worker processes share the study and together run exactly the budget; the
+    ranges hold only learning rates too small to learn, so the default configuration beats every
+    trial: said in one line, and `--use-tuned` keeps the default settings."""
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 3").replace(
+        "lr = {low = 0.01, high = 0.2, log = true}", "lr = {low = 1e-7, high = 2e-7, log = true}"))
+    result = CliRunner().invoke(app, ["tune", str(file), "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    exp = read_experiment(file)
+    states = _study_states(exp)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and len(states) == 3
+    summary = tuning.read_summary(exp.out)["gmf@in"]
+    assert summary["chosen"] == "default" and summary["default"]["value"] > summary["best"]["value"]
+    line = tuning.default_won(summary)
+    assert line.startswith("gmf on in: the default configuration") and "--use-tuned` keeps the default" in line
+    assert line in " ".join(result.output.split()) and line in tuning.summary_markdown(exp.out)
+    assert [s.key for s in tuning.tuned_plan(exp).stages] == [s.key for s in plan(exp).stages]
+    # no worker scored the test split: no trial (nor the default run) has a test.json or results.json
+    assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 4
+
+
+def test_dask_tasks_share_the_study_and_never_score_test(tmp_path: Path, sample_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """`--executor dask`: the same trial worker as Dask tasks, on a cluster started here in this
+    process (threads), so the spy sees every split any task scores."""
+    from distributed import LocalCluster
+
+    import xmfast.evaluation as evaluation
+
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 3"))
+    scored = []
+    real_scorer = evaluation.evaluate_scorer
+    monkeypatch.setattr(evaluation, "evaluate_scorer", lambda d, split, *a, **k: scored.append(split)
+                        or real_scorer(d, split, *a, **k))
+    exp = read_experiment(file)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
+        summary = tuning.tune(exp, address=cluster.scheduler_address, jobs=2)["gmf@in"]
+    states = _study_states(exp)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and len(states) == 3
+    assert summary["trials"]["complete"] == states.count("COMPLETE") and "value" in summary["default"]
+    assert scored == []
+    result = CliRunner().invoke(app, ["tune", str(file), "--executor", "dask"])
+    assert result.exit_code == 2 and "--executor dask needs --address HOST:PORT" in result.output
+
+
+def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> None:
+    """A real kill: `xmfast tune` in a process of its own, SIGKILLed while a trial runs; the next
+    `xmfast tune` marks that trial failed and completes exactly the budget."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 3"))
+    exp = read_experiment(file)
+    proc = subprocess.Popen([sys.executable, "-c", "from xmfast_cli.app import main; main()", "tune", str(file)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (tuning.tune_dir(exp) / "tune.db").is_file():
+            try:
+                running = _running_trials(exp)
+            except (KeyError, optuna.exceptions.OptunaError, Exception):  # noqa: BLE001 - not created yet
+                running = []
+            if running:
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0]
+    proc.wait()
+    assert killed is not None, "the search ended before a trial was seen running"
+    result = CliRunner().invoke(app, ["tune", str(file)])
+    assert result.exit_code == 0, result.output
+    states = _study_states(exp)
+    assert states[killed] == "FAIL" and states.count("FAIL") == 1
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2
+
+
+def _running_trials(exp) -> list[int]:  # noqa: ANN001
+    import optuna
+
+    study = optuna.load_study(study_name="gmf@in", storage=tuning._storage(tuning.tune_dir(exp)))
+    return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
