@@ -26,9 +26,18 @@ its run would select (best epoch, or last with ``select = "last"``).
 
 The study lives in ``OUT/tune/tune.db`` (SQLite), one study per (model, target): an
 interrupted search continues; a trial left running by a killed process is marked failed and
-does not count toward the budget. ``OUT/tune/summary.json`` holds each study's ranges, trial
-counts and chosen values; ``xmfast run EXP --use-tuned`` trains the grid with them
-(:func:`tuned_plan`), and the experiment's report lists them.
+does not count toward the budget. Before its trials each study trains the default
+configuration (the experiment's own settings) once, the same way, for the value the search is
+measured against. ``OUT/tune/summary.json`` holds each study's ranges, trial counts, chosen
+values and the default's value; ``xmfast run EXP --use-tuned`` trains the grid with the chosen
+values (:func:`tuned_plan`), or with the default settings where the default beat every trial,
+and a report of the experiment's output lists them (:func:`summary_markdown`).
+
+Trials run one at a time, or N at once (``--jobs N``: worker processes; ``--executor dask``:
+Dask tasks), every worker running :func:`_trials` on the shared study, Optuna's pattern for a
+parallel search. A parallel search is not bit-identical to a serial one: TPE proposes each trial
+from the trials finished when it starts (running ones count as bad, the constant liar), so the
+values drawn depend on which trials end first.
 """
 
 from __future__ import annotations
