@@ -216,10 +216,8 @@ def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> No
     import sys
     import time
 
-    import optuna
-
     file = experiment(tmp_path, sample_dir)
-    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 3"))
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2"))
     exp = read_experiment(file)
     proc = subprocess.Popen([sys.executable, "-c", "from xmfast_cli.app import main; main()", "tune", str(file)],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
@@ -230,7 +228,7 @@ def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> No
         if (tuning.tune_dir(exp) / "tune.db").is_file():
             try:
                 running = _running_trials(exp)
-            except (KeyError, optuna.exceptions.OptunaError, Exception):  # noqa: BLE001 - not created yet
+            except Exception:  # noqa: BLE001 - the study is not made yet (no such study, no tables)
                 running = []
             if running:
                 proc.send_signal(signal.SIGKILL)

@@ -395,8 +395,8 @@ def _trials(task: _Task, worker: int = 0, *, threads: int | None = None,
         while True:
             fcntl.flock(ask_lock, fcntl.LOCK_EX)
             try:
-                if ((task.spec.trials is not None and len(study.get_trials(deepcopy=False, states=taken)) >= task.spec.trials)
-                        or (task.deadline is not None and time.time() >= task.deadline) or (stopped and stopped())):
+                spent = task.spec.trials is not None and len(study.get_trials(deepcopy=False, states=taken)) >= task.spec.trials
+                if spent or (task.deadline is not None and time.time() >= task.deadline) or (stopped and stopped()):
                     return
                 trial = study.ask()
             finally:
@@ -475,9 +475,9 @@ def _local_workers(task: _Task, lock: Any, poll: Callable[[], None]) -> None:
     gpus = _gpus(task.exp.device)
     procs = []
     for k in range(task.jobs):
-        proc = subprocess.Popen([sys.executable, "-c", _TRIALS_CODE], env=worker_env(threads, gpus[k % len(gpus)] if gpus else None),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-                                pass_fds=[lock.fileno()])
+        env = worker_env(threads, gpus[k % len(gpus)] if gpus else None)
+        proc = subprocess.Popen([sys.executable, "-c", _TRIALS_CODE], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True, pass_fds=[lock.fileno()])
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps((task, k)))
         proc.stdin.close()
@@ -502,11 +502,7 @@ def _local_workers(task: _Task, lock: Any, poll: Callable[[], None]) -> None:
                     data = p.stdout.read()
                     outcomes[k] = pickle.loads(data) if data else ("died", str(p.returncode))
                     if outcomes[k][0] != "ok" and failure is None:
-                        kind, *detail = outcomes[k]
-                        failure = (XmfastError(detail[0]) if kind == "error" else KeyboardInterrupt() if kind == "interrupted"
-                                   else RuntimeError(f"a trial worker failed:\n{detail[0]}") if kind == "crash" else
-                                   XmfastError(f"a trial worker process ended unexpectedly (exit status {detail[0]}); "
-                                               "run `xmfast tune` again to continue"))
+                        failure = _raised(outcomes[k])
                         stop()
         except KeyboardInterrupt:
             failure = failure or KeyboardInterrupt()
@@ -525,6 +521,19 @@ def _local_workers(task: _Task, lock: Any, poll: Callable[[], None]) -> None:
     poll()
     if failure is not None:
         raise failure
+
+
+def _raised(outcome: tuple[str, ...]) -> BaseException:
+    """What a local trial worker's outcome other than "ok" raises in the parent."""
+    kind, *detail = outcome
+    if kind == "error":
+        return XmfastError(detail[0])
+    if kind == "interrupted":
+        return KeyboardInterrupt()
+    if kind == "crash":
+        return RuntimeError(f"a trial worker failed:\n{detail[0]}")
+    return XmfastError(f"a trial worker process ended unexpectedly (exit status {detail[0]}); run `xmfast tune` "
+                       "again to continue")
 
 
 def _dask_workers(task: _Task, client: Any, poll: Callable[[], None]) -> None:
