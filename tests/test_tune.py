@@ -164,13 +164,13 @@ def test_parallel_trials_keep_budget_and_default_that_beats_every_trial(tmp_path
     ranges hold only learning rates too small to learn, so the default configuration beats every
     trial: said in one line, and `--use-tuned` keeps the default settings."""
     file = experiment(tmp_path, sample_dir)
-    file.write_text(file.read_text().replace("trials = 8", "trials = 3").replace(
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1").replace(
         "lr = {low = 0.01, high = 0.2, log = true}", "lr = {low = 1e-7, high = 2e-7, log = true}"))
     result = CliRunner().invoke(app, ["tune", str(file), "--jobs", "2"])
     assert result.exit_code == 0, result.output
     exp = read_experiment(file)
     states = _study_states(exp)
-    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and len(states) == 3
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2 and len(states) == 2
     summary = tuning.read_summary(exp.out)["gmf@in"]
     assert summary["chosen"] == "default" and summary["default"]["value"] > summary["best"]["value"]
     line = tuning.default_won(summary)
@@ -179,7 +179,7 @@ def test_parallel_trials_keep_budget_and_default_that_beats_every_trial(tmp_path
     assert [s.key for s in tuning.tuned_plan(exp).stages] == [s.key for s in plan(exp).stages]
     # no worker scored the test split: no trial (nor the default run) has a test.json or results.json
     assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
-    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 4
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 3
 
 
 def test_dask_tasks_share_the_study_and_never_score_test(tmp_path: Path, sample_dir: Path,
@@ -217,7 +217,7 @@ def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> No
     import time
 
     file = experiment(tmp_path, sample_dir)
-    file.write_text(file.read_text().replace("trials = 8", "trials = 2"))
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1"))
     exp = read_experiment(file)
     proc = subprocess.Popen([sys.executable, "-c", "from xmfast_cli.app import main; main()", "tune", str(file)],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
