@@ -48,6 +48,8 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     real_execute = tuning._execute
 
     def crashing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the 4th trial dies after its first epoch
+        if args[1].path.name == "default":  # the default configuration's run, before the trials
+            return real_execute(*args, **kwargs)
         trained.append(args[1].path.name)
         if len(trained) == 4:
             def crash(record: dict) -> None:
@@ -82,14 +84,17 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     # the test split was never scored, and no trial has a test.json (or results.json)
     assert scored == [] and "test" not in scored
     assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
-    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 9  # the 8 counted trials and the crashed one
+    # the 8 counted trials, the crashed one and the default configuration's run
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 10
 
     best = summary["best"]
     assert best["value"] == study.best_value and set(best["train"]) == {"lr"} and set(best["model"]) == {"embedding_dim"}
-    # the default config, same seed, trained by the grid: the chosen values beat it on validation
+    # the default config, trained once by the search (validation only) as the grid trains it (same
+    # seed): its value is the grid run's, and the chosen values beat it on validation
     run_experiment(plan(exp))
     default = json.loads((exp.out / "in" / "single" / "s1" / "gmf" / "results.json").read_text())
-    assert best["value"] > default["valid"]["ndcg@10"]
+    assert summary["default"]["value"] == pytest.approx(default["valid"]["ndcg@10"], abs=1e-12)
+    assert best["value"] > default["valid"]["ndcg@10"] and summary["chosen"] == "tuned"
     # the grid with the chosen values: a stage of another key, trained with them
     tuned = tuning.tuned_plan(exp)
     stage = next(s for s in tuned.stages if s.model == "gmf")
@@ -100,9 +105,15 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     assert info["model_config"]["embedding_dim"] == best["model"]["embedding_dim"]
     results = json.loads((stage.path / "results.json").read_text())
     assert results["valid"]["ndcg@10"] == pytest.approx(best["value"], abs=1e-12)  # the trial, re-made by the grid
-    text = tuning.summary_markdown(exp)
+    text = tuning.summary_markdown(exp.out)
     assert "lr [0.01, 0.2] log" in text and f"{states.count('COMPLETE')} / {states.count('PRUNED')} / 2" in text
     assert f"lr {best['train']['lr']:.4g}" in text
+    gain = best["value"] - summary["default"]["value"]
+    assert f"| {best['value']:.4f} | {summary['default']['value']:.4f} | {gain:+.4f} |" in text
+    # `xmfast report OUT` of the tuned experiment's output has the same tuning section
+    result = CliRunner().invoke(app, ["report", str(exp.out), "-o", str(tmp_path / "r.md"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert text.strip() in (tmp_path / "r.md").read_text()
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -139,3 +150,100 @@ def test_without_optuna_is_one_error_line(tmp_path: Path, sample_dir: Path, monk
     result = CliRunner().invoke(app, ["tune", str(experiment(tmp_path, sample_dir))])
     assert result.exit_code == 2 and result.output.strip() == \
         'error: hyper-parameter search needs Optuna: pip install "xmfast[tune]"', result.output
+
+
+def _study_states(exp) -> list[str]:  # noqa: ANN001
+    import optuna
+
+    study = optuna.load_study(study_name="gmf@in", storage=tuning._storage(tuning.tune_dir(exp)))
+    return [t.state.name for t in study.trials]
+
+
+def test_parallel_trials_keep_budget_and_default_that_beats_every_trial(tmp_path: Path, sample_dir: Path) -> None:
+    """`--jobs 2`: two worker processes share the study and together run exactly the budget; the
+    ranges hold only learning rates too small to learn, so the default configuration beats every
+    trial: said in one line, and `--use-tuned` keeps the default settings."""
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1").replace(
+        "lr = {low = 0.01, high = 0.2, log = true}", "lr = {low = 1e-7, high = 2e-7, log = true}"))
+    result = CliRunner().invoke(app, ["tune", str(file), "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    exp = read_experiment(file)
+    states = _study_states(exp)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2 and len(states) == 2
+    summary = tuning.read_summary(exp.out)["gmf@in"]
+    assert summary["chosen"] == "default" and summary["default"]["value"] > summary["best"]["value"]
+    line = tuning.default_won(summary)
+    assert line.startswith("gmf on in: the default configuration") and "--use-tuned` keeps the default" in line
+    assert line in " ".join(result.output.split()) and line in tuning.summary_markdown(exp.out)
+    assert [s.key for s in tuning.tuned_plan(exp).stages] == [s.key for s in plan(exp).stages]
+    # no worker scored the test split: no trial (nor the default run) has a test.json or results.json
+    assert not list(tuning.tune_dir(exp).rglob("test.json")) and not list(tuning.tune_dir(exp).rglob("results.json"))
+    assert len(list(tuning.tune_dir(exp).rglob("metrics.jsonl"))) == 3
+
+
+def test_dask_tasks_share_the_study_and_never_score_test(tmp_path: Path, sample_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """`--executor dask`: the same trial worker as Dask tasks, on a cluster started here in this
+    process (threads), so the spy sees every split any task scores."""
+    from distributed import LocalCluster
+
+    import xmfast.evaluation as evaluation
+
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 3"))
+    scored = []
+    real_scorer = evaluation.evaluate_scorer
+    monkeypatch.setattr(evaluation, "evaluate_scorer", lambda d, split, *a, **k: scored.append(split)
+                        or real_scorer(d, split, *a, **k))
+    exp = read_experiment(file)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
+        summary = tuning.tune(exp, address=cluster.scheduler_address, jobs=2)["gmf@in"]
+    states = _study_states(exp)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and len(states) == 3
+    assert summary["trials"]["complete"] == states.count("COMPLETE") and "value" in summary["default"]
+    assert scored == []
+    result = CliRunner().invoke(app, ["tune", str(file), "--executor", "dask"])
+    assert result.exit_code == 2 and "--executor dask needs --address HOST:PORT" in result.output
+
+
+def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> None:
+    """A real kill: `xmfast tune` in a process of its own, SIGKILLed while a trial runs; the next
+    `xmfast tune` marks that trial failed and completes exactly the budget."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1"))
+    exp = read_experiment(file)
+    proc = subprocess.Popen([sys.executable, "-c", "from xmfast_cli.app import main; main()", "tune", str(file)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (tuning.tune_dir(exp) / "tune.db").is_file():
+            try:
+                running = _running_trials(exp)
+            except Exception:  # noqa: BLE001 - the study is not made yet (no such study, no tables)
+                running = []
+            if running:
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0]
+    proc.wait()
+    assert killed is not None, "the search ended before a trial was seen running"
+    result = CliRunner().invoke(app, ["tune", str(file)])
+    assert result.exit_code == 0, result.output
+    states = _study_states(exp)
+    assert states[killed] == "FAIL" and states.count("FAIL") == 1
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2
+
+
+def _running_trials(exp) -> list[int]:  # noqa: ANN001
+    import optuna
+
+    study = optuna.load_study(study_name="gmf@in", storage=tuning._storage(tuning.tune_dir(exp)))
+    return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]

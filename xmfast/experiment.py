@@ -759,23 +759,54 @@ def _gpus(device: str) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def threads_per_job(jobs: int) -> int:
+    """The CPU threads of each of `jobs` worker processes: the cores divided among them."""
+    return max(1, _cores() // jobs)
+
+
+def worker_env(threads: int, gpu: str | None) -> dict[str, str]:
+    """The environment of a worker process (a stage's or a tuning trial's): the parent's sys.path
+    (XMFAST_WORKER_PATH), its share of threads (torch, OpenMP, MKL, Rust) and its GPU."""
+    import json
+    import os
+    import sys
+
+    env = {**os.environ, "XMFAST_WORKER_PATH": json.dumps(sys.path), "XMFAST_WORKER_THREADS": str(threads)}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        env[var] = str(threads)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def exit_with_parent() -> None:
+    """In a worker process: Ctrl-C to itself when its parent is gone (checked every second), so a
+    killed parent's workers stop as on Ctrl-C instead of running on unseen."""
+    import os
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C is for the main thread
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+
 class _Worker:
     """A worker process (see :func:`_worker_main`) and its end of the socket between them."""
 
     def __init__(self, threads: int, gpu: str | None) -> None:
-        import json
-        import os
         import subprocess
         import sys
         from multiprocessing import Pipe
 
         self.conn, theirs = Pipe(duplex=True)
-        env = {**os.environ, "XMFAST_WORKER_PATH": json.dumps(sys.path), "XMFAST_WORKER_FD": str(theirs.fileno()),
-               "XMFAST_WORKER_THREADS": str(threads)}
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
-            env[var] = str(threads)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
+        env = {**worker_env(threads, gpu), "XMFAST_WORKER_FD": str(theirs.fileno())}
         # Its own session: a terminal's Ctrl-C goes to the parent, which stops the workers itself.
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], env=env, pass_fds=[theirs.fileno()],
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -843,7 +874,7 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                    key=lambda s: -height[s.id])  # stable: plan order among equals
     total = len(queue)
     done = {s.id for s in p.stages if actions[s.id] == "cached"}
-    threads = max(1, _cores() // jobs)
+    threads = threads_per_job(jobs)
     gpus = _gpus(exp.device)
     workers: list[_Worker] = []
     seconds: dict[str, float] = {}
@@ -947,22 +978,13 @@ def _worker_main() -> None:
     parent is gone (checked every second: it then stops as on Ctrl-C)."""
     import os
     import signal
-    import threading
     import traceback
     from multiprocessing.connection import Connection
 
     # Ctrl-C is how the parent stops a stage (a background job inherits SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     conn = Connection(int(os.environ["XMFAST_WORKER_FD"]))
-    parent = os.getppid()
-
-    def orphaned() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C is for the main thread, see send
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=orphaned, daemon=True).start()
+    exit_with_parent()
 
     def send(message: tuple[Any, ...]) -> None:  # whole or not at all: Ctrl-C waits for the end of a message
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -1029,16 +1051,15 @@ class _Relay:
         self.event("message", text=text)
 
 
-def write_experiment_report(exp: Experiment, source: Path, *, tuning: str = "") -> Path:
+def write_experiment_report(exp: Experiment, source: Path) -> Path:
     """OUT/report.md (with its CSV, JSON and plots) over every finished run of the experiment,
-    prefaced by its description, how it was made and `tuning` (xmfast.tune.summary_markdown:
-    the search's ranges, trials and chosen values)."""
+    prefaced by its description, how it was made and, when it was tuned, the search's ranges,
+    trials and chosen values (write_report adds them)."""
     from xmfast.report import build_report, collect_runs, write_report
 
     made = (f"Made by `xmfast run {source}` (data `{exp.data}`, protocol {exp.protocol}, seeds "
             f"{', '.join(map(str, exp.seeds))}).")
     preface = f"{exp.description.strip()}\n\n{made}" if exp.description.strip() else made
-    preface = f"{preface}\n\n{tuning}" if tuning else preface
     return write_report(build_report(collect_runs([exp.out])), exp.out / "report.md", title=f"{exp.name}: results",
                         preface=preface, inputs=[exp.out])
 

@@ -829,9 +829,16 @@ def write_report(report: Report, out: Path, *, title: str = "xmfast report", pre
     """Writes ``out`` (markdown, its first line a marker) and, beside it, ``<stem>.csv``,
     ``<stem>.json`` and the plots under ``<stem>-plots/``. Every file is written under a
     temporary name and renamed; none replaces anything but a report's files, nor the `inputs`
-    (the run directories or folders the report reads, which may hold it)."""
+    (the run directories or folders the report reads, which may hold it). An input that is an
+    experiment's output with a tune study (OUT/tune/summary.json) adds its tuning section after
+    the preface (:func:`xmfast.tune.summary_markdown`), for `xmfast run`'s report and `xmfast
+    report OUT` alike."""
     from xmfast import outputs
     from xmfast._io import check_output, output_errors
+    from xmfast.tune import summary_markdown
+
+    tuning = [summary_markdown(Path(p)) for p in dict.fromkeys(inputs) if p is not None and Path(p).is_dir()]
+    preface = "\n\n".join(t.strip() for t in (preface, *tuning) if t.strip())
 
     out = Path(out)
     plot_dir = out.parent / f"{out.stem}-plots"

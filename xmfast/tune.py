@@ -26,9 +26,18 @@ its run would select (best epoch, or last with ``select = "last"``).
 
 The study lives in ``OUT/tune/tune.db`` (SQLite), one study per (model, target): an
 interrupted search continues; a trial left running by a killed process is marked failed and
-does not count toward the budget. ``OUT/tune/summary.json`` holds each study's ranges, trial
-counts and chosen values; ``xmfast run EXP --use-tuned`` trains the grid with them
-(:func:`tuned_plan`), and the experiment's report lists them.
+does not count toward the budget. Before its trials each study trains the default
+configuration (the experiment's own settings) once, the same way, for the value the search is
+measured against. ``OUT/tune/summary.json`` holds each study's ranges, trial counts, chosen
+values and the default's value; ``xmfast run EXP --use-tuned`` trains the grid with the chosen
+values (:func:`tuned_plan`), or with the default settings where the default beat every trial,
+and a report of the experiment's output lists them (:func:`summary_markdown`).
+
+Trials run one at a time, or N at once (``--jobs N``: worker processes; ``--executor dask``:
+Dask tasks), every worker running :func:`_trials` on the shared study, Optuna's pattern for a
+parallel search. A parallel search is not bit-identical to a serial one: TPE proposes each trial
+from the trials finished when it starts (running ones count as bad, the constant liar), so the
+values drawn depend on which trials end first.
 """
 
 from __future__ import annotations
@@ -237,11 +246,17 @@ class TrialEvent:
     params: dict[str, Any]
 
 
-class _Reporter:
-    """A TrainObserver that reports each epoch's validation metric to the trial and prunes it."""
+class _Stopped(Exception):
+    """A trial stopped because its search was stopped (Ctrl-C of the client of a Dask search)."""
 
-    def __init__(self, trial: Any, monitor: str, inner: Any) -> None:
-        self.trial, self.monitor, self.inner = trial, monitor, inner
+
+class _Reporter:
+    """A TrainObserver that reports each epoch's validation metric to the trial and prunes it
+    (`trial` None: the default configuration's run, only recorded); `stopped` is asked after each
+    epoch whether the search was stopped meanwhile."""
+
+    def __init__(self, trial: Any, monitor: str, inner: Any, stopped: Callable[[], bool] | None = None) -> None:
+        self.trial, self.monitor, self.inner, self.stopped = trial, monitor, inner, stopped
         self.values: list[float] = []
 
     def __getattr__(self, name: str) -> Any:  # the other hooks: the caller's observer, or nothing
@@ -254,15 +269,24 @@ class _Reporter:
             self.inner.on_epoch_end(record)
         value = float(record["valid"][self.monitor])
         self.values.append(value)
+        if self.stopped is not None and self.stopped():
+            raise _Stopped(f"epoch {record['epoch']}: the search was stopped")
+        if self.trial is None:
+            return
         self.trial.report(value, record["epoch"])
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {record['epoch']}: {self.monitor} {value:.4f}")
 
 
 def _storage(directory: Path) -> Any:
+    """The studies' SQLite file. SQLite rather than Optuna's JournalStorage: one file that a
+    continued search reopens, and few writers (one per trial running, a write per epoch) that
+    SQLite's lock serialises; the busy timeout makes a writer wait for it instead of failing
+    with "database is locked" when several trials report at once."""
     import optuna
 
-    return optuna.storages.RDBStorage(f"sqlite:///{(directory / 'tune.db').resolve()}")
+    return optuna.storages.RDBStorage(f"sqlite:///{(directory / 'tune.db').resolve()}",
+                                      engine_kwargs={"connect_args": {"timeout": 120}})
 
 
 def _pruner(name: str) -> Any:
@@ -277,7 +301,8 @@ def _pruner(name: str) -> Any:
 
 def _lock(directory: Path) -> Any:
     """An exclusive lock on OUT/tune, held while a search runs: a second `xmfast tune` of the same
-    experiment would mark this one's running trials failed."""
+    experiment would mark this one's running trials failed. Local trial workers inherit it, so a
+    killed search's workers hold it until they have stopped."""
     import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -290,12 +315,267 @@ def _lock(directory: Path) -> Any:
     return handle
 
 
+def dask_client(address: str) -> Any:
+    """A Dask distributed client of the scheduler at `address` (HOST:PORT): the one place a search
+    connects to a cluster."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise XmfastError('--executor dask needs Dask distributed: pip install "xmfast[cluster]"') from None
+    try:
+        return Client(address if "://" in address else f"tcp://{address}", timeout="10s")
+    except (OSError, TimeoutError) as e:
+        raise XmfastError(f"--address {address}: no Dask scheduler answers there ({e}); start one with "
+                          "`dask scheduler` and workers with `dask worker HOST:PORT`") from None
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a trial worker needs, in any process: the study of (`name`, `target`), the wall-clock
+    `deadline` after which no trial starts, `jobs` workers in all, and the name of the Dask
+    Event that stops them (None: stopped by Ctrl-C)."""
+
+    exp: Experiment
+    spec: TuneSpec
+    name: str
+    dims: tuple[Dimension, ...]
+    target: str
+    deadline: float | None
+    jobs: int = 1
+    stop: str | None = None
+
+
+def _trials(task: _Task, worker: int = 0, *, threads: int | None = None,
+            on_trial: Callable[[Any], None] | None = None, training_observer: Any = None) -> None:
+    """A trial worker: asks the study for trials and trains them until the budget is spent (trials
+    completed, pruned or running, counted across every worker) or the deadline has passed. One
+    function for the search in one process, in `--jobs` worker processes and in Dask tasks.
+    Asking happens under a file lock beside the study, so N workers never start more trials than
+    the budget (Optuna's MaxTrialsCallback counts only after a trial ends: up to N-1 more)."""
+    import fcntl
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    exp, name, target, dims = task.exp, task.name, task.target, task.dims
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    directory = tune_dir(exp)
+    sname = study_name(name, target)
+    study = optuna.load_study(study_name=sname, storage=_storage(directory), pruner=_pruner(task.spec.pruner))
+    # seeded by the trials so far (a continued search draws new values, not the first call's again)
+    # and by the worker (two workers starting together do not draw the same values); with several
+    # workers the constant liar counts running trials as bad, so TPE spreads them apart
+    study.sampler = optuna.samplers.TPESampler(seed=task.spec.seed + len(study.trials) + 7919 * worker,
+                                               constant_liar=task.jobs > 1)
+    stopped = None
+    if task.stop is not None:
+        from distributed import Event
+
+        stopped = Event(task.stop).is_set
+    base_plan, base = _trial_plan(exp, name, target)
+    by_id = base_plan.by_id()
+    monitor = base.settings["train_config"]["monitor"]
+    select = base.settings["train_config"]["select"]
+    taken = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+    def objective(trial: Any) -> float:
+        values = {d.name: d.suggest(trial) for d in dims}
+        train, model = _overrides(values, dims)
+        _, stage = _trial_plan(_with_values(exp, name, train, model), name, target)
+        stage = replace(stage, path=tune_dir(exp) / target / name / f"trial-{trial.number}")
+        trial.set_user_attr("run", str(stage.path))
+        observer = training_observer(sname, trial.number) if training_observer else None
+        return _validate(exp, stage, by_id, _Reporter(trial, monitor, observer, stopped), select)
+
+    with open(directory / ".ask", "w") as ask_lock:
+        while True:
+            fcntl.flock(ask_lock, fcntl.LOCK_EX)
+            try:
+                spent = task.spec.trials is not None and len(study.get_trials(deepcopy=False, states=taken)) >= task.spec.trials
+                if spent or (task.deadline is not None and time.time() >= task.deadline) or (stopped and stopped()):
+                    return
+                trial = study.ask()
+            finally:
+                fcntl.flock(ask_lock, fcntl.LOCK_UN)
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except BaseException:  # Ctrl-C, a kill of the search, a crash: failed, not counted
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                frozen = study.tell(trial, value)
+            if on_trial is not None:
+                on_trial(frozen)
+
+
+def _validate(exp: Experiment, stage: Stage, by_id: dict[str, Stage], reporter: _Reporter, select: str) -> float:
+    """Trains `stage` with validation only; the value its run would select (best or last epoch)."""
+    _execute(exp, stage, "run", {**by_id, stage.id: stage}, reporter, None, validation_only=True)
+    if not reporter.values:
+        raise XmfastError(f"{stage.path}: the run trained no epoch")
+    return max(reporter.values) if select == "best" else reporter.values[-1]
+
+
+_TRIALS_CODE = ("import json, os, sys; sys.path[:] = json.loads(os.environ['XMFAST_WORKER_PATH']); "
+                "from xmfast.tune import _trials_main; _trials_main()")
+
+
+def _trials_main() -> None:
+    """A local trial worker process (`xmfast tune --jobs N`): reads (task, worker) pickled on stdin,
+    runs :func:`_trials`, and writes its outcome pickled on stdout (anything else printed there
+    goes to stderr)."""
+    import os
+    import pickle
+    import signal
+    import sys
+    import traceback
+
+    from xmfast import core
+    from xmfast.experiment import exit_with_parent
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # how the parent stops it
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    exit_with_parent()
+    try:
+        task, worker = pickle.load(sys.stdin.buffer)
+        _trials(task, worker, threads=int(os.environ["XMFAST_WORKER_THREADS"]))
+        outcome: tuple[str, ...] = ("ok",)
+    except KeyboardInterrupt:
+        outcome = ("interrupted",)
+    except (XmfastError, core.DataFormatError) as e:
+        outcome = ("error", str(e))
+    except Exception:
+        outcome = ("crash", traceback.format_exc())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pickle.dump(outcome, out)
+    out.close()
+
+
+def _local_workers(task: _Task, lock: Any, poll: Callable[[], None]) -> None:
+    """`task.jobs` worker processes (:func:`_trials_main`), each in a session of its own with its
+    share of the threads and a GPU in turn, as `xmfast run --jobs` divides them; `poll` reports
+    trials as they end. Ctrl-C stops every worker (its running trial failed, not counted); one
+    worker's error stops the others and is raised."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xmfast.experiment import _gpus, threads_per_job, worker_env
+
+    threads = threads_per_job(task.jobs)
+    gpus = _gpus(task.exp.device)
+    procs = []
+    for k in range(task.jobs):
+        env = worker_env(threads, gpus[k % len(gpus)] if gpus else None)
+        proc = subprocess.Popen([sys.executable, "-c", _TRIALS_CODE], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True, pass_fds=[lock.fileno()])
+        assert proc.stdin is not None
+        proc.stdin.write(pickle.dumps((task, k)))
+        proc.stdin.close()
+        procs.append(proc)
+    outcomes: dict[int, tuple[str, ...]] = {}
+    failure: BaseException | None = None
+
+    def stop() -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+
+    try:
+        try:
+            while len(outcomes) < len(procs):
+                time.sleep(0.2)
+                poll()
+                for k, p in enumerate(procs):
+                    if k in outcomes or p.poll() is None:
+                        continue
+                    assert p.stdout is not None
+                    data = p.stdout.read()
+                    outcomes[k] = pickle.loads(data) if data else ("died", str(p.returncode))
+                    if outcomes[k][0] != "ok" and failure is None:
+                        failure = _raised(outcomes[k])
+                        stop()
+        except KeyboardInterrupt:
+            failure = failure or KeyboardInterrupt()
+            stop()
+            for p in procs:
+                try:
+                    p.wait()
+                except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                    for q in procs:
+                        q.kill()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    poll()
+    if failure is not None:
+        raise failure
+
+
+def _raised(outcome: tuple[str, ...]) -> BaseException:
+    """What a local trial worker's outcome other than "ok" raises in the parent."""
+    kind, *detail = outcome
+    if kind == "error":
+        return XmfastError(detail[0])
+    if kind == "interrupted":
+        return KeyboardInterrupt()
+    if kind == "crash":
+        return RuntimeError(f"a trial worker failed:\n{detail[0]}")
+    return XmfastError(f"a trial worker process ended unexpectedly (exit status {detail[0]}); run `xmfast tune` "
+                       "again to continue")
+
+
+def _dask_workers(task: _Task, client: Any, poll: Callable[[], None]) -> None:
+    """`task.jobs` Dask tasks running :func:`_trials` (threads as the cluster's workers have
+    them). Ctrl-C sets the search's Dask Event: each task fails its running trial after the
+    epoch it is in and ends."""
+    import time
+    import uuid
+
+    from distributed import Event, wait
+
+    stop = Event(f"xmfast-tune-{uuid.uuid4().hex}", client=client)
+    task = replace(task, stop=stop.name)
+    futures = [client.submit(_trials, task, k, pure=False) for k in range(task.jobs)]
+    try:
+        while not all(f.done() for f in futures):
+            time.sleep(0.2)
+            poll()
+            if any(f.status == "error" for f in futures):
+                break
+        for f in futures:
+            f.result()  # the first task's error, as it was raised
+    except BaseException:
+        stop.set()
+        wait(futures)
+        raise
+    finally:
+        poll()
+
+
 def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = None,
-         training_observer: Callable[[str, int], Any] | None = None, jobs: int = 1) -> dict[str, Any]:
-    """Runs (or continues) the search of every ``[tune.MODEL]`` on every target, one trial at a
-    time, and writes OUT/tune/summary.json; returns that summary. `jobs` is handed to the
-    executor for the trials' prerequisites (the dataset, NMF's GMF and MLP); the trials
-    themselves run one after another, as TPE proposes each from the ones finished before it."""
+         training_observer: Callable[[str, int], Any] | None = None, jobs: int | None = None,
+         address: str | None = None) -> dict[str, Any]:
+    """Runs (or continues) the search of every ``[tune.MODEL]`` on every target and writes
+    OUT/tune/summary.json; returns that summary. Each study first trains the default
+    configuration once (the experiment's own settings, validation only), then its trials:
+    `jobs` at once, in worker processes sharing the study (Optuna's pattern for a parallel
+    search), or, with `address` (a Dask scheduler's HOST:PORT), as that many Dask tasks (default:
+    one per worker of the cluster). Parallel TPE is not serial TPE: each trial is proposed from the
+    trials finished when it starts, so the values drawn differ from a serial search's with the
+    same seed. `jobs` is also handed to the executor for the trials' prerequisites (the dataset,
+    NMF's GMF and MLP)."""
     try:
         import optuna
     except ImportError:
@@ -303,30 +583,43 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
 
     from xmfast import outputs
     from xmfast._io import check_output, digest_json, write_json_atomic
+    from xmfast.experiment import check_jobs
 
+    if jobs is not None:
+        check_jobs(jobs)
     spec = read_tune(exp)
     check_output(exp.out, outputs.EXPERIMENT_DIR, inputs=exp.data.inputs)
-    studies = [(name, dims, target) for name, dims in spec.spaces.items() for target in _targets(exp)]
-    for name, _, target in studies:  # the trials' prerequisites are the grid's own stages (ledger, cache, --jobs)
-        base_plan, base = _trial_plan(exp, name, target)
-        run_experiment(Plan(base_plan.experiment, [s for s in base_plan.stages if s.id != base.id]), jobs=jobs)
-    directory = tune_dir(exp)
-    lock = _lock(directory)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is said once, by the error it raises
-    summary: dict[str, Any] = {}
+    client = dask_client(address) if address is not None else None
     try:
-        storage = _storage(directory)
-        for name, dims, target in studies:
-            summary[study_name(name, target)] = _search(exp, spec, name, dims, target, storage, on_trial,
-                                                        training_observer, digest_json)
-        write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "studies": summary})
+        if jobs is None:
+            jobs = max(1, len(client.scheduler_info().get("workers", {}))) if client is not None else 1
+        studies = [(name, dims, target) for name, dims in spec.spaces.items() for target in _targets(exp)]
+        for name, _, target in studies:  # the trials' prerequisites are the grid's own stages (ledger, cache, --jobs)
+            base_plan, base = _trial_plan(exp, name, target)
+            run_experiment(Plan(base_plan.experiment, [s for s in base_plan.stages if s.id != base.id]),
+                           jobs=1 if client is not None else jobs)
+        directory = tune_dir(exp)
+        lock = _lock(directory)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is said once, by the error it raises
+        summary: dict[str, Any] = {}
+        try:
+            storage = _storage(directory)
+            for name, dims, target in studies:
+                summary[study_name(name, target)] = _search(exp, spec, name, dims, target, storage, on_trial,
+                                                            training_observer, digest_json, jobs, client, lock)
+            write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "studies": summary})
+        finally:
+            lock.close()
     finally:
-        lock.close()
+        if client is not None:
+            client.close()
     return summary
 
 
 def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, ...], target: str, storage: Any,
-            on_trial: Any, training_observer: Any, digest_json: Any) -> dict[str, Any]:
+            on_trial: Any, training_observer: Any, digest_json: Any, jobs: int, client: Any, lock: Any) -> dict[str, Any]:
+    import time
+
     import optuna
     from optuna.trial import TrialState
 
@@ -347,48 +640,54 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # left by a killed search (the lock says none runs now): failed, not counted
         study.tell(t.number, state=TrialState.FAIL)
-    # seeded by the trials so far: a continued search draws new values, not the first call's again
-    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
-    by_id = base_plan.by_id()
-    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+    default = study.user_attrs.get("default")
+    if default is None:  # the experiment's own settings, trained once as a trial is (validation only)
+        path = tune_dir(exp) / target / name / "default"
+        value = _validate(exp, replace(base, path=path), base_plan.by_id(), _Reporter(None, monitor, None), select)
+        default = {"value": value, "run": str(path)}
+        study.set_user_attr("default", default)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=finished)}
 
-    def objective(trial: Any) -> float:
-        values = {d.name: d.suggest(trial) for d in dims}
-        train, model = _overrides(values, dims)
-        _, stage = _trial_plan(_with_values(exp, name, train, model), name, target)
-        stage = replace(stage, path=tune_dir(exp) / target / name / f"trial-{trial.number}")
-        trial.set_user_attr("run", str(stage.path))
-        reporter = _Reporter(trial, monitor, training_observer(sname, trial.number) if training_observer else None)
-        _execute(exp, stage, "run", {**by_id, stage.id: stage}, reporter, None, validation_only=True)
-        if not reporter.values:
-            raise XmfastError(f"{stage.path}: the trial trained no epoch")
-        return max(reporter.values) if select == "best" else reporter.values[-1]
-
-    def told(study: Any, trial: Any) -> None:
+    def told(trial: Any) -> None:
+        seen.add(trial.number)
         if on_trial is not None:
             on_trial(TrialEvent(sname, trial.number, trial.state.name.lower(), trial.value, dict(trial.params)))
 
-    done = len(study.get_trials(deepcopy=False, states=counted))
-    left = None if spec.trials is None else max(0, spec.trials - done)
-    if left != 0:
-        study.optimize(objective, n_trials=left, timeout=spec.timeout, callbacks=[told], catch=())
+    def poll() -> None:  # trials other processes finished, in order
+        for t in study.get_trials(deepcopy=False, states=finished):
+            if t.number not in seen:
+                told(t)
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if spec.trials is None or done < spec.trials:
+        task = _Task(exp, spec, name, dims, target, None if spec.timeout is None else time.time() + spec.timeout, jobs)
+        if client is not None:
+            _dask_workers(task, client, poll)
+        elif jobs > 1:
+            _local_workers(task, lock, poll)
+        else:
+            _trials(task, on_trial=told, training_observer=training_observer)
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")}
     entry: dict[str, Any] = {"model": name, "entry": _entry(exp, name), "target": target, "monitor": monitor,
                              "space": {d.name: d.describe() for d in dims},
                              "trials": {"complete": count["complete"], "pruned": count["pruned"],
-                                        "failed": count["fail"]}}
+                                        "failed": count["fail"]},
+                             "default": default, "chosen": "default"}
     if count["complete"]:
         best = study.best_trial
         train, model = _overrides(best.params, dims)
         entry.update(best={"number": best.number, "value": best.value, "train": train, "model": model,
-                           "run": best.user_attrs.get("run")})
+                           "run": best.user_attrs.get("run")},
+                     chosen="default" if default["value"] > best.value else "tuned")
     return entry
 
 
-def read_summary(exp: Experiment) -> dict[str, Any] | None:
-    """OUT/tune/summary.json's studies, or None when the experiment was never tuned."""
-    path = tune_dir(exp) / SUMMARY
+def read_summary(out: Path) -> dict[str, Any] | None:
+    """The studies of OUT/tune/summary.json (`out`: an experiment's output directory), or None
+    when it was never tuned."""
+    path = Path(out) / "tune" / SUMMARY
     if not path.is_file():
         return None
     try:
@@ -397,46 +696,78 @@ def read_summary(exp: Experiment) -> dict[str, Any] | None:
         raise XmfastError(f"{path}: damaged; run `xmfast tune` again to rewrite it") from None
 
 
+def uses_default(study: dict[str, Any]) -> bool:
+    """Whether `--use-tuned` keeps the experiment's own settings for this study: its default
+    configuration's validation value beat every trial (or no trial completed)."""
+    return study.get("chosen") == "default" or "best" not in study
+
+
+def default_won(study: dict[str, Any]) -> str:
+    """One line saying that the default configuration beat every trial of the study ("" when a
+    trial beat it, or for a summary written before defaults were trained)."""
+    default, best = study.get("default"), study.get("best")
+    if default is None or not uses_default(study):
+        return ""
+    than = f"every trial (best {best['value']:.4f})" if best else "every trial (none completed)"
+    return (f"{study['entry']} on {study['target']}: the default configuration (validation {study['monitor']} "
+            f"{default['value']:.4f}) beat {than}; `xmfast run --use-tuned` keeps the default settings for it")
+
+
+def chosen_text(study: dict[str, Any]) -> str:
+    """The best trial's values, as `xmfast tune` and the report print them."""
+    best = study.get("best")
+    if not best:
+        return "none"
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in {**best["train"], **best["model"]}.items())
+
+
 def tuned_plan(exp: Experiment) -> Plan:
     """The experiment's plan with each tuned (model, target)'s chosen values in its [train.NAME]
     and [model.NAME] tables: each target is planned on its own (its own tuned values), so the
-    chosen values are in the runs' run.json and in the stage keys."""
-    studies = read_summary(exp)
+    chosen values are in the runs' run.json and in the stage keys. A study whose default
+    configuration beat every trial keeps the experiment's own settings."""
+    studies = read_summary(exp.out)
     if studies is None:
         raise XmfastError(f"{tune_dir(exp) / SUMMARY}: missing; run `xmfast tune {exp.path or 'EXP'}` first")
     stages: list[Stage] = []
     for target in _targets(exp):
         sub = replace(exp, targets=(target,))
         for s in studies.values():
-            if s.get("target") == target and "best" in s:
+            if s.get("target") == target and not uses_default(s):
                 sub = _with_values(sub, s["model"], s["best"]["train"], s["best"]["model"])
         stages += plan(sub).stages
     return Plan(exp, stages)
 
 
-def summary_markdown(exp: Experiment) -> str:
-    """The report's tuning section: each study's ranges, trials and chosen values ("" when the
+def summary_markdown(out: Path) -> str:
+    """The report's tuning section of the experiment output `out`: each study's ranges, trials,
+    chosen values and their validation value beside the default configuration's ("" when the
     experiment was never tuned)."""
-    studies = read_summary(exp)
+    studies = read_summary(out)
     if not studies:
         return ""
     monitors = "; ".join(sorted({s["monitor"] for s in studies.values()}))
     lines = ["## Tuning", "",
              f"Optuna TPE search (`xmfast tune`) on validation {monitors} only; the grid uses the chosen values "
-             "with `xmfast run --use-tuned`.", "",
-             "| model | target | searched | trials (complete / pruned / failed) | chosen | validation |",
-             "|---|---|---|---|---|---|"]
+             "with `xmfast run --use-tuned`. Default: the experiment's own settings, trained once as a trial is.", "",
+             "| model | target | searched | trials (complete / pruned / failed) | chosen | validation | default "
+             "| chosen − default |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in studies.values():
         t = s["trials"]
-        best = s.get("best")
-        chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in {**best["train"], **best["model"]}.items()) if best else "none"
+        best, default = s.get("best"), s.get("default")
         ranges = ", ".join(f"{k} {v}" for k, v in s["space"].items())
         value = f"{best['value']:.4f}" if best else ""
+        base = f"{default['value']:.4f}" if default else ""
+        gain = f"{best['value'] - default['value']:+.4f}" if best and default else ""
         lines.append(f"| {s['entry']} | {s['target']} | {ranges} | {t['complete']} / {t['pruned']} / {t['failed']} "
-                     f"| {chosen} | {value} |")
+                     f"| {chosen_text(s)} | {value} | {base} | {gain} |")
+    notes = [line for s in studies.values() if (line := default_won(s))]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Dimension", "TrialEvent", "TuneSpec", "read_summary", "read_tune", "summary_markdown", "tune",
-           "tuned_plan"]
+__all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "dask_client", "default_won", "read_summary",
+           "read_tune", "summary_markdown", "tune", "tuned_plan", "uses_default"]

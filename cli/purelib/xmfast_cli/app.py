@@ -1164,7 +1164,7 @@ def run_experiment(
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
                   f"({took})", highlight=False)
     if report:
-        console.print(f"report: {xp.write_experiment_report(exp, experiment, tuning=tune.summary_markdown(exp))}",
+        console.print(f"report: {xp.write_experiment_report(exp, experiment)}",
                       highlight=False)
 
 
@@ -1175,15 +1175,29 @@ def tune_experiment(
                                                "a budget in trials and/or time).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory, relative to the current "
                                                 "directory (default: the file's `out`).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run at once for the trials' prerequisites (the "
-                                      "dataset, runs a model starts from); the trials run one after another.")] = 1,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Trials run at once, each in a process of its own "
+                                                "sharing the study, the CPU's threads divided among them (default 1; "
+                                                "with --executor dask: one per worker of the cluster). Parallel TPE "
+                                                "draws other values than a serial search.")] = None,
+    executor: Annotated[str, typer.Option(help="local (processes on this machine) or dask (tasks on the Dask "
+                                          "scheduler at --address; the output directory on a file system the "
+                                          "workers share).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="The Dask scheduler's HOST:PORT (with --executor dask).")] = None,
 ) -> None:
     """Search hyper-parameters (Optuna TPE, pruned on the validation metric); re-run to continue."""
     from xmfast import experiment as xp
     from xmfast import tune
+    from xmfast.errors import argument
     from xmfast_cli.render import console
 
-    xp.check_jobs(jobs)
+    if executor not in ("local", "dask"):
+        raise XmfastError(f"{argument('executor', executor)}: expected local or dask")
+    if executor == "dask" and address is None:
+        raise XmfastError("--executor dask needs --address HOST:PORT, the Dask scheduler's")
+    if executor == "local" and address is not None:
+        raise XmfastError(f"--address {address} is a Dask scheduler's: add --executor dask")
+    if jobs is not None:
+        xp.check_jobs(jobs)
     exp = xp.read_experiment(experiment, out=out)
 
     def said(e: Any) -> None:
@@ -1191,16 +1205,20 @@ def tune_experiment(
         params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in e.params.items())
         console.print(f"{e.study} trial {e.number}: {e.state}{value} ({params})", highlight=False)
 
-    again = _quoted("xmfast", "tune", experiment, *(["--out", out] if out is not None else []))
+    again = _quoted("xmfast", "tune", experiment, *(["--out", out] if out is not None else []),
+                    *(["--jobs", jobs] if jobs is not None else []),
+                    *(["--executor", executor, "--address", address] if address is not None else []))
     with _on_interrupt(lambda: f"finished trials are kept in {tune.tune_dir(exp) / 'tune.db'}; continue with {again}"):
-        studies = tune.tune(exp, on_trial=said, jobs=jobs)
+        studies = tune.tune(exp, on_trial=said, jobs=jobs, address=address)
     for s in studies.values():
-        best = s.get("best")
-        t = s["trials"]
-        chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in {**best["train"], **best["model"]}.items()) if best else "none"
+        best, default, t = s.get("best"), s["default"], s["trials"]
+        versus = (f" (valid {s['monitor']} {best['value']:.4f}; default {default['value']:.4f}, "
+                  f"{best['value'] - default['value']:+.4f})" if best else f" (default: valid {s['monitor']} "
+                  f"{default['value']:.4f})")
         console.print(f"[bold]{s['entry']}@{s['target']}[/]: {t['complete']} complete, {t['pruned']} pruned, "
-                      f"{t['failed']} failed; chosen {chosen}" + (f" (valid {s['monitor']} {best['value']:.4f})"
-                                                                   if best else ""), highlight=False)
+                      f"{t['failed']} failed; chosen {tune.chosen_text(s)}{versus}", highlight=False)
+        if tune.default_won(s):
+            console.print(tune.default_won(s), highlight=False)
     console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned')}",
                   highlight=False)
 
