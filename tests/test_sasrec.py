@@ -30,8 +30,18 @@ from xmfast_cli.app import app
 TINY = SASRecConfig(embedding_dim=16, blocks=2, heads=2, dropout=0.0, history=6)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread for the module (as conftest's one_thread): the same sums on any machine,
+    and on a busy 2-core machine a tiny model's steps are many times faster than on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(**overrides):
-    return get_model("sasrec").train_config(**{"epochs": 2, "batch_size": 256, "negatives": 8, **overrides})
+    return get_model("sasrec").train_config(**{"epochs": 2, "batch_size": 512, "negatives": 8, **overrides})
 
 
 def _model(config: SASRecConfig = TINY, items: int = 30, markets: int = 3) -> SASRec:
@@ -192,12 +202,13 @@ def _chains(out: Path, items: int = 30, users: dict[str, int] | None = None, see
         (out / f"{market}_5core.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_sasrec_learns_successor_chains_that_pop_cannot(tmp_path: Path, one_thread: None) -> None:
+def test_sasrec_learns_successor_chains_that_pop_cannot(tmp_path: Path) -> None:
     """The next item is the last one's successor: SASRec puts it first among 16 candidates on
     validation (its history ends just before it); popularity, flat here, is at chance."""
     _chains(tmp_path / "raw")
     ds = prepare(tmp_path / "raw", tmp_path / "ds", PrepareConfig(target="in", sources="all", eval_negatives=15))
-    sas = train(ds, tmp_path / "sas", "sasrec", replace(TINY, blocks=1), _config(epochs=8, lr=1e-2, patience=None))
+    sas = train(ds, tmp_path / "sas", "sasrec", replace(TINY, blocks=1),
+                _config(epochs=8, batch_size=256, lr=1e-2, patience=None))
     pop = train(ds, tmp_path / "pop", "pop")
     assert sas is not None and pop is not None
     s, p = sas.valid.aggregate(), pop.valid.aggregate()
