@@ -9,12 +9,12 @@ import math
 import random
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from xmfast_cli.app import app
 
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
@@ -25,7 +25,6 @@ from xmfast.prepare import PrepareConfig, prepare
 from xmfast.runs import Run
 from xmfast.training import Batch, resume, run_info, train
 from xmfast.training.sequence import WindowTrainer
-from xmfast_cli.app import app
 
 TINY = SASRecConfig(embedding_dim=16, blocks=2, heads=2, dropout=0.0, history=6)
 
@@ -178,7 +177,7 @@ def test_losses_by_hand() -> None:
     batch = Batch(torch.tensor([0, 1]), torch.tensor([5, 6]), torch.tensor([[1, 2], [3, 4]]), torch.tensor([0, 1]))
     e = math.exp
     ce = [-math.log(e(2) / (e(2) + 1 + e(1))), -math.log(e(0.5) / (e(0.5) + e(1.5) + e(-1)))]
-    sig = lambda x: 1 / (1 + e(-x))  # noqa: E731
+    sig = lambda x: 1 / (1 + e(-x))
     bce = [-math.log(sig(2)) - math.log(sig(0)) - math.log(sig(-1)),
            -math.log(sig(0.5)) - math.log(sig(-1.5)) - math.log(sig(1))]
     assert float(loss(_Fixed(logits, TINY), batch)) == pytest.approx(sum(ce) / 2, rel=1e-6)

@@ -10,6 +10,7 @@ import torch
 from xmfast.errors import XmfastError
 from xmfast.training.loop import Trainer, _adam, _epoch_seed
 
+
 class SequenceTrainer(Trainer):
     """The engine for history models (ACMR). Instances are keyed by training row (see
     :mod:`xmfast.models.acmr`), and batches are bucketed by history length: the epoch's shuffled
