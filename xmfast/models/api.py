@@ -204,6 +204,7 @@ _BUILTIN = {
     "maml": "xmfast.models.builtin:MAML",
     "forec": "xmfast.models.builtin:FOREC",
     "acmr": "xmfast.models.builtin:ACMR",
+    "sasrec": "xmfast.models.builtin:SASRec",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _registered: dict[str, Model] = {}  # loaded models by name

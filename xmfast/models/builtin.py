@@ -18,6 +18,7 @@ from xmfast.models.settings import (
     MLPConfig,
     NMFConfig,
     PopularityConfig,
+    SASRecConfig,
 )
 
 
@@ -200,3 +201,31 @@ class ACMR(Model):
         if config is not None and config != base_config:
             raise XmfastError("acmr fine-tuning keeps the pre-trained architecture; do not give other settings")
         return base_config
+
+
+class SASRec(Model):
+    name = "sasrec"
+    description = "SASRec: causal self-attention over the user's sequence with a market embedding, next-item loss"
+    config_type = SASRecConfig
+    batch = "histories"  # keys are training rows, each the target of one position of a window
+    objective = "own"  # the configured loss over each row's positive and sampled negatives
+    lr = 1e-3  # SASRec's
+    cross_market = needs_sources = True  # trained on every market's sequences
+    # all markets, their held-out items as training rows too (only the target is evaluated);
+    # 64 sampled negatives per position for the softmax; early stopping on validation
+    train_defaults = {"epochs": 100, "patience": 5, "negatives": 64, "sources": ("all",), "sources_in_full": True}
+
+    def build(self, sizes: Sizes, config: SASRecConfig) -> Any:
+        from xmfast.models import sasrec
+
+        return sasrec.SASRec(sizes.items, sizes.markets, config)
+
+    def loss(self, module: Any, batch: Any) -> Any:
+        from xmfast.models import sasrec
+
+        return sasrec.loss(module, batch)
+
+    def trainer(self) -> type:
+        from xmfast.training.sequence import WindowTrainer
+
+        return WindowTrainer

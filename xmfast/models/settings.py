@@ -213,3 +213,37 @@ class CooccurrenceConfig:
     max_history: int | None = None
 
 
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec (Kang & McAuley, ICDM 2018) with a market embedding. SASRec's own values are
+    hidden 50, 2 blocks, 1 head, dropout 0.2 (0.5 on its sparse Amazon sets), 50 positions;
+    64 here so that 2 or 4 heads divide it."""
+
+    embedding_dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    history: int = 50  # the longest sequence read: training windows and the query's recent items
+    # softmax: cross-entropy of the next item among itself and the row's sampled negatives;
+    # bce: SASRec's own, -log σ(s⁺) - Σ log σ(-s⁻) (its code draws one negative per position).
+    loss: Literal["softmax", "bce"] = "softmax"
+    # Loss weight of a target-market position relative to a source one (1: all positions alike).
+    target_weight: float = 1.0
+    # Training windows are sorted by length within windows of this many batches (0: off).
+    bucket_batches: int = 64
+
+    def __post_init__(self) -> None:
+        if min(self.embedding_dim, self.blocks, self.heads, self.history) < 1:
+            raise ValueError("embedding_dim, blocks, heads and history must be positive")
+        if self.embedding_dim % self.heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by heads {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.loss not in ("softmax", "bce"):
+            raise ValueError(f"loss must be softmax or bce, got {self.loss!r}")
+        if not self.target_weight > 0:
+            raise ValueError(f"target_weight must be positive, got {self.target_weight}")
+        if self.bucket_batches < 0:
+            raise ValueError(f"bucket_batches must be non-negative, got {self.bucket_batches}")
