@@ -17,19 +17,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("distributed")
-
-from test_jobs import files  # noqa: E402 - the same comparison as --jobs: every file, timings aside
-from xmfast import cluster as xc  # noqa: E402
-from xmfast.experiment import ExperimentObserver, plan, read_experiment, run_experiment, stage_actions  # noqa: E402
-from xmfast.runs import Run  # noqa: E402
-from xmfast_cli.app import app  # noqa: E402
+from test_jobs import files  # the same comparison as --jobs: every file, the timings aside
+from xmfast import cluster as xc
+from xmfast.experiment import ExperimentObserver, plan, read_experiment, run_experiment, stage_actions
+from xmfast.runs import Run
+from xmfast_cli.app import app
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills worker processes by pid (POSIX)")
 
-# gmf++'s epochs are the long ones (small batches): a stage to stop or kill between its epochs
+# gmf++ is the long stage (three epochs of small batches over four markets): one to stop or kill
+# after its first epoch while two are left
 GRID = ('name = "cluster"\ndata = "{data}"\nout = "{out}"\ntargets = ["in"]\nmodels = ["pop", "cooc", "gmf", "gmf++"]\n'
-        'seeds = [1]\ndevice = "cpu"\n[train]\nepochs = 2\n[train.gmf]\nbatch_size = 128\n')
+        'seeds = [1]\ndevice = "cpu"\n[train]\nepochs = 2\n[train.gmf]\nepochs = 3\nbatch_size = 256\n')
 LONG = "in/all/s1/gmf++"
 
 
@@ -82,6 +81,32 @@ class Watch(ExperimentObserver):
             self.act()
 
 
+def test_a_worker_killed_mid_stage_is_replaced_and_the_stage_resumes_to_the_serial_files(
+        grid: tuple[Path, dict], dask_cluster: tuple) -> None:
+    """SIGKILL to the worker process running gmf++ after its first epoch: Dask runs the task
+    again on a worker, which finds the stage's checkpoint and resumes it (a second training start,
+    after epoch 1, not 0); the run ends with the serial run's files byte for byte."""
+    file, serial = grid
+    _, client = dask_cluster
+    exp = read_experiment(file)
+    killed = []
+
+    def kill() -> None:
+        (worker,) = [w for w, keys in client.processing().items() if any(f" {LONG} " in str(k) for k in keys)]
+        pid = client.run(os.getpid, workers=[worker])[worker]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    watch = Watch(kill)
+    try:
+        result = run_experiment(plan(exp), observer=watch, executor=xc.DaskExecutor(client))
+        assert killed and LONG in result.executed
+        assert watch.starts[LONG][0] == 0 and watch.starts[LONG][-1] >= 1, watch.starts  # resumed, not restarted
+        assert files(exp.out) == serial
+    finally:
+        shutil.rmtree(exp.out, ignore_errors=True)
+
+
 def test_ctrl_c_leaves_the_running_stage_resumable_and_the_next_run_ends_with_the_serial_files(
         grid: tuple[Path, dict], dask_cluster: tuple) -> None:
     """Ctrl-C (KeyboardInterrupt in the submitting process) after gmf++'s first epoch: the task is
@@ -110,32 +135,6 @@ def test_ctrl_c_leaves_the_running_stage_resumable_and_the_next_run_ends_with_th
         again = CliRunner().invoke(app, ["run", str(file), "--no-report", "--executor", "dask", "--address", address])
         assert again.exit_code == 0, again.output
         assert f"resuming train {LONG}" in again.output and "on the Dask cluster at" in again.output, again.output
-        assert files(exp.out) == serial
-    finally:
-        shutil.rmtree(exp.out, ignore_errors=True)
-
-
-def test_a_worker_killed_mid_stage_is_replaced_and_the_stage_resumes_to_the_serial_files(
-        grid: tuple[Path, dict], dask_cluster: tuple) -> None:
-    """SIGKILL to the worker process running gmf++ after its first epoch: Dask runs the task
-    again on a worker, which finds the stage's checkpoint and resumes it (a second training start,
-    after epoch 1, not 0); the run ends with the serial run's files byte for byte."""
-    file, serial = grid
-    _, client = dask_cluster
-    exp = read_experiment(file)
-    killed = []
-
-    def kill() -> None:
-        (worker,) = [w for w, keys in client.processing().items() if any(f" {LONG} " in str(k) for k in keys)]
-        pid = client.run(os.getpid, workers=[worker])[worker]
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-
-    watch = Watch(kill)
-    try:
-        result = run_experiment(plan(exp), observer=watch, executor=xc.DaskExecutor(client))
-        assert killed and LONG in result.executed
-        assert watch.starts[LONG][0] == 0 and watch.starts[LONG][-1] >= 1, watch.starts  # resumed, not restarted
         assert files(exp.out) == serial
     finally:
         shutil.rmtree(exp.out, ignore_errors=True)
