@@ -1132,7 +1132,7 @@ def run_experiment(
         help="Also write each training stage's curves and, at the end, its settings with the final metrics to "
              "DIR/<stage id> for TensorBoard (`tensorboard --logdir DIR`); cached stages write nothing.")] = None,
     executor: Annotated[str, typer.Option(help="Where stages run: local (this machine, --jobs) or dask (the "
-                                          "workers of a Dask cluster, `pip install \"xmfast[cluster]\"`).")] = "local",
+                                          "workers of the Dask cluster at --address; xmfast's cluster extra).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor dask: the scheduler's address, "
                                                    "tcp://HOST:8786 (what `dask scheduler` prints).")] = None,
 ) -> None:
