@@ -126,7 +126,7 @@ def test_ctrl_c_leaves_the_running_stage_resumable_and_the_next_run_ends_with_th
             run_experiment(plan(exp), observer=watch, executor=xc.DaskExecutor(client))
         assert watch.acted
         run = Run.open(exp.out / LONG)
-        assert run.status == "interrupted" and run.last_epoch() == 1
+        assert run.status == "interrupted" and 1 <= run.last_epoch() < 3  # stopped at a batch, not at its end
         with run.writing():  # the worker has let go of it
             pass
         assert stage_actions(plan(exp))[LONG] == "resume"
