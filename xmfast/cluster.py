@@ -120,14 +120,19 @@ def run_stage(exp: Experiment, stage: Stage, needed: dict[str, Stage], stop_afte
     (not retried: it would fail again), ``("crash", traceback)`` for a bug, ``("interrupted",)``
     when cancelled. What to do is decided here, from the ledger and outputs as they are now: a
     task Dask re-runs because its worker died continues that worker's checkpoint. torch uses
-    the worker's threads (``dask worker --nthreads``); progress goes out on `topic`."""
+    the worker's threads (``dask worker --nthreads``), as does the Rust core; progress goes out
+    on `topic`."""
+    import os
     import traceback
 
     from distributed import get_worker
 
+    worker = get_worker()
+    # The Rust core's pool is sized once, at its first use in the process: the worker's threads
+    # too (unless the worker was started with RAYON_NUM_THREADS), not every core of the machine.
+    os.environ.setdefault("RAYON_NUM_THREADS", str(worker.state.nthreads))
     from xmfast import core
 
-    worker = get_worker()
     key = worker.get_current_task()
 
     def log(*message: Any) -> None:
