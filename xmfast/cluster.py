@@ -50,6 +50,7 @@ def connect(address: str, timeout: float | None = None) -> Any:
     so a failure leaves no half-made client behind (whose clean-up would print a traceback).
     `timeout` defaults to CONNECT_TIMEOUT."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     _require()
     timeout = CONNECT_TIMEOUT if timeout is None else timeout
@@ -66,8 +67,9 @@ def connect(address: str, timeout: float | None = None) -> Any:
 
     remedy = ("start one with `dask scheduler` and give the address it prints (tcp://HOST:8786), "
               "then start workers with `dask worker tcp://HOST:8786`")
-    try:
-        identity = asyncio.run(probe())
+    try:  # in a thread of its own: the caller may be inside an event loop already (a notebook)
+        with ThreadPoolExecutor(1) as pool:
+            identity = pool.submit(asyncio.run, probe()).result()
     except ValueError as e:  # a malformed address: said at once
         raise XmfastError(f"--address {address}: {e}; {remedy}") from None
     except Exception as e:  # noqa: BLE001 - refused, timed out, or something else answering: one line each
