@@ -185,3 +185,14 @@ def test_a_bad_address_or_options_that_do_not_go_together_are_one_error_line(
     (line,) = result.output.strip().splitlines()
     assert re.match(rf"error: {message}", line), line
     assert not read_experiment(file).out.exists()  # nothing written
+
+
+def test_training_stages_ask_for_a_gpu_when_workers_offer_them_and_the_device_is_not_the_cpu(
+        grid: tuple[Path, dict]) -> None:
+    stages = plan(read_experiment(grid[0])).by_id()
+    gpus = {"tcp://a:1": {"resources": {"GPU": 1.0}}, "tcp://b:1": {"resources": {}}}
+    cpus = {"tcp://b:1": {"resources": {}}}
+    assert xc.stage_resources("auto", stages[LONG], gpus) == xc.stage_resources("cuda", stages[LONG], gpus) == {"GPU": 1}
+    assert xc.stage_resources("cpu", stages[LONG], gpus) is None  # a CPU experiment leaves the GPUs alone
+    assert xc.stage_resources("auto", stages["in/dataset"], gpus) is None  # preparing needs no GPU
+    assert xc.stage_resources("cuda", stages[LONG], cpus) is None  # no worker offers one: any worker

@@ -169,6 +169,14 @@ def run_stage(exp: Experiment, stage: Stage, needed: dict[str, Stage], stop_afte
         return ("done", finished)
 
 
+def stage_resources(device: str, stage: Stage, workers: dict[str, Any]) -> dict[str, float] | None:
+    """What a stage asks of its worker: one GPU for a training stage when some worker offers
+    GPUs (``dask worker --resources GPU=1``) and the experiment's device is not the CPU; else
+    nothing (any worker). `workers`: the scheduler's, as ``Client.scheduler_info()`` lists them."""
+    offered = any(w.get("resources", {}).get("GPU") for w in workers.values())
+    return {"GPU": 1} if offered and device != "cpu" and stage.kind != "prepare" else None
+
+
 class DaskExecutor:
     """Runs a plan's stages as tasks on the Dask cluster of `client` (see the module docstring);
     give it to :func:`xmfast.experiment.run_experiment` as ``executor``."""
@@ -204,7 +212,7 @@ class DaskExecutor:
         todo = sorted((s for s in p.stages if actions[s.id] != "cached"), key=lambda s: -height[s.id])
         total = len(todo)
         done = {s.id for s in p.stages if actions[s.id] == "cached"}
-        gpu = exp.device != "cpu" and any(w.get("resources", {}).get("GPU") for w in self._workers().values())
+        workers = self._workers()
         topic = f"xmfast-{uuid.uuid4().hex}"
         inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         running: dict[str, tuple[Any, float]] = {}  # stage id -> (future, start)
@@ -266,7 +274,7 @@ class DaskExecutor:
 
         def submit(stage: Stage) -> None:
             needed = {d: by_id[d] for d in (*stage.deps, *stage.pretrained.values())}
-            resources = {"GPU": 1} if gpu and stage.kind != "prepare" else None
+            resources = stage_resources(exp.device, stage, workers)
             future = self.client.submit(run_stage, sent, by_id[stage.id], needed, stop_after, tensorboard, topic,
                                         key=f"xmfast {stage.id} {uuid.uuid4().hex[:8]}", pure=False,
                                         resources=resources)
@@ -334,4 +342,4 @@ def _cluster_failure(sid: str, error: BaseException) -> XmfastError:
                        f"need the same xmfast (and its Python packages) as this process")
 
 
-__all__ = ["CONNECT_TIMEOUT", "DaskExecutor", "connect", "run_stage"]
+__all__ = ["CONNECT_TIMEOUT", "DaskExecutor", "connect", "run_stage", "stage_resources"]
