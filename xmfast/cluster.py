@@ -183,7 +183,6 @@ class DaskExecutor:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-
         self._counted = (0.0, 1)  # (when, connected workers)
 
     def _workers(self) -> dict[str, Any]:
