@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from xmfast._io import digest_json, write_json_atomic
 from xmfast.errors import XmfastError
@@ -613,8 +613,18 @@ class ExperimentResult:
                 f"out {self.plan.experiment.out}>")
 
 
+class Executor(Protocol):
+    """Runs the stages to do somewhere else (:class:`xmfast.cluster.DaskExecutor`), under the
+    contract of ``jobs`` > 1: this process alone writes the ledger, and the executor returns
+    the seconds of each stage it finished."""
+
+    def run(self, p: Plan, actions: dict[str, Action], observer: ExperimentObserver, stop_after: int | None,
+            tensorboard: Path | None) -> dict[str, float]: ...
+
+
 def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
-                   stop_after: int | None = None, jobs: int = 1, tensorboard: Path | None = None) -> ExperimentResult:
+                   stop_after: int | None = None, jobs: int = 1, tensorboard: Path | None = None,
+                   executor: Executor | None = None) -> ExperimentResult:
     """Executes the stages that are not cached, in dependency order. Interrupting it is safe:
     a re-run continues (an interrupted training resumes from its last checkpoint).
 
@@ -628,11 +638,14 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     re-run continues.
 
     `tensorboard` DIR: each training stage run now (not a cached one) also writes its curves and
-    hyper-parameters to DIR/<stage id> (see :mod:`xmfast.training.tensorboard`)."""
+    hyper-parameters to DIR/<stage id> (see :mod:`xmfast.training.tensorboard`).
+
+    `executor` runs the stages elsewhere instead (a Dask cluster: :mod:`xmfast.cluster`); its
+    workers, not `jobs`, say how many run at once."""
     from xmfast import outputs
     from xmfast._io import check_output
 
-    check_jobs(jobs)
+    check_jobs(jobs, cluster=executor is not None)
     if tensorboard is not None:
         from xmfast.training.tensorboard import require
 
@@ -643,6 +656,8 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     observer = observer or ExperimentObserver()
     actions = stage_actions(p)
     observer.on_plan(p, actions)
+    if executor is not None:
+        return ExperimentResult(p, actions, executor.run(p, actions, observer, stop_after, tensorboard))
     if jobs > 1:
         return ExperimentResult(p, actions, _run_parallel(p, actions, observer, jobs, stop_after, tensorboard))
     by_id = p.by_id()
@@ -668,13 +683,18 @@ def run_experiment(p: Plan, *, observer: ExperimentObserver | None = None,
     return ExperimentResult(p, actions, seconds)
 
 
-def check_jobs(jobs: int) -> None:
-    """Refuses a number of stages at once that is not a whole number of at least 1."""
+def check_jobs(jobs: int, *, cluster: bool = False) -> None:
+    """Refuses a number of stages at once that is not a whole number of at least 1, and any
+    other than 1 with a `cluster`, whose workers say how many run at once."""
     from xmfast.errors import argument
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise XmfastError(f"{argument('jobs', None)} is the number of stages run at once: a whole number of at "
                           f"least 1 (1 runs one stage at a time), got {jobs!r}")
+    if cluster and jobs > 1:
+        raise XmfastError(f"{argument('jobs', jobs)} starts worker processes on this machine; on a cluster its "
+                          f"workers run the stages, one each at a time: leave out {argument('jobs', None)} and start "
+                          f"as many workers as stages to run at once")
 
 
 def _record(exp: Experiment, stage: Stage, status: str, seconds: float | None = None) -> None:
@@ -1064,5 +1084,5 @@ def write_experiment_report(exp: Experiment, source: Path) -> Path:
                         preface=preface, inputs=[exp.out])
 
 
-__all__ = ["Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "StageEvent", "plan",
+__all__ = ["Executor", "Experiment", "ExperimentObserver", "ExperimentResult", "Plan", "Stage", "StageEvent", "plan",
            "read_experiment", "run_experiment", "check_jobs", "stage_actions", "write_experiment_report"]

@@ -1131,6 +1131,10 @@ def run_experiment(
     tensorboard: Annotated[Optional[Path], typer.Option(
         help="Also write each training stage's curves and, at the end, its settings with the final metrics to "
              "DIR/<stage id> for TensorBoard (`tensorboard --logdir DIR`); cached stages write nothing.")] = None,
+    executor: Annotated[str, typer.Option(help="Where stages run: local (this machine, --jobs) or dask (the "
+                                          "workers of the Dask cluster at --address; xmfast's cluster extra).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --executor dask: the scheduler's address, "
+                                                   "tcp://HOST:8786 (what `dask scheduler` prints).")] = None,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
     import time
@@ -1140,7 +1144,13 @@ def run_experiment(
     from xmfast import tune
     from xmfast_cli.render import ExperimentProgress, StagesProgress, console, plan_table, show
 
-    xp.check_jobs(jobs)
+    if executor not in ("local", "dask"):
+        raise XmfastError(f"--executor {executor}: expected local (this machine) or dask (a Dask cluster)")
+    if (address is None) == (executor == "dask"):
+        raise XmfastError("--address is the Dask scheduler's, for --executor dask" if address is not None else
+                          "--executor dask needs the scheduler's address: --address tcp://HOST:8786 (what "
+                          "`dask scheduler` prints)")
+    xp.check_jobs(jobs, cluster=executor == "dask")
     if distributed.launched():
         raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
                           "(torchrun is for one `xmfast train` or `xmfast finetune` at a time)")
@@ -1153,13 +1163,21 @@ def run_experiment(
     again = _quoted("xmfast", "run", experiment, *(["--out", out] if out is not None else []),
                     *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []),
                     *(["--use-tuned"] if use_tuned else []),
-                    *(["--tensorboard", tensorboard] if tensorboard is not None else []))
-    observer = ExperimentProgress() if jobs == 1 else StagesProgress()
+                    *(["--tensorboard", tensorboard] if tensorboard is not None else []),
+                    *(["--executor", executor, "--address", address] if address is not None else []))
+    cluster = contextlib.nullcontext()
+    if address is not None:  # reached before anything is written: an unreachable one is one line
+        from xmfast.cluster import DaskExecutor, connect
+
+        cluster = contextlib.closing(connect(address))
+    observer = ExperimentProgress() if jobs == 1 and address is None else StagesProgress()
     t0 = time.perf_counter()
-    with _on_interrupt(lambda: observer.interrupted(again)), observer:
-        result = xp.run_experiment(plan, observer=observer, jobs=jobs, tensorboard=tensorboard)
+    with cluster as client, _on_interrupt(lambda: observer.interrupted(again)), observer:
+        result = xp.run_experiment(plan, observer=observer, jobs=jobs, tensorboard=tensorboard,
+                                   executor=None if client is None else DaskExecutor(client))
     ran = len(result.executed)
-    took = (f"{sum(result.seconds.values()):.0f} s" if jobs == 1 else
+    took = (f"{time.perf_counter() - t0:.0f} s, on the Dask cluster at {address}" if address is not None else
+            f"{sum(result.seconds.values()):.0f} s" if jobs == 1 else
             f"{time.perf_counter() - t0:.0f} s, up to {jobs} at once")
     console.print(f"[bold]{exp.name}[/]: {len(plan.stages)} stages, {ran} run, {len(plan.stages) - ran} reused "
                   f"({took})", highlight=False)
