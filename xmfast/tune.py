@@ -49,6 +49,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from xmfast.cluster import connect
 from xmfast.errors import XmfastError
 from xmfast.experiment import Experiment, Plan, Stage, _execute, plan, run_experiment
 from xmfast.models import get_model
@@ -315,20 +316,6 @@ def _lock(directory: Path) -> Any:
     return handle
 
 
-def dask_client(address: str) -> Any:
-    """A Dask distributed client of the scheduler at `address` (HOST:PORT): the one place a search
-    connects to a cluster."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise XmfastError('--executor dask needs Dask distributed: pip install "xmfast[cluster]"') from None
-    try:
-        return Client(address if "://" in address else f"tcp://{address}", timeout="10s")
-    except (OSError, TimeoutError) as e:
-        raise XmfastError(f"--address {address}: no Dask scheduler answers there ({e}); start one with "
-                          "`dask scheduler` and workers with `dask worker HOST:PORT`") from None
-
-
 @dataclass(frozen=True)
 class _Task:
     """What a trial worker needs, in any process: the study of (`name`, `target`), the wall-clock
@@ -589,7 +576,7 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
         check_jobs(jobs)
     spec = read_tune(exp)
     check_output(exp.out, outputs.EXPERIMENT_DIR, inputs=exp.data.inputs)
-    client = dask_client(address) if address is not None else None
+    client = connect(address) if address is not None else None
     try:
         if jobs is None:
             jobs = max(1, len(client.scheduler_info().get("workers", {}))) if client is not None else 1
@@ -769,5 +756,5 @@ def summary_markdown(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "dask_client", "default_won", "read_summary",
+__all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "default_won", "read_summary",
            "read_tune", "summary_markdown", "tune", "tuned_plan", "uses_default"]
