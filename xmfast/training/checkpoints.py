@@ -153,7 +153,7 @@ class StartingRun:
 
     @property
     def config(self) -> Any:
-        return get_model(self.run.model).config_from(self.run.info["model_config"])
+        return get_model(self.run.model).config_from(self.run.info["model_config"], recorded=True)
 
     @property
     def path(self) -> Path:
