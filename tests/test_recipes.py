@@ -127,23 +127,30 @@ def test_an_acmr_run_from_before_embedding_norm_loads_evaluates_and_fine_tunes_w
     norm weights) is evaluated, fine-tuned from and reported as a run without the norm."""
     import json
 
+    from xmfast.models.acmr import ACMR
     from xmfast.report import read_run
     from xmfast.training import finetune
-    from xmfast.training.engine import load_scorer
+    from xmfast.training.checkpoints import CHECKPOINT_VERSION
+    from xmfast.training.engine import load_scorer, run_info
 
     acmr = get_model("acmr")
     tiny = acmr.config_from({"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 4, "embedding_norm": False})
-    pre = tmp_path / "pre"
-    assert train(sample, pre, "acmr", tiny, replace(FAST, epochs=1, sources=("all",)))
-    info = json.loads((pre / "run.json").read_text())
-    del info["model_config"]["embedding_norm"]
-    (pre / "run.json").write_text(json.dumps(info))
-    run = Run.open(pre)
+    info = run_info(sample, acmr, tiny, acmr.train_config(sources=("all",), seed=7))
+    del info["model_config"]["embedding_norm"]  # as an older version wrote it
+    run = Run.create(tmp_path / "pre", info)
+    torch.manual_seed(0)
+    weights = ACMR(sample.n_items, len(sample.markets), tiny).state_dict()
+    assert not any("embedding_norm" in k for k in weights)
+    torch.save({"version": CHECKPOINT_VERSION, "dataset": sample.fingerprint, "model_name": "acmr", "epoch": 1,
+                "model": weights}, run.best_checkpoint)
+    (run.path / "results.json").write_text(json.dumps({"model": "acmr", "selected_epoch": 1, "target": "in",
+                                                       "valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.1}}))
+    run.save_info(status="finished")
     assert load_scorer(run, run.load_dataset(), device="cpu").model.embedding_norm is None
-    assert read_run(pre).config["model.embedding_norm"] is False
-    result = CliRunner().invoke(app, ["evaluate", str(pre), "--split", "test"])
+    assert read_run(run.path).config["model.embedding_norm"] is False
+    result = CliRunner().invoke(app, ["evaluate", str(run.path), "--split", "test"])
     assert result.exit_code == 0, result.output
-    finetune(pre, tmp_path / "ft", model="acmr", config=acmr.finetune_config(epochs=1, batch_size=256, seed=7))
+    finetune(run.path, tmp_path / "ft", model="acmr", config=acmr.finetune_config(epochs=1, batch_size=256, seed=7))
     assert json.loads((tmp_path / "ft" / "in" / "run.json").read_text())["model_config"]["embedding_norm"] is False
 
 
