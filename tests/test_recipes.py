@@ -90,8 +90,68 @@ def test_settings_added_later_stay_out_of_stage_keys_at_their_defaults() -> None
 KEYS_BEFORE_RECIPES = {  # the whole chain's keys: forec's digest covers gmf, mlp, nmf++ and maml
     "in/single/s1/gmf": "969de44b5d84bebf23d390e7f38499454cd7dfadec9a87589828ba48803a03ba",
     "in/all/s1/forec": "a233f7205eb98d9e54996a5ba64c3cfbf9d92ed667d1a9cab3603f0b8892f628",
-    "in/all/s1/acmr": "6cdfad1afa450e10f04d33fb49ceb4f429a64403e845dc673855161d1aa1890c",
+    # changed deliberately (issue 23): ACMR's embedding LayerNorm is on by default, as the original
+    # code's, so an ACMR stage with the defaults is another experiment than before (it was
+    # 6cdfad1afa450e10f04d33fb49ceb4f429a64403e845dc673855161d1aa1890c with the norm off); a stage
+    # with embedding_norm = false keeps that old key (test below)
+    "in/all/s1/acmr": "e34db6514ab88982a83e959d25db19f0088d81cacd7ac0f11a2896d3b1c39640",
 }
+
+
+def test_acmr_embedding_norm_is_on_by_default_and_off_in_records_without_it() -> None:
+    """The default changed, a record's meaning did not: run.json and stage settings written
+    before `embedding_norm` existed read back with it off, and a stage with it off keeps the key
+    it had before the setting existed."""
+
+    from xmfast.experiment import plan, read_experiment
+    from xmfast.runs import to_plain
+
+    acmr = get_model("acmr")
+    assert acmr.config_from({}).embedding_norm is True
+    old_record = {k: v for k, v in to_plain(acmr.config_from({})).items() if k != "embedding_norm"}
+    assert acmr.config_from(old_record, recorded=True).embedding_norm is False
+    assert acmr.config_from({**old_record, "embedding_norm": True}, recorded=True).embedding_norm is True
+    assert "embedding_norm" not in key_plain(replace(acmr.config_from({}), embedding_norm=False))
+    assert key_plain(acmr.config_from({}))["embedding_norm"] is True
+    root = Path(__file__).resolve().parents[1]
+    exp = read_experiment(root / "experiments" / "quickstart.toml")
+    exp = replace(exp, model_settings={**exp.model_settings,
+                                       "acmr": {**exp.model_settings["acmr"], "embedding_norm": False}})
+    keys = {s.id: s.key for s in plan(exp).stages}
+    assert keys["in/all/s1/acmr"] == "6cdfad1afa450e10f04d33fb49ceb4f429a64403e845dc673855161d1aa1890c"
+
+
+def test_an_acmr_run_from_before_embedding_norm_loads_evaluates_and_fine_tunes_without_it(
+        sample: PreparedDataset, tmp_path: Path) -> None:
+    """A run.json without `embedding_norm` (written before it existed; its checkpoint has no
+    norm weights) is evaluated, fine-tuned from and reported as a run without the norm."""
+    import json
+
+    from xmfast.models.acmr import ACMR
+    from xmfast.report import read_run
+    from xmfast.training import finetune
+    from xmfast.training.checkpoints import CHECKPOINT_VERSION
+    from xmfast.training.engine import load_scorer, run_info
+
+    acmr = get_model("acmr")
+    tiny = acmr.config_from({"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 4, "embedding_norm": False})
+    info = run_info(sample, acmr, tiny, acmr.train_config(sources=("all",), seed=7))
+    del info["model_config"]["embedding_norm"]  # as an older version wrote it
+    run = Run.create(tmp_path / "pre", info)
+    torch.manual_seed(0)
+    weights = ACMR(sample.n_items, len(sample.markets), tiny).state_dict()
+    assert not any("embedding_norm" in k for k in weights)
+    torch.save({"version": CHECKPOINT_VERSION, "dataset": sample.fingerprint, "model_name": "acmr", "epoch": 1,
+                "model": weights}, run.best_checkpoint)
+    (run.path / "results.json").write_text(json.dumps({"model": "acmr", "selected_epoch": 1, "target": "in",
+                                                       "valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.1}}))
+    run.save_info(status="finished")
+    assert load_scorer(run, run.load_dataset(), device="cpu").model.embedding_norm is None
+    assert read_run(run.path).config["model.embedding_norm"] is False
+    result = CliRunner().invoke(app, ["evaluate", str(run.path), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    finetune(run.path, tmp_path / "ft", model="acmr", config=acmr.finetune_config(epochs=1, batch_size=256, seed=7))
+    assert json.loads((tmp_path / "ft" / "in" / "run.json").read_text())["model_config"]["embedding_norm"] is False
 
 
 # ---- each setting changes what it names -----------------------------------------------------------
@@ -243,8 +303,8 @@ def test_acmr_embedding_norm_is_a_layernorm_on_the_embeddings_only_when_set() ->
     from xmfast.models.settings import ACMRConfig
 
     small = dict(embedding_dim=8, blocks=1, heads=2, history=4, dropout=0.0)
-    plain = ACMR(30, 2, ACMRConfig(**small))
-    normed = ACMR(30, 2, ACMRConfig(**small, embedding_norm=True))
+    plain = ACMR(30, 2, ACMRConfig(**small, embedding_norm=False))
+    normed = ACMR(30, 2, ACMRConfig(**small))
     assert not any("embedding_norm" in k for k in plain.state_dict())  # older runs still load
     assert {"embedding_norm.weight", "embedding_norm.bias"} <= set(normed.state_dict())
     normed.load_state_dict({**plain.state_dict(), **{k: v for k, v in normed.state_dict().items()

@@ -718,6 +718,7 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
         run_prepare(exp.data, stage.path, config, overwrite=True)
         return True
     from xmfast import training
+    from xmfast._added import fill_absent
     from xmfast.dataset import PreparedDataset
     from xmfast.models import config_from_dict
 
@@ -729,8 +730,9 @@ def _execute(exp: Experiment, stage: Stage, action: Action, by_id: dict[str, Sta
         return training.resume(stage.result_path, observer=train_observer, stop_after=stop_after) is not None
     assert stage.model is not None
     spec = get_model(stage.model)
-    model_config = spec.config_from(stage.settings["model_config"])
-    config = config_from_dict(training.TrainConfig, {**stage.settings["train_config"], "device": exp.device})
+    model_config = spec.config_from(stage.settings["model_config"], recorded=True)
+    config = config_from_dict(training.TrainConfig, {**fill_absent(training.TrainConfig, stage.settings["train_config"]),
+                                                      "device": exp.device})
     deps = [by_id[d] for d in stage.deps]
     if stage.kind == "finetune":
         base = next(d for d in deps if d.kind == "train")

@@ -180,7 +180,8 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
             pass
         if not tc_sources:  # a fine-tuned run: the sources are those its base learned from
             sources = tuple(base_tc.get("sources") or ())
-    config = {**_flat("model", info.get("model_config") or {}), **_flat("train", tc),
+    model_config = _recorded_model_config(info)
+    config = {**_flat("model", model_config), **_flat("train", tc),
               **({"base.model": base_info["model"]} if isinstance(base_info.get("model"), str) else {}),
               **_flat("base.train", _settings_only(base_tc))}
     # a fine-tuned run is what it was fine-tuned from too (FOREC from MAML is not FOREC from NMF++)
@@ -190,7 +191,7 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
         protocol=str(info.get("dataset", {}).get("protocol", "?")),
         fingerprint=str(info.get("dataset", {}).get("fingerprint", "")),
         sources=sources, seed=seed,
-        settings=digest_json({"model": info.get("model"), "model_config": info.get("model_config"), "train": tc,
+        settings=digest_json({"model": info.get("model"), "model_config": model_config, "train": tc,
                               "finetune": finetune})[:8],
         valid=dict(results["valid"]), test=dict(results["test"]), selected_epoch=results.get("selected_epoch"),
         markets=markets, inputs=inputs, config=config,
@@ -202,6 +203,21 @@ _NOT_SETTINGS = ("seed", "device", "eval_batch", "amp", "cuda_graphs")  # how or
 
 def _settings_only(train_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train_config.items() if k not in _NOT_SETTINGS}
+
+
+def _recorded_model_config(info: dict[str, Any]) -> dict[str, Any]:
+    """The run's model settings as run.json records them, with the settings added since it was
+    written at the value their absence means (a run from before ACMR's `embedding_norm` existed
+    had it off), so runs alike are one row and a legend names what differs; as recorded when
+    the model is not installed or the record does not read."""
+    from xmfast.models import get_model
+    from xmfast.runs import to_plain
+
+    values = info.get("model_config") or {}
+    try:
+        return to_plain(get_model(str(info["model"])).config_from(values, recorded=True))
+    except (XmfastError, KeyError, TypeError, ValueError):
+        return dict(values) if isinstance(values, dict) else {}
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:

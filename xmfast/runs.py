@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xmfast import outputs
-from xmfast._added import is_added
+from xmfast._added import absent_value, is_added
 from xmfast._io import holds_no_file, json_text, loads_strict, read_descriptor, write_json_atomic, write_text_atomic
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import DatasetError, XmfastError, argument, spelled
@@ -72,11 +72,11 @@ def to_plain(value: Any) -> Any:
 
 def key_plain(value: Any) -> Any:
     """:func:`to_plain` for stage keys: a setting declared with ``added(default)`` (see
-    :mod:`xmfast.models.settings`) is left out while it holds its default, so adding a setting
-    does not make finished stages stale."""
+    :mod:`xmfast._added`) is left out while it holds the value its absence means, so adding a
+    setting does not make finished stages stale."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: key_plain(getattr(value, f.name)) for f in fields(value)
-                if not (is_added(f) and getattr(value, f.name) == f.default)}
+                if not (is_added(f) and getattr(value, f.name) == absent_value(f))}
     if isinstance(value, dict):
         return {k: key_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -407,7 +407,7 @@ def run_model(run: Run) -> tuple[Any, Any]:
         raise XmfastError(origin)
     spec = get_model(run.model)
     try:
-        return spec, spec.config_from(run.info["model_config"])
+        return spec, spec.config_from(run.info["model_config"], recorded=True)
     except XmfastError as e:
         raise XmfastError(f"{run.path / 'run.json'}: {e}; the file was edited or belongs to another version") from None
 

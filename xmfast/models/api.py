@@ -161,11 +161,19 @@ class Model:
         known = ", ".join(dict.fromkeys([DEFAULT_RECIPE, *self.recipes]))
         raise XmfastError(f"model {self.name} has no recipe {name!r} (its recipes: {known})")
 
-    def config_from(self, values: Mapping[str, Any] | None, recipe: str | None = None) -> Any:
-        """The configuration from plain values (a TOML table, a saved run) over the model
-        settings of `recipe` (None: none), every key and type checked."""
+    def config_from(self, values: Mapping[str, Any] | None, recipe: str | None = None, *,
+                    recorded: bool = False) -> Any:
+        """The configuration from plain values (a TOML table, options) over the model settings
+        of `recipe` (None: none), every key and type checked. `recorded`: the values are a record
+        (run.json, a stage's settings), in which a missing added setting means its value from
+        before it existed, not today's default (see :mod:`xmfast._added`)."""
         base = self.recipe(recipe).get("model", {}) if recipe else {}
-        return config_from_dict(self.config_type, merged(base, dict(values or {})), f"model {self.name}")
+        values = merged(base, dict(values or {}))
+        if recorded:
+            from xmfast._added import fill_absent
+
+            values = fill_absent(self.config_type, values)
+        return config_from_dict(self.config_type, values, f"model {self.name}")
 
     def train_config(self, **overrides: Any) -> Any:
         """The training settings: TrainConfig's defaults, the model's own, its recipe's (the

@@ -140,9 +140,10 @@ class ACMRConfig:
     # Training batches are sorted by history length within windows of this many batches (then the
     # window's batches are shuffled), so a batch is cut to a short width; 0 turns it off.
     bucket_batches: int = 64
-    # A LayerNorm and dropout on the sum of item and market embeddings before the first block, as
-    # the original code's BERTEmbedding has.
-    embedding_norm: bool = added(False)
+    # A LayerNorm and dropout (`dropout`) on the sum of item and market embeddings before the first
+    # block, as the original code's BERTEmbedding has. On by default since issue 23; a run.json or
+    # stage written before then (without the setting) had it off, and still reads so.
+    embedding_norm: bool = added(True, absent=False)
 
     def __post_init__(self) -> None:
         if self.embedding_dim % self.heads:

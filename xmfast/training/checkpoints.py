@@ -53,24 +53,9 @@ def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = Fal
     tensors and plain data only (xmfast writes nothing else), so a file whose unpickling would
     run code is refused, never executed. `resumable` also checks what :meth:`Trainer.restore`
     uses (optimizer, RNG and early-stopping state), so a damaged ``last.pt`` fails here, whole."""
-    import pickle
-    import warnings
-
     if not Path(path).is_file():
         raise XmfastError(f"{path}: missing; the run has no such checkpoint")
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's weights-only unpickler: a forbidden name, or bytes it cannot read
-        code = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if code:
-            raise XmfastError(f"{path}: refers to {code.group(1)}, not only tensors and plain data, so it was not "
-                              "written by xmfast and loading it could run code; refused: delete it and train the "
-                              "run again") from None
-        raise _damaged(path, e) from None
-    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is a damaged file
-        raise _damaged(path, e) from None
+    state = load_untrusted(path, "written by xmfast", "delete it and train the run again")
     problem = _state_problem(state, resumable)
     if problem:
         raise XmfastError(f"{path}: not an xmfast checkpoint ({problem}); train the run again")
@@ -85,10 +70,31 @@ def read_checkpoint(path: Path, run: Run | None = None, *, resumable: bool = Fal
     return state
 
 
-def _damaged(path: Path, e: Exception) -> XmfastError:
-    """torch's own text is left out: it is long and advises loading with weights_only=False."""
+def load_untrusted(path: Path, expected: str, remedy: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, each failure one error naming `path`:
+    a file that refers to code (`expected` says what it should have been) or that cannot be
+    decoded; `remedy` says what to do. torch's own text is left out: it is long and advises
+    loading with weights_only=False."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler: a forbidden name, or bytes it cannot read
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise XmfastError(f"{path}: refers to {code.group(1)}, not only tensors and plain data, so it was not "
+                              f"{expected} and loading it could run code; refused: {remedy}") from None
+        raise _damaged(path, e, remedy) from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is a damaged file
+        raise _damaged(path, e, remedy) from None
+
+
+def _damaged(path: Path, e: Exception, remedy: str = "train the run again") -> XmfastError:
     return XmfastError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file is damaged (truncated, "
-                       "zeroed or another format): train the run again")
+                       f"zeroed or another format): {remedy}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -153,7 +159,7 @@ class StartingRun:
 
     @property
     def config(self) -> Any:
-        return get_model(self.run.model).config_from(self.run.info["model_config"])
+        return get_model(self.run.model).config_from(self.run.info["model_config"], recorded=True)
 
     @property
     def path(self) -> Path:

@@ -168,7 +168,7 @@ def resume(run_path: Path, *, dataset_path: Path | None = None, observer: TrainO
     if not spec.trained:
         raise XmfastError(f"{run_path}: a {spec.name} run has no training to resume; train it again")
     dataset = run.load_dataset(dataset_path)
-    model_config = spec.config_from(run.info["model_config"])
+    model_config = spec.config_from(run.info["model_config"], recorded=True)
     config = run_train_config(run)
     if device is not None:
         config = replace(config, device=device)
@@ -239,4 +239,6 @@ def load_scorer(run: Run, dataset: PreparedDataset, *, device: str = "auto",
 
 def run_train_config(run: Run) -> TrainConfig:
     """The training settings a run was made with."""
-    return config_from_dict(TrainConfig, run.info["train_config"])
+    from xmfast._added import fill_absent
+
+    return config_from_dict(TrainConfig, fill_absent(TrainConfig, run.info["train_config"]))

@@ -64,7 +64,7 @@ def finetune(
         raise XmfastError(f"{base}: {spec.name} fine-tunes a finished {' or '.join(bases)} run "
                           f"(this is a {base_run.status} {base_run.model} run)")
     dataset = base_run.load_dataset()
-    base_config = get_model(base_run.model).config_from(base_run.info["model_config"])
+    base_config = get_model(base_run.model).config_from(base_run.info["model_config"], recorded=True)
     if model_config is not None and not isinstance(model_config, spec.config_type):
         raise XmfastError(f"model {spec.name} takes a {spec.config_type.__name__}, not {type(model_config).__name__}")
     model_config = spec.config_from_base(model_config, base_run.model, base_config)

@@ -557,6 +557,34 @@ def import_(
     console.print(f"imported {export_dir} to {out}: fingerprint {dataset.fingerprint[:16]}", highlight=False)
 
 
+# A command of its own, not `import acmr ...`: `xmfast import DIR` reads a dataset export, and a
+# directory named acmr would make a subcommand ambiguous.
+@command("import-acmr")
+@user_errors
+def import_acmr(
+    checkpoint: Annotated[Path, typer.Argument(help="A released state dict: checkpoints/ACMR_MKT_{pretrain,finetune}.pt "
+                                               "of laowangzi/ACMR.")],
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset with the log's target and every market it names "
+                                            "(--sources all).")],
+    log: Annotated[Path, typer.Option(help="The run's training log (logs/MKT.log): its market order and data "
+                                      "statistics.")],
+    data: Annotated[Path, typer.Option(help="The directory of the rating files the dataset was prepared from "
+                                       "(the original's vocabulary is their file order).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run at --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the test evaluation).")] = "auto",
+) -> None:
+    """Make ACMR's released weights (laowangzi/ACMR) a run that evaluate, report, compare and recommend read, labelled acmr (released)."""
+    from xmfast.acmr_release import import_release
+    from xmfast_cli.render import console
+
+    _check_output(out, "RUN", dataset, checkpoint, log)
+    run = import_release(checkpoint, log, dataset, data, out, overwrite=overwrite, device=device)
+    test = run.results()["test"]
+    console.print(f"imported {checkpoint} as {run.info['label']} into {out}: test NDCG@10 {test['ndcg@10']:.4f} on "
+                  f"{run.results()['queries']:,} users of {run.info['target']}", highlight=False)
+
+
 def _parse_cutoffs(value: str) -> tuple[int, ...]:
     try:
         cutoffs = tuple(int(v) for v in _split_list(value))
