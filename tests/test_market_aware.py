@@ -15,9 +15,8 @@ import torch
 from xmfast.dataset import PreparedDataset
 from xmfast.errors import XmfastError
 from xmfast.experiment import plan, read_experiment
-from xmfast.models import Sizes, get_model
-from xmfast.models import ncf
-from xmfast.models.market_aware import MAGMF, MAMLP, MANMF
+from xmfast.models import Sizes, get_model, ncf
+from xmfast.models.market_aware import MAGMF, MAMLP
 from xmfast.models.settings import MAGMFConfig, MAMLPConfig, MANMFConfig
 from xmfast.prepare import PrepareConfig, prepare
 from xmfast.training import TrainConfig, load_scorer, train
@@ -59,7 +58,7 @@ def test_one_logit_per_pair_and_every_parameter_gets_a_gradient(name: str) -> No
         if name == "manmf" and pname in heads:
             continue  # NMF's own output layer replaces the branch heads
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
-    assert "group_market" not in module.state_dict() and not any(k.endswith("group_market") for k in module.state_dict())
+    assert not any(k.endswith("group_market") for k in module.state_dict())  # the dataset's, not the weights
 
 
 def _set_gmf(m: MAGMF) -> None:
@@ -264,7 +263,6 @@ def test_grid_plans_manmf_after_its_branches_on_the_pooled_markets(sample_dir: P
     assert p.by_id()["in/all/s1/mamlp"].settings["train_config"]["select"] == "last"
     # one run per source market with "each"
     p = planned('sources = "each"\nmodels = ["magmf"]\n')
-    assert [s.id for s in p.stages if s.kind == "train"] == ["in/de/s1/magmf", "in/jp/s1/magmf", "in/uk/s1/magmf"] \
-        or [s.id for s in p.stages if s.kind == "train"] == [f"in/src-{m}/s1/magmf" for m in ("de", "jp", "uk")]
+    assert [s.id for s in p.stages if s.kind == "train"] == [f"in/src-{m}/s1/magmf" for m in ("de", "jp", "uk")]
     with pytest.raises(XmfastError, match="magmf has no pooled variant"):
         planned('models = ["magmf++"]\n')
