@@ -213,6 +213,9 @@ _BUILTIN = {
     "forec": "xmfast.models.builtin:FOREC",
     "acmr": "xmfast.models.builtin:ACMR",
     "sasrec": "xmfast.models.builtin:SASRec",
+    "magmf": "xmfast.models.builtin:MAGMF",
+    "mamlp": "xmfast.models.builtin:MAMLP",
+    "manmf": "xmfast.models.builtin:MANMF",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _registered: dict[str, Model] = {}  # loaded models by name

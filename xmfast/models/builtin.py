@@ -14,7 +14,10 @@ from xmfast.models.settings import (
     CooccurrenceConfig,
     FORECConfig,
     GMFConfig,
+    MAGMFConfig,
     MAMLModelConfig,
+    MAMLPConfig,
+    MANMFConfig,
     MLPConfig,
     NMFConfig,
     PopularityConfig,
@@ -201,6 +204,72 @@ class ACMR(Model):
         if config is not None and config != base_config:
             raise XmfastError("acmr fine-tuning keeps the pre-trained architecture; do not give other settings")
         return base_config
+
+
+# ---- market-aware NCF --------------------------------------------------------------------------
+# MA-GMF, MA-MLP, MA-NMF (Bhargav, Aliannejadi, Kanoulas, ECIR 2023): GMF, MLP and NMF with a
+# learned embedding per market scaling the item vectors (xmfast.models.market_aware), one model
+# trained on every market at once (the paper's global setting, the default sources). Their code
+# (samarthbhargav/efficient-xmrec, train_base_all.py) trains FOREC's NCF settings on the markets
+# concatenated, draws negatives anew each epoch, keeps the last epoch, and starts every
+# embedding, the markets' too, from PyTorch's N(0, 1).
+_MA_TRAIN = {"select": "last", "start_checkpoint": "last"}  # concat and fresh negatives: the defaults
+_MA_MODEL = {"market_init": "random"}
+
+
+class _MarketAware(Model):
+    """What the three share: trained across markets, and each key's market read from the dataset."""
+
+    cross_market = needs_sources = True
+    train_defaults = {"sources": ("all",)}
+
+    def attach(self, module: Any, dataset: Any, rows: Any = None) -> None:
+        module.set_group_market(dataset.group_market)
+
+
+class MAGMF(_MarketAware, GMF):
+    name = "magmf"
+    description = "MA-GMF: GMF with market embeddings scaling the item vectors, trained on all markets"
+    config_type = MAGMFConfig
+    recipes = {"original": {"train": _MA_TRAIN, "model": {**_GMF_ORIGINAL, **_MA_MODEL}}}
+
+    def build(self, sizes: Sizes, config: MAGMFConfig) -> Any:
+        from xmfast.models import market_aware
+
+        return market_aware.MAGMF(sizes.groups, sizes.items, sizes.markets, config)
+
+
+class MAMLP(_MarketAware, MLP):
+    name = "mamlp"
+    description = "MA-MLP: MLP tower over the user and market-scaled item embeddings, trained on all markets"
+    config_type = MAMLPConfig
+    starts_from = {"gmf": "magmf"}  # with from_gmf: the MA-GMF run whose embeddings it starts from
+    recipes = {"original": {"train": _MA_TRAIN, "model": {**_MLP_ORIGINAL, **_MA_MODEL}}}
+
+    def build(self, sizes: Sizes, config: MAMLPConfig) -> Any:
+        from xmfast.models import market_aware
+
+        return market_aware.MAMLP(sizes.groups, sizes.items, sizes.markets, config)
+
+    def initialise(self, module: Any, runs: Any, config: MAMLPConfig) -> None:
+        from xmfast.models import market_aware
+
+        market_aware.embeddings_from_magmf(module, runs["gmf"].module())
+
+
+class MANMF(_MarketAware, NMF):
+    name = "manmf"
+    description = "MA-NMF: NeuMF of MA-GMF and MA-MLP branches sharing the market embeddings, from their runs"
+    config_type = MANMFConfig
+    starts_from = {"gmf": "magmf", "mlp": "mamlp"}  # the settings `gmf` and `mlp` are those runs' settings
+    recipes = {"original": {"train": _MA_TRAIN, "model": {"gmf": {**_GMF_ORIGINAL, **_MA_MODEL},
+                                                          "mlp": {**_MLP_ORIGINAL, **_MA_MODEL},
+                                                          "copy_tower_bias": False}}}
+
+    def build(self, sizes: Sizes, config: MANMFConfig) -> Any:
+        from xmfast.models import market_aware
+
+        return market_aware.MANMF(sizes.groups, sizes.items, sizes.markets, config)
 
 
 class SASRec(Model):

@@ -78,11 +78,13 @@ def embeddings_from_gmf(mlp: MLP, gmf: GMF) -> None:
 
 
 class NMF(nn.Module):
-    def __init__(self, n_users: int, n_items: int, config: NMFConfig = NMFConfig()) -> None:
+    def __init__(self, n_users: int, n_items: int, config: NMFConfig = NMFConfig(),
+                 branches: tuple[GMF, MLP] | None = None) -> None:
+        """`branches`: a variant's own GMF and MLP modules (the market-aware NMF's); by default
+        built from `config`."""
         super().__init__()
         self.config = config
-        self.gmf = GMF(n_users, n_items, config.gmf)
-        self.mlp = MLP(n_users, n_items, config.mlp)
+        self.gmf, self.mlp = branches or (GMF(n_users, n_items, config.gmf), MLP(n_users, n_items, config.mlp))
         # The branches' own heads are unused inside NMF; they stay so the branches load as is.
         self.output = nn.Linear(config.mlp.layers[-1] + config.gmf.embedding_dim, 1)
         initialise_weights(self.output, config.gmf.init, config.gmf.init_std)

@@ -92,6 +92,64 @@ class NMFConfig:
             raise ValueError(f"nmf alpha must be in [0, 1], got {self.alpha}")
 
 
+# ---- market-aware NCF (Bhargav, Aliannejadi, Kanoulas, ECIR 2023) ---------------------------------
+# How the market embeddings start. "ones": every market as the identity, so training starts from
+# the market-blind model (xmfast's choice: drawn from N(0, 0.01²) like the other embeddings, they
+# would scale the item vectors down to ~1e-4 and the gradients with them); "random": drawn as the
+# other embeddings are (`init`; with "pytorch", N(0, 1), which is what the authors' code trains).
+MarketInit = Literal["ones", "random"]
+
+
+def _check_market_init(value: str) -> None:
+    if value not in ("ones", "random"):
+        raise ValueError(f"market_init must be ones or random, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MAGMFConfig(GMFConfig):
+    """MA-GMF: GMF whose item vectors are multiplied element-wise by their market's embedding,
+    logit = w · (p_u ⊙ q_i ⊙ m_market) + b."""
+
+    market_init: MarketInit = "ones"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_market_init(self.market_init)
+
+
+@dataclass(frozen=True)
+class MAMLPConfig(MLPConfig):
+    """MA-MLP: the MLP tower over the user embedding and the market-scaled item embedding; with
+    `from_gmf` its user, item and market embeddings start from an MA-GMF run's."""
+
+    market_init: MarketInit = "ones"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_market_init(self.market_init)
+
+
+@dataclass(frozen=True)
+class MANMFConfig(NMFConfig):
+    """MA-NMF: NeuMF of an MA-GMF and an MA-MLP branch (pretrained: from their runs)."""
+
+    gmf: MAGMFConfig = MAGMFConfig()
+    mlp: MAMLPConfig = MAMLPConfig()
+    # One market embedding for both branches, as the authors' code has (it then starts from the
+    # MA-MLP run's); False: each branch keeps its own.
+    shared_market: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gmf, dict):
+            object.__setattr__(self, "gmf", MAGMFConfig(**self.gmf))
+        if isinstance(self.mlp, dict):
+            object.__setattr__(self, "mlp", MAMLPConfig(**self.mlp))
+        super().__post_init__()
+        if self.shared_market and self.gmf.embedding_dim != self.mlp.embedding_dim:
+            raise ValueError(f"shared_market needs the branches' embeddings of one width, got gmf embedding_dim "
+                             f"{self.gmf.embedding_dim} and mlp {self.mlp.embedding_dim} (layers[0] // 2)")
+
+
 @dataclass(frozen=True)
 class FORECConfig:
     nmf: NMFConfig = NMFConfig()
