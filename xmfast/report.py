@@ -23,10 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from xmfast._io import digest_json, sweep_leftovers, write_json_atomic, write_text_atomic
+from xmfast._io import (
+    digest_json,
+    sweep_leftovers,
+    write_json_atomic,
+    write_text_atomic,
+)
 from xmfast.compare import ALPHA, CORRECTION, MARK, PairedTest, adjust, paired_t_test
 from xmfast.errors import XmfastError, argument
 from xmfast.leaderboard import Board, boards_records, build_boards, render_boards
+from xmfast.tune_summary import summary_markdown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -848,11 +854,10 @@ def write_report(report: Report, out: Path, *, title: str = "xmfast report", pre
     temporary name and renamed; none replaces anything but a report's files, nor the `inputs`
     (the run directories or folders the report reads, which may hold it). An input that is an
     experiment's output with a tune study (OUT/tune/summary.json) adds its tuning section after
-    the preface (:func:`xmfast.tune.summary_markdown`), for `xmfast run`'s report and `xmfast
+    the preface (:func:`xmfast.tune_summary.summary_markdown`), for `xmfast run`'s report and `xmfast
     report OUT` alike."""
     from xmfast import outputs
     from xmfast._io import check_output, output_errors
-    from xmfast.tune import summary_markdown
 
     tuning = [summary_markdown(Path(p)) for p in dict.fromkeys(inputs) if p is not None and Path(p).is_dir()]
     preface = "\n\n".join(t.strip() for t in (preface, *tuning) if t.strip())

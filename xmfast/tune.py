@@ -53,10 +53,17 @@ from xmfast.cluster import connect
 from xmfast.errors import XmfastError
 from xmfast.experiment import Experiment, Plan, Stage, _execute, plan, run_experiment
 from xmfast.models import get_model
+from xmfast.tune_summary import (
+    SUMMARY,
+    chosen_text,
+    default_won,
+    read_summary,
+    summary_markdown,
+    uses_default,
+)
 
 _TUNE_KEYS = {"trials", "timeout", "pruner", "seed"}
 _PRUNERS = ("median", "halving", "none")
-SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -671,44 +678,6 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     return entry
 
 
-def read_summary(out: Path) -> dict[str, Any] | None:
-    """The studies of OUT/tune/summary.json (`out`: an experiment's output directory), or None
-    when it was never tuned."""
-    path = Path(out) / "tune" / SUMMARY
-    if not path.is_file():
-        return None
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8"))["studies"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise XmfastError(f"{path}: damaged; run `xmfast tune` again to rewrite it") from None
-
-
-def uses_default(study: dict[str, Any]) -> bool:
-    """Whether `--use-tuned` keeps the experiment's own settings for this study: its default
-    configuration's validation value beat every trial (or no trial completed)."""
-    return study.get("chosen") == "default" or "best" not in study
-
-
-def default_won(study: dict[str, Any]) -> str:
-    """One line saying that the default configuration beat every trial of the study ("" when a
-    trial beat it, or for a summary written before defaults were trained)."""
-    default, best = study.get("default"), study.get("best")
-    if default is None or not uses_default(study):
-        return ""
-    than = f"every trial (best {best['value']:.4f})" if best else "every trial (none completed)"
-    return (f"{study['entry']} on {study['target']}: the default configuration (validation {study['monitor']} "
-            f"{default['value']:.4f}) beat {than}; `xmfast run --use-tuned` keeps the default settings for it")
-
-
-def chosen_text(study: dict[str, Any]) -> str:
-    """The best trial's values, as `xmfast tune` and the report print them."""
-    best = study.get("best")
-    if not best:
-        return "none"
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in {**best["train"], **best["model"]}.items())
-
-
 def tuned_plan(exp: Experiment) -> Plan:
     """The experiment's plan with each tuned (model, target)'s chosen values in its [train.NAME]
     and [model.NAME] tables: each target is planned on its own (its own tuned values), so the
@@ -725,35 +694,6 @@ def tuned_plan(exp: Experiment) -> Plan:
                 sub = _with_values(sub, s["model"], s["best"]["train"], s["best"]["model"])
         stages += plan(sub).stages
     return Plan(exp, stages)
-
-
-def summary_markdown(out: Path) -> str:
-    """The report's tuning section of the experiment output `out`: each study's ranges, trials,
-    chosen values and their validation value beside the default configuration's ("" when the
-    experiment was never tuned)."""
-    studies = read_summary(out)
-    if not studies:
-        return ""
-    monitors = "; ".join(sorted({s["monitor"] for s in studies.values()}))
-    lines = ["## Tuning", "",
-             f"Optuna TPE search (`xmfast tune`) on validation {monitors} only; the grid uses the chosen values "
-             "with `xmfast run --use-tuned`. Default: the experiment's own settings, trained once as a trial is.", "",
-             "| model | target | searched | trials (complete / pruned / failed) | chosen | validation | default "
-             "| chosen − default |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in studies.values():
-        t = s["trials"]
-        best, default = s.get("best"), s.get("default")
-        ranges = ", ".join(f"{k} {v}" for k, v in s["space"].items())
-        value = f"{best['value']:.4f}" if best else ""
-        base = f"{default['value']:.4f}" if default else ""
-        gain = f"{best['value'] - default['value']:+.4f}" if best and default else ""
-        lines.append(f"| {s['entry']} | {s['target']} | {ranges} | {t['complete']} / {t['pruned']} / {t['failed']} "
-                     f"| {chosen_text(s)} | {value} | {base} | {gain} |")
-    notes = [line for s in studies.values() if (line := default_won(s))]
-    if notes:
-        lines += ["", *notes]
-    return "\n".join(lines) + "\n"
 
 
 __all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "default_won", "read_summary",

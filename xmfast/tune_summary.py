@@ -1,0 +1,84 @@
+"""What a finished search left behind (OUT/tune/summary.json), read and written out as text.
+
+Apart from :mod:`xmfast.tune` because the report shows it: the report must read a search's
+outcome without importing the search (which plans experiments, whose reports import the report).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xmfast.errors import XmfastError
+
+SUMMARY = "summary.json"  # in OUT/tune: each study's space, trial counts, best and default
+
+
+def read_summary(out: Path) -> dict[str, Any] | None:
+    """The studies of OUT/tune/summary.json (`out`: an experiment's output directory), or None
+    when it was never tuned."""
+    path = Path(out) / "tune" / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["studies"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise XmfastError(f"{path}: damaged; run `xmfast tune` again to rewrite it") from None
+
+
+def uses_default(study: dict[str, Any]) -> bool:
+    """Whether `--use-tuned` keeps the experiment's own settings for this study: its default
+    configuration's validation value beat every trial (or no trial completed)."""
+    return study.get("chosen") == "default" or "best" not in study
+
+
+def default_won(study: dict[str, Any]) -> str:
+    """One line saying that the default configuration beat every trial of the study ("" when a
+    trial beat it, or for a summary written before defaults were trained)."""
+    default, best = study.get("default"), study.get("best")
+    if default is None or not uses_default(study):
+        return ""
+    than = f"every trial (best {best['value']:.4f})" if best else "every trial (none completed)"
+    return (f"{study['entry']} on {study['target']}: the default configuration (validation {study['monitor']} "
+            f"{default['value']:.4f}) beat {than}; `xmfast run --use-tuned` keeps the default settings for it")
+
+
+def chosen_text(study: dict[str, Any]) -> str:
+    """The best trial's values, as `xmfast tune` and the report print them."""
+    best = study.get("best")
+    if not best:
+        return "none"
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in {**best["train"], **best["model"]}.items())
+
+
+def summary_markdown(out: Path) -> str:
+    """The report's tuning section of the experiment output `out`: each study's ranges, trials,
+    chosen values and their validation value beside the default configuration's ("" when the
+    experiment was never tuned)."""
+    studies = read_summary(out)
+    if not studies:
+        return ""
+    monitors = "; ".join(sorted({s["monitor"] for s in studies.values()}))
+    lines = ["## Tuning", "",
+             f"Optuna TPE search (`xmfast tune`) on validation {monitors} only; the grid uses the chosen values "
+             "with `xmfast run --use-tuned`. Default: the experiment's own settings, trained once as a trial is.", "",
+             "| model | target | searched | trials (complete / pruned / failed) | chosen | validation | default "
+             "| chosen − default |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in studies.values():
+        t = s["trials"]
+        best, default = s.get("best"), s.get("default")
+        ranges = ", ".join(f"{k} {v}" for k, v in s["space"].items())
+        value = f"{best['value']:.4f}" if best else ""
+        base = f"{default['value']:.4f}" if default else ""
+        gain = f"{best['value'] - default['value']:+.4f}" if best and default else ""
+        lines.append(f"| {s['entry']} | {s['target']} | {ranges} | {t['complete']} / {t['pruned']} / {t['failed']} "
+                     f"| {chosen_text(s)} | {value} | {base} | {gain} |")
+    notes = [line for s in studies.values() if (line := default_won(s))]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+__all__ = ["SUMMARY", "chosen_text", "default_won", "read_summary", "summary_markdown", "uses_default"]
