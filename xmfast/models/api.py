@@ -204,6 +204,9 @@ _BUILTIN = {
     "maml": "xmfast.models.builtin:MAML",
     "forec": "xmfast.models.builtin:FOREC",
     "acmr": "xmfast.models.builtin:ACMR",
+    "ease": "xmfast.models.builtin:EASE",
+    "itemknn": "xmfast.models.builtin:ItemKNN",
+    "mf": "xmfast.models.builtin:MF",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _registered: dict[str, Model] = {}  # loaded models by name
