@@ -134,9 +134,8 @@ def read_tune(exp: Experiment) -> TuneSpec:
             raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name!r} is not among the experiment's models "
                               f"({', '.join(exp.models)})")
         model = get_model(name)
-        if not model.trained or (model.fine_tunes and name not in model.fine_tunes):
-            raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name} is "
-                              f"{'not trained' if not model.trained else 'made by fine-tuning another model'}; tune "
+        if model.fine_tunes and name not in model.fine_tunes:
+            raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name} is made by fine-tuning another model; tune "
                               "a model trained by `xmfast train`")
         model_fields = {f.name for f in fields(model.config_type)}
         dims = []
@@ -360,6 +359,8 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
         trial.set_user_attr("run", str(stage.path))
         reporter = _Reporter(trial, monitor, training_observer(sname, trial.number) if training_observer else None)
         _execute(exp, stage, "run", {**by_id, stage.id: stage}, reporter, None, validation_only=True)
+        if not get_model(name).trained:  # fitted and validated once: no epochs, nothing to prune
+            return float(json.loads((stage.path / "valid.json").read_text(encoding="utf-8"))["overall"][monitor])
         if not reporter.values:
             raise XmfastError(f"{stage.path}: the trial trained no epoch")
         return max(reporter.values) if select == "best" else reporter.values[-1]

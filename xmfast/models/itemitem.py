@@ -63,6 +63,8 @@ def ease_weights(cooc: Any, users: np.ndarray, lam: float) -> np.ndarray:
     from scipy.linalg import cho_factor, lapack
 
     a = users.size
+    if a == 0:  # no history to fit: every item scores 0
+        return np.zeros((0, 0))
     gram = cooc.toarray()
     gram[np.diag_indices(a)] += users + lam
     factor, lower = cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
@@ -129,7 +131,7 @@ class ItemItemScorer:
         groups = np.asarray(groups, dtype=np.int64)
         pos = self.position[np.asarray(items, dtype=np.int64)]
         out = np.zeros(pos.shape, dtype=np.float64)
-        for s in range(0, groups.size, _CHUNK):
+        for s in range(0, groups.size if self.active.size else 0, _CHUNK):
             block = self._scores(groups[s:s + _CHUNK])
             p = pos[s:s + _CHUNK]
             out[s:s + _CHUNK] = np.where(p >= 0, np.take_along_axis(block, np.maximum(p, 0), axis=1), 0.0)
