@@ -52,6 +52,10 @@ SETTINGS: dict[str, Any] = {
                  "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
         "acmr-finetuned": {"model": "acmr", "finetune": "acmr", "train": _TRAIN,
                            "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
+        "ease": {"model": "ease"},
+        "ease++": {"model": "ease++", "train": {"sources": ("all",)}},
+        "itemknn": {"model": "itemknn"},
+        "mf": {"model": "mf", "train": _TRAIN},
     },
 }
 
@@ -116,7 +120,7 @@ def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
     # the built-ins are the models xmfast itself declares (an installed example package adds others)
     builtin = {n for n in model_names() if type(get_model(n)).__module__ == "xmfast.models.builtin"}
     assert {get_model(s["model"]).name for s in SETTINGS["runs"].values()} == builtin
-    assert len(builtin) == 8
+    assert len(builtin) == 11
 
 
 @pytest.mark.parametrize("name", list(SETTINGS["runs"]))
