@@ -266,3 +266,13 @@ embedding_dim = [4, 8]
     table = (clustered / "report.md").read_text()
     for row in ("| ease ", "| ease++ ", "| itemknn++ ", "| mf "):
         assert row in table, table
+
+
+def test_a_fitted_model_has_no_training_settings_to_tune(clustered: Path) -> None:
+    file = clustered / "bad.toml"
+    file.write_text(f'name = "x"\ndata = "{clustered / "data"}"\nout = "{clustered / "bad"}"\ntargets = ["t"]\n'
+                    'models = ["ease"]\nseeds = [1]\n[tune]\ntrials = 1\n[tune.ease]\nlr = {low = 0.1, high = 1.0}\n',
+                    encoding="utf-8")
+    result = CliRunner().invoke(app, ["tune", str(file)])
+    assert result.exit_code == 2 and result.output.startswith("error:")
+    assert "[tune.ease] lr: ease has no such setting (its settings: lam)" in result.output, result.output

@@ -22,7 +22,8 @@ dataset, NMF's GMF and MLP runs) are the grid's own stages, made or reused throu
 A trial trains with validation only (``validation_only``): the test split is never scored, so
 no trial has a test.json and nothing the search reads could come from it. The per-epoch
 validation value of the experiment's monitor goes to the pruner; the trial's value is the one
-its run would select (best epoch, or last with ``select = "last"``).
+its run would select (best epoch, or last with ``select = "last"``). A model without training
+(ease, itemknn) is fitted and validated once per trial: its value is that validation, never pruned.
 
 The study lives in ``OUT/tune/tune.db`` (SQLite), one study per (model, target): an
 interrupted search continues; a trial left running by a killed process is marked failed and
@@ -143,11 +144,11 @@ def read_tune(exp: Experiment) -> TuneSpec:
             at = f"{where.removesuffix(']')}.{name}] {key}"
             if key in model_fields:
                 kind = "model"
-            elif key in train_fields:
+            elif key in train_fields and model.trained:  # a fitted model has no training settings
                 kind = "train"
             else:
                 raise XmfastError(f"{at}: {name} has no such setting (its settings: "
-                                  f"{', '.join(sorted(model_fields | train_fields))})")
+                                  f"{', '.join(sorted(model_fields | (train_fields if model.trained else set())))})")
             dims.append(_dimension(key, kind, value, at))
         if not dims:
             raise XmfastError(f"{where.removesuffix(']')}.{name}]: empty; give at least one setting to search")
