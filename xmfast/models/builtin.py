@@ -245,7 +245,9 @@ class MF(Model):
     config_type = MFConfig
     objective = "bpr"
     baseline = True
-    lr = 0.005
+    # in's validation NDCG@10 (25 epochs): 0.569 at GMF's 0.005, still rising at the last epoch;
+    # 0.583, 0.588, 0.591 at 0.01, 0.02, 0.05
+    lr = 0.02
 
     def build(self, sizes: Sizes, config: MFConfig) -> Any:
         from xmfast.models import mf
