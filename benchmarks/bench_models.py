@@ -5,7 +5,7 @@ on the real XMarket files with the machine's cores.
 
 A fit is timed from the prepared dataset to a scorer (EASE: the Gram matrix, its Cholesky
 inverse and B; ItemKNN: the co-occurrence counts, similarities and top-k), median of `--repeat`
-after one warm-up; an epoch is the engine's own `seconds` in metrics.jsonl (negatives, batches,
+after `--warmup` untimed ones; an epoch is the engine's own `seconds` in metrics.jsonl (negatives, batches,
 steps; validation not included), median over `--epochs`.
 
     python benchmarks/bench_models.py                          # in, jp, uk; every model
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REAL_DATA)
     parser.add_argument("--markets", default="in,jp,uk", help="target markets, each with all others as sources")
     parser.add_argument("--repeat", type=int, default=3, help="timed fits per model (after one warm-up)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed fits before the timed ones")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trained model")
     args = parser.parse_args()
     print_machine()
@@ -55,7 +56,7 @@ def main() -> None:
             for model, sources in FITTED:
                 spec = get_model(model)
                 resolved = tuple(m for m in ds.markets if m != market) if sources else ()
-                times = repeat(lambda: spec.fit(ds, spec.config_type(), resolved), args.repeat)
+                times = repeat(lambda: spec.fit(ds, spec.config_type(), resolved), args.repeat, args.warmup)
                 rows.setdefault(f"{label(model, sources)} (fit)", {})[market] = fmt_s(statistics.median(times))
             for model, sources in TRAINED:
                 spec = get_model(model)
