@@ -55,6 +55,12 @@ SETTINGS: dict[str, Any] = {
         "magmf": {"model": "magmf", "train": {**_TRAIN, "sources": ("all",)}},
         "mamlp": {"model": "mamlp", "train": {**_TRAIN, "sources": ("all",)}},
         "manmf": {"model": "manmf", "train": {**_TRAIN, "sources": ("all",)}, "pretrained": {"gmf": "magmf", "mlp": "mamlp"}},
+        "ease": {"model": "ease"},
+        "ease++": {"model": "ease++", "train": {"sources": ("all",)}},
+        "itemknn": {"model": "itemknn"},
+        "mf": {"model": "mf", "train": _TRAIN},
+        "sasrec": {"model": "sasrec", "train": {**_TRAIN, "negatives": 8},
+                   "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
     },
 }
 
@@ -119,7 +125,7 @@ def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
     # the built-ins are the models xmfast itself declares (an installed example package adds others)
     builtin = {n for n in model_names() if type(get_model(n)).__module__ == "xmfast.models.builtin"}
     assert {get_model(s["model"]).name for s in SETTINGS["runs"].values()} == builtin
-    assert len(builtin) == 11
+    assert len(builtin) == 15
 
 
 @pytest.mark.parametrize("name", list(SETTINGS["runs"]))

@@ -323,17 +323,18 @@ def for_market(dataset: PreparedDataset, market: str) -> PreparedDataset:
 def evaluate_run_splits(dataset: PreparedDataset, scorer: Any, run: Run, *, test_scorer: Any = None
                         ) -> tuple[Evaluation, Evaluation]:
     """The run's model on the target's validation and test queries (valid.json, test.json)."""
+    return evaluate_run_split(dataset, scorer, run, "valid"), evaluate_run_split(dataset, test_scorer or scorer, run, "test")
+
+
+def evaluate_run_split(dataset: PreparedDataset, scorer: Any, run: Run, split: str) -> Evaluation:
+    """The run's model on the target's queries of `split`, written to the run's SPLIT.json."""
     from xmfast.evaluation import RUN_EVAL, evaluate_scorer
 
-    target = [dataset.target]
-    valid = evaluate_scorer(dataset, "valid", scorer, RUN_EVAL, markets=target)
-    test = evaluate_scorer(dataset, "test", test_scorer or scorer, RUN_EVAL, markets=target)
-    for e in (valid, test):
-        e.info["run"] = str(run.path)
-        e.info["model"] = run.model
-    valid.to_json(run.path / "valid.json")
-    test.to_json(run.path / "test.json")
-    return valid, test
+    evaluation = evaluate_scorer(dataset, split, scorer, RUN_EVAL, markets=[dataset.target])  # type: ignore[arg-type]
+    evaluation.info["run"] = str(run.path)
+    evaluation.info["model"] = run.model
+    evaluation.to_json(run.path / f"{split}.json")
+    return evaluation
 
 
 def write_results(run: Run, selected_epoch: int | None, valid: Evaluation, test: Evaluation, extra: dict[str, Any]) -> None:

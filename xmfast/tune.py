@@ -22,7 +22,8 @@ dataset, NMF's GMF and MLP runs) are the grid's own stages, made or reused throu
 A trial trains with validation only (``validation_only``): the test split is never scored, so
 no trial has a test.json and nothing the search reads could come from it. The per-epoch
 validation value of the experiment's monitor goes to the pruner; the trial's value is the one
-its run would select (best epoch, or last with ``select = "last"``).
+its run would select (best epoch, or last with ``select = "last"``). A model without training
+(ease, itemknn) is fitted and validated once per trial: its value is that validation, never pruned.
 
 The study lives in ``OUT/tune/tune.db`` (SQLite), one study per (model, target): an
 interrupted search continues; a trial left running by a killed process is marked failed and
@@ -151,9 +152,8 @@ def read_tune(exp: Experiment) -> TuneSpec:
             raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name!r} is not among the experiment's models "
                               f"({', '.join(exp.models)})")
         model = get_model(name)
-        if not model.trained or (model.fine_tunes and name not in model.fine_tunes):
-            raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name} is "
-                              f"{'not trained' if not model.trained else 'made by fine-tuning another model'}; tune "
+        if model.fine_tunes and name not in model.fine_tunes:
+            raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name} is made by fine-tuning another model; tune "
                               "a model trained by `xmfast train`")
         model_fields = {f.name for f in fields(model.config_type)}
         dims = []
@@ -161,11 +161,11 @@ def read_tune(exp: Experiment) -> TuneSpec:
             at = f"{where.removesuffix(']')}.{name}] {key}"
             if key in model_fields:
                 kind = "model"
-            elif key in train_fields:
+            elif key in train_fields and model.trained:  # a fitted model has no training settings
                 kind = "train"
             else:
                 raise XmfastError(f"{at}: {name} has no such setting (its settings: "
-                                  f"{', '.join(sorted(model_fields | train_fields))})")
+                                  f"{', '.join(sorted(model_fields | (train_fields if model.trained else set())))})")
             dims.append(_dimension(key, kind, value, at))
         if not dims:
             raise XmfastError(f"{where.removesuffix(']')}.{name}]: empty; give at least one setting to search")
@@ -409,8 +409,11 @@ def _trials(task: _Task, worker: int = 0, *, threads: int | None = None,
 
 
 def _validate(exp: Experiment, stage: Stage, by_id: dict[str, Stage], reporter: _Reporter, select: str) -> float:
-    """Trains `stage` with validation only; the value its run would select (best or last epoch)."""
+    """Trains `stage` with validation only; the value its run would select (best or last epoch).
+    A model without training is fitted and validated once: its validation value, never pruned."""
     _execute(exp, stage, "run", {**by_id, stage.id: stage}, reporter, None, validation_only=True)
+    if not get_model(stage.model).trained:
+        return float(json.loads((stage.path / "valid.json").read_text(encoding="utf-8"))["overall"][reporter.monitor])
     if not reporter.values:
         raise XmfastError(f"{stage.path}: the run trained no epoch")
     return max(reporter.values) if select == "best" else reporter.values[-1]

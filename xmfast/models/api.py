@@ -216,6 +216,9 @@ _BUILTIN = {
     "magmf": "xmfast.models.builtin:MAGMF",
     "mamlp": "xmfast.models.builtin:MAMLP",
     "manmf": "xmfast.models.builtin:MANMF",
+    "ease": "xmfast.models.builtin:EASE",
+    "itemknn": "xmfast.models.builtin:ItemKNN",
+    "mf": "xmfast.models.builtin:MF",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _registered: dict[str, Model] = {}  # loaded models by name

@@ -66,18 +66,7 @@ class CooccurrenceScorer:
         self.cooc = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(n, n))
 
     def _history_matrix(self, groups: np.ndarray) -> sp.csr_matrix:
-        off = np.asarray(self.dataset.train_offsets)
-        lo = off[groups].astype(np.int64)
-        hi = off[np.asarray(groups) + 1].astype(np.int64)
-        sizes = hi - lo
-        indptr = np.zeros(len(groups) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=indptr[1:])
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(groups) else np.zeros(0, np.int64)
-        items = np.asarray(self.dataset.train_item)[rows]
-        data = np.ones(items.size, dtype=np.float64)
-        import scipy.sparse as sp
-
-        return sp.csr_matrix((data, items, indptr), shape=(len(groups), self.dataset.n_items))
+        return history_matrix(self.dataset, groups)
 
     def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         return (self._history_matrix(groups) @ self.cooc[:, np.asarray(items, dtype=np.int64)]).toarray()
@@ -88,3 +77,23 @@ class CooccurrenceScorer:
         rows = np.repeat(np.arange(items.shape[0]), items.shape[1])
         picked = user_item[rows, items.ravel()]
         return np.asarray(picked, dtype=np.float64).reshape(items.shape)
+
+
+def history_matrix(dataset: PreparedDataset, groups: np.ndarray, *, binary: bool = False) -> sp.csr_matrix:
+    """The training histories of `groups` as a sparse (groups × items) matrix: an item rated
+    twice counts twice, or once with `binary` (the user–item matrix X of EASE and ItemKNN)."""
+    import scipy.sparse as sp
+
+    off = np.asarray(dataset.train_offsets)
+    groups = np.asarray(groups, dtype=np.int64)
+    lo = off[groups].astype(np.int64)
+    hi = off[groups + 1].astype(np.int64)
+    indptr = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(hi - lo, out=indptr[1:])
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(groups) else np.zeros(0, np.int64)
+    items = np.asarray(dataset.train_item)[rows]
+    matrix = sp.csr_matrix((np.ones(items.size, dtype=np.float64), items, indptr), shape=(len(groups), dataset.n_items))
+    if binary:
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+    return matrix

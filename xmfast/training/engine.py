@@ -19,7 +19,7 @@ from xmfast.runs import Run, fitted_scorer, run_model, scores_origin, to_plain
 from xmfast.training import distributed
 from xmfast.training.checkpoints import find_pretrained, load_weights, pretrained_record, read_checkpoint
 from xmfast.training.loop import ModelScorer, Trainer, TrainObserver, TrainResult, resolve_device
-from xmfast.runs import evaluate_run_splits, write_results
+from xmfast.runs import evaluate_run_split, evaluate_run_splits, write_results
 from xmfast.training.rows import resolve_sources, training_view
 
 
@@ -127,7 +127,8 @@ def train(
         raise XmfastError("train on a saved prepared dataset (its path and fingerprint go into the run)")
     dataset.require_evaluated_users()
     if not spec.trained:
-        return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite))
+        return distributed.on_main(lambda: _train_baseline(dataset, out, spec, model_config, config, overwrite=overwrite,
+                                                           validation_only=validation_only))
     if spec.fine_tunes and spec.name not in spec.fine_tunes:
         raise XmfastError(f"{spec.name} is made from a trained run by " + spelled(
             f"xmfast.training.finetune(RUN, OUT, model={spec.name!r})", f"`xmfast finetune RUN --model {spec.name}`"))
@@ -207,10 +208,17 @@ def _with_log(observer: Any, tensorboard: Path | None, run_path: Path, *, fine_t
 
 
 def _train_baseline(dataset: PreparedDataset, out: Path, spec: Model, model_config: Any, config: TrainConfig,
-                    *, overwrite: bool) -> TrainResult:
-    """A model without a training loop: fitted, evaluated and written as a run like any other."""
+                    *, overwrite: bool, validation_only: bool = False) -> TrainResult | None:
+    """A model without a training loop: fitted, evaluated and written as a run like any other.
+    With `validation_only` (a tuning trial) it is fitted and validated once (valid.json, status
+    "validated"), the test split never scored, and returns None."""
     run = Run.create(out, run_info(dataset, spec, model_config, config), overwrite=overwrite, inputs=[dataset.path])
     scorer = spec.fit(dataset, model_config, resolve_sources(dataset, config.sources))
+    if validation_only:
+        with run.writing():
+            evaluate_run_split(dataset, scorer, run, "valid")
+            run.save_info(status="validated")
+        return None
     with run.writing():
         valid, test = evaluate_run_splits(dataset, scorer, run)
         write_results(run, None, valid, test, extra={})
