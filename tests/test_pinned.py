@@ -6,7 +6,7 @@ Why: a refactor of the model registry, the training engine or the planner (issue
 move a single bit of any model's results; an approximate comparison would let a changed
 initialisation order, RNG draw or summation order through.
 
-Torch runs on one thread here, so the numbers do not depend on the machine's core count.
+Torch and numpy's BLAS run on one thread here (threadpoolctl), so the numbers do not depend on the machine's core count.
 
 Regenerating the file: ``XMFAST_PIN_WRITE=1 pytest tests/test_pinned.py`` rewrites
 tests/pinned_results.json from the current code instead of comparing. Use it only deliberately,
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from xmfast.models import get_model
 from xmfast.prepare import PrepareConfig, prepare
@@ -108,8 +109,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict
     ds = prepare(sample_dir, root / "ds", PrepareConfig(**SETTINGS["prepare"]))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        result = _train_all(ds, root / "runs")
+    try:  # numpy's BLAS too (EASE's inverse and products): one thread, whatever pytest-xdist set
+        with threadpool_limits(1):
+            result = _train_all(ds, root / "runs")
     finally:
         torch.set_num_threads(threads)
     if WRITE:

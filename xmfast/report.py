@@ -675,7 +675,8 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
 MODEL_COLOURS = {"pop": "#777777", "cooc": "#999933", "gmf": "#88CCEE", "mlp": "#DDCC77", "nmf": "#332288",
                  "maml": "#117733", "forec": "#CC6677", "acmr": "#AA4499",
                  "magmf": "#33BBEE", "mamlp": "#EE7733", "manmf": "#0077BB",  # Tol's vibrant, near gmf/mlp/nmf
-                 "ease": "#0072B2", "itemknn": "#009E73", "mf": "#CC79A7"}  # Okabe–Ito, apart from OTHER_COLOURS
+                 "ease": "#0072B2", "itemknn": "#009E73", "mf": "#CC79A7",  # Okabe–Ito, apart from OTHER_COLOURS
+                 "sasrec": "#661100"}  # Tol's dark red, apart from acmr's purple
 OTHER_COLOURS = ("#44AA99", "#882255", "#E69F00", "#D55E00", "#000000")
 # (line style, bar hatch) of a model's plain runs, its ++ runs, its pre-trained runs, then others.
 VARIANT_STYLES = (("-", ""), ("--", "//"), (":", ".."), ("-.", "xx"), ((0, (5, 1, 1, 1, 1, 1)), "\\\\"),

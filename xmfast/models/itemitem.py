@@ -116,7 +116,14 @@ class ItemItemScorer:
         """(groups × active items) scores, dense."""
         history = history_matrix(self.dataset, groups, binary=True)[:, self.active]
         out = history @ self.weights
-        return np.asarray(out.toarray() if hasattr(out, "toarray") else out, dtype=np.float64)
+        if hasattr(out, "toarray"):  # sparse (ItemKNN): summed in a fixed order, exact as it is
+            return np.asarray(out.toarray(), dtype=np.float64)
+        # Dense (EASE): the inverse and this product come from BLAS, whose last bits depend on how
+        # it was started (threads, kernels), and items that are tied in exact arithmetic would be
+        # ordered by that noise (on the sample, ~40% of the scores differ in the 16th digit between
+        # two processes). Kept to float32's 7 digits, such ties stay ties (ranked by the tie rule)
+        # and the ranking is the same in every process.
+        return np.asarray(out, dtype=np.float32).astype(np.float64)
 
     def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         groups = np.asarray(groups, dtype=np.int64)
