@@ -161,10 +161,11 @@ def _study_states(exp) -> list[str]:  # noqa: ANN001
 
 def test_parallel_trials_keep_budget_and_default_that_beats_every_trial(tmp_path: Path, sample_dir: Path) -> None:
     """`--jobs 2`: two worker processes share the study and together run exactly the budget; the
-    ranges hold only learning rates too small to learn, so the default configuration beats every
-    trial: said in one line, and `--use-tuned` keeps the default settings."""
+    ranges hold only learning rates too small to learn, so the default configuration (lr 0.1: one
+    epoch gives valid NDCG@10 0.068) beats every trial (at their initial weights: 0.053 with 8
+    dimensions, 0.054 with 16): said in one line, and `--use-tuned` keeps the default settings."""
     file = experiment(tmp_path, sample_dir)
-    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1").replace(
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1\nlr = 0.1").replace("[8, 16, 32]", "[8, 16]").replace(
         "lr = {low = 0.01, high = 0.2, log = true}", "lr = {low = 1e-7, high = 2e-7, log = true}"))
     result = CliRunner().invoke(app, ["tune", str(file), "--jobs", "2"])
     assert result.exit_code == 0, result.output
