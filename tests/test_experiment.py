@@ -263,12 +263,17 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     counts = {}
     for name in ("quickstart", "xmarket", "xmarket-acmr", "forec-pairwise", "acmr", "acmr-shortcut", "forec-original",
-                 "forec-xmfast"):
+                 "forec-xmfast", "leaderboard-forec", "leaderboard-acmr"):
         p = plan(read_experiment(root / "experiments" / f"{name}.toml"))
         counts[name] = len(p.stages)
         assert p.stages[0].kind == "prepare"
-    # quickstart: dataset + 3 seeds × (pop, gmf, mlp, nmf, cooc, gmf++, mlp++, nmf++, maml, forec, acmr ×2)
-    assert counts["quickstart"] == 1 + 3 * 12
+    # quickstart and the leaderboards (7 markets): dataset + 3 seeds × (pop, cooc, ease, ease++, itemknn,
+    # itemknn++, mf, gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, forec, magmf, mamlp, manmf, acmr ×2, sasrec)
+    assert counts["quickstart"] == 1 + 3 * 21
+    assert counts["leaderboard-forec"] == counts["leaderboard-acmr"] == 7 * (1 + 3 * 21)
+    for name, protocol in (("leaderboard-forec", "forec"), ("leaderboard-acmr", "acmr")):
+        exp = read_experiment(root / "experiments" / f"{name}.toml")
+        assert exp.protocol == protocol and exp.models == read_experiment(root / "experiments" / "quickstart.toml").models
     # xmarket: 7 × (dataset + 3 × 10); acmr: 7 × (dataset + pop, cooc, pre-train, fine-tune)
     assert counts["xmarket"] == 7 * (1 + 3 * 10) and counts["acmr"] == 7 * 5
     # xmarket-acmr: jp and in × (dataset + pre-train, fine-tune), one seed

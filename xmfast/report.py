@@ -674,7 +674,7 @@ def render_markdown(report: Report, *, title: str, preface: str = "", plots: dic
 # hatch, so the plots can be read in grey scale too.
 MODEL_COLOURS = {"pop": "#777777", "cooc": "#999933", "gmf": "#88CCEE", "mlp": "#DDCC77", "nmf": "#332288",
                  "maml": "#117733", "forec": "#CC6677", "acmr": "#AA4499",
-                 "magmf": "#33BBEE", "mamlp": "#EE7733", "manmf": "#0077BB",  # Tol's vibrant, near gmf/mlp/nmf
+                 "magmf": "#33BBEE", "mamlp": "#EE7733", "manmf": "#EE3377",  # Tol's vibrant
                  "ease": "#0072B2", "itemknn": "#009E73", "mf": "#CC79A7",  # Okabe–Ito, apart from OTHER_COLOURS
                  "sasrec": "#661100"}  # Tol's dark red, apart from acmr's purple
 OTHER_COLOURS = ("#44AA99", "#882255", "#E69F00", "#D55E00", "#000000")
