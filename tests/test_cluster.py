@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from test_jobs import files  # the same comparison as --jobs: every file, the timings aside
+from test_jobs import files, serial_files  # the same comparison and reference as --jobs
 from xmfast import cluster as xc
 from xmfast.experiment import ExperimentObserver, plan, read_experiment, run_experiment, stage_actions
 from xmfast.runs import Run
@@ -35,19 +35,10 @@ LONG = "in/all/s1/gmf++"
 @pytest.fixture(scope="module")
 def grid(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     """The experiment file and the files of its serial run (here, one torch thread: a worker's)."""
-    import torch
-
     root = tmp_path_factory.mktemp("cluster")
     file = root / "grid.toml"
     file.write_text(GRID.format(data=sample_dir, out=root / "out"), encoding="utf-8")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_experiment(plan(read_experiment(file)))
-    finally:
-        torch.set_num_threads(threads)
-    serial = files(root / "out")
-    shutil.rmtree(root / "out")
+    serial = serial_files(file, root / "out")
     assert {f"{LONG}/results.json", "in/all/s1/cooc/test.json", ".stages/in__all__s1__gmf++.json"} <= set(serial)
     return file, serial
 

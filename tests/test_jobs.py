@@ -48,23 +48,30 @@ def files(out: Path) -> dict[str, bytes]:
     return got
 
 
-@pytest.fixture(scope="module")
-def grid(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
-    """The experiment file and the files of its serial run (in this process, one torch thread, as
-    each of two workers on two cores has)."""
+def serial_files(file: Path, out: Path) -> dict[str, bytes]:
+    """The files of a serial run of the experiment `file` (writing to `out`, removed after) on one
+    torch thread, a worker's on two cores with two jobs: what a parallel run must equal."""
     import torch
 
-    root = tmp_path_factory.mktemp("jobs")
-    file = root / "grid.toml"
-    file.write_text(GRID.format(data=sample_dir, out=root / "out"), encoding="utf-8")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run_experiment(plan(read_experiment(file)))
     finally:
         torch.set_num_threads(threads)
-    serial = files(root / "out")
-    shutil.rmtree(root / "out")
+    serial = files(out)
+    shutil.rmtree(out)
+    return serial
+
+
+@pytest.fixture(scope="module")
+def grid(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """The experiment file and the files of its serial run (in this process, one torch thread, as
+    each of two workers on two cores has)."""
+    root = tmp_path_factory.mktemp("jobs")
+    file = root / "grid.toml"
+    file.write_text(GRID.format(data=sample_dir, out=root / "out"), encoding="utf-8")
+    serial = serial_files(file, root / "out")
     assert {"in/single/s1/nmf/results.json", "in/all/s1/gmf++/test.json", "in/single/s1/mlp/checkpoints/best.pt",
             ".stages/in__single__s1__nmf.json"} <= set(serial)
     return file, serial

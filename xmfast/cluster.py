@@ -30,7 +30,7 @@ from typing import Any
 
 from xmfast.errors import XmfastError
 from xmfast.experiment import (Action, Experiment, ExperimentObserver, Plan, Stage, StageEvent, _execute, _heights,
-                               _record, _Relay, _stage_action)
+                               _record, _Relay, _stage_action, start_stage)
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach the scheduler before one error line says so
 STOP_WAIT = 30.0  # seconds Ctrl-C waits for each running stage to leave its checkpoint
@@ -290,12 +290,8 @@ class DaskExecutor:
                         if ready is None:
                             break
                         todo.remove(ready)
-                        if _stage_action(exp, ready) == "cached":  # finished meanwhile by another process
-                            actions[ready.id] = "cached"
-                            done.add(ready.id)
+                        if not start_stage(exp, ready, actions, done, observer, total - len(todo), total):
                             continue
-                        observer.on_stage_start(ready, actions[ready.id], total - len(todo), total)
-                        _record(exp, ready, "started")
                         submit(ready)
                     if not running:
                         break

@@ -860,6 +860,20 @@ class _Worker:
         self.conn.close()
 
 
+def start_stage(exp: Experiment, stage: Stage, actions: dict[str, Action], done: set[str],
+                observer: ExperimentObserver, place: int, total: int) -> bool:
+    """What every scheduler does before handing `stage` out: look at the ledger once more (another
+    process may have finished it meanwhile: then it is cached and done, and False is returned),
+    else announce it and record it as started."""
+    if _stage_action(exp, stage) == "cached":
+        actions[stage.id] = "cached"
+        done.add(stage.id)
+        return False
+    observer.on_stage_start(stage, actions[stage.id], place, total)
+    _record(exp, stage, "started")
+    return True
+
+
 def _heights(p: Plan) -> dict[str, int]:
     """Each stage's longest chain of stages that wait for it (itself included): among the stages
     ready to start, the longest chain goes first, so the grid's critical path is not left last."""
@@ -959,12 +973,8 @@ def _run_parallel(p: Plan, actions: dict[str, Action], observer: ExperimentObser
                         idle = _Worker(threads, gpus[len(workers) % len(gpus)] if gpus else None)
                         workers.append(idle)
                     queue.remove(ready)
-                    if _stage_action(exp, ready) == "cached":  # finished meanwhile by another process
-                        actions[ready.id] = "cached"
-                        done.add(ready.id)
+                    if not start_stage(exp, ready, actions, done, observer, total - len(queue), total):
                         continue
-                    observer.on_stage_start(ready, actions[ready.id], total - len(queue), total)
-                    _record(exp, ready, "started")
                     needed = {d: by_id[d] for d in (*ready.deps, *ready.pretrained.values())}
                     idle.stage, idle.started = ready, time.perf_counter()
                     with contextlib.suppress(OSError):  # it died idle: its end of file, heard next, says so
