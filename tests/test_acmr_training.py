@@ -104,6 +104,7 @@ def test_finetune_continues_the_pretrained_model_on_the_target(acmr_root: Path, 
         finetune(acmr_root / "pre", tmp_path / "ft3", model="forec")
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: the CLI's ACMR options end to end; the engine's ACMR paths are tested above
 def test_cli_train_and_finetune_acmr(acmr_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["train", str(acmr_root / "ds"), "-m", "acmr", "-o", str(tmp_path / "pre"), "--epochs", "1",

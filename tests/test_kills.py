@@ -177,6 +177,7 @@ def test_finetune_killed_at_each_write_continues(tiny: Path, tmp_path: Path) -> 
         assert leftovers(out) == [] and leftovers(tmp_path) == [], f"kill at {n}"
 
 
+@pytest.mark.slow  # ~35 s: every write of a whole run; train's, finetune's and prepare's kill tests below run in CI
 def test_xmfast_run_killed_at_each_write_continues_on_the_next_run(tiny: Path, tmp_path: Path) -> None:
     def experiment(out: Path) -> Path:
         file = out.parent / f"{out.name}.toml"

@@ -220,8 +220,10 @@ def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> No
     file = experiment(tmp_path, sample_dir)
     file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1"))
     exp = read_experiment(file)
+    # from tmp_path: `python -c` puts the working directory first on sys.path, and the repository
+    # root's uncompiled xmfast/ would shadow the installed package (CI installs it, no .so in the tree)
     proc = subprocess.Popen([sys.executable, "-c", "from xmfast_cli.app import main; main()", "tune", str(file)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, cwd=tmp_path)
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
