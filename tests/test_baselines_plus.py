@@ -294,7 +294,7 @@ print(hashlib.sha256(scores.tobytes()).hexdigest())
 """
 
 
-def test_ease_scores_are_the_same_whatever_blas_threads(sample_dir: Path) -> None:
+def test_ease_scores_are_the_same_whatever_blas_threads(sample_dir: Path, tmp_path: Path) -> None:
     """BLAS started with one thread and with two orders the sums differently (on the sample, about
     40% of the float64 scores differed in the last digit, and near-ties flipped); the scores kept
     to float32's digits are the same bytes either way."""
@@ -304,8 +304,9 @@ def test_ease_scores_are_the_same_whatever_blas_threads(sample_dir: Path) -> Non
 
     def digest(threads: str) -> str:
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        # from tmp_path: the repository root's uncompiled xmfast/ would shadow the installed package
         return subprocess.run([sys.executable, "-c", _EASE_DIGEST, str(sample_dir)], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+                              capture_output=True, text=True, cwd=tmp_path).stdout.strip()
 
     one, two = digest("1"), digest("2")
     assert len(one) == 64 and one == two
