@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from test_jobs import files, serial_files  # the same comparison and reference as --jobs
+from test_jobs import files, sample_with_a_bad_rating, serial_files  # the same comparison, reference and bad file as --jobs
 from xmfast import cluster as xc
 from xmfast.experiment import ExperimentObserver, plan, read_experiment, run_experiment, stage_actions
 from xmfast.runs import Run
@@ -136,19 +136,13 @@ def test_a_failing_stage_is_one_error_line_and_not_retried(grid: tuple[Path, dic
     """A rating file with a bad line: the dataset stage fails on its worker; one error line naming
     file and line, exit status 2, no training starts."""
     address, _ = dask_cluster
-    data = tmp_path / "data"
-    shutil.copytree(sample_dir, data)
-    de = data / "de_5core.txt"
-    rows = de.read_text(encoding="utf-8").splitlines(keepends=True)
-    user, item, _rate, date = rows[3].split(" ")
-    rows[3] = " ".join([user, item, "five", date])
-    de.write_text("".join(rows), encoding="utf-8")
+    data = sample_with_a_bad_rating(sample_dir, tmp_path)
     file = tmp_path / "bad.toml"
     file.write_text(GRID.format(data=data, out=tmp_path / "out"), encoding="utf-8")
     result = CliRunner().invoke(app, ["run", str(file), "--executor", "dask", "--address", address])
     assert result.exit_code == 2, result.output
     (line,) = [t for t in result.output.splitlines() if t.startswith("error:")]
-    assert re.match(rf"error: {re.escape(str(de))}:4: ", line), line
+    assert re.match(rf"error: {re.escape(str(data / 'de_5core.txt'))}:4: ", line), line
     assert "Traceback" not in result.output, result.output
     assert sorted(f.name for f in (tmp_path / "out" / ".stages").iterdir()) == ["in__dataset.json"]
 

@@ -148,9 +148,8 @@ def test_ctrl_c_stops_every_worker_resumably_and_two_jobs_finish_with_the_serial
         shutil.rmtree(exp.out, ignore_errors=True)
 
 
-def test_a_failing_stage_is_one_error_line(grid: tuple[Path, dict], sample_dir: Path, tmp_path: Path) -> None:
-    """Both datasets of a two-target grid read a rating file with a bad line: both workers fail,
-    the command says so once (the first error), exit status 2, nothing further starts."""
+def sample_with_a_bad_rating(sample_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the sample whose de file has the rating "five" on its line 4."""
     data = tmp_path / "data"
     shutil.copytree(sample_dir, data)
     de = data / "de_5core.txt"
@@ -158,12 +157,19 @@ def test_a_failing_stage_is_one_error_line(grid: tuple[Path, dict], sample_dir: 
     user, item, _rate, date = rows[3].split(" ")
     rows[3] = " ".join([user, item, "five", date])
     de.write_text("".join(rows), encoding="utf-8")
+    return data
+
+
+def test_a_failing_stage_is_one_error_line(grid: tuple[Path, dict], sample_dir: Path, tmp_path: Path) -> None:
+    """Both datasets of a two-target grid read a rating file with a bad line: both workers fail,
+    the command says so once (the first error), exit status 2, nothing further starts."""
+    data = sample_with_a_bad_rating(sample_dir, tmp_path)
     file = tmp_path / "bad.toml"
     file.write_text(GRID.format(data=data, out=tmp_path / "out").replace('["in"]', '["in", "uk"]'), encoding="utf-8")
     result = CliRunner().invoke(app, ["run", str(file), "--jobs", "2"])
     assert result.exit_code == 2, result.output
     (line,) = [t for t in result.output.splitlines() if t.startswith("error:")]
-    assert re.match(rf"error: {re.escape(str(de))}:4: ", line), line
+    assert re.match(rf"error: {re.escape(str(data / 'de_5core.txt'))}:4: ", line), line
     assert "Traceback" not in result.output and "finished" not in result.output, result.output
     started = sorted(f.name for f in (tmp_path / "out" / ".stages").iterdir())
     assert started == ["in__dataset.json", "uk__dataset.json"], started  # no training began

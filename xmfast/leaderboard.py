@@ -7,20 +7,20 @@ leaderboard therefore reuses, unchanged, each section's means and its paired tes
 best baseline (Holm over the rows of the market, as the section's own Δ column), and adds one
 count per model: on how many markets it is significantly above that baseline.
 
-It reads the report's objects by attribute only, so :mod:`xmfast.report` can render it without an
-import cycle.
+It reads the report's objects by attribute only and does not import :mod:`xmfast.report`, which
+renders it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xmfast.compare import ALPHA, CORRECTION, MARK
 
-if TYPE_CHECKING:  # pragma: no cover
-    from xmfast.report import Report, Row, Section
+# The report's Report, Section and Row, read by attribute only (the report imports this module)
+Report = Section = Row = Any
 
 BEST_BASELINE = "†"  # marks the cell of the baseline the market's tests are against
 
