@@ -218,7 +218,7 @@ def test_sigkill_mid_trial_then_continue(tmp_path: Path, sample_dir: Path) -> No
     import time
 
     file = experiment(tmp_path, sample_dir)
-    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 1"))
+    file.write_text(file.read_text().replace("trials = 8", "trials = 2").replace("epochs = 2", "epochs = 12"))  # trials long enough to be seen running
     exp = read_experiment(file)
     # from tmp_path: `python -c` puts the working directory first on sys.path, and the repository
     # root's uncompiled xmfast/ would shadow the installed package (CI installs it, no .so in the tree)
