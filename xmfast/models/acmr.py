@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmfast.models.threads import LayerNorm
 from xmfast.models.settings import ACMRConfig
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class EncoderBlock(nn.Module):
         self.out_proj = nn.Linear(d, d)
         self.ff1 = nn.Linear(d, ff)
         self.ff2 = nn.Linear(ff, d)
-        self.norm1 = nn.LayerNorm(d)
-        self.norm2 = nn.LayerNorm(d)
+        self.norm1 = LayerNorm(d)
+        self.norm2 = LayerNorm(d)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """`x` (B, L, d); `padding` (B, L), True where a position is padding (never attended to).
@@ -111,7 +112,7 @@ class ACMR(nn.Module):
             EncoderBlock(d, config.heads, config.ff_multiplier * d, config.dropout) for _ in range(config.blocks)
         )
         # Only when configured, so runs without it keep their state dicts.
-        self.embedding_norm = nn.LayerNorm(d, eps=1e-5) if config.embedding_norm else None
+        self.embedding_norm = LayerNorm(d, eps=1e-5) if config.embedding_norm else None
         self.output = nn.Linear(2 * d, 1)
         nn.init.normal_(self.item_embedding.weight, 0.0, d**-0.5)
         nn.init.normal_(self.market_embedding.weight, 0.0, d**-0.5)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmfast.models.acmr import dropout
+from xmfast.models.threads import LayerNorm, one_thread_backward
 from xmfast.models.settings import SASRecConfig
 
 if TYPE_CHECKING:
@@ -48,10 +49,10 @@ class CausalBlock(nn.Module):
     def __init__(self, d: int, heads: int, p: float) -> None:
         super().__init__()
         self.heads, self.p = heads, p
-        self.norm1 = nn.LayerNorm(d, eps=1e-8)
+        self.norm1 = LayerNorm(d, eps=1e-8)
         self.in_proj = nn.Linear(d, 3 * d)
         self.out_proj = nn.Linear(d, d)
-        self.norm2 = nn.LayerNorm(d, eps=1e-8)
+        self.norm2 = LayerNorm(d, eps=1e-8)
         self.ff1 = nn.Linear(d, d)
         self.ff2 = nn.Linear(d, d)
 
@@ -59,7 +60,9 @@ class CausalBlock(nn.Module):
         b, length, d = x.shape
         h = self.heads
         q, k, v = self.in_proj(self.norm1(x)).view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
+        p = self.p if self.training else 0.0
+        attended = one_thread_backward(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p),
+                                       q, k, v)
         x = x + dropout(self.out_proj(attended.transpose(1, 2).reshape(b, length, d)), self.p, self.training)
         y = self.ff2(dropout(F.relu(self.ff1(self.norm2(x))), self.p, self.training))
         return x + dropout(y, self.p, self.training)
@@ -82,7 +85,7 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[n_items].zero_()
         self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout) for _ in range(config.blocks))
-        self.final_norm = nn.LayerNorm(d, eps=1e-8)
+        self.final_norm = LayerNorm(d, eps=1e-8)
         # History tables (attach): per training row its window and position there; the windows;
         # per group its recent items. Non-persistent: rebuilt from the dataset, never checkpointed.
         for name, shape in (("row_window", (0,)), ("row_offset", (0,)), ("window_items", (0, 0)),

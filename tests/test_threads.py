@@ -1,0 +1,142 @@
+"""xmfast/models/threads.py: on any number of CPU threads, the outputs and gradients of a
+one-thread run — for its LayerNorm (against torch's on one thread) and for whole ACMR and SASRec
+steps — so that these transformers, trained on two threads, give the pinned results, which were
+made on one (what `xmfast run --jobs 2` relies on: each of its stages has one thread, a serial
+run has them all)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_pinned import PINNED, SETTINGS, _observed  # the pinned runs' settings, what they compare
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from xmfast.models import get_model
+from xmfast.models.acmr import ACMR
+from xmfast.models.sasrec import SASRec
+from xmfast.models.settings import ACMRConfig, SASRecConfig
+from xmfast.models.threads import LayerNorm, one_thread_backward
+from xmfast.prepare import PrepareConfig, prepare
+from xmfast.training import train
+
+
+def _grads(norm: nn.Module, x: torch.Tensor, g: torch.Tensor, threads: int) -> list[torch.Tensor]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = x.clone().requires_grad_(True)
+        out = norm(x)
+        out.backward(g)
+        return [out.detach(), x.grad, norm.weight.grad, norm.bias.grad]
+    finally:
+        torch.set_num_threads(before)
+        norm.zero_grad(set_to_none=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=st.integers(1, 3000), width=st.sampled_from([1, 7, 8, 32, 33]), eps=st.sampled_from([1e-5, 1e-8]),
+       seed=st.integers(0, 2**16))
+def test_two_threads_give_the_bits_of_a_one_thread_torch_layer_norm(rows: int, width: int, eps: float,
+                                                                    seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x, g = torch.randn(rows, 3, width, generator=gen), torch.randn(rows, 3, width, generator=gen)
+    reference = nn.LayerNorm(width, eps=eps)
+    with torch.no_grad():
+        reference.weight.normal_(generator=gen)
+        reference.bias.normal_(generator=gen)
+    ours = LayerNorm(width, eps=eps)
+    ours.load_state_dict(reference.state_dict())
+    expected = _grads(reference, x, g, threads=1)
+    for got in (_grads(ours, x, g, threads=2), _grads(ours, x, g, threads=1)):
+        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def _sdpa_grads(threads: int, ours: bool) -> list[torch.Tensor]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(512, 2, 12, 8, generator=gen).requires_grad_() for _ in range(3))
+        torch.manual_seed(1)  # the dropout draws
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.2)
+
+        out = one_thread_backward(attend, q, k, v) if ours else attend(q, k, v)
+        out.backward(torch.randn(out.shape, generator=gen))
+        return [out.detach(), q.grad, k.grad, v.grad]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_attention_with_dropout_gets_the_one_thread_gradients() -> None:
+    expected = _sdpa_grads(1, ours=False)
+    assert all(torch.equal(a, b) for a, b in zip(expected, _sdpa_grads(2, ours=True)))
+
+
+def test_torch_itself_depends_on_the_thread_count() -> None:
+    """Why the module exists: if this ever fails, torch's kernels became thread-independent and
+    the module can go."""
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(4096, 32, generator=gen), torch.randn(4096, 32, generator=gen)
+    norm = nn.LayerNorm(32)
+    one, two = _grads(norm, x, g, threads=1), _grads(norm, x, g, threads=2)
+    assert torch.equal(one[1], two[1])  # the input gradient is the same ...
+    assert not (torch.equal(one[2], two[2]) and torch.equal(one[3], two[3]))  # ... the parameters' are not
+    one, two = _sdpa_grads(1, ours=False), _sdpa_grads(2, ours=False)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[3], two[3])  # output and value gradient the same
+    assert not torch.equal(one[1], two[1])  # the query gradient not
+
+
+def _model_step(name: str, threads: int) -> dict[str, torch.Tensor]:
+    """The gradients of one training-mode step (dropout on, seeded) of a small ACMR or SASRec on
+    random sequences, on `threads` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        if name == "acmr":
+            model = ACMR(200, 3, ACMRConfig(embedding_dim=16, blocks=2, heads=2, history=12))
+            history = torch.randint(0, 201, (512, 12))
+            lengths, market = torch.randint(1, 13, (512,)), torch.randint(0, 3, (512,))
+            logits = model.score_sequences(history, lengths, market, torch.randint(0, 200, (512, 3)))
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.rand(512, 3).round())
+        else:
+            model = SASRec(200, 3, SASRecConfig(embedding_dim=16, blocks=2, heads=2, history=12))
+            states = model.encode(torch.randint(0, 200, (512, 12)), torch.randint(0, 3, (512,)))
+            loss = (states * torch.randn(states.shape)).sum()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["acmr", "sasrec"])
+def test_a_transformer_step_has_the_same_gradients_on_one_and_two_threads(name: str) -> None:
+    one, two = _model_step(name, 1), _model_step(name, 2)
+    assert len(one) > 10 and one.keys() == two.keys()
+    assert [n for n in one if not torch.equal(one[n], two[n])] == []
+
+
+@pytest.mark.slow  # about a minute of training (8 on a loaded machine): the step test above is the quick check
+@pytest.mark.parametrize("name", ["acmr", "sasrec"])
+def test_transformers_trained_on_two_threads_give_the_pinned_one_thread_results(
+        name: str, sample_dir: Path, tmp_path: Path) -> None:
+    s = SETTINGS["runs"][name]
+    ds = prepare(sample_dir, tmp_path / "ds", PrepareConfig(**SETTINGS["prepare"]))
+    spec = get_model(s["model"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(1):  # numpy's BLAS as in the pinned runs (torch's threads are the point)
+            train(ds, tmp_path / name, s["model"], spec.config_type(**s["config"]), spec.train_config(**s["train"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert _observed(tmp_path / name) == json.loads(PINNED.read_text())[name]
