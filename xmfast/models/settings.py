@@ -360,3 +360,35 @@ class MFConfig:
         _positive("embedding_dim", self.embedding_dim)
         if not self.init_std > 0:
             raise ValueError(f"init_std must be positive, got {self.init_std}")
+
+
+# ---- EASE-mix: ease++ as a prior plus a residual learned for the target (xmfast.models.easemix) -----
+EASEMIX_FEATURES = ("ease", "pop", "last")
+
+
+@dataclass(frozen=True)
+class EaseMixConfig:
+    """ease++(u, j) + Σ_k v_k·f_k(u, j), the features `features` (``ease``: EASE on the target
+    alone; ``pop``: log(1 + the item's ratings in the user's market); ``last``: the pooled EASE
+    weight from the user's most recent item to j), v fitted on each target user's last training
+    item held out against `negatives` sampled items, with an L2 weight `ridge` on the
+    standardised features' weights (larger: closer to ease++). `lam` is both EASE fits' λ
+    (EASE's default)."""
+
+    lam: float = 100.0
+    features: tuple[str, ...] = EASEMIX_FEATURES
+    negatives: int = 99  # as many as the evaluation's candidates
+    ridge: float = 1e-3
+    seed: int = 0  # of the held-out rows' negatives
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if not self.lam > 0:
+            raise ValueError(f"easemix lam must be positive, got {self.lam}")
+        unknown = [f for f in self.features if f not in EASEMIX_FEATURES]
+        if unknown or len(set(self.features)) != len(self.features):
+            raise ValueError(f"easemix features must be distinct names among {', '.join(EASEMIX_FEATURES)}, "
+                             f"got {list(self.features)}")
+        _positive("negatives", self.negatives)
+        if self.ridge < 0:
+            raise ValueError(f"ridge must be non-negative, got {self.ridge}")
