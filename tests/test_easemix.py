@@ -26,28 +26,35 @@ def clustered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def with_markets(ds: SimpleNamespace) -> SimpleNamespace:
-    """fake_dataset plus what popularity reads (each training row's market)."""
+def dated(ds: SimpleNamespace, days: list[list[int]]) -> SimpleNamespace:
+    """fake_dataset plus what popularity and `recent` read: each training row's market and day."""
     sizes = np.diff(ds.train_offsets.astype(np.int64))
     ds.train_market = lambda: np.repeat(ds.group_market, sizes)
+    ds.market_index = ds.markets.index
+    ds.train_day = np.array([d for h in days for d in h], dtype=np.int32)
     return ds
 
 
 def test_the_score_by_hand() -> None:
     # test_ease_by_hand's X = [[1,1,0],[0,1,1],[1,1,1]] in the target alone, λ = 1:
     # B = [[0,.5,0],[.5,0,.5],[0,.5,0]], item 3 in no history (inactive). Group 2 holds 0, 1, 2
-    # (last 2): ease++ = ease = [.5, 1, .5, 0], pop = [2, 3, 2, 0], last = B[2] = [0, .5, 0, 0].
-    ds = with_markets(fake_dataset([[0, 1], [1, 2], [0, 1, 2]], [0, 0, 0], 4))
-    config = get_model("easemix").config_from({"lam": 1.0})
-    assert config.features == ("ease", "pop", "last")
+    # (last 2, on day 500): ease++ = ease = [.5, 1, .5, 0], pop = [2, 3, 2, 0], last = B[2] =
+    # [0, .5, 0, 0], and within 180 days of day 500 only item 2's ratings (days 400, 500): recent
+    # = log(1 + [0, 0, 2, 0]).
+    ds = dated(fake_dataset([[0, 1], [1, 2], [0, 1, 2]], [0, 0, 0], 4), [[10, 20], [100, 400], [15, 30, 500]])
+    config = get_model("easemix").config_from({"lam": 1.0, "features": ["ease", "pop", "last", "recent"]})
+    assert config.window == 180
     features = Features.fit(ds, config, ())
-    scorer = EaseMixScorer(features, np.array([1.0, 2.0, 4.0]), "")
-    expected = np.array([[.5 + .5 + 2 * np.log(3), 1 + 1 + 2 * np.log(4) + 4 * .5, .5 + .5 + 2 * np.log(3), 0.0]])
+    scorer = EaseMixScorer(features, np.array([1.0, 2.0, 4.0, 8.0]), "")
+    ln = np.log
+    expected = np.array([[.5 + .5 + 2 * ln(3), 1 + 1 + 2 * ln(4) + 4 * .5, .5 + .5 + 2 * ln(3) + 8 * ln(3), 0.0]])
     assert scorer.score_all(np.array([2]), np.arange(4)) == pytest.approx(expected, **F32)
-    # group 0 holds 0, 1 (last 1): ease++ = ease = B[0] + B[1] = [.5, .5, .5, 0], last = B[1] = [.5, 0, .5, 0]
+    # group 0 holds 0, 1 (last 1, day 20): ease++ = ease = B[0] + B[1] = [.5, .5, .5, 0], last =
+    # B[1] = [.5, 0, .5, 0]; within days −160…200: items 0 (10, 15) and 1 (20, 30, 100), not 2
     assert scorer.score(np.array([0, 2]), np.array([[2, 3], [1, 0]])) == pytest.approx(
-        np.array([[.5 + .5 + 2 * np.log(3) + 4 * .5, 0.0], expected[0, [1, 0]]]), **F32)
-    assert features.residual(np.array([0]), np.array([[0, 2]])).shape == (1, 2, 3)
+        np.array([[.5 + .5 + 2 * ln(3) + 4 * .5, 0.0], expected[0, [1, 0]]]), **F32)
+    assert features.recent(np.array([0]), np.arange(4)) == pytest.approx(np.array([[ln(3), ln(4), 0, 0]]))
+    assert features.residual(np.array([0]), np.array([[0, 2]])).shape == (1, 2, 4)
 
 
 def test_the_prior_alone_is_ease_plus_plus_bit_for_bit(clustered: Path) -> None:
@@ -109,9 +116,9 @@ def test_the_loss_gradient_and_a_planted_mix_is_recovered() -> None:
 
 def test_settings_are_checked() -> None:
     model = get_model("easemix")
-    for bad in ({"features": ["pop", "pop"]}, {"features": ["cooc"]}, {"lam": 0.0}, {"negatives": 0},
-                {"ridge": -1.0}):
-        with pytest.raises(Exception, match="easemix|negatives|ridge"):
+    for bad in ({"features": ["pop", "pop"]}, {"features": ["cooc"]}, {"lam": 0.0}, {"holdout_negatives": 0},
+                {"ridge": -1.0}, {"window": -1}):
+        with pytest.raises(Exception, match="easemix|holdout_negatives|ridge|window"):
             model.config_from(bad)
 
 

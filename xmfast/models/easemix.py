@@ -3,26 +3,27 @@ residual learned for the target market from signals the pooled model cannot see.
 
 The idea. EASE fitted on all markets pooled is the strongest baseline on most XMarket targets
 because items are shared: the sources' co-occurrences fill in the target's sparse ones. What
-pooling loses is what is particular to the target: which items sell *there* (pop wins on ca),
-which co-occurrences hold *there* (EASE on the target alone), and, under a time-ordered split,
-what the user bought *last*. EASE-mix scores
+pooling loses is what is particular to the target and to the user's time: which items sell
+*there* (pop wins on ca), which co-occurrences hold *there* (EASE on the target alone), what the
+user bought *last*, and what was being bought *when* the user was buying (EASE and pop ignore
+dates). EASE-mix scores
 
     s(u, j) = ease++(u, j) + Σ_k v_k · f_k(u, j)
 
-where the features f_k are the target-alone EASE score (``ease``), log(1 + the item's training
-ratings in the user's market) (``pop``) and the pooled EASE weight from the user's most recent
-training item to j (``last``), and the weights v are learned per target market. They are fitted
-on training data held out from the prior: each target user's last training item is taken out,
-both EASE models and the popularity are fitted again without those items, and a softmax over
-the held-out item and `negatives` items sampled as training negatives are (the protocol's pool)
-is maximised in the weights (w_0 on the prior, w_k on the features; convex, scipy's L-BFGS).
-The final scores use the models fitted on all training rows with v_k = w_k / w_0, so the prior
-keeps weight 1: with v = 0 the model *is* ease++ (a test checks it bit for bit), and a weight
-the held-out data does not support stays near 0. EASE's zero diagonal already keeps an item
-from predicting itself; the held-out refit also keeps it out of every co-occurrence it is
-scored with, so the weights are fitted as they are used (on an item no model has seen).
-Neither validation nor test items are used: `xmfast tune` selects `lam` and `ridge` on
-validation as it does for every model.
+with the features f_k: the target-alone EASE score (``ease``); log(1 + the item's training
+ratings in the user's market) (``pop``); the pooled EASE weight from the user's most recent
+training item to j (``last``); log(1 + the item's training ratings in the fitted markets dated
+within `window` days of the user's most recent one) (``recent``). The weights are learned per
+target market on training data held out from the prior: each target user's last training item
+is taken out, the EASE models and counts are fitted again without those items, and the mean
+log-softmax of the held-out item among itself and `holdout_negatives` items drawn as training
+negatives are (the protocol's pool) is maximised in (w_0 on the prior, w_k on the features),
+a convex problem (scipy's L-BFGS). The final scores use the models fitted on every training row
+with v_k = w_k / w_0, so the prior keeps weight 1: with v = 0 the model *is* ease++ (a test
+checks it bit for bit), and `ridge` shrinks v towards 0. The held-out refit keeps the held-out
+item out of every count and co-occurrence it is scored with, so the weights are fitted on
+items the models had not seen, as they are used. No validation or test item is fitted on:
+`xmfast tune` selects `lam`, `ridge` and `window` on validation as it does for every model.
 """
 
 from __future__ import annotations
@@ -68,13 +69,36 @@ class Features:
     names: tuple[str, ...]
     target: ItemItemScorer | None  # ease on the target alone (feature `ease`)
     pop: PopularityScorer | None
+    dated: np.ndarray  # (item, day) keys of the fitted markets' training rows, sorted (feature `recent`)
+    window: int
+    span: int  # keys are item·span + (day − base)
+    base: int
 
     @classmethod
     def fit(cls, dataset: PreparedDataset, config: EaseMixConfig, sources: Sequence[str]) -> Features:
         pooled = fit_ease(dataset, sources, config.lam)
         target = fit_ease(dataset, (), config.lam) if "ease" in config.features else None
         pop = PopularityScorer(dataset) if "pop" in config.features else None
-        return cls(dataset, pooled, tuple(config.features), target, pop)
+        dated, span, base = np.zeros(0, dtype=np.int64), 1, 0
+        if "recent" in config.features:
+            codes = [dataset.market_index(m) for m in fitted_markets(dataset, sources)]
+            fitted = np.isin(np.asarray(dataset.train_market()), codes)
+            days = np.asarray(dataset.train_day, dtype=np.int64)
+            base = int(days.min()) - config.window if days.size else 0
+            span = int(days.max()) - base + config.window + 1 if days.size else 1
+            dated = np.sort(np.asarray(dataset.train_item, dtype=np.int64)[fitted] * span + (days[fitted] - base))
+        return cls(dataset, pooled, tuple(config.features), target, pop, dated, config.window, span, base)
+
+    def recent(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """log(1 + the training ratings of j, in the fitted markets, dated within `window` days of
+        the group's most recent training rating): what was bought around the user's time."""
+        offsets = np.asarray(self.dataset.train_offsets).astype(np.int64)
+        ends = offsets[groups + 1]
+        day = np.asarray(self.dataset.train_day, dtype=np.int64)[np.maximum(ends - 1, 0)] - self.base
+        key = items * self.span + day[:, None]
+        count = (np.searchsorted(self.dated, key + self.window, side="right")
+                 - np.searchsorted(self.dated, key - self.window, side="left"))
+        return np.where((ends > offsets[groups])[:, None], np.log1p(count), 0.0)
 
     def last(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The pooled EASE weight B[h, j] from each group's most recent training item h to j
@@ -98,6 +122,8 @@ class Features:
                 out.append(self.target.score(groups, items))
             elif name == "pop":
                 out.append(np.log1p(self.pop.score(groups, items)))
+            elif name == "recent":
+                out.append(self.recent(groups, items))
             else:
                 out.append(self.last(groups, items))
         return np.stack(out, axis=-1) if out else np.zeros((*items.shape, 0))
@@ -170,7 +196,7 @@ def fit_easemix(dataset: PreparedDataset, config: EaseMixConfig, sources: Sequen
                               "nothing to fit the mix on; use ease++")
         held = Features.fit(view, config, sources)
         groups = np.searchsorted(np.asarray(dataset.train_offsets).astype(np.int64), rows, side="right") - 1
-        negatives = dataset.train_negative_sampler(config.negatives, config.seed).sample(0)[rows]
+        negatives = dataset.train_negative_sampler(config.holdout_negatives, config.holdout_seed).sample(0)[rows]
         candidates = np.concatenate([np.asarray(dataset.train_item)[rows, None], negatives], axis=1).astype(np.int64)
         w0, w = fit_weights(held.pooled.score(groups, candidates), held.residual(groups, candidates), config.ridge)
         weights = w / w0
