@@ -146,7 +146,7 @@ sources = "all"\nmodels = ["pop", "ease++", "easemix"]\nseeds = [1]\ndevice = "c
     summary = tuning.tune(exp)["easemix@t"]
     assert summary["trials"]["complete"] == 1 and set(summary["best"]["model"]) == {"lam", "ridge"}
     assert not list(tuning.tune_dir(exp).rglob("test.json"))
-    run_experiment(tuning.tuned_plan(exp))
-    invoke("report", clustered / "grid", "-o", clustered / "report.md")
-    table = (clustered / "report.md").read_text()
-    assert "| easemix " in table and "| ease++ " in table, table
+    run_experiment(tuning.tuned_plan(exp))  # the report of a grid is test_baselines_plus's
+    info = json.loads((clustered / "grid" / "t" / "all" / "s1" / "easemix" / "run.json").read_text())
+    assert info["label"] == "easemix" and info["status"] == "finished"
+    assert set(info["model_config"]) >= {"lam", "ridge"} and info["train_config"]["sources"]
