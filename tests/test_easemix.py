@@ -11,10 +11,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from scipy.optimize import check_grad
-
 from test_baselines_plus import F32, fake_dataset, invoke, write_clustered
+
 from xmfast.models import get_model
-from xmfast.models.easemix import EaseMixScorer, Features, fit_weights, holdout_view, softmax_loss
+from xmfast.models.easemix import (
+    EaseMixScorer,
+    Features,
+    fit_weights,
+    holdout_view,
+    softmax_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +103,7 @@ def test_the_loss_gradient_and_a_planted_mix_is_recovered() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 6, 3))
     for ridge in (0.0, 0.1):
-        assert check_grad(lambda w: softmax_loss(w, x, ridge)[0], lambda w: softmax_loss(w, x, ridge)[1],
+        assert check_grad(lambda w, r=ridge: softmax_loss(w, x, r)[0], lambda w, r=ridge: softmax_loss(w, x, r)[1],
                           np.array([0.3, -0.2, 0.5])) < 1e-6
     # rows whose positive is drawn from softmax(2·prior − 1·f1 + 0.5·f2): the fit finds those weights
     n, c = 4000, 20

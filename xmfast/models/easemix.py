@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
@@ -118,9 +117,9 @@ class Features:
         """(n, c, features): each feature of `items[i, j]` for `groups[i]`, in `names` order."""
         out = []
         for name in self.names:
-            if name == "ease":
+            if name == "ease" and self.target is not None:
                 out.append(self.target.score(groups, items))
-            elif name == "pop":
+            elif name == "pop" and self.pop is not None:
                 out.append(np.log1p(self.pop.score(groups, items)))
             elif name == "recent":
                 out.append(self.recent(groups, items))
