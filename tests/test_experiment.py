@@ -268,9 +268,10 @@ def test_shipped_experiment_files_plan(xmarket_dir: Path, monkeypatch: pytest.Mo
         counts[name] = len(p.stages)
         assert p.stages[0].kind == "prepare"
     # quickstart and the leaderboards (7 markets): dataset + 3 seeds × (pop, cooc, ease, ease++, itemknn,
-    # itemknn++, mf, gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, forec, magmf, mamlp, manmf, acmr ×2, sasrec)
-    assert counts["quickstart"] == 1 + 3 * 21
-    assert counts["leaderboard-forec"] == counts["leaderboard-acmr"] == 7 * (1 + 3 * 21)
+    # itemknn++, mf, gmf, mlp, nmf, gmf++, mlp++, nmf++, maml, forec, magmf, mamlp, manmf, acmr ×2, sasrec,
+    # easemix)
+    assert counts["quickstart"] == 1 + 3 * 22
+    assert counts["leaderboard-forec"] == counts["leaderboard-acmr"] == 7 * (1 + 3 * 22)
     for name, protocol in (("leaderboard-forec", "forec"), ("leaderboard-acmr", "acmr")):
         exp = read_experiment(root / "experiments" / f"{name}.toml")
         assert exp.protocol == protocol and exp.models == read_experiment(root / "experiments" / "quickstart.toml").models

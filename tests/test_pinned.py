@@ -62,6 +62,7 @@ SETTINGS: dict[str, Any] = {
         "mf": {"model": "mf", "train": _TRAIN},
         "sasrec": {"model": "sasrec", "train": {**_TRAIN, "negatives": 8},
                    "config": {"embedding_dim": 8, "blocks": 1, "heads": 2, "history": 10}},
+        "easemix": {"model": "easemix"},
     },
 }
 
@@ -127,7 +128,7 @@ def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
     # the built-ins are the models xmfast itself declares (an installed example package adds others)
     builtin = {n for n in model_names() if type(get_model(n)).__module__ == "xmfast.models.builtin"}
     assert {get_model(s["model"]).name for s in SETTINGS["runs"].values()} == builtin
-    assert len(builtin) == 15
+    assert len(builtin) == 16
 
 
 @pytest.mark.parametrize("name", list(SETTINGS["runs"]))

@@ -676,7 +676,8 @@ MODEL_COLOURS = {"pop": "#777777", "cooc": "#999933", "gmf": "#88CCEE", "mlp": "
                  "maml": "#117733", "forec": "#CC6677", "acmr": "#AA4499",
                  "magmf": "#33BBEE", "mamlp": "#EE7733", "manmf": "#EE3377",  # Tol's vibrant
                  "ease": "#0072B2", "itemknn": "#009E73", "mf": "#CC79A7",  # Okabe–Ito, apart from OTHER_COLOURS
-                 "sasrec": "#661100"}  # Tol's dark red, apart from acmr's purple
+                 "sasrec": "#661100",  # Tol's dark red, apart from acmr's purple
+                 "easemix": "#A6761D"}  # ColorBrewer Dark2's ochre, apart from the others
 OTHER_COLOURS = ("#44AA99", "#882255", "#E69F00", "#D55E00", "#000000")
 # (line style, bar hatch) of a model's plain runs, its ++ runs, its pre-trained runs, then others.
 VARIANT_STYLES = (("-", ""), ("--", "//"), (":", ".."), ("-.", "xx"), ((0, (5, 1, 1, 1, 1, 1)), "\\\\"),

@@ -219,6 +219,7 @@ _BUILTIN = {
     "ease": "xmfast.models.builtin:EASE",
     "itemknn": "xmfast.models.builtin:ItemKNN",
     "mf": "xmfast.models.builtin:MF",
+    "easemix": "xmfast.models.builtin:EaseMix",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _registered: dict[str, Model] = {}  # loaded models by name

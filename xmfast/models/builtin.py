@@ -12,6 +12,7 @@ from xmfast.models import Model, Sizes
 from xmfast.models.settings import (
     ACMRConfig,
     CooccurrenceConfig,
+    EaseMixConfig,
     EASEConfig,
     FORECConfig,
     GMFConfig,
@@ -351,3 +352,18 @@ class MF(Model):
         from xmfast.models import mf
 
         return mf.MF(sizes.groups, sizes.items, config)
+
+
+# ---- EASE-mix: our own cross-market model (xmfast.models.easemix says the idea) -------------------
+class EaseMix(Model):
+    name = "easemix"
+    description = "ease++ as a prior plus target-market features (EASE alone, pop, last item) mixed by weights learned on held-out training items"
+    config_type = EaseMixConfig
+    trained = False  # fitted: two EASE models and a convex fit of the mix's weights
+    cross_market = True  # the prior is pooled over the target and the run's sources
+    train_defaults = {"sources": ("all",)}
+
+    def fit(self, dataset: Any, config: EaseMixConfig, sources: tuple[str, ...]) -> Any:
+        from xmfast.models.easemix import fit_easemix
+
+        return fit_easemix(dataset, config, sources)
