@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import tempfile
 import time
 from pathlib import Path
@@ -279,8 +280,17 @@ def floor(args: argparse.Namespace, device: torch.device, work: Path) -> None:
         t.add_row(name, f"{np.mean([width[k] for k in ks]):.1f}", f"{flops / len(ks) / 1e9:.2f}",
                   fmt_s(flops / rate / len(ks)), fmt_s(spent / len(ks)), f"{spent / (flops / rate):.1f}×")
     console.print(t)
-    console.print(f"whole epoch: {len(batches)} steps, mean width {np.mean(width):.1f}, "
+    console.print(f"the epoch, windows of {c.bucket_batches} batches: {len(batches)} steps, mean width "
+                  f"{np.mean(width):.1f}, {sum(x == c.history for x in width)} at width {c.history}, "
                   f"{epoch_flops / 1e12:.2f} TFLOP, floor {fmt_s(epoch_flops / rate)}")
+    # the same epoch bucketed over all its batches at once (bucket_batches larger than the epoch)
+    trainer.model_config = replace(c, bucket_batches=len(batches))
+    whole = trainer._batches(1, market)
+    w2 = [int(trainer._instance_length[b.cpu()].max()) for b in whole]
+    f2 = sum(step_flops(int(b.shape[0]), x, c) for b, x in zip(whole, w2))
+    console.print(f"the epoch bucketed whole (bucket_batches={len(batches)}): mean width {np.mean(w2):.1f}, "
+                  f"{sum(x == c.history for x in w2)} at width {c.history}, {f2 / 1e12:.2f} TFLOP, "
+                  f"floor {fmt_s(f2 / rate)} ({epoch_flops / f2:.2f}× fewer FLOPs)")
 
 
 def timed_once(fn) -> float:  # type: ignore[no-untyped-def]
