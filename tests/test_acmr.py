@@ -164,18 +164,26 @@ def _whole_chunks(model: ACMR, keys: torch.Tensor, items: torch.Tensor) -> torch
     return out
 
 
-def test_pieces_score_bit_for_bit_as_whole_chunks(acmr_dataset) -> None:
-    """Pieces of a multiple of 4 rows leave every row's bits as they were (see ACMR.eval_piece)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pieces_score_bit_for_bit_as_whole_chunks(acmr_dataset, threads: int) -> None:
+    """Pieces of a multiple of 4 rows leave every row's bits as they were (see ACMR.eval_piece),
+    also when they run on two Python threads of one torch thread each against two torch threads."""
     ds, model = _attached(acmr_dataset)
     model.eval()
     gen = torch.Generator().manual_seed(3)
     keys = torch.randint(0, ds.n_groups, (100,), generator=gen).repeat_interleave(6)  # 6 candidates each
     items = torch.randint(0, ds.n_items, keys.shape, generator=gen)
-    with torch.no_grad():
-        model.eval_chunk, model.eval_piece = 128, 12  # 5 chunks, the last of 88 rows: pieces of 12 and 4
-        assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
-        model.eval_chunk = 4096  # one chunk, in the given order
-        assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            model.eval_chunk, model.eval_piece = 128, 12  # 5 chunks, the last of 88 rows: pieces of 12 and 4
+            assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
+            model.eval_chunk = 4096  # one chunk, in the given order
+            assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_original_codes_training_histories_contain_the_rows_own_item(acmr_dataset) -> None:
