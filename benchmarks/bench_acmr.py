@@ -33,14 +33,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 import tempfile
 import time
+import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REAL_DATA, SAMPLE_DATA, OtherLoad, console, fmt_rate, fmt_s, print_machine, print_torch, table
+from _common import (
+    REAL_DATA,
+    SAMPLE_DATA,
+    OtherLoad,
+    console,
+    fmt_rate,
+    fmt_s,
+    print_machine,
+    print_torch,
+    table,
+)
 from torch import nn
 
 from xmfast.models import get_model
@@ -161,26 +172,25 @@ def setup(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     model_config = ACMRConfig()
     steps: dict[str, list[float]] = {}
 
-    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+    def timed(name: str, fn, *a, **kw):  # type: ignore[no-untyped-def]
         t = time.perf_counter()
-        value = fn()
+        value = fn(*a, **kw)
         steps.setdefault(name, []).append(time.perf_counter() - t)
         return value
 
     for r in range(args.repeat):
-        ds = timed("prepare (parse, split, candidates, write)", lambda: prepare(
-            args.data, work / f"ds{r}", PrepareConfig(target=args.target, sources="all", protocol="acmr")))
+        ds = timed("prepare (parse, split, candidates, write)", prepare, args.data, work / f"ds{r}",
+                   PrepareConfig(target=args.target, sources="all", protocol="acmr"))
         sources = tuple(m for m in ds.markets if m != ds.target)
-        view = timed("training view (sources' held-out items as training)",
-                     lambda: training_view(ds, config, sources))
-        rows = timed("training rows", lambda: training_rows(view, sources, config.augmentation))
-        model = timed("model (ACMR, initialised)", lambda: spec.build(
-            Sizes(ds.n_groups, ds.n_items, len(ds.markets)), model_config).to(device))
-        timed("attach: history tables (groups and training rows)", lambda: spec.attach(model, view, rows.rows))
-        timed("optimiser (fused Adam)", lambda: _adam(model, 1e-3, 0.0, device, False))
-        timed("negative sampler", lambda: view.train_negative_sampler(k=config.negatives, seed=config.seed))
+        view = timed("training view (sources' held-out items as training)", training_view, ds, config, sources)
+        rows = timed("training rows", training_rows, view, sources, config.augmentation)
+        model = timed("model (ACMR, initialised)", spec.build, Sizes(ds.n_groups, ds.n_items, len(ds.markets)),
+                      model_config).to(device)
+        timed("attach: history tables (groups and training rows)", spec.attach, model, view, rows.rows)
+        timed("optimiser (fused Adam)", _adam, model, 1e-3, 0.0, device, False)
+        timed("negative sampler", view.train_negative_sampler, k=config.negatives, seed=config.seed)
         run = Run.create(work / f"run{r}", run_info(ds, spec, model_config, config))
-        timed("whole SequenceTrainer (all of the above but prepare)", lambda: SequenceTrainer(ds, run, spec, model_config, config))
+        timed("whole SequenceTrainer (all of the above but prepare)", SequenceTrainer, ds, run, spec, model_config, config)
     t = table(f"ACMR's data path on {args.data.name} (target {args.target}, protocol acmr, all sources), "
               f"median of {args.repeat}", ["step", "median", "runs"])
     t.add_row("import torch._dynamo (once per process, by the first optimiser)", fmt_s(dynamo), "1")
