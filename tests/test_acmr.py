@@ -151,6 +151,41 @@ def test_keyed_scores_equal_the_sequences_they_stand_for(acmr_dataset) -> None:
         ACMR(ds.n_items, len(ds.markets), SMALL)(torch.tensor([0]), torch.tensor([1]))
 
 
+def _whole_chunks(model: ACMR, keys: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Evaluation scores as ACMR computed them before pieces (issue 25): up to one chunk whole in
+    the given order, more sorted by length and each chunk whole at its width."""
+    lengths, market, table = model.group_lengths[keys], model.group_market[keys], model.group_history
+    if keys.numel() <= model.eval_chunk:
+        return model.score_sequences(table[keys, : int(lengths.max())], lengths, market, items)
+    out = torch.empty(keys.shape[0])
+    for chunk in torch.argsort(lengths).split(model.eval_chunk):
+        width = int(lengths[chunk[-1]])
+        out[chunk] = model.score_sequences(table[keys[chunk], :width], lengths[chunk], market[chunk], items[chunk])
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pieces_score_bit_for_bit_as_whole_chunks(acmr_dataset, threads: int) -> None:
+    """Pieces of a multiple of 4 rows leave every row's bits as they were (see ACMR.eval_piece),
+    also when they run on two Python threads of one torch thread each against two torch threads."""
+    ds, model = _attached(acmr_dataset)
+    model.eval()
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randint(0, ds.n_groups, (100,), generator=gen).repeat_interleave(6)  # 6 candidates each
+    items = torch.randint(0, ds.n_items, keys.shape, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            model.eval_chunk, model.eval_piece = 128, 12  # 5 chunks, the last of 88 rows: pieces of 12 and 4
+            assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
+            model.eval_chunk = 4096  # one chunk, in the given order
+            assert torch.equal(model(keys, items), _whole_chunks(model, keys, items))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_original_codes_training_histories_contain_the_rows_own_item(acmr_dataset) -> None:
     from dataclasses import replace
 

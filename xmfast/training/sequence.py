@@ -24,10 +24,9 @@ class SequenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.use_graphs = False
         self.optimizer = _adam(self.model, self.config.learning_rate(self.spec), self.config.l2, self.device, False)
-        n, k = len(self.rows), self.config.negatives
         lengths = self.model.training_lengths().cpu()  # type: ignore[operator]
         if self.pointwise:  # batches of instances: each row, then its negatives
-            lengths = lengths[torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(k)])]
+            lengths = torch.cat([lengths, lengths.repeat_interleave(self.config.negatives)])
         self._instance_length = lengths
 
     def _batch_order(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:

@@ -87,20 +87,29 @@ pub fn padded_histories(
     out.par_chunks_mut(width).zip(lengths.par_iter_mut()).enumerate().for_each(|(r, (slot, len))| {
         let full = histories.row(rows[r] as usize);
         let skip = leave_out.map_or(KEEP_ALL, |s| s[r]);
+        let kept = full.len() - usize::from(skip != KEEP_ALL);
+        if kept <= width {
+            // No rule to apply: the history (less the left-out item) straight into its slot,
+            // without building it first (most rows: the median history is far below the width).
+            if skip == KEEP_ALL {
+                slot[..kept].copy_from_slice(full);
+            } else {
+                let p = skip as usize;
+                slot[..p].copy_from_slice(&full[..p]);
+                slot[p..kept].copy_from_slice(&full[p + 1..]);
+            }
+            *len = kept as u32;
+            return;
+        }
         let without: Vec<u32>;
-        let (hist, key) = if skip == KEEP_ALL {
-            (full, vec![keys[r]])
+        let (hist, key): (&[u32], &[u64]) = if skip == KEEP_ALL {
+            (full, &[keys[r]])
         } else {
             let p = skip as usize;
             without = [&full[..p], &full[p + 1..]].concat();
-            (&without[..], vec![keys[r], skip as u64])
+            (&without[..], &[keys[r], skip as u64])
         };
-        if hist.len() <= width {
-            slot[..hist.len()].copy_from_slice(hist);
-            *len = hist.len() as u32;
-            return;
-        }
-        let keep = kept_positions(hist, width, rule, seed, &key, cooc);
+        let keep = kept_positions(hist, width, rule, seed, key, cooc);
         for (s, &p) in slot.iter_mut().zip(&keep) {
             *s = hist[p];
         }
