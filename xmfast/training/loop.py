@@ -23,6 +23,7 @@ Sampling of the ``++`` variants (FOREC's options):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -382,9 +383,16 @@ class Trainer:
             out.append(idx[torch.randperm(idx.shape[0], generator=gen)] if idx.numel() else idx)
         return out
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bfloat16 autocast with ``--amp`` on CUDA; otherwise nothing (entering a disabled
+        ``torch.autocast`` costs about as much as a GMF batch's gathers, every step)."""
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
     def _step(self, u: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One eager training step; returns the (detached) mean loss of the batch."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+        with self._autocast():
             logits = self.model(u, i)
         loss = self.loss_fn(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -403,7 +411,7 @@ class Trainer:
         return Batch(self._group[index], self._item[index], negatives[index], self._market[index])
 
     def _row_step(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+        with self._autocast():
             loss = row_loss(self.spec, self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -436,7 +444,7 @@ class Trainer:
                 if own.numel() == 0:
                     own, weight = index[:1], 0.0
             batch = self._row_batch(negatives, own)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            with self._autocast():
                 loss = row_loss(self.spec, module, batch)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * weight if weight != 1.0 else loss).backward()
@@ -502,7 +510,7 @@ class Trainer:
             weight = self.world / n
             if own.numel() == 0:  # a last batch smaller than the world: take part with zero weight
                 own, weight = index[:1], 0.0
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            with self._autocast():
                 logits = self._parallel(users[own], items[own])
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels[own], reduction="sum")
             self.optimizer.zero_grad(set_to_none=True)
