@@ -32,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REAL_DATA, SAMPLE_DATA, WORK, OtherLoad, console, print_machine, print_torch, table
+from _common import (
+    REAL_DATA,
+    SAMPLE_DATA,
+    WORK,
+    OtherLoad,
+    console,
+    print_machine,
+    print_torch,
+    table,
+)
 
 from xmfast import core
 from xmfast.models import get_model
@@ -53,13 +62,12 @@ def old_epoch(t: Trainer, epoch: int) -> tuple[float, int, float]:
     t.observer.on_epoch_start(epoch, len(batches))
     t.model.train()
     total = torch.zeros((), device=t.device, dtype=torch.float64)
-    seen = batch = 0
-    for index in batches:
+    seen = 0
+    for batch, index in enumerate(batches, 1):
         n = int(index.shape[0])
         loss = t._step(users[index], items[index], labels[index])
         total += loss.double() * n
         seen += n
-        batch += 1
         t.observer.on_batch(float(total) / seen if batch % 64 == 0 else None, n)
     return float(total) / max(seen, 1), seen, time.perf_counter() - start
 
@@ -95,8 +103,8 @@ def old_split(t: Trainer, epoch: int) -> dict[str, float]:
     batches = t._batches(epoch, market)
     c.lap("instances and batches")
     total = torch.zeros((), device=t.device, dtype=torch.float64)
-    seen = batch = 0
-    for index in batches:
+    seen = 0
+    for batch, index in enumerate(batches, 1):
         n = int(index.shape[0])
         u, i, y = users[index], items[index], labels[index]
         c.lap("instances and batches")
@@ -104,7 +112,6 @@ def old_split(t: Trainer, epoch: int) -> dict[str, float]:
         c.lap("model + optimiser")
         total += loss.double() * n
         seen += n
-        batch += 1
         t.observer.on_batch(float(total) / seen if batch % 64 == 0 else None, n)
         c.lap("bookkeeping")
     float(total)
