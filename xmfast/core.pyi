@@ -55,6 +55,20 @@ class TrainNegativeSampler:
     def sample(self, epoch: int) -> npt.NDArray[np.uint32]: ...
     def sample_into(self, out: npt.NDArray[np.uint32], epoch: int) -> None: ...
 
+def gather_instances(
+    order: npt.NDArray[np.int64],
+    keys: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    negatives: npt.NDArray[np.uint32],
+    rows: npt.NDArray[np.int64],
+    out_keys: npt.NDArray[np.int64],
+    out_items: npt.NDArray[np.int64],
+    out_labels: npt.NDArray[np.float32],
+) -> None:
+    """An epoch's pointwise instances in `order`, written into the three outputs (each as long as
+    `order`): instance ``p < n`` is row ``p``'s positive (``keys[p]``, ``items[p]``, 1), instance
+    ``n + r·k + c`` row ``r``'s ``c``-th negative (``keys[r]``, ``negatives[rows[r], c]``, 0)."""
+
 def file_digest(path: str | PathLike[str]) -> str:
     """blake3 of the file's bytes on disk (hex), as ``read_ratings`` records it per input and a
     prepared dataset's manifest per file; streamed, on all cores, with the GIL released."""

@@ -3,12 +3,15 @@ resumption. Every trained model of the registry goes through it (or a subclass a
 MAML's); what it optimises is the model's declared objective (see :mod:`xmfast.training.objectives`).
 
 How an epoch is built. The training rows (target market, plus source rows for the ``++``
-variants) and their groups live as tensors on the device. Each epoch the Rust sampler draws `k`
-negatives per row keyed by (seed, epoch), the rows and negatives become ``rows × (1 + k)``
-labelled instances, and a permutation drawn from a generator seeded by (seed, epoch) orders them
-into batches that are plain index slices: no per-sample Dataset or DataLoader. Because every
-random choice of an epoch is a function of (seed, epoch), resuming from the checkpoint of epoch
-`e` replays epochs `e+1…` exactly as an uninterrupted run would.
+variants) and their groups live as arrays. Each epoch the Rust sampler draws `k` negatives per
+row keyed by (seed, epoch) into a buffer kept across epochs; the rows and negatives are
+``rows × (1 + k)`` labelled instances, and a permutation drawn from a generator seeded by (seed,
+epoch) orders them into batches. One Rust call writes the instances in that order (keys, items,
+labels; buffers reused across epochs), they reach the device in one copy, and each batch is a
+contiguous slice of them: no per-sample Dataset or DataLoader, no per-batch gather, and the loss
+is read back from the device once every 64 batches. Because every random choice of an epoch is
+a function of (seed, epoch), resuming from the checkpoint of epoch `e` replays epochs `e+1…`
+exactly as an uninterrupted run would.
 
 Sampling of the ``++`` variants (FOREC's options):
 
@@ -20,6 +23,7 @@ Sampling of the ``++`` variants (FOREC's options):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,10 +140,10 @@ class _GraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
 
-    def step(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        torch.index_select(users, 0, index, out=self.u)
-        torch.index_select(items, 0, index, out=self.i)
-        torch.index_select(labels, 0, index, out=self.y)
+    def step(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.u.copy_(users)
+        self.i.copy_(items)
+        self.y.copy_(labels)
         if self.graph is None and self.warm < self.WARMUP:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -188,6 +192,40 @@ class TrainResult:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
+
+
+class _LossSum:
+    """An epoch's summed loss, ∑ loss × instances in float64 in batch order, read back from the
+    device every `EVERY` batches (one transfer for the lot instead of a tensor update per batch);
+    the same sum, to the last bit, as adding each batch's loss on the device."""
+
+    EVERY = 64
+
+    def __init__(self) -> None:
+        self.total, self.seen, self.batches = 0.0, 0, 0
+        self._pending: list[tuple[torch.Tensor, int]] = []
+
+    def add(self, loss: torch.Tensor, n: int) -> float | None:
+        """Counts a batch's (detached) mean loss over `n` instances; every `EVERY` batches returns
+        the running mean, otherwise None."""
+        self._pending.append((loss, n))
+        self.seen += n
+        self.batches += 1
+        if self.batches % self.EVERY:
+            return None
+        self._flush()
+        return self.total / self.seen
+
+    def _flush(self) -> None:
+        if self._pending:
+            values = torch.stack([loss for loss, _ in self._pending]).tolist()
+            for value, (_, n) in zip(values, self._pending):
+                self.total += value * n
+            self._pending.clear()
+
+    def mean(self) -> float:
+        self._flush()
+        return self.total / max(self.seen, 1)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -254,10 +292,13 @@ class Trainer:
         self._negatives = np.empty((self.sampler.rows, config.negatives), dtype=np.uint32)
         # The key of an instance: its group, or for a sequence model its training row.
         keys = np.arange(len(self.rows), dtype=np.int64) if self.sequence else self.rows.group
+        self._keys = keys  # host copies for core.gather_instances (see _epoch_instances)
         self._group = torch.from_numpy(keys).to(self.device)
         self._item = torch.from_numpy(self.rows.item).to(self.device)
         self._market = torch.from_numpy(self.rows.market).to(self.device)
         self._rows = self.rows.rows
+        self._instance_market: torch.Tensor | None = None  # each instance's market, made on first use
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the epoch's instances, reused
         self._target_code = dataset.market_index(dataset.target)
         self.valid_groups = np.flatnonzero(np.asarray(dataset.group_market)[np.asarray(dataset.valid.group)] == self._target_code)
         self.stopping = EarlyStopping()
@@ -289,6 +330,24 @@ class Trainer:
         if not order:
             return []
         return list(torch.cat(order).to(self.device).split([b.shape[0] for b in order]))
+
+    def _epoch_instances(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """This epoch's keys, items and labels in batch order on the device, and the batch sizes:
+        batch `b` is the slice of the next ``sizes[b]`` instances. The same instances, in the same
+        order, as :meth:`_instances` indexed by each of :meth:`_batches`, built without them."""
+        self._sample_negatives(epoch)
+        if self._instance_market is None:
+            k = self.config.negatives
+            self._instance_market = torch.from_numpy(np.concatenate([self.rows.market, np.repeat(self.rows.market, k)]))
+        batches = self._batch_order(epoch, self._instance_market)
+        order = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+        if self._buffers is None or self._buffers[0].shape[0] != order.shape[0]:
+            m = order.shape[0]
+            self._buffers = (np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float32))
+        keys, items, labels = self._buffers
+        core.gather_instances(order.numpy(), self._keys, self.rows.item, self._negatives, self._rows, keys, items, labels)
+        moved = [torch.from_numpy(a).to(self.device) for a in self._buffers]
+        return moved[0], moved[1], moved[2], [b.shape[0] for b in batches]
 
     def _batch_order(self, epoch: int, market: torch.Tensor) -> list[torch.Tensor]:
         """Index batches of this epoch, built on the CPU (see the module docstring for the two
@@ -324,9 +383,16 @@ class Trainer:
             out.append(idx[torch.randperm(idx.shape[0], generator=gen)] if idx.numel() else idx)
         return out
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bfloat16 autocast with ``--amp`` on CUDA; otherwise nothing (entering a disabled
+        ``torch.autocast`` costs about as much as a GMF batch's gathers, every step)."""
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
     def _step(self, u: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One eager training step; returns the (detached) mean loss of the batch."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+        with self._autocast():
             logits = self.model(u, i)
         loss = self.loss_fn(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -345,7 +411,7 @@ class Trainer:
         return Batch(self._group[index], self._item[index], negatives[index], self._market[index])
 
     def _row_step(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+        with self._autocast():
             loss = row_loss(self.spec, self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,7 +444,7 @@ class Trainer:
                 if own.numel() == 0:
                     own, weight = index[:1], 0.0
             batch = self._row_batch(negatives, own)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            with self._autocast():
                 loss = row_loss(self.spec, module, batch)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * weight if weight != 1.0 else loss).backward()
@@ -397,30 +463,25 @@ class Trainer:
         if self.world > 1:
             return self._train_epoch_sharded(epoch)
         start = time.perf_counter()
-        users, items, labels, market = self._instances(epoch)
-        batches = self._batches(epoch, market)
-        self.observer.on_epoch_start(epoch, len(batches))
+        users, items, labels, sizes = self._epoch_instances(epoch)
+        self.observer.on_epoch_start(epoch, len(sizes))
         self.model.train()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        seen = batch = 0
+        losses = _LossSum()
         size = self.config.batch_size
-        for index in batches:
-            n = int(index.shape[0])
+        for u, i, y in zip(users.split(sizes), items.split(sizes), labels.split(sizes)):
+            n = int(u.shape[0])
             if self.use_graphs and n == size:
                 if self._graph is None:
                     self._graph = _GraphStep(self, size)
-                loss = self._graph.step(users, items, labels, index)
+                loss = self._graph.step(u, i, y)
             else:
-                loss = self._step(users[index], items[index], labels[index])
-            total += loss.double() * n
-            seen += n
-            batch += 1
+                loss = self._step(u, i, y)
             # Reading the loss synchronises the device, so the display gets it every 64 batches.
-            self.observer.on_batch(float(total) / seen if batch % 64 == 0 else None, n)
-        mean_loss = float(total) / max(seen, 1)
+            self.observer.on_batch(losses.add(loss, n), n)
+        mean_loss = losses.mean()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return mean_loss, seen, time.perf_counter() - start
+        return mean_loss, losses.seen, time.perf_counter() - start
 
     def _seed_rank(self, epoch: int) -> None:
         """Under torchrun: the global RNG (dropout) seeded by (seed, epoch, rank), so the ranks
@@ -449,7 +510,7 @@ class Trainer:
             weight = self.world / n
             if own.numel() == 0:  # a last batch smaller than the world: take part with zero weight
                 own, weight = index[:1], 0.0
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            with self._autocast():
                 logits = self._parallel(users[own], items[own])
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels[own], reduction="sum")
             self.optimizer.zero_grad(set_to_none=True)

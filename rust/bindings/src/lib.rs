@@ -4,7 +4,7 @@
 //! arrays, no copy), core errors to Python exceptions. All long work runs with the GIL released.
 
 use numpy::ndarray::Array2;
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray2};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -682,6 +682,33 @@ impl TrainNegativeSampler {
     }
 }
 
+/// An epoch's pointwise training instances in `order` (see `xmfast_core::negatives::gather_instances`),
+/// written into `out_keys`, `out_items` (int64) and `out_labels` (float32), each as long as `order`.
+#[pyfunction]
+#[pyo3(signature = (order, keys, items, negatives, rows, out_keys, out_items, out_labels))]
+#[allow(clippy::too_many_arguments)]
+fn gather_instances(
+    py: Python<'_>,
+    order: PyReadonlyArray1<'_, i64>,
+    keys: PyReadonlyArray1<'_, i64>,
+    items: PyReadonlyArray1<'_, i64>,
+    negatives: PyReadonlyArray2<'_, u32>,
+    rows: PyReadonlyArray1<'_, i64>,
+    mut out_keys: PyReadwriteArray1<'_, i64>,
+    mut out_items: PyReadwriteArray1<'_, i64>,
+    mut out_labels: PyReadwriteArray1<'_, f32>,
+) -> PyResult<()> {
+    let k = negatives.shape()[1];
+    let negatives = negatives.as_slice().map_err(|_| PyValueError::new_err("`negatives` must be C-contiguous"))?;
+    let (order, keys, items, rows) =
+        (slice("order", &order)?, slice("keys", &keys)?, slice("items", &items)?, slice("rows", &rows)?);
+    let contiguous = |name: &str| PyValueError::new_err(format!("`{name}` must be a C-contiguous 1-d array"));
+    let ok = out_keys.as_slice_mut().map_err(|_| contiguous("out_keys"))?;
+    let oi = out_items.as_slice_mut().map_err(|_| contiguous("out_items"))?;
+    let ol = out_labels.as_slice_mut().map_err(|_| contiguous("out_labels"))?;
+    py.detach(|| xc::negatives::gather_instances(order, keys, items, negatives, k, rows, ok, oi, ol)).map_err(py_err)
+}
+
 /// Item co-occurrence over the histories of groups in `markets`: returns the symmetric CSR
 /// (indptr uint64, indices uint32, counts uint32) of `n_items × n_items`, zero diagonal.
 #[pyfunction]
@@ -1076,6 +1103,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(leave_one_out, m)?)?;
     m.add_function(wrap_pyfunction!(eval_candidates, m)?)?;
     m.add_function(wrap_pyfunction!(sample_distinct, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_instances, m)?)?;
     m.add_function(wrap_pyfunction!(cooccurrence, m)?)?;
     m.add_function(wrap_pyfunction!(shared_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(synthesize, m)?)?;

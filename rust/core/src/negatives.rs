@@ -379,9 +379,104 @@ impl TrainNegativeSampler {
     }
 }
 
+/// Instances per parallel task of [`gather_instances`].
+const INSTANCES_PER_TASK: usize = 1 << 14;
+
+/// The pointwise training instances of an epoch, written in the epoch's order. Instance `p < n`
+/// (`n` = training rows) is row `p`'s positive: key `keys[p]`, item `items[p]`, label 1; instance
+/// `n + r·k + c` is row `r`'s `c`-th negative: key `keys[r]`, item `negatives[rows[r]·k + c]`
+/// (`negatives` is the sampler's `rows × k` draw over all training rows, `rows[r]` row `r`'s
+/// place in it), label 0. Position `j` of the outputs gets instance `order[j]`, so the batches of
+/// the epoch are contiguous slices, built in one pass without the unordered instance arrays.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_instances(
+    order: &[i64],
+    keys: &[i64],
+    items: &[i64],
+    negatives: &[u32],
+    k: usize,
+    rows: &[i64],
+    out_keys: &mut [i64],
+    out_items: &mut [i64],
+    out_labels: &mut [f32],
+) -> Result<()> {
+    let n = keys.len();
+    if items.len() != n || rows.len() != n {
+        return Err(Error::invalid(format!(
+            "gather_instances: {n} keys, {} items and {} rows differ in length",
+            items.len(),
+            rows.len()
+        )));
+    }
+    let m = order.len();
+    if out_keys.len() != m || out_items.len() != m || out_labels.len() != m {
+        return Err(Error::invalid(format!("gather_instances: the outputs must hold {m} instances, as `order` does")));
+    }
+    let drawn = if k == 0 { 0 } else { negatives.len() / k };
+    if k > 0 && negatives.len() % k != 0 {
+        return Err(Error::invalid(format!("gather_instances: {} negatives are not rows of {k}", negatives.len())));
+    }
+    if k > 0 {
+        if let Some(r) = rows.iter().position(|&r| r < 0 || r as usize >= drawn) {
+            return Err(Error::invalid(format!(
+                "gather_instances: row {r} points at negative row {} of {drawn}",
+                rows[r]
+            )));
+        }
+    }
+    let total = (n * (1 + k)) as i64;
+    out_keys
+        .par_chunks_mut(INSTANCES_PER_TASK)
+        .zip(out_items.par_chunks_mut(INSTANCES_PER_TASK))
+        .zip(out_labels.par_chunks_mut(INSTANCES_PER_TASK))
+        .zip(order.par_chunks(INSTANCES_PER_TASK))
+        .try_for_each(|(((ok, oi), ol), ord)| {
+            for (j, &p) in ord.iter().enumerate() {
+                if p < 0 || p >= total {
+                    return Err(Error::invalid(format!("gather_instances: instance {p} is outside 0..{total}")));
+                }
+                let p = p as usize;
+                if p < n {
+                    (ok[j], oi[j], ol[j]) = (keys[p], items[p], 1.0);
+                } else {
+                    let (r, c) = ((p - n) / k, (p - n) % k);
+                    (ok[j], oi[j], ol[j]) = (keys[r], negatives[rows[r] as usize * k + c] as i64, 0.0);
+                }
+            }
+            Ok(())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_follow_the_order() {
+        // 3 rows (keys 10, 11, 12; items 100, 101, 102), k = 2, drawn over 4 rows of which
+        // rows 0, 2, 3 train: row r's negatives are negatives[rows[r]].
+        let negatives = [1, 2, 3, 4, 5, 6, 7, 8];
+        let (keys, items, rows) = ([10, 11, 12], [100, 101, 102], [0, 2, 3]);
+        let order = [8, 0, 3, 2, 5, 1, 4, 7, 6];
+        let (mut k, mut i, mut l) = ([0i64; 9], [0i64; 9], [9f32; 9]);
+        gather_instances(&order, &keys, &items, &negatives, 2, &rows, &mut k, &mut i, &mut l).unwrap();
+        // instances: 0..3 positives; 3, 4 row 0's (1, 2); 5, 6 row 1's (5, 6); 7, 8 row 2's (7, 8)
+        assert_eq!(k, [12, 10, 10, 12, 11, 11, 10, 12, 11]);
+        assert_eq!(i, [8, 100, 1, 102, 5, 101, 2, 7, 6]);
+        assert_eq!(l, [0., 1., 0., 1., 0., 1., 0., 0., 0.]);
+        // A larger order than one task, cycling (as equal sampling repeats a market's batches).
+        let long: Vec<i64> = (0..40_000).map(|j| (j * 7) % 9).collect();
+        let (mut k2, mut i2, mut l2) = (vec![0i64; 40_000], vec![0i64; 40_000], vec![0f32; 40_000]);
+        gather_instances(&long, &keys, &items, &negatives, 2, &rows, &mut k2, &mut i2, &mut l2).unwrap();
+        let pos = |p: i64| order.iter().position(|&q| q == p).unwrap();
+        for (j, &p) in long.iter().enumerate() {
+            assert_eq!((k2[j], i2[j], l2[j]), (k[pos(p)], i[pos(p)], l[pos(p)]));
+        }
+        let bad = gather_instances(&[9], &keys, &items, &negatives, 2, &rows, &mut k[..1], &mut i[..1], &mut l[..1]);
+        assert_eq!(bad.unwrap_err().to_string(), "gather_instances: instance 9 is outside 0..9");
+        let bad = gather_instances(&[0], &keys, &items, &negatives, 2, &[0, 2, 4], &mut k[..1], &mut i[..1], &mut l[..1]);
+        assert_eq!(bad.unwrap_err().to_string(), "gather_instances: row 2 points at negative row 4 of 4");
+    }
 
     #[test]
     fn build_par_matches_from_rows_with_short_rows() {
