@@ -201,10 +201,12 @@ def setup(args: argparse.Namespace, device: torch.device, work: Path) -> None:
 
 def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     """evaluate() of the test split with the paper's model (untrained weights: the time does not
-    depend on them), chunks scored whole (before) and in pieces (after), interleaved; the scores
-    of the two are compared bit for bit."""
+    depend on them), interleaved: chunks scored whole on torch's threads with torch's attention
+    (before issue 25), in pieces on Python threads with torch's attention (session 13), and in
+    pieces with the core's attention (now, the default). Torch's two are compared bit for bit;
+    the core's with torch's by the largest score difference and the held-out items' ranks."""
     from xmfast.evaluation import evaluate_scorer, held_out
-    from xmfast.models.acmr import ACMR
+    from xmfast.models.acmr import ACMR, EncoderBlock
     from xmfast.training.loop import ModelScorer
 
     ds = prepare(args.data, work / "ds", PrepareConfig(target=args.target, sources="all", protocol="acmr"))
@@ -218,20 +220,29 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     scorer = ModelScorer(model, device)
     groups, candidates = np.asarray(held.group)[queries], np.asarray(held.candidates)[queries]
     lengths = model.group_lengths.cpu().numpy()[groups]
-    variants = {"whole chunks on torch's threads (before)": whole_chunks,
-                f"pieces of {ACMR.eval_piece}, one torch thread per Python thread (after)": ACMR.forward}
+    default_path = EncoderBlock.path
+    torch_attention = lambda self, x: "keys-first"  # noqa: E731
+    variants = {
+        "whole chunks on torch's threads, torch's attention (before)": (whole_chunks, torch_attention),
+        f"pieces of {ACMR.eval_piece} on Python threads, torch's attention (session 13)": (ACMR.forward, torch_attention),
+        f"pieces of {ACMR.eval_piece} on Python threads, the core's attention (now)": (ACMR.forward, default_path),
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}  # less inflated by other load than wall time
     scores: dict[str, np.ndarray] = {}
-    for _ in range(args.repeat):
-        for name, forward in variants.items():
-            model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
-            t0, c0 = time.perf_counter(), time.process_time()
-            scores[name] = scorer.score(groups, candidates)
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    del model.forward
-    before, after = scores.values()
+    try:
+        for _ in range(args.repeat):
+            for name, (forward, path) in variants.items():
+                model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
+                EncoderBlock.path = path  # type: ignore[method-assign]
+                t0, c0 = time.perf_counter(), time.process_time()
+                scores[name] = scorer.score(groups, candidates)
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    finally:
+        EncoderBlock.path = default_path  # type: ignore[method-assign]
+        del model.forward
+    before, pieces, now = scores.values()
     t = table(f"ACMR: scoring the {args.target} test set ({queries.size:,} queries × {candidates.shape[1]} candidates, "
               f"mean history {lengths.mean():.1f}), paper's model, {torch.get_num_threads()} torch threads, "
               f"median of {args.repeat}", ["variant", "median", "runs", "pairs/s", "CPU time (median)", "pairs per CPU s"])
@@ -240,11 +251,14 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
         t.add_row(name, fmt_s(statistics.median(xs)), ", ".join(fmt_s(x) for x in xs),
                   fmt_rate(candidates.size / statistics.median(xs)), fmt_s(c), fmt_rate(candidates.size / c))
     console.print(t)
-    console.print(f"scores equal bit for bit: {np.array_equal(before, after)}")
+    rank = lambda s: (s[:, 1:] > s[:, :1]).sum(1)  # noqa: E731 - candidates above the held-out item
+    console.print(f"torch's attention, pieces against whole chunks: scores equal bit for bit: {np.array_equal(before, pieces)}")
+    console.print(f"the core's attention against torch's: largest score difference {np.abs(now - pieces).max():.2e}, "
+                  f"held-out items ranked differently in {int((rank(now) != rank(pieces)).sum())} of {queries.size:,} queries")
     if not args.queries:  # the whole evaluation as `xmfast evaluate` runs it: scores, ranks, metrics
         t0 = time.perf_counter()
         ev = evaluate_scorer(ds, "test", scorer, markets=[ds.target])
-        console.print(f"evaluate_scorer of all {len(ev):,} target queries (pieces): {fmt_s(time.perf_counter() - t0)}")
+        console.print(f"evaluate_scorer of all {len(ev):,} target queries (the default path): {fmt_s(time.perf_counter() - t0)}")
 
 
 def whole_chunks(model, keys: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xmfast.models.acmr import ACMR, ACMRConfig
 
@@ -67,10 +69,11 @@ def test_bad_configuration() -> None:
         ACMRConfig(truncation="oldest")
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["keys-first", "sdpa"])
-def test_encoder_block_equals_torch_transformer_layer(fused: bool) -> None:
-    """Our block is nn.TransformerEncoderLayer's maths (post-norm, ReLU), written for speed; both
-    attention paths (the CPU's keys-first one, and the fused one CUDA takes) give it."""
+@pytest.mark.parametrize("path", ["keys-first", "sdpa", "core"])
+def test_encoder_block_equals_torch_transformer_layer(path: str) -> None:
+    """Our block is nn.TransformerEncoderLayer's maths (post-norm, ReLU), written for speed; every
+    attention path (the CPU's keys-first one for training, the Rust core's for inference, and the
+    fused one CUDA takes) gives it."""
     from xmfast.models.acmr import EncoderBlock
 
     torch.manual_seed(3)
@@ -89,8 +92,73 @@ def test_encoder_block_equals_torch_transformer_layer(fused: bool) -> None:
         padding[1, 3:6] = True
         padding[4, :6] = True
         want = ref(x, src_key_padding_mask=padding)
-        got = block(x, padding, fused=fused)
+        got = block(x, padding, attention=path)
     torch.testing.assert_close(got[~padding], want[~padding], rtol=1e-5, atol=1e-5)
+
+
+def test_the_default_attention_path_per_mode() -> None:
+    """CPU training and anything with autograd take torch's keys-first path (the gradients and
+    the pins are torch's); inference without autograd takes the core's."""
+    from xmfast.models.acmr import EncoderBlock
+
+    block, x = EncoderBlock(8, 2, 16, 0.3), torch.zeros(1, 3, 8)
+    assert block.train().path(x) == "keys-first"
+    assert block.eval().path(x) == "keys-first"  # autograd on: a gradient may be asked for
+    with torch.no_grad():
+        assert block.path(x) == "core"
+        assert block.path(x.double()) == "keys-first"  # the core takes float32
+        assert block.train().path(x) == "keys-first"  # dropout on the attention weights
+    with torch.inference_mode():
+        assert block.eval().path(x) == "core"
+    with pytest.raises(ValueError, match="attention path"):
+        block(x, torch.zeros(1, 3, dtype=torch.bool), attention="flash")
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.integers(1, 4), head_dim=st.integers(1, 6), width=st.integers(1, 12), n=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_core_attention_equals_torch_on_real_positions(heads: int, head_dim: int, width: int, n: int, seed: int) -> None:
+    """The core's path against torch's keys-first one: the same outputs at every real position
+    (to float rounding) for any shape and padding, including sequences whose only real position
+    is the last (an empty history and its candidate)."""
+    from xmfast.models.acmr import EncoderBlock
+
+    gen = torch.Generator().manual_seed(seed)
+    d = heads * head_dim
+    torch.manual_seed(seed)
+    block = EncoderBlock(d, heads, 2 * d, 0.3).eval()
+    x = torch.randn(n, width, d, generator=gen) * 3
+    lengths = torch.randint(0, width, (n,), generator=gen)
+    padding = torch.arange(width)[None, :] >= lengths[:, None]
+    padding[:, -1] = False
+    with torch.no_grad():
+        want = block(x, padding, attention="keys-first")
+        got = block(x, padding, attention="core")
+    torch.testing.assert_close(got[~padding], want[~padding], rtol=2e-5, atol=2e-5)
+
+
+def test_evaluation_through_the_core_ranks_as_torch_does(acmr_dataset) -> None:
+    """Whole evaluation scores of a trained-looking model: the core's path (the default under
+    no_grad) gives torch's scores to float rounding, and so every candidate the same rank."""
+    from xmfast.models.acmr import EncoderBlock
+
+    ds, model = _attached(acmr_dataset)
+    model.eval()
+    gen = torch.Generator().manual_seed(5)
+    keys = torch.randint(0, ds.n_groups, (60,), generator=gen).repeat_interleave(10)
+    items = torch.randint(0, ds.n_items, keys.shape, generator=gen)
+    with torch.no_grad():
+        assert model.blocks[0].path(model.item_embedding.weight[None]) == "core"
+        core = model(keys, items)
+        torch_path = EncoderBlock.path
+        try:
+            EncoderBlock.path = lambda self, x: "keys-first"
+            want = model(keys, items)
+        finally:
+            EncoderBlock.path = torch_path
+    torch.testing.assert_close(core, want, rtol=1e-5, atol=1e-5)
+    # bits may differ; ranks must not
+    assert torch.equal(torch.argsort(core.view(60, 10), dim=1, stable=True), torch.argsort(want.view(60, 10), dim=1, stable=True))
 
 
 def test_cpu_dropout_rate_scale_and_determinism() -> None:
@@ -211,3 +279,18 @@ def test_the_original_codes_training_histories_contain_the_rows_own_item(acmr_da
         else:  # the group's whole history, the same for every row of the group, own item included
             assert own.all()
             assert np.array_equal(hist, model.group_history.numpy()[group])
+
+
+def test_core_attention_refuses_mismatched_shapes() -> None:
+    from xmfast import core
+
+    qkv = np.zeros((2, 3, 24), np.float32)
+    with pytest.raises(ValueError, match="attention"):
+        core.attention(qkv, np.ones((2, 4), bool), 2, 1.0)  # real's width differs
+    with pytest.raises(ValueError, match="attention"):
+        core.attention(qkv, np.ones((2, 3), bool), 5, 1.0)  # 24 is not 3 · 5 · head_dim
+    with pytest.raises(ValueError, match="contiguous"):
+        core.attention(np.zeros((2, 3, 48), np.float32)[:, :, ::2], np.ones((2, 3), bool), 2, 1.0)
+    out = core.attention(np.ones((2, 3, 24), np.float32), np.array([[True, False, True], [False] * 3]), 2, 1.0)
+    assert out.shape == (2, 3, 8) and out.dtype == np.float32
+    assert (out[0, [0, 2]] == 1.0).all() and (out[0, 1] == 0).all() and (out[1] == 0).all()

@@ -3,8 +3,8 @@
 //! This layer only converts: numpy arrays in (borrowed, no copy), `Vec`s out (moved into numpy
 //! arrays, no copy), core errors to Python exceptions. All long work runs with the GIL released.
 
-use numpy::ndarray::Array2;
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray1, PyReadwriteArray2};
+use numpy::ndarray::{Array2, Array3};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyArray3, PyReadonlyArrayDyn, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -786,6 +786,35 @@ fn padded_histories<'py>(
     Ok((matrix_to_py(py, out, rows_s.len(), width)?, vec_to_py(py, lengths)))
 }
 
+/// Multi-head self-attention of padded sequences, forward only (see
+/// `xmfast_core::attention::attention`): `qkv` (n, width, 3·d) float32 as an input projection
+/// writes it, `real` (n, width) bool; returns (n, width, d), zero at padded positions.
+#[pyfunction]
+#[pyo3(signature = (qkv, real, heads, scale))]
+fn attention<'py>(
+    py: Python<'py>,
+    qkv: PyReadonlyArray3<'py, f32>,
+    real: PyReadonlyArray2<'py, bool>,
+    heads: usize,
+    scale: f32,
+) -> PyResult<Bound<'py, PyArray3<f32>>> {
+    let (n, width, three_d) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    if real.shape() != [n, width] || heads == 0 || three_d % (3 * heads) != 0 {
+        return Err(PyValueError::new_err(format!(
+            "attention: qkv {:?} and real {:?} must be (n, width, 3·heads·head_dim) and (n, width), heads {heads}",
+            qkv.shape(),
+            real.shape()
+        )));
+    }
+    let d = three_d / 3;
+    let q = qkv.as_slice().map_err(|_| PyValueError::new_err("`qkv` must be C-contiguous"))?;
+    let r = real.as_slice().map_err(|_| PyValueError::new_err("`real` must be C-contiguous"))?;
+    let mut out = vec![0f32; n * width * d];
+    py.detach(|| xc::attention::attention(q, r, width, heads, d / heads, scale, &mut out)).map_err(py_err)?;
+    let a = Array3::from_shape_vec((n, width, d), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
 /// Number of (i, j) pairs nonzero in both co-occurrence structures (each pair counted twice).
 #[pyfunction]
 fn shared_pairs(
@@ -1114,6 +1143,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_date, m)?)?;
     m.add_function(wrap_pyfunction!(format_date, m)?)?;
     m.add_function(wrap_pyfunction!(padded_histories, m)?)?;
+    m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

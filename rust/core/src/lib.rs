@@ -6,8 +6,9 @@
 //! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
 //! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
 //! counts item co-occurrence; [`history`] pads histories for sequence models; [`synth`] writes
-//! synthetic XMarket-format data.
+//! synthetic XMarket-format data; [`attention`] runs a sequence model's attention in evaluation.
 
+pub mod attention;
 pub mod columns;
 pub mod cooc;
 pub mod delimited;
