@@ -25,7 +25,7 @@ uk on a GPU.
 Three more tables (issue 25, item 3), each instead of the throughput table:
 
     python benchmarks/bench_acmr.py --setup               # the data path, step by step
-    python benchmarks/bench_acmr.py --eval                # evaluate the test split: whole chunks / pieces
+    python benchmarks/bench_acmr.py --eval                # evaluate the test split: whole chunks / pieces / core attention
     python benchmarks/bench_acmr.py --floor               # training steps against their FLOP count
 """
 

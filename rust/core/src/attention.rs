@@ -33,6 +33,19 @@ pub fn attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
+    attention_on::<F4>(qkv, real, width, heads, head_dim, scale, out)
+}
+
+/// `attention` on lanes `L` (the platform's, or in tests the plain ones to compare).
+fn attention_on<L: Lanes>(
+    qkv: &[f32],
+    real: &[bool],
+    width: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
     let d = heads * head_dim;
     if width == 0 || d == 0 {
         return Err(Error::invalid("attention: width, heads and head_dim must be positive"));
@@ -53,7 +66,7 @@ pub fn attention(
         .zip(qkv.par_chunks(TASK * width * 3 * d))
         .zip(real.par_chunks(TASK * width))
         .for_each(|((out, qkv), real)| {
-            let mut scratch = Scratch::new(width, groups, head_dim);
+            let mut scratch = Scratch::<L>::new(width, groups, head_dim);
             for ((o, x), r) in out.chunks_mut(width * d).zip(qkv.chunks(width * 3 * d)).zip(real.chunks(width)) {
                 scratch.sequence(x, r, heads, head_dim, scale, o);
             }
@@ -66,22 +79,22 @@ pub fn attention(
 /// dot products, all overhead). Heads are padded with zeros to a multiple of `LANES`.
 const LANES: usize = 4;
 
-/// Per-task buffers, each of `F4` groups of heads.
-struct Scratch {
+/// Per-task buffers, each of vectors `L` of `LANES` heads.
+struct Scratch<L> {
     index: Vec<usize>,
-    keys: Vec<F4>,   // [key][dim][group]
-    values: Vec<F4>, // [key][dim][group]
-    query: Vec<F4>,  // [dim][group]
-    scores: Vec<F4>, // [key][group]
-    acc: Vec<F4>,    // [dim][group]
-    max: Vec<F4>,    // [group]
-    total: Vec<F4>,  // [group]
+    keys: Vec<L>,   // [key][dim][group]
+    values: Vec<L>, // [key][dim][group]
+    query: Vec<L>,  // [dim][group]
+    scores: Vec<L>, // [key][group]
+    acc: Vec<L>,    // [dim][group]
+    max: Vec<L>,    // [group]
+    total: Vec<L>,  // [group]
     groups: usize,
 }
 
-impl Scratch {
+impl<L: Lanes> Scratch<L> {
     fn new(width: usize, groups: usize, dh: usize) -> Self {
-        let zero = F4::splat(0.0);
+        let zero = L::splat(0.0);
         Scratch {
             index: Vec::with_capacity(width),
             keys: vec![zero; width * dh * groups],
@@ -112,14 +125,14 @@ impl Scratch {
         }
         let (keys, values) = (&self.keys[..n * row], &self.values[..n * row]);
         let scores = &mut self.scores[..n * g];
-        let scale = F4::splat(scale);
+        let scale = L::splat(scale);
         for &i in &self.index {
             gather(&qkv[i * 3 * d..i * 3 * d + d], &mut self.query, heads, dh);
             // scores[j] = scale · Σ_t q[t] k[j][t], per head; the running maximum per head
-            self.max.fill(F4::splat(f32::NEG_INFINITY));
+            self.max.fill(L::splat(f32::NEG_INFINITY));
             for (s, k) in scores.chunks_exact_mut(g).zip(keys.chunks_exact(row)) {
                 for (c, (s, m)) in s.iter_mut().zip(self.max.iter_mut()).enumerate() {
-                    let mut acc = F4::splat(0.0);
+                    let mut acc = L::splat(0.0);
                     for t in 0..dh {
                         acc = acc.add(self.query[t * g + c].mul(k[t * g + c]));
                     }
@@ -127,7 +140,7 @@ impl Scratch {
                     *m = m.max(*s);
                 }
             }
-            self.total.fill(F4::splat(0.0));
+            self.total.fill(L::splat(0.0));
             for s in scores.chunks_exact_mut(g) {
                 for ((s, &m), t) in s.iter_mut().zip(&self.max).zip(self.total.iter_mut()) {
                     *s = s.sub(m).exp();
@@ -137,9 +150,9 @@ impl Scratch {
             // acc[t] = Σ_j (e_j · (1 / total)) v[j][t], per head (torch's softmax also
             // multiplies by the reciprocal of the sum)
             for t in self.total.iter_mut() {
-                *t = F4::splat(1.0).div(*t);
+                *t = L::splat(1.0).div(*t);
             }
-            self.acc.fill(F4::splat(0.0));
+            self.acc.fill(L::splat(0.0));
             for (s, v) in scores.chunks_exact(g).zip(values.chunks_exact(row)) {
                 for (c, (&e, &inverse)) in s.iter().zip(&self.total).enumerate() {
                     let w = e.mul(inverse);
@@ -162,7 +175,7 @@ impl Scratch {
 }
 
 /// One position's `[head][dim]` row as `[dim][group]` vectors, heads past `heads` zero.
-fn gather(from: &[f32], to: &mut [F4], heads: usize, dh: usize) {
+fn gather<L: Lanes>(from: &[f32], to: &mut [L], heads: usize, dh: usize) {
     let g = heads.div_ceil(LANES);
     for t in 0..dh {
         for c in 0..g {
@@ -173,12 +186,12 @@ fn gather(from: &[f32], to: &mut [F4], heads: usize, dh: usize) {
                     *x = from[h * dh + t];
                 }
             }
-            to[t * g + c] = F4::from_array(lanes);
+            to[t * g + c] = L::from_array(lanes);
         }
     }
 }
 
-/// `e^x` for every element (see `F4::exp`), for callers with plain slices.
+/// `e^x` for every element (see `Lanes::exp`), for callers with plain slices.
 pub fn exp_in_place(xs: &mut [f32]) {
     for chunk in xs.chunks_mut(LANES) {
         let mut lanes = [0.0f32; LANES];
@@ -196,23 +209,75 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const ROUND: f32 = 12_582_912.0;
 const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
 
-/// Four f32 lanes: SSE2 (every x86-64 CPU has it) or plain arrays elsewhere, the same IEEE
-/// operations in the same order either way, so results do not depend on the platform's vector
-/// width. (The compiler did not vectorise the plain loops over heads by itself.)
+/// Four f32 lanes and the operations the kernel needs. `Sse` (every x86-64 CPU has SSE2) and
+/// `Plain` (arrays, elsewhere) do the same IEEE operations in the same order, so a result does
+/// not depend on the platform (a test compares them bit for bit). The compiler did not vectorise
+/// plain loops over heads by itself.
+trait Lanes: Copy {
+    fn splat(x: f32) -> Self;
+    fn from_array(a: [f32; LANES]) -> Self;
+    fn to_array(self) -> [f32; LANES];
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+    /// SSE's `maxps`: `o` when either is NaN.
+    fn max(self, o: Self) -> Self;
+    /// SSE's `minps`: `o` when either is NaN.
+    fn min(self, o: Self) -> Self;
+    /// `2^k` from `t = k + ROUND` (see `exp`): the integer is in t's low mantissa bits.
+    fn pow2_of_rounded(self) -> Self;
+
+    /// `e^x` per lane. Cody–Waite reduction `x = k ln 2 + r`, `|r| ≤ ln 2 / 2`, and Cephes'
+    /// degree-5 polynomial for `e^r`: within 2 ulp of the exact value for `x` in [-87, 88];
+    /// outside it the input is clamped (a softmax after subtracting its maximum never goes
+    /// below -87 short of weights under 1e-38). Libm's `expf` is a call per element, the slowest
+    /// part of a softmax here.
+    #[inline(always)]
+    fn exp(self) -> Self {
+        let v = self.max(Self::splat(-87.0)).min(Self::splat(88.0));
+        let t = v.mul(Self::splat(LOG2E)).add(Self::splat(ROUND));
+        let k = t.sub(Self::splat(ROUND));
+        let r = v.sub(k.mul(Self::splat(LN2_HI))).sub(k.mul(Self::splat(LN2_LO)));
+        let mut p = Self::splat(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = p.mul(r).add(Self::splat(c));
+        }
+        let e = p.mul(r).mul(r).add(r).add(Self::splat(1.0));
+        e.mul(t.pow2_of_rounded())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type F4 = Sse;
+#[cfg(not(target_arch = "x86_64"))]
+type F4 = Plain;
+
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct F4(std::arch::x86_64::__m128);
+struct Sse(std::arch::x86_64::__m128);
+
+/// The lane-wise binary operations of `Sse`, each one SSE instruction.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lane_ops {
+    ($($name:ident $intrinsic:ident),*) => {$(
+        #[inline(always)]
+        fn $name(self, o: Self) -> Self {
+            unsafe { Sse(std::arch::x86_64::$intrinsic(self.0, o.0)) }
+        }
+    )*};
+}
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unused_unsafe)] // SSE2 intrinsics are safe to call from Rust 1.87 on; unsafe before
-impl F4 {
+impl Lanes for Sse {
     #[inline(always)]
     fn splat(x: f32) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_set1_ps(x)) }
+        unsafe { Sse(std::arch::x86_64::_mm_set1_ps(x)) }
     }
     #[inline(always)]
     fn from_array(a: [f32; LANES]) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_loadu_ps(a.as_ptr())) }
+        unsafe { Sse(std::arch::x86_64::_mm_loadu_ps(a.as_ptr())) }
     }
     #[inline(always)]
     fn to_array(self) -> [f32; LANES] {
@@ -220,58 +285,38 @@ impl F4 {
         unsafe { std::arch::x86_64::_mm_storeu_ps(a.as_mut_ptr(), self.0) };
         a
     }
+    lane_ops!(add _mm_add_ps, sub _mm_sub_ps, mul _mm_mul_ps, div _mm_div_ps, max _mm_max_ps, min _mm_min_ps);
     #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_add_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_sub_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn mul(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_mul_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn div(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_div_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn max(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_max_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn min(self, o: Self) -> Self {
-        unsafe { F4(std::arch::x86_64::_mm_min_ps(self.0, o.0)) }
-    }
-    /// `2^k` from `t = k + ROUND` (see `exp`): the integer is in t's low mantissa bits.
-    #[inline(always)]
-    fn pow2_of_rounded(t: Self) -> Self {
+    fn pow2_of_rounded(self) -> Self {
         use std::arch::x86_64::*;
         unsafe {
-            let k = _mm_sub_epi32(_mm_castps_si128(t.0), _mm_set1_epi32(ROUND.to_bits() as i32));
-            F4(_mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(k, _mm_set1_epi32(127)), 23)))
+            let k = _mm_sub_epi32(_mm_castps_si128(self.0), _mm_set1_epi32(ROUND.to_bits() as i32));
+            Sse(_mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(k, _mm_set1_epi32(127)), 23)))
         }
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[derive(Clone, Copy)]
-struct F4([f32; LANES]);
+struct Plain([f32; LANES]);
 
-#[cfg(not(target_arch = "x86_64"))]
-impl F4 {
+#[cfg(any(test, not(target_arch = "x86_64")))]
+impl Plain {
+    fn zip(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Plain(std::array::from_fn(|l| f(self.0[l], o.0[l])))
+    }
+}
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
+impl Lanes for Plain {
     fn splat(x: f32) -> Self {
-        F4([x; LANES])
+        Plain([x; LANES])
     }
     fn from_array(a: [f32; LANES]) -> Self {
-        F4(a)
+        Plain(a)
     }
     fn to_array(self) -> [f32; LANES] {
         self.0
-    }
-    fn zip(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
-        F4(std::array::from_fn(|l| f(self.0[l], o.0[l])))
     }
     fn add(self, o: Self) -> Self {
         self.zip(o, |a, b| a + b)
@@ -285,36 +330,14 @@ impl F4 {
     fn div(self, o: Self) -> Self {
         self.zip(o, |a, b| a / b)
     }
-    // SSE's max/min: the second operand when either is NaN.
     fn max(self, o: Self) -> Self {
         self.zip(o, |a, b| if a > b { a } else { b })
     }
     fn min(self, o: Self) -> Self {
         self.zip(o, |a, b| if a < b { a } else { b })
     }
-    fn pow2_of_rounded(t: Self) -> Self {
-        F4(t.0.map(|t| f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23)))
-    }
-}
-
-impl F4 {
-    /// `e^x` per lane. Cody–Waite reduction `x = k ln 2 + r`, `|r| ≤ ln 2 / 2`, and Cephes'
-    /// degree-5 polynomial for `e^r`: within 2 ulp of the exact value for `x` in [-87, 88];
-    /// outside it the input is clamped (a softmax after subtracting its maximum never goes
-    /// below -87 short of weights under 1e-38). Libm's `expf` is a call per element, the slowest
-    /// part of a softmax here.
-    #[inline(always)]
-    fn exp(self) -> Self {
-        let v = self.max(F4::splat(-87.0)).min(F4::splat(88.0));
-        let t = v.mul(F4::splat(LOG2E)).add(F4::splat(ROUND));
-        let k = t.sub(F4::splat(ROUND));
-        let r = v.sub(k.mul(F4::splat(LN2_HI))).sub(k.mul(F4::splat(LN2_LO)));
-        let mut p = F4::splat(EXP_POLY[0]);
-        for &c in &EXP_POLY[1..] {
-            p = p.mul(r).add(F4::splat(c));
-        }
-        let e = p.mul(r).mul(r).add(r).add(F4::splat(1.0));
-        e.mul(F4::pow2_of_rounded(t))
+    fn pow2_of_rounded(self) -> Self {
+        Plain(self.0.map(|t| f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23)))
     }
 }
 
@@ -399,6 +422,25 @@ mod tests {
         assert!(attention(&[0.0; 11], &[true], 1, 2, 2, 1.0, &mut [0.0; 4]).is_err());
         assert!(attention(&[0.0; 12], &[true], 1, 2, 2, 1.0, &mut [0.0; 3]).is_err());
         assert!(attention(&[], &[], 0, 1, 1, 1.0, &mut []).is_err());
+    }
+
+    #[test]
+    fn the_plain_lanes_give_the_vector_lanes_bits() {
+        // What a platform without SSE2 computes, against what x86-64 computes.
+        let mut rng = crate::rng::Rng::new(5);
+        let (n, width, heads, dh) = (9, 13, 8, 4);
+        let qkv: Vec<f32> = (0..n * width * 3 * heads * dh).map(|_| (rng.next_u64() % 4001) as f32 / 400.0 - 5.0).collect();
+        let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || rng.next_u64() % 3 > 0).collect();
+        let (mut a, mut b) = (vec![0.0; n * width * heads * dh], vec![0.0; n * width * heads * dh]);
+        attention_on::<F4>(&qkv, &real, width, heads, dh, 0.5, &mut a).unwrap();
+        attention_on::<Plain>(&qkv, &real, width, heads, dh, 0.5, &mut b).unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let xs: Vec<f32> = (0..4000).map(|i| -90.0 + i as f32 * 0.045).collect();
+        for c in xs.chunks(LANES) {
+            let c: [f32; LANES] = c.try_into().unwrap();
+            let (e, p) = (F4::from_array(c).exp().to_array(), Plain::from_array(c).exp().to_array());
+            assert_eq!(e.map(f32::to_bits), p.map(f32::to_bits));
+        }
     }
 
     #[test]
