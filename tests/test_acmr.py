@@ -110,6 +110,10 @@ def test_the_default_attention_path_per_mode() -> None:
         assert block.train().path(x) == "keys-first"  # dropout on the attention weights
     with torch.inference_mode():
         assert block.eval().path(x) == "core"
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # --amp: the projection is bfloat16
+            padding = torch.zeros(1, 3, dtype=torch.bool)
+            assert block.path(block.in_proj(x)) == "keys-first"
+            assert torch.isfinite(block(x, padding)).all()
     with pytest.raises(ValueError, match="attention path"):
         block(x, torch.zeros(1, 3, dtype=torch.bool), attention="flash")
 

@@ -103,7 +103,7 @@ class EncoderBlock(nn.Module):
         self.norm2 = LayerNorm(d)
 
     def path(self, x: torch.Tensor) -> str:
-        """The attention path `forward` takes for `x` by default."""
+        """The attention path `forward` takes by default for the input projection `x`."""
         if x.device.type != "cpu":
             return "sdpa"
         inference = not (self.training or torch.is_grad_enabled()) and x.dtype == torch.float32
@@ -115,14 +115,14 @@ class EncoderBlock(nn.Module):
         :meth:`path`); the tests set it to check every path on the CPU."""
         b, length, d = x.shape
         h, dh = self.heads, d // self.heads
-        attention = attention or self.path(x)
+        qkv = self.in_proj(x)
+        attention = attention or self.path(qkv)  # the projection's dtype: bfloat16 under autocast
         if attention not in self.PATHS:
             raise ValueError(f"attention path must be one of {self.PATHS}, got {attention!r}")
         if attention == "core":
-            qkv = self.in_proj(x).contiguous().numpy()
-            attended = torch.from_numpy(core.attention(qkv, (~padding).numpy(), h, dh**-0.5))
-            return self._rest(x, attended)
-        q, k, v = self.in_proj(x).view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4)  # each (B, h, L, dh)
+            attended = core.attention(qkv.contiguous().numpy(), (~padding).numpy(), h, dh**-0.5)
+            return self._rest(x, torch.from_numpy(attended))
+        q, k, v = qkv.view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4)  # each (B, h, L, dh)
         if attention == "keys-first":
             bias = torch.zeros(b, 1, length, 1, dtype=x.dtype).masked_fill_(padding[:, None, :, None], float("-inf"))
             bias = bias.expand(b, h, length, 1).reshape(b * h, length, 1)
