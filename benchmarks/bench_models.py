@@ -20,6 +20,11 @@ percent). An epoch is the engine's own `seconds` in metrics.jsonl (negatives, ba
 validation not included), median over the timed epochs: `--epochs` (3), or `--history-epochs`
 (1) for the models that train on histories (ACMR, SASRec: one epoch is long, and stable).
 
+With the defaults (every model, all 7 markets) it takes about 20-30 minutes on 2 idle CPU cores,
+half of it ACMR's pre-training epoch (about 115 s for every target: it trains on all markets);
+one epoch per history model is the cheapest honest figure. On a busy machine it is far slower
+(torch's 2 threads wait for each other: the same epoch took 999 s at 0.9 cores of other load).
+
     python benchmarks/bench_models.py                                  # every model, all 7 markets
     python benchmarks/bench_models.py --markets in --models gmf,acmr --epochs 2
     python benchmarks/bench_models.py --data data/sample --markets in,jp  # a quick check
@@ -131,7 +136,7 @@ def main() -> None:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in entries]
         if unknown:
-            sys.exit(f"error: --models {unknown[0]!r} is not one of {', '.join(entries)}")
+            raise XmfastError(f"--models: {unknown[0]!r} is not one of {', '.join(entries)}")
         entries = [e for e in entries if e in wanted]
     markets = [m.strip() for m in args.markets.split(",") if m.strip()]
     print_machine()
@@ -139,7 +144,7 @@ def main() -> None:
     import torch
 
     rows: dict[str, dict[str, str]] = {}
-    epochs: dict[str, str] = {}
+    epochs: dict[str, tuple[str, str]] = {}  # row -> (what is measured, default epochs)
     sizes: dict[str, str] = {}
     model_of: dict[str, str] = {}
     device = args.device or board.device
@@ -160,22 +165,21 @@ def main() -> None:
             for stage in timed_plan.stages:
                 if stage.kind == "prepare":
                     continue
-                model_of[f"{stage.label} ({'fit' if stage.id in fitted else 'epoch'})"] = stage.model
+                model_of[stage.label] = stage.model
                 if stage.id in fitted:
                     progress.print(f"[dim]{market}: {stage.label} (fit)[/]", highlight=False)
-                    rows.setdefault(f"{stage.label} (fit)", {})[market] = fmt_s(
-                        fit_seconds(stage, dataset, args.repeat, args.once))
-                    epochs.setdefault(f"{stage.label} (fit)", "–")
+                    rows.setdefault(stage.label, {})[market] = fmt_s(fit_seconds(stage, dataset, args.repeat, args.once))
+                    epochs.setdefault(stage.label, ("fit", "–"))
                 else:
-                    rows.setdefault(f"{stage.label} (epoch)", {})[market] = fmt_s(epoch_seconds(stage))
-                    epochs.setdefault(f"{stage.label} (epoch)", schedule(defaults[stage.id]))
+                    rows.setdefault(stage.label, {})[market] = fmt_s(epoch_seconds(stage))
+                    epochs.setdefault(stage.label, ("epoch", schedule(defaults[stage.id])))
     threads = torch.get_num_threads()
     t = table(f"Protocol {args.protocol}: fit time, or median time of one training epoch (measured), per target "
               f"market; default epochs of a leaderboard run (not measured); device {device}, torch threads {threads}",
-              ["model", "default epochs", *[f"{m} ({sizes[m]})" for m in markets]])
+              ["model", "measured", "default epochs", *[f"{m} ({sizes[m]})" for m in markets]])
     order = model_names()  # registry order, a model's rows together (the plan puts pooled runs last)
     for name in sorted(rows, key=lambda r: order.index(model_of[r])):
-        t.add_row(name, epochs[name], *[rows[name].get(m, "–") for m in markets])
+        t.add_row(name, *epochs[name], *[rows[name].get(m, "–") for m in markets])
     console.print(t)
     load.report()
 
