@@ -20,10 +20,12 @@ percent). An epoch is the engine's own `seconds` in metrics.jsonl (negatives, ba
 validation not included), median over the timed epochs: `--epochs` (3), or `--history-epochs`
 (1) for the models that train on histories (ACMR, SASRec: one epoch is long, and stable).
 
-With the defaults (every model, all 7 markets) it takes about 20-30 minutes on 2 idle CPU cores,
-half of it ACMR's pre-training epoch (about 115 s for every target: it trains on all markets);
-one epoch per history model is the cheapest honest figure. On a busy machine it is far slower
-(torch's 2 threads wait for each other: the same epoch took 999 s at 0.9 cores of other load).
+`--models` restricts the entries; the runs they start from are trained (and shown) too.
+With the defaults (every model, all 7 markets) it takes about 25-35 minutes on 2 idle CPU cores
+(estimated, not measured), half of it ACMR's pre-training epoch (about 115 s for every target:
+it trains on all markets); one epoch per history model is the cheapest honest figure, so the
+defaults cannot go lower without leaving a market or a model out. On a busy machine it is far
+slower (torch's 2 threads wait for each other: that epoch took 999 s at 0.9 cores of other load).
 
     python benchmarks/bench_models.py                                  # every model, all 7 markets
     python benchmarks/bench_models.py --markets in --models gmf,acmr --epochs 2
