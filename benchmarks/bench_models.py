@@ -43,11 +43,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import REAL_DATA, ROOT, OtherLoad, console, fmt_s, print_machine, repeat, table, timed
+from _common import (
+    REAL_DATA,
+    ROOT,
+    OtherLoad,
+    console,
+    fmt_s,
+    print_machine,
+    repeat,
+    table,
+    timed,
+)
 from rich.console import Console
 
 from xmfast.errors import XmfastError
-from xmfast.experiment import ExperimentObserver, Plan, Stage, plan, read_experiment, run_experiment
+from xmfast.experiment import (
+    ExperimentObserver,
+    Plan,
+    Stage,
+    plan,
+    read_experiment,
+    run_experiment,
+)
 from xmfast.markets import DataSource
 from xmfast.models import get_model, model_names
 
@@ -83,6 +100,15 @@ def with_epochs(exp: Any, epochs: int, history_epochs: int) -> Any:
         train_by_model={name: {**exp.train_by_model.get(name, {}), "epochs": n(name)} for name in names},
         finetune_by_model={name: {**exp.finetune_by_model.get(name, {}), "epochs": n(name)}
                            for name in names if get_model(name).fine_tunes})
+
+
+def market_plans(board: Any, data: Path, market: str, out: Path, entries: list[str], device: str,
+                 epochs: int, history_epochs: int) -> tuple[Plan, Plan]:
+    """The leaderboard `board` for one target market, its first seed and `entries` (NMF-family
+    from scratch): planned as it is (the default epochs) and cut to the timed epochs."""
+    exp = dataclasses.replace(board, data=DataSource(data), out=out, targets=(market,), seeds=board.seeds[:1],
+                              models=tuple(entries), device=device, model_settings=from_scratch(board.model_settings))
+    return plan(exp), plan(with_epochs(exp, epochs, history_epochs))
 
 
 def schedule(stage: Stage) -> str:
@@ -152,11 +178,9 @@ def main() -> None:
     device = args.device or board.device
     with tempfile.TemporaryDirectory() as tmp:
         for market in markets:
-            exp = dataclasses.replace(board, data=DataSource(args.data), out=Path(tmp) / market, targets=(market,),
-                                      seeds=board.seeds[:1], models=tuple(entries), device=device,
-                                      model_settings=from_scratch(board.model_settings))
-            defaults = {s.id: s for s in plan(exp).stages}
-            timed_plan = plan(with_epochs(exp, args.epochs, args.history_epochs))
+            default_plan, timed_plan = market_plans(board, args.data, market, Path(tmp) / market, entries, device,
+                                                    args.epochs, args.history_epochs)
+            defaults = {s.id: s for s in default_plan.stages}
             fitted = {s.id for s in timed_plan.stages if s.kind != "prepare" and not get_model(s.model).trained}
             run_experiment(Plan(timed_plan.experiment, [s for s in timed_plan.stages if s.id not in fitted]),
                            observer=Progress())
