@@ -50,6 +50,7 @@ from _common import (
     console,
     fmt_s,
     print_machine,
+    print_torch,
     repeat,
     table,
     timed,
@@ -171,11 +172,14 @@ def main() -> None:
     load = OtherLoad()
     import torch
 
+    device = args.device or board.device
+    shown = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    _, gpu = print_torch(shown)
+
     rows: dict[str, dict[str, str]] = {}
     epochs: dict[str, tuple[str, str]] = {}  # row -> (what is measured, default epochs)
     sizes: dict[str, str] = {}
     model_of: dict[str, str] = {}
-    device = args.device or board.device
     with tempfile.TemporaryDirectory() as tmp:
         for market in markets:
             default_plan, timed_plan = market_plans(board, args.data, market, Path(tmp) / market, entries, device,
@@ -201,7 +205,7 @@ def main() -> None:
                     epochs.setdefault(stage.label, ("epoch", schedule(defaults[stage.id])))
     threads = torch.get_num_threads()
     t = table(f"Protocol {args.protocol}: fit time, or median time of one training epoch (measured), per target "
-              f"market; default epochs of a leaderboard run (not measured); device {device}, torch threads {threads}",
+              f"market; default epochs of a leaderboard run (not measured); device {shown}{gpu}, torch threads {threads}",
               ["model", "measured", "default epochs", *[f"{m} ({sizes[m]})" for m in markets]])
     order = model_names()  # registry order, a model's rows together (the plan puts pooled runs last)
     for name in sorted(rows, key=lambda r: order.index(model_of[r])):
