@@ -201,10 +201,11 @@ def setup(args: argparse.Namespace, device: torch.device, work: Path) -> None:
 
 def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     """evaluate() of the test split with the paper's model (untrained weights: the time does not
-    depend on them), interleaved: chunks scored whole on torch's threads with torch's attention
-    (before issue 25), in pieces on Python threads with torch's attention (session 13), and in
-    pieces with the core's attention (now, the default). Torch's two are compared bit for bit;
-    the core's with torch's by the largest score difference and the held-out items' ranks."""
+    depend on them), interleaved: chunks of 4,096 scored whole on torch's threads with torch's
+    attention (before issue 25), in pieces on Python threads with torch's attention (session 13),
+    both with forwards of 65,536 pairs; and now, the default: the whole set sorted by length in
+    chunks of 512 with the core's attention. Torch's two are compared bit for bit; the core's
+    with torch's by the largest score difference and the held-out items' ranks."""
     from xmfast.evaluation import evaluate_scorer, held_out
     from xmfast.models.acmr import ACMR, EncoderBlock
     from xmfast.training.loop import ModelScorer
@@ -222,25 +223,31 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     lengths = model.group_lengths.cpu().numpy()[groups]
     default_path = EncoderBlock.path
     torch_attention = lambda self, x: "keys-first"  # noqa: E731
+    # (forward, attention path, pairs per forward, pairs per chunk): before and in session 13 a
+    # forward took 65,536 pairs, sorted by length in chunks of 4,096.
+    now = (scorer.batch_pairs, model.eval_chunk)
     variants = {
-        "whole chunks on torch's threads, torch's attention (before)": (whole_chunks, torch_attention),
-        f"pieces of {ACMR.eval_piece} on Python threads, torch's attention (session 13)": (ACMR.forward, torch_attention),
-        f"pieces of {ACMR.eval_piece} on Python threads, the core's attention (now)": (ACMR.forward, default_path),
+        "whole chunks on torch's threads, torch's attention (before)": (whole_chunks, torch_attention, 65536, 4096),
+        f"pieces of {ACMR.eval_piece} on Python threads, torch's attention (session 13)":
+            (ACMR.forward, torch_attention, 65536, 4096),
+        f"the whole set sorted, chunks of {now[1]}, the core's attention (now)": (ACMR.forward, default_path, *now),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}  # less inflated by other load than wall time
     scores: dict[str, np.ndarray] = {}
     try:
         for _ in range(args.repeat):
-            for name, (forward, path) in variants.items():
+            for name, (forward, path, batch, chunk) in variants.items():
                 model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
                 EncoderBlock.path = path  # type: ignore[method-assign]
+                scorer.batch_pairs, model.eval_chunk = batch, chunk
                 t0, c0 = time.perf_counter(), time.process_time()
                 scores[name] = scorer.score(groups, candidates)
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
     finally:
         EncoderBlock.path = default_path  # type: ignore[method-assign]
+        scorer.batch_pairs, model.eval_chunk = now
         del model.forward
     before, pieces, now = scores.values()
     t = table(f"ACMR: scoring the {args.target} test set ({queries.size:,} queries × {candidates.shape[1]} candidates, "

@@ -70,7 +70,7 @@ def make_inputs(xmfast: str) -> dict[str, str]:
 
         n = PreparedDataset.load(ds).test.candidates.shape
         np.save(scores, np.random.default_rng(0).random(n))
-        timed_run([xmfast, "evaluate", str(ds), "--scores", str(scores), "--save-run", str(SCRATCH / "mine")], SCRATCH)
+        timed_run([xmfast, "evaluate", str(ds), "--scores", str(scores), "--save-run", str(SCRATCH / "mine")])
     users = (ds / "users.txt").read_text(encoding="utf-8").split()
     made.update(ds=str(ds), scores=str(scores), user=users[0])
     return made

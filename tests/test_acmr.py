@@ -141,6 +141,25 @@ def test_core_attention_equals_torch_on_real_positions(heads: int, head_dim: int
     torch.testing.assert_close(got[~padding], want[~padding], rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("rows", [8, 6])
+def test_core_scores_do_not_depend_on_the_padded_width(rows: int) -> None:
+    """Why evaluation can cut each chunk of 512 pairs to its own width: through the core's
+    attention a pair's score is the same to the bit however far its history is padded (8 rows:
+    whole blocks of the matrix products; 6: a partial block too)."""
+    m = _model()
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.randint(0, 5, (rows,), generator=gen)
+    hist = torch.full((rows, 12), N_ITEMS)
+    for r, n in enumerate(lengths.tolist()):
+        hist[r, :n] = torch.randint(0, N_ITEMS, (n,), generator=gen)
+    market, cand = torch.randint(0, N_MARKETS, (rows,), generator=gen), torch.randint(0, N_ITEMS, (rows,), generator=gen)
+    with torch.no_grad():
+        assert m.blocks[0].path(torch.zeros(1, 1, 16)) == "core"
+        tight = m.score_sequences(hist[:, :4], lengths, market, cand)
+        for width in (5, 8, 12):
+            assert torch.equal(m.score_sequences(hist[:, :width], lengths, market, cand), tight)
+
+
 def test_evaluation_through_the_core_ranks_as_torch_does(acmr_dataset) -> None:
     """Whole evaluation scores of a trained-looking model: the core's path (the default under
     no_grad) gives torch's scores to float rounding, and so every candidate the same rank."""

@@ -225,11 +225,12 @@ def padded_histories(
     `leave_out[r]` drops that position of row r's history first (2**32 - 1: none)."""
     ...
 def attention(
-    qkv: npt.NDArray[np.float32], real: npt.NDArray[np.bool_], heads: int, scale: float
+    qkv: npt.NDArray[np.float32], real: npt.NDArray[np.bool_], heads: int, scale: float, parallel: bool = True
 ) -> npt.NDArray[np.float32]:
     """Multi-head self-attention of padded sequences, forward only: `qkv` (n, width, 3·d) as an
     input projection writes it, `real` (n, width); (n, width, d), each real position's softmax over
-    the real keys of `scale`·q·k applied to v, zero at padded positions. Releases the GIL."""
+    the real keys of `scale`·q·k applied to v, zero at padded positions. `parallel`: on the core's
+    threads (False: the calling thread only). Releases the GIL."""
     ...
 def parse_date(text: str) -> int: ...
 def format_date(day: int) -> str: ...

@@ -788,15 +788,17 @@ fn padded_histories<'py>(
 
 /// Multi-head self-attention of padded sequences, forward only (see
 /// `xmfast_core::attention::attention`): `qkv` (n, width, 3·d) float32 as an input projection
-/// writes it, `real` (n, width) bool; returns (n, width, d), zero at padded positions.
+/// writes it, `real` (n, width) bool; returns (n, width, d), zero at padded positions. `parallel`:
+/// on the core's threads (false: on the calling thread only).
 #[pyfunction]
-#[pyo3(signature = (qkv, real, heads, scale))]
+#[pyo3(signature = (qkv, real, heads, scale, parallel=true))]
 fn attention<'py>(
     py: Python<'py>,
     qkv: PyReadonlyArray3<'py, f32>,
     real: PyReadonlyArray2<'py, bool>,
     heads: usize,
     scale: f32,
+    parallel: bool,
 ) -> PyResult<Bound<'py, PyArray3<f32>>> {
     let (n, width, three_d) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
     if real.shape() != [n, width] || heads == 0 || three_d % (3 * heads) != 0 {
@@ -810,7 +812,7 @@ fn attention<'py>(
     let q = qkv.as_slice().map_err(|_| PyValueError::new_err("`qkv` must be C-contiguous"))?;
     let r = real.as_slice().map_err(|_| PyValueError::new_err("`real` must be C-contiguous"))?;
     let mut out = vec![0f32; n * width * d];
-    py.detach(|| xc::attention::attention(q, r, width, heads, d / heads, scale, &mut out)).map_err(py_err)?;
+    py.detach(|| xc::attention::attention(q, r, width, heads, d / heads, scale, parallel, &mut out)).map_err(py_err)?;
     let a = Array3::from_shape_vec((n, width, d), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(a.into_pyarray(py))
 }

@@ -23,7 +23,11 @@ const TASK: usize = 64;
 /// `qkv` is `(n, width, 3, heads, head_dim)` row-major (a linear layer's `(n, width, 3·d)`
 /// output), `real` is `(n, width)`, `out` is `(n, width, heads · head_dim)`. A sequence with no
 /// real position gets zeros. Each sequence is computed alone, so a result does not depend on
-/// the thread count or on which other sequences share the call.
+/// the thread count or on which other sequences share the call. `parallel` splits the sequences
+/// over the core's thread pool; callers that already run several calls at once (ACMR's
+/// evaluation pieces on Python threads) pass false, so the pool's threads do not compete with
+/// theirs.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
     real: &[bool],
@@ -31,12 +35,14 @@ pub fn attention(
     heads: usize,
     head_dim: usize,
     scale: f32,
+    parallel: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    attention_on::<F4>(qkv, real, width, heads, head_dim, scale, out)
+    attention_on::<F4>(qkv, real, width, heads, head_dim, scale, parallel, out)
 }
 
 /// `attention` on lanes `L` (the platform's, or in tests the plain ones to compare).
+#[allow(clippy::too_many_arguments)]
 fn attention_on<L: Lanes>(
     qkv: &[f32],
     real: &[bool],
@@ -44,6 +50,7 @@ fn attention_on<L: Lanes>(
     heads: usize,
     head_dim: usize,
     scale: f32,
+    parallel: bool,
     out: &mut [f32],
 ) -> Result<()> {
     let d = heads * head_dim;
@@ -62,15 +69,20 @@ fn attention_on<L: Lanes>(
         )));
     }
     let groups = heads.div_ceil(LANES);
-    out.par_chunks_mut(TASK * width * d)
-        .zip(qkv.par_chunks(TASK * width * 3 * d))
-        .zip(real.par_chunks(TASK * width))
-        .for_each(|((out, qkv), real)| {
-            let mut scratch = Scratch::<L>::new(width, groups, head_dim);
-            for ((o, x), r) in out.chunks_mut(width * d).zip(qkv.chunks(width * 3 * d)).zip(real.chunks(width)) {
-                scratch.sequence(x, r, heads, head_dim, scale, o);
-            }
-        });
+    let task = |out: &mut [f32], qkv: &[f32], real: &[bool]| {
+        let mut scratch = Scratch::<L>::new(width, groups, head_dim);
+        for ((o, x), r) in out.chunks_mut(width * d).zip(qkv.chunks(width * 3 * d)).zip(real.chunks(width)) {
+            scratch.sequence(x, r, heads, head_dim, scale, o);
+        }
+    };
+    if parallel {
+        out.par_chunks_mut(TASK * width * d)
+            .zip(qkv.par_chunks(TASK * width * 3 * d))
+            .zip(real.par_chunks(TASK * width))
+            .for_each(|((out, qkv), real)| task(out, qkv, real));
+    } else {
+        task(out, qkv, real);
+    }
     Ok(())
 }
 
@@ -379,7 +391,7 @@ mod tests {
         let qkv = [1.0, 0.0, 2.0,   5.0, 7.0, 100.0,   1.0, ln3, 6.0];
         let real = [true, false, true];
         let mut out = [f32::NAN; 3];
-        attention(&qkv, &real, 3, 1, 1, 1.0, &mut out).unwrap();
+        attention(&qkv, &real, 3, 1, 1, 1.0, true, &mut out).unwrap();
         assert!((out[0] - (0.25 * 2.0 + 0.75 * 6.0)).abs() < 1e-6, "{out:?}");
         assert_eq!(out[1], 0.0, "a padded query's row is zero");
         // q2 = 1 too: the same weights.
@@ -395,7 +407,7 @@ mod tests {
             let mut qkv: Vec<f32> = (0..n * width * 3 * d).map(|_| (rng.next_u64() % 2001) as f32 / 250.0 - 4.0).collect();
             let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || (p % width) < (p / width) % (width + 1)).collect();
             let mut out = vec![0.0; n * width * d];
-            attention(&qkv, &real, width, heads, dh, 0.5, &mut out).unwrap();
+            attention(&qkv, &real, width, heads, dh, 0.5, true, &mut out).unwrap();
             for s in 0..n {
                 let want = reference(&qkv[s * width * 3 * d..][..width * 3 * d], &real[s * width..][..width], heads, dh, 0.5);
                 for (a, b) in out[s * width * d..][..width * d].iter().zip(&want) {
@@ -409,7 +421,7 @@ mod tests {
                 }
             }
             let mut again = vec![0.0; n * width * d];
-            attention(&qkv, &real, width, heads, dh, 0.5, &mut again).unwrap();
+            attention(&qkv, &real, width, heads, dh, 0.5, false, &mut again).unwrap();
             assert_eq!(out, again);
         }
     }
@@ -417,11 +429,11 @@ mod tests {
     #[test]
     fn no_real_position_gives_zeros_and_bad_lengths_are_refused() {
         let mut out = vec![1.0; 2 * 4];
-        attention(&[3.0; 2 * 12], &[false, false], 2, 2, 2, 1.0, &mut out).unwrap();
+        attention(&[3.0; 2 * 12], &[false, false], 2, 2, 2, 1.0, true, &mut out).unwrap();
         assert!(out.iter().all(|&x| x == 0.0));
-        assert!(attention(&[0.0; 11], &[true], 1, 2, 2, 1.0, &mut [0.0; 4]).is_err());
-        assert!(attention(&[0.0; 12], &[true], 1, 2, 2, 1.0, &mut [0.0; 3]).is_err());
-        assert!(attention(&[], &[], 0, 1, 1, 1.0, &mut []).is_err());
+        assert!(attention(&[0.0; 11], &[true], 1, 2, 2, 1.0, true, &mut [0.0; 4]).is_err());
+        assert!(attention(&[0.0; 12], &[true], 1, 2, 2, 1.0, true, &mut [0.0; 3]).is_err());
+        assert!(attention(&[], &[], 0, 1, 1, 1.0, true, &mut []).is_err());
     }
 
     #[test]
@@ -432,8 +444,8 @@ mod tests {
         let qkv: Vec<f32> = (0..n * width * 3 * heads * dh).map(|_| (rng.next_u64() % 4001) as f32 / 400.0 - 5.0).collect();
         let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || rng.next_u64() % 3 > 0).collect();
         let (mut a, mut b) = (vec![0.0; n * width * heads * dh], vec![0.0; n * width * heads * dh]);
-        attention_on::<F4>(&qkv, &real, width, heads, dh, 0.5, &mut a).unwrap();
-        attention_on::<Plain>(&qkv, &real, width, heads, dh, 0.5, &mut b).unwrap();
+        attention_on::<F4>(&qkv, &real, width, heads, dh, 0.5, true, &mut a).unwrap();
+        attention_on::<Plain>(&qkv, &real, width, heads, dh, 0.5, false, &mut b).unwrap();
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         let xs: Vec<f32> = (0..4000).map(|i| -90.0 + i as f32 * 0.045).collect();
         for c in xs.chunks(LANES) {
