@@ -152,11 +152,11 @@ class ACMR(nn.Module):
     # A whole uk test or validation set (335,200 pairs) in one: its pairs are sorted by history
     # length all together, so each chunk below is cut to a width close to its own pairs' (in
     # batches of 65,536 a chunk held 9.8 positions per pair and 161 attention pairs, against 8.4
-    # and 90 for the whole set: 1.2–1.8× the work). The pairs' keys and scores are all it holds.
+    # and 87 for the whole set: 1.2–1.8× the work). The pairs' keys and scores are all it holds.
     scoring_batch = 1 << 20
     # Pairs that share one width in evaluation (sorted by history length). Small, so the width is
     # the chunk's own: the core's attention touches only real positions and the linear maps work
-    # row by row, so a pair's score does not depend on the width it is padded to.
+    # row by row, so a pair's score does not depend on the width it is padded to (a test checks it).
     eval_chunk = 512
     # Sequences per forward within a chunk, at the chunk's width: a chunk of 4,096 whole was 1.4×
     # slower on the CPU (its activations fall out of cache). A multiple of 4 rows keeps every row
