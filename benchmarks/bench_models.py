@@ -21,9 +21,9 @@ validation not included), median over the timed epochs: `--epochs` (3), or `--hi
 (1) for the models that train on histories (ACMR, SASRec: one epoch is long, and stable).
 
 `--models` restricts the entries; the runs they start from are trained (and shown) too.
-With the defaults (every model, all 7 markets) it takes about 25-35 minutes on 2 idle CPU cores
-(estimated, not measured), half of it ACMR's pre-training epoch (about 115 s for every target:
-it trains on all markets); one epoch per history model is the cheapest honest figure, so the
+With the defaults (every model, all 7 markets) it took 50 minutes on 2 idle CPU cores
+(2026-11-30), about half of it ACMR's pre-training epoch (219-256 s for every target: it trains
+on all markets); one epoch per history model is the cheapest honest figure, so the
 defaults cannot go lower without leaving a market or a model out. On a busy machine it is far
 slower (torch's 2 threads wait for each other: that epoch took 999 s at 0.9 cores of other load).
 
