@@ -22,8 +22,9 @@ const TASK: usize = 64;
 ///
 /// `qkv` is `(n, width, 3, heads, head_dim)` row-major (a linear layer's `(n, width, 3·d)`
 /// output), `real` is `(n, width)`, `out` is `(n, width, heads · head_dim)`. A sequence with no
-/// real position gets zeros. Each sequence is computed alone, so a result does not depend on
-/// the thread count or on which other sequences share the call. `parallel` splits the sequences
+/// real position gets zeros. Every element of `out` is written, whatever it held. Each sequence
+/// is computed alone, so a result does not depend on the thread count or on which other
+/// sequences share the call. `parallel` splits the sequences
 /// over the core's thread pool; callers that already run several calls at once (ACMR's
 /// evaluation pieces on Python threads) pass false, so the pool's threads do not compete with
 /// theirs.
@@ -122,9 +123,14 @@ impl<L: Lanes> Scratch<L> {
 
     fn sequence(&mut self, qkv: &[f32], real: &[bool], heads: usize, dh: usize, scale: f32, out: &mut [f32]) {
         let (d, g) = (heads * dh, self.groups);
-        out.fill(0.0);
         self.index.clear();
-        self.index.extend(real.iter().enumerate().filter(|(_, &r)| r).map(|(j, _)| j));
+        for (j, (&r, o)) in real.iter().zip(out.chunks_exact_mut(d)).enumerate() {
+            if r {
+                self.index.push(j);
+            } else {
+                o.fill(0.0); // a padded query: zero (real rows are written below, every element)
+            }
+        }
         let n = self.index.len();
         if n == 0 {
             return;
@@ -200,16 +206,6 @@ fn gather<L: Lanes>(from: &[f32], to: &mut [L], heads: usize, dh: usize) {
             }
             to[t * g + c] = L::from_array(lanes);
         }
-    }
-}
-
-/// `e^x` for every element (see `Lanes::exp`), for callers with plain slices.
-pub fn exp_in_place(xs: &mut [f32]) {
-    for chunk in xs.chunks_mut(LANES) {
-        let mut lanes = [0.0f32; LANES];
-        lanes[..chunk.len()].copy_from_slice(chunk);
-        let e = F4::from_array(lanes).exp().to_array();
-        chunk.copy_from_slice(&e[..chunk.len()]);
     }
 }
 
@@ -414,13 +410,14 @@ mod tests {
                     assert!((*a as f64 - b).abs() < 2e-5 * (1.0 + b.abs()), "{width} {heads} {dh}: {a} vs {b}");
                 }
             }
-            // Changing what padded positions hold changes nothing.
+            // Changing what padded positions hold changes nothing, and every element of `out` is
+            // written whatever it held (here NaN).
             for p in (0..n * width).filter(|&p| !real[p]) {
                 for x in &mut qkv[p * 3 * d..(p + 1) * 3 * d] {
                     *x = 1e6;
                 }
             }
-            let mut again = vec![0.0; n * width * d];
+            let mut again = vec![f32::NAN; n * width * d];
             attention(&qkv, &real, width, heads, dh, 0.5, false, &mut again).unwrap();
             assert_eq!(out, again);
         }
@@ -452,6 +449,16 @@ mod tests {
             let c: [f32; LANES] = c.try_into().unwrap();
             let (e, p) = (F4::from_array(c).exp().to_array(), Plain::from_array(c).exp().to_array());
             assert_eq!(e.map(f32::to_bits), p.map(f32::to_bits));
+        }
+    }
+
+    /// `e^x` for every element through the kernel's `exp`.
+    fn exp_in_place(xs: &mut [f32]) {
+        for chunk in xs.chunks_mut(LANES) {
+            let mut lanes = [0.0f32; LANES];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let e = F4::from_array(lanes).exp().to_array();
+            chunk.copy_from_slice(&e[..chunk.len()]);
         }
     }
 
