@@ -11,12 +11,19 @@ command imported torch (``python -X importtime``), and its heaviest top-level im
 Targets: a command without a neural model under 0.3 s; one with a neural model within 0.3 s of
 ``python -c "import torch"``.
 
-    python benchmarks/bench_startup.py [--runs 5]
+The packages' bytecode is compiled first, as an installed wheel has it: a development shell with
+``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile xmfast and xmfast_cli from source in every
+process (40-60 ms here). ``--before DIR`` also runs the commands of another checkout (a git
+worktree with its extension built) in the same rounds, through ``PYTHONPATH``, for before/after
+ratios taken side by side.
+
+    python benchmarks/bench_startup.py [--runs 5] [--before ../xmfast-old]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -37,11 +44,34 @@ def xmfast_script() -> str:
     return str(script) if script.is_file() else shutil.which("xmfast") or "xmfast"
 
 
-def timed_run(cmd: list[str]) -> tuple[float, float]:
+# typer (and the pydantic its parameter coercion uses since 0.29), rich (every table and error
+# line), numpy (every command that reads a dataset): what a command imports before xmfast
+FLOOR = ("typer", "typer._adapters", "rich.console", "numpy", "typer._adapters, rich.console, numpy")
+ENTRY = "import sys; from xmfast_cli.app import main; sys.exit(main())"  # what the `xmfast` script runs
+
+
+def compile_packages(*roots: Path) -> None:
+    """Write the .pyc files of xmfast and xmfast_cli under each checkout `root` (or the installed
+    packages), as pip does when it installs a wheel."""
+    import compileall
+    import importlib.util
+
+    for root in roots or (None,):
+        for pkg in ("xmfast", "xmfast_cli"):
+            if root is None:
+                spec = importlib.util.find_spec(pkg)
+                where = Path(spec.origin).parent if spec and spec.origin else None
+            else:
+                where = root / pkg if pkg == "xmfast" else root / "cli" / "purelib" / pkg
+            if where is not None and where.is_dir():
+                compileall.compile_dir(str(where), quiet=1)
+
+
+def timed_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds: user + system) of one command as a child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=SCRATCH, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=SCRATCH, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -97,21 +127,32 @@ def commands(x: dict[str, str]) -> list[tuple[str, list[str], bool]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (median reported)")
+    ap.add_argument("--before", type=Path, help="another checkout whose commands run in the same rounds")
     args = ap.parse_args()
     print_machine()
     python, xmfast = sys.executable, xmfast_script()
+    compile_packages()
     inputs = make_inputs(xmfast)
     load = OtherLoad()
     cmds = commands(inputs)
-    rows = [("python -c pass", [python, "-c", "pass"]), ("python -c 'import torch'", [python, "-c", "import torch"])]
-    rows += [(label, [xmfast, *argv]) for label, argv, _ in cmds]
-    for _, cmd in rows:  # warm-up: page cache, .pyc files
-        timed_run(cmd)
-    times: dict[str, list[float]] = {label: [] for label, _ in rows}
-    cpu: dict[str, list[float]] = {label: [] for label, _ in rows}
+    rows = [("python -c pass", [python, "-c", "pass"], None),
+            ("python -c 'import torch'", [python, "-c", "import torch"], None)]
+    # the floor every command pays before its own work: the libraries the CLI is built on
+    floor = [(f"python -c 'import {m}'", [python, "-c", f"import {m}"], None) for m in FLOOR]
+    rows += [(label, [xmfast, *argv], None) for label, argv, _ in cmds]
+    if args.before is not None:
+        old = args.before.resolve()
+        compile_packages(old)
+        env = {**os.environ, "PYTHONPATH": f"{old}{os.pathsep}{old / 'cli' / 'purelib'}"}
+        rows += [(f"before: {label}", [python, "-c", ENTRY, *argv], env) for label, argv, _ in cmds]
+    rows += floor
+    for _, cmd, env in rows:  # warm-up: page cache
+        timed_run(cmd, env)
+    times: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    cpu: dict[str, list[float]] = {label: [] for label, _, _ in rows}
     for _ in range(args.runs):
-        for label, cmd in rows:
-            wall, used = timed_run(cmd)
+        for label, cmd, env in rows:
+            wall, used = timed_run(cmd, env)
             times[label].append(wall)
             cpu[label].append(used)
     torch_s = median(times["python -c 'import torch'"])
@@ -119,7 +160,7 @@ def main() -> None:
     tab = table(f"Start-up: each command as a fresh process on the embedded sample, median of {args.runs} "
                 "interleaved rounds", ["command", "wall", "min – max", "CPU", "torch", "imports",
                                        "heaviest imports (-X importtime)", "target"])
-    for label, cmd in rows[:2]:
+    for label, cmd, _ in rows[:2]:
         tab.add_row(label, fmt_s(median(times[label])), spread(times[label]), fmt_s(median(cpu[label])),
                     "yes" if "torch" in cmd[-1] else "no", "", "", "", end_section=label != "python -c pass")
     verdicts: dict[str, bool] = {}
@@ -135,6 +176,18 @@ def main() -> None:
                     fmt_s(prof["import_s"]), heavy,
                     (f"+{fmt_s(t - torch_s)} " if neural else "") + ("met" if ok else "NOT met"))
     console.print(tab)
+    fl = table("The floor: the CLI's libraries imported alone, the same rounds (median wall)",
+               ["import", "wall", "min – max"])
+    for label, _, _ in floor:
+        fl.add_row(label, fmt_s(median(times[label])), spread(times[label]))
+    console.print(fl)
+    if args.before is not None:
+        cmp = table(f"Before ({args.before}) and now, the same rounds: median wall", ["command", "before", "now",
+                                                                                    "now / before"])
+        for label, _, _ in cmds:
+            b, a = median(times[f"before: {label}"]), median(times[label])
+            cmp.add_row(label, fmt_s(b), fmt_s(a), f"{a / b:.2f}")
+        console.print(cmp)
     print_targets(verdicts)
     load.report()
 

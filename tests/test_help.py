@@ -60,3 +60,27 @@ def test_help_has_every_bracket_and_no_placeholder(monkeypatch: pytest.MonkeyPat
 def test_a_mistyped_command_names_the_missing_argument_in_capitals() -> None:
     result = CliRunner().invoke(app, ["prepare"])
     assert result.exit_code == 2 and "DATA_DIR" in result.output, result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_one_command_app_parses_and_helps_as_the_whole_app(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """`main()` builds only the command its first argument names (start-up, issue 25): that
+    command's help and its usage errors are the whole app's, character for character."""
+    from xmfast_cli.app import _app_for
+
+    only = _app_for([name])
+    assert only is not app and [c.callback for c in only.registered_commands] == [
+        c.callback for c in app.registered_commands
+        if (c.name or typer.main.get_command_name(c.callback.__name__)) == name]  # type: ignore[union-attr]
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in ([name, "--help"], [name, "--no-such-option"]):
+        whole, one = CliRunner().invoke(app, args), CliRunner().invoke(only, args)
+        assert (one.exit_code, one.output) == (whole.exit_code, whole.output), args
+        assert whole.exit_code == (0 if args[-1] == "--help" else 2)
+
+
+def test_the_whole_app_answers_what_names_no_command() -> None:
+    from xmfast_cli.app import _app_for
+
+    for argv in ([], ["--help"], ["--version"], ["evalute"], ["--", "evaluate"]):
+        assert _app_for(argv) is app, argv
