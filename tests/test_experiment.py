@@ -190,6 +190,11 @@ def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
         ('models = ["gmf"]\nseeds = [1, 1]\n', "distinct"),
         ('models = ["gmf"]\nprotocol = "x"\n', "protocol must be forec or acmr"),
         ('models = ["gmf"]\n[prepare]\ntarget = "uk"\n', "cannot set 'target'"),
+        ('models = ["maml"]\n[model."maml++"]\nlr = 1\n', "maml has no pooled variant"),
+        ('models = ["gmf"]\n[model."gmff++"]\nalpha = 1\n', "unknown model 'gmff++'"),
+        ('models = ["nmf++"]\n[model."nmf++"]\ngmf = {}\n', "[model.nmf++] cannot set 'gmf'"),
+        ('models = ["ease++"]\n[model."ease++"]\nlam = -1.0\n', "[model.ease++]: "),
+        ('models = ["gmf"]\n[train."gmf++"]\nepochz = 1\n', "[train.gmf++]: unknown setting 'epochz'"),
     ],
 )
 def test_bad_experiment_files_are_one_error_line(sample_dir: Path, tmp_path: Path, body: str, message: str) -> None:
@@ -332,3 +337,26 @@ def test_a_stage_another_process_finished_meanwhile_is_not_run_again(sample_dir:
     assert "in/single/s1/mlp" not in started and "in/single/s1/mlp" not in result.executed
     assert result.actions["in/single/s1/mlp"] == "cached"
     assert (out / "in/single/s1/mlp/results.json").is_file()
+
+
+def test_a_pooled_variant_has_settings_of_its_own(sample_dir: Path, tmp_path: Path) -> None:
+    """[model.NAME++] and [train.NAME++] apply over [model.NAME] and [train.NAME] to the runs
+    trained with the sources (a ++ entry and the runs a pooled or cross-market model starts
+    from), never to the single-market run, whose stage key does not change."""
+    base = 'targets = ["in"]\nmodels = ["ease", "ease++", "gmf", "nmf++", "maml"]\nseeds = [1]\n[model.ease]\nlam = 10.0\n'
+    plain = plan(read_experiment(write_experiment(tmp_path / "a.toml", sample_dir, tmp_path / "out", base))).by_id()
+    pooled = plan(read_experiment(write_experiment(
+        tmp_path / "b.toml", sample_dir, tmp_path / "out",
+        base + '[model."ease++"]\nlam = 500.0\n[model."gmf++"]\nembedding_dim = 16\n[train."gmf++"]\nepochs = 3\n'))).by_id()
+    model = {i: s.settings["model_config"] for i, s in pooled.items() if s.kind != "prepare"}
+    assert model["in/single/s1/ease"]["lam"] == 10.0 and model["in/all/s1/ease++"]["lam"] == 500.0
+    assert plain["in/all/s1/ease++"].settings["model_config"]["lam"] == 10.0
+    assert model["in/single/s1/gmf"]["embedding_dim"] == 8 and model["in/all/s1/gmf++"]["embedding_dim"] == 16
+    assert model["in/all/s1/nmf++"]["gmf"] == model["in/all/s1/gmf++"]  # NMF's branch is the run it starts from
+    assert model["in/all/s1/maml"]["nmf"] == model["in/all/s1/nmf++"]
+    assert pooled["in/all/s1/gmf++"].settings["train_config"]["epochs"] == 3
+    assert pooled["in/single/s1/gmf"].settings["train_config"]["epochs"] == plain["in/single/s1/gmf"].settings["train_config"]["epochs"]
+    for same in ("in/dataset", "in/single/s1/ease", "in/single/s1/gmf"):
+        assert pooled[same].key == plain[same].key, same
+    for changed in ("in/all/s1/ease++", "in/all/s1/gmf++", "in/all/s1/nmf++", "in/all/s1/maml"):
+        assert pooled[changed].key != plain[changed].key, changed

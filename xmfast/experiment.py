@@ -20,6 +20,7 @@ planner turns it into a dependency graph of stages and runs each stage once.
     [train.acmr]                    #   epochs = 10
     [finetune.forec]                # settings of a fine-tuning stage (forec, acmr)
     [model.nmf]                     # hyper-parameters (the model's configuration dataclass)
+    [model."nmf++"]                 # over [model.nmf] for runs trained with the sources (also [train."nmf++"])
     [tune]                          # a hyper-parameter search (xmfast.tune): budget, [tune.MODEL] ranges
 
 The graph comes from the models' declarations in the registry (:mod:`xmfast.models`): a model
@@ -92,9 +93,11 @@ class Experiment:
         for table, names in (("train", self.train_by_model), ("finetune", self.finetune_by_model),
                              ("model", self.model_settings)):
             for name, values in names.items():
-                if name not in model_names():
+                if table != "finetune" and name.endswith("++") and name.removesuffix("++") in model_names():
+                    _experiment_model(name, f"{where}[{table}.{name}]: ")  # a pooled variant there is
+                elif name not in model_names():
                     raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r} (known: "
-                                      f"{', '.join(model_names())})")
+                                      f"{', '.join(model_names())}, or NAME++ for a pooled variant)")
                 if not isinstance(values, dict):
                     raise XmfastError(f"{where}[{table}] {name} = {values!r}: expected a table of settings, "
                                       f"[{table}.{name}]")
@@ -361,7 +364,7 @@ def plan(experiment: Experiment) -> Plan:
 
     configs = _ModelConfigs(exp, where)
     for name in exp.model_settings:  # every table is checked, also one of a model not in `models`
-        configs.train(name)
+        configs.train(name.removesuffix("++"), name.endswith("++"))
     data_signature = _data_signature(data, prep_values.get("category"))
     stages: list[Stage] = []
 
@@ -372,8 +375,9 @@ def plan(experiment: Experiment) -> Plan:
         return stage
 
     def train_config(name: str, sources: tuple[str, ...], seed: int) -> Any:
-        values = {**exp.train, **exp.train_by_model.get(name, {}), "seed": seed, "sources": sources,
-                  "device": exp.device}
+        values = {**exp.train, **exp.train_by_model.get(name, {}),
+                  **(exp.train_by_model.get(name + "++", {}) if sources else {}),
+                  "seed": seed, "sources": sources, "device": exp.device}
         return get_model(name).train_config(**values)
 
     def finetune_config(name: str, seed: int) -> Any:
@@ -414,7 +418,7 @@ def plan(experiment: Experiment) -> Plan:
                 """The training of `model` on `sources`, after the runs it starts from (same sources)."""
                 if ("train", model.name, sources) in made:
                     return made["train", model.name, sources]
-                model_config = configs.train(model.name)
+                model_config = configs.train(model.name, bool(sources))
                 pretrained = {slot: train_stage(get_model(dep), sources)
                               for slot, dep in model.requires(model_config).items()}
                 setting = _setting_of(sources)
@@ -437,7 +441,7 @@ def plan(experiment: Experiment) -> Plan:
                 return add(Stage(id=f"{t}/{setting}/s{seed}/{model.name}", kind="finetune", target=t,
                                  path=exp.out / t / setting / f"s{seed}" / model.name, label=model.name,
                                  model=model.name, sources=sources, setting=setting, seed=seed,
-                                 settings=settings(model.name, configs.finetune(model.name),
+                                 settings=settings(model.name, configs.finetune(model.name, bool(sources)),
                                                    finetune_config(model.name, seed), finetune=True)),
                            [dataset, base])
 
@@ -472,45 +476,56 @@ class _ModelConfigs:
     """Each model's configuration in an experiment, from its ``[model.NAME]`` table. A setting a
     model shares with a run it starts from (NMF's ``gmf`` branch, MAML's ``nmf``) is that run's
     configuration, and a fine-tuned model's follows its base's (``config_from_base``), so a chain
-    always fits together and each hyper-parameter is set in one place."""
+    always fits together and each hyper-parameter is set in one place.
+
+    A run trained with the sources (``with_sources``: a ``++`` entry, a cross-market model and
+    the runs they start from) also reads ``[model.NAME++]`` over ``[model.NAME]``: EASE pooled
+    over seven markets wants another regularisation than EASE on one, and each is tuned on its
+    own (``[tune."ease++"]``)."""
 
     def __init__(self, exp: Experiment, where: str) -> None:
         self.exp, self.where = exp, where
-        self._train: dict[str, Any] = {}
+        self._train: dict[tuple[str, bool], Any] = {}
 
-    def recipe(self, name: str) -> str | None:
-        """The recipe `name` trains with: its [train.NAME] table's, else [train]'s."""
-        return {**self.exp.train, **self.exp.train_by_model.get(name, {})}.get("recipe")
+    def recipe(self, name: str, with_sources: bool = False) -> str | None:
+        """The recipe `name` trains with: its [train.NAME++] table's (with the sources), else
+        its [train.NAME] table's, else [train]'s."""
+        pooled = self.exp.train_by_model.get(name + "++", {}) if with_sources else {}
+        return {**self.exp.train, **self.exp.train_by_model.get(name, {}), **pooled}.get("recipe")
 
-    def train(self, name: str) -> Any:
-        if name not in self._train:
+    def train(self, name: str, with_sources: bool = False) -> Any:
+        if (name, with_sources) not in self._train:
             model = get_model(name)
-            values = self.exp.model_settings.get(name, {})
+            tables = [name, name + "++"] if with_sources else [name]
+            values = {k: v for t in tables for k, v in self.exp.model_settings.get(t, {}).items()}
+            table = tables[-1] if tables[-1] in self.exp.model_settings else name  # the last one read
             linked = {slot: dep for slot, dep in model.starts_from.items()
                       if any(f.name == slot for f in fields(model.config_type))}
             if model.fine_tunes and model.name not in model.fine_tunes:
                 base_slots = get_model(model.fine_tunes[0]).starts_from
                 linked.update({f.name: base_slots[f.name] for f in fields(model.config_type) if f.name in base_slots})
-            shared = [slot for slot in linked if slot in values]
-            if shared:
-                raise XmfastError(f"{self.where}: [model.{name}] cannot set {shared[0]!r}: it is the settings of the "
-                                  f"{linked[shared[0]]} run {name} starts from; set them in [model.{linked[shared[0]]}]")
+            for t in tables:
+                shared = [slot for slot in linked if slot in self.exp.model_settings.get(t, {})]
+                if shared:
+                    dep = linked[shared[0]] + t.removeprefix(name)
+                    raise XmfastError(f"{self.where}: [model.{t}] cannot set {shared[0]!r}: it is the settings of the "
+                                      f"{dep} run {t} starts from; set them in [model.{dep}]")
             try:
-                config = model.config_from(values, self.recipe(name))
+                config = model.config_from(values, self.recipe(name, with_sources))
             except XmfastError as e:
-                raise XmfastError(f"{self.where}: [model.{name}]: {str(e).removeprefix(f'model {name}: ')}") from None
+                raise XmfastError(f"{self.where}: [model.{table}]: {str(e).removeprefix(f'model {name}: ')}") from None
             for slot, dep in model.starts_from.items():
                 if slot in linked:
-                    config = replace(config, **{slot: self.train(dep)})
-            self._train[name] = config
-        return self._train[name]
+                    config = replace(config, **{slot: self.train(dep, with_sources)})
+            self._train[name, with_sources] = config
+        return self._train[name, with_sources]
 
-    def finetune(self, name: str) -> Any:
+    def finetune(self, name: str, with_sources: bool = False) -> Any:
         model = get_model(name)
         base = model.fine_tunes[0]
-        own = None if name in model.fine_tunes else self.train(name)
+        own = None if name in model.fine_tunes else self.train(name, with_sources)
         try:
-            return model.config_from_base(own, base, self.train(base))
+            return model.config_from_base(own, base, self.train(base, with_sources))
         except XmfastError as e:
             raise XmfastError(f"{self.where}: [model.{name}]: {e}") from None
 

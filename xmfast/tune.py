@@ -15,7 +15,8 @@ its training (a TrainConfig field, ``[train.NAME]``)::
 
 Optuna because its TPE sampler, pruners and SQLite storage are what a search needs and are
 well kept; a home-made search would re-implement all three. A trial is one training stage of the
-grid (the first seed, the first source setting of the model's entry), planned by
+grid (the first seed, the first source setting of the model's entry: ``[tune."ease++"]`` tunes the
+pooled entry on its own, into ``[model."ease++"]``), planned by
 :func:`xmfast.experiment.plan` with the trial's values and executed by the grid's executor in a
 directory of its own, ``OUT/tune/<target>/<model>/trial-N``; its prerequisites (the prepared
 dataset, NMF's GMF and MLP runs) are the grid's own stages, made or reused through the ledger.
@@ -144,7 +145,7 @@ def read_tune(exp: Experiment) -> TuneSpec:
     if not tables:
         raise XmfastError(f"{where}: no search space; add a table [tune.MODEL] (e.g. [tune.gmf] lr = "
                           "{low = 1e-4, high = 1e-2, log = true})")
-    listed = {m.removesuffix("++") for m in exp.models}
+    listed = {m.removesuffix("++") for m in exp.models} | {m for m in exp.models if m.endswith("++")}
     train_fields = {f.name for f in fields(TrainConfig)} - {"seed", "sources", "device", "recipe", "eval_batch"}
     spaces: dict[str, tuple[Dimension, ...]] = {}
     for name, table in tables.items():
@@ -223,8 +224,9 @@ def _targets(exp: Experiment) -> list[str]:
 
 
 def _entry(exp: Experiment, name: str) -> str:
-    """The entry of `models` whose setting a study tunes: the first naming `name`."""
-    return next(m for m in exp.models if m.removesuffix("++") == name)
+    """The entry of `models` whose setting a study tunes: `name` itself for a pooled variant
+    (``[tune."ease++"]``), else the first entry naming the model."""
+    return name if name in exp.models else next(m for m in exp.models if m.removesuffix("++") == name)
 
 
 def _trial_plan(exp: Experiment, name: str, target: str) -> tuple[Plan, Stage]:
@@ -232,7 +234,9 @@ def _trial_plan(exp: Experiment, name: str, target: str) -> tuple[Plan, Stage]:
     one a trial trains in a directory of its own; ACMR's: its pre-training)."""
     sub = replace(exp, targets=(target,), models=(_entry(exp, name),), seeds=exp.seeds[:1])
     p = plan(sub)
-    return p, next(s for s in p.stages if s.kind == "train" and s.model == name)
+    model = get_model(name).name
+    return p, next(s for s in p.stages if s.kind == "train" and s.model == model
+                   and (bool(s.sources) or not name.endswith("++")))
 
 
 def study_name(model: str, target: str) -> str:
