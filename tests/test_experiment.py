@@ -4,6 +4,7 @@ exactly what depends on it), resuming an interrupted experiment, and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,33 @@ def test_a_pooled_variant_has_settings_of_its_own(sample_dir: Path, tmp_path: Pa
         assert pooled[same].key == plain[same].key, same
     for changed in ("in/all/s1/ease++", "in/all/s1/gmf++", "in/all/s1/nmf++", "in/all/s1/maml"):
         assert pooled[changed].key != plain[changed].key, changed
+
+
+def test_part_of_a_grid_has_the_whole_grids_stages(sample_dir: Path, tmp_path: Path) -> None:
+    """`xmfast run --models/--targets/--seeds` plans a part of the file's grid: each of its
+    stages is the whole grid's stage (same id, same key), so the whole file reuses them."""
+    from xmfast.experiment import restrict
+
+    file = write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out",
+                            'targets = ["in", "jp"]\nmodels = ["pop", "ease", "ease++", "nmf++"]\nseeds = [1, 2]\n'
+                            '[tune]\ntrials = 1\n[tune.ease]\nlam = [1.0]\n[tune."ease++"]\nlam = [2.0]\n'
+                            '[tune.nmf]\nalpha = [0.5]\n')
+    exp = read_experiment(file)
+    whole = {s.id: s.key for s in plan(exp).stages}
+    part = restrict(exp, models=["ease++", "nmf++"], targets=["jp"], seeds=[2])
+    ids = [s.id for s in plan(part).stages]
+    assert sorted(ids) == ["jp/all/s2/ease++", "jp/all/s2/gmf++", "jp/all/s2/mlp++", "jp/all/s2/nmf++", "jp/dataset"]
+    assert all(whole[s.id] == s.key for s in plan(part).stages)
+    # a [tune.NAME] table goes with the entry it searches: ease's with ease, nmf's with nmf++
+    assert sorted(k for k, v in part.tune.items() if isinstance(v, dict)) == ["ease++", "nmf"]
+    assert sorted(k for k, v in restrict(exp, models=["ease"]).tune.items() if isinstance(v, dict)) == ["ease"]
+    for kwargs, message in ((dict(models=["easy"]), "--models easy: 'easy' is not among the file's models"),
+                            (dict(models=[]), "--models : name at least one of the file's models"),
+                            (dict(seeds=[3]), "--seeds 3: 3 is not among the file's seeds (1, 2)"),
+                            (dict(targets=["uk"]), "--targets uk: 'uk' is not among the file's targets (in, jp)")):
+        with pytest.raises(XmfastError, match=re.escape(message)):
+            restrict(exp, **kwargs)
+    result = runner.invoke(app, ["run", str(file), "--dry-run", "--models", "pop", "--seeds", "x"])
+    assert result.exit_code == 2 and "--seeds x: expected whole numbers" in result.output
+    result = runner.invoke(app, ["run", str(file), "--dry-run", "--models", "pop", "--targets", "in"])
+    assert result.exit_code == 0 and "in/single/s1/pop" in result.output and "jp/" not in result.output, result.output

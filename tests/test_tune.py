@@ -280,3 +280,23 @@ def test_a_pooled_variant_is_tuned_on_its_own(tmp_path: Path, sample_dir: Path) 
     tuned = tuning.tuned_plan(exp).by_id()
     assert tuned["in/single/s1/ease"].settings["model_config"]["lam"] == 30.0
     assert tuned["in/all/s1/ease++"].settings["model_config"]["lam"] == 200.0
+
+
+def test_a_grid_tuned_a_part_at_a_time_keeps_every_part(tmp_path: Path, sample_dir: Path) -> None:
+    """`xmfast tune --models A` then `--models B`: the summary holds both parts' studies (each
+    call adds its own beside the earlier ones), and `run --use-tuned` uses them all."""
+    file = tmp_path / "exp.toml"
+    file.write_text(f'name = "t"\ndata = "{sample_dir}"\nout = "{tmp_path / "out"}"\ntargets = ["in"]\n'
+                    'models = ["ease", "ease++"]\nseeds = [1]\ndevice = "cpu"\n[tune]\ntrials = 1\n'
+                    '[tune.ease]\nlam = [30.0]\n[tune."ease++"]\nlam = [200.0]\n', encoding="utf-8")
+    exp = read_experiment(file)
+    first = CliRunner().invoke(app, ["tune", str(file), "--models", "ease++"])
+    assert first.exit_code == 0, first.output
+    assert set(tuning.read_summary(exp.out)) == {"ease++@in"}
+    assert "--use-tuned --models ease++" in " ".join(first.output.split())
+    second = CliRunner().invoke(app, ["tune", str(file), "--models", "ease"])
+    assert second.exit_code == 0, second.output
+    assert set(tuning.read_summary(exp.out)) == {"ease@in", "ease++@in"}
+    tuned = tuning.tuned_plan(exp).by_id()
+    assert (tuned["in/single/s1/ease"].settings["model_config"]["lam"],
+            tuned["in/all/s1/ease++"].settings["model_config"]["lam"]) == (30.0, 200.0)

@@ -53,7 +53,7 @@ from typing import Any
 
 from xmfast.cluster import connect
 from xmfast.errors import XmfastError
-from xmfast.experiment import Experiment, Plan, Stage, _execute, plan, run_experiment
+from xmfast.experiment import Experiment, Plan, Stage, _execute, plan, run_experiment, tuned_entry
 from xmfast.models import get_model
 from xmfast.tune_summary import (
     SUMMARY,
@@ -224,9 +224,10 @@ def _targets(exp: Experiment) -> list[str]:
 
 
 def _entry(exp: Experiment, name: str) -> str:
-    """The entry of `models` whose setting a study tunes: `name` itself for a pooled variant
-    (``[tune."ease++"]``), else the first entry naming the model."""
-    return name if name in exp.models else next(m for m in exp.models if m.removesuffix("++") == name)
+    """The entry of `models` whose setting a study tunes (read_tune checked there is one)."""
+    entry = tuned_entry(exp.models, name)
+    assert entry is not None, name
+    return entry
 
 
 def _trial_plan(exp: Experiment, name: str, target: str) -> tuple[Plan, Stage]:
@@ -569,7 +570,8 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
          training_observer: Callable[[str, int], Any] | None = None, jobs: int | None = None,
          address: str | None = None) -> dict[str, Any]:
     """Runs (or continues) the search of every ``[tune.MODEL]`` on every target and writes
-    OUT/tune/summary.json; returns that summary. Each study first trains the default
+    OUT/tune/summary.json (after each study, beside the studies earlier calls wrote); returns
+    this call's studies. Each study first trains the default
     configuration once (the experiment's own settings, validation only), then its trials:
     `jobs` at once, in worker processes sharing the study (Optuna's pattern for a parallel
     search), or, with `address` (a Dask scheduler's HOST:PORT), as that many Dask tasks (default:
@@ -608,7 +610,10 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
             for name, dims, target in studies:
                 summary[study_name(name, target)] = _search(exp, spec, name, dims, target, storage, on_trial,
                                                             training_observer, digest_json, jobs, client, lock)
-            write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "studies": summary})
+                # after every study, over the studies of earlier calls (`--models`/`--targets` tune a
+                # grid a part at a time; a search stopped later keeps what it finished)
+                write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune",
+                                                        "studies": {**(read_summary(exp.out) or {}), **summary}})
         finally:
             lock.close()
     finally:

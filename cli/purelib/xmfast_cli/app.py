@@ -249,6 +249,34 @@ def _check_ints(options: dict[str, int], low: int = 1, high: Optional[int] = Non
         check_int(name, value, low, U32_MAX if high is None else high)
 
 
+PartModels = Annotated[Optional[str], typer.Option(
+    "--models", help="Only these of the file's models (comma-separated, e.g. ease,ease++): the same outputs and "
+                     "stage keys, so the whole file reuses them.")]
+PartTargets = Annotated[Optional[str], typer.Option("--targets", help="Only these of the file's targets (comma-separated).")]
+PartSeeds = Annotated[Optional[str], typer.Option("--seeds", help="Only these of the file's seeds (comma-separated).")]
+
+
+def _part(exp: Any, models: Optional[str], targets: Optional[str], seeds: Optional[str]) -> Any:
+    """The experiment restricted by --models/--targets/--seeds (xmfast.experiment.restrict)."""
+    from xmfast.experiment import restrict
+
+    if seeds is not None:
+        try:
+            seed_list: Optional[list[int]] = [int(v) for v in _split_list(seeds)]
+        except ValueError:
+            raise XmfastError(f"--seeds {seeds}: expected whole numbers separated by commas, e.g. --seeds 1,2") from None
+    else:
+        seed_list = None
+    return restrict(exp, models=None if models is None else _split_list(models),
+                    targets=None if targets is None else _split_list(targets), seeds=seed_list)
+
+
+def _part_args(models: Optional[str], targets: Optional[str], seeds: Optional[str]) -> list[Any]:
+    """The --models/--targets/--seeds options as given, for "run the same command again"."""
+    return [*(["--models", models] if models is not None else []), *(["--targets", targets] if targets is not None else []),
+            *(["--seeds", seeds] if seeds is not None else [])]
+
+
 MODEL_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 RECIPE_HELP = ("xmfast (the defaults) or original: the original code's training choices (`xmfast models MODEL` "
                "lists them; options given override them).")
@@ -1163,6 +1191,9 @@ def run_experiment(
                                           "workers of the Dask cluster at --address; xmfast's cluster extra).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor dask: the scheduler's address, "
                                                    "tcp://HOST:8786 (what `dask scheduler` prints).")] = None,
+    models: PartModels = None,
+    targets: PartTargets = None,
+    seeds: PartSeeds = None,
 ) -> None:
     """Run an experiment grid: every stage once, reusing what is already trained; re-run to continue."""
     import time
@@ -1182,7 +1213,7 @@ def run_experiment(
     if distributed.launched():
         raise XmfastError("xmfast run plans and writes a whole grid from one process; start it without torchrun "
                           "(torchrun is for one `xmfast train` or `xmfast finetune` at a time)")
-    exp = xp.read_experiment(experiment, out=out)
+    exp = _part(xp.read_experiment(experiment, out=out), models, targets, seeds)
     plan = tune.tuned_plan(exp) if use_tuned else xp.plan(exp)
     actions = xp.stage_actions(plan)
     if dry_run:
@@ -1192,7 +1223,8 @@ def run_experiment(
                     *([] if report else ["--no-report"]), *(["--jobs", jobs] if jobs > 1 else []),
                     *(["--use-tuned"] if use_tuned else []),
                     *(["--tensorboard", tensorboard] if tensorboard is not None else []),
-                    *(["--executor", executor, "--address", address] if address is not None else []))
+                    *(["--executor", executor, "--address", address] if address is not None else []),
+                    *_part_args(models, targets, seeds))
     cluster = contextlib.nullcontext()
     if address is not None:  # reached before anything is written: an unreachable one is one line
         from xmfast.cluster import DaskExecutor, connect
@@ -1229,6 +1261,9 @@ def tune_experiment(
                                           "scheduler at --address; the output directory on a file system the "
                                           "workers share).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="The Dask scheduler's HOST:PORT (with --executor dask).")] = None,
+    models: PartModels = None,
+    targets: PartTargets = None,
+    seeds: PartSeeds = None,
 ) -> None:
     """Search hyper-parameters (Optuna TPE, pruned on the validation metric); re-run to continue."""
     from xmfast import experiment as xp
@@ -1244,7 +1279,7 @@ def tune_experiment(
         raise XmfastError(f"--address {address} is a Dask scheduler's: add --executor dask")
     if jobs is not None:
         xp.check_jobs(jobs)
-    exp = xp.read_experiment(experiment, out=out)
+    exp = _part(xp.read_experiment(experiment, out=out), models, targets, seeds)
 
     def said(e: Any) -> None:
         value = "" if e.value is None else f" {e.value:.4f}"
@@ -1253,7 +1288,8 @@ def tune_experiment(
 
     again = _quoted("xmfast", "tune", experiment, *(["--out", out] if out is not None else []),
                     *(["--jobs", jobs] if jobs is not None else []),
-                    *(["--executor", executor, "--address", address] if address is not None else []))
+                    *(["--executor", executor, "--address", address] if address is not None else []),
+                    *_part_args(models, targets, seeds))
     with _on_interrupt(lambda: f"finished trials are kept in {tune.tune_dir(exp) / 'tune.db'}; continue with {again}"):
         studies = tune.tune(exp, on_trial=said, jobs=jobs, address=address)
     for s in studies.values():
@@ -1265,7 +1301,7 @@ def tune_experiment(
                       f"{t['failed']} failed; chosen {tune.chosen_text(s)}{versus}", highlight=False)
         if tune.default_won(s):
             console.print(tune.default_won(s), highlight=False)
-    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned')}",
+    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned', *_part_args(models, targets, seeds))}",
                   highlight=False)
 
 
