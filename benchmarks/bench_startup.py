@@ -139,7 +139,8 @@ def main() -> None:
             ("python -c 'import torch'", [python, "-c", "import torch"], None)]
     # the floor every command pays before its own work: the libraries the CLI is built on
     floor = [(f"python -c 'import {m}'", [python, "-c", f"import {m}"], None) for m in FLOOR]
-    rows += [(label, [xmfast, *argv], None) for label, argv, _ in cmds]
+    # as the `xmfast` script runs them, minus its argv[0] rewrite: the --before rows run the same way
+    rows += [(label, [python, "-c", ENTRY, *argv], None) for label, argv, _ in cmds]
     if args.before is not None:
         old = args.before.resolve()
         compile_packages(old)

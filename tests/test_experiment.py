@@ -191,11 +191,18 @@ def test_fine_tuning_stages_run(sample_dir: Path, tmp_path: Path) -> None:
         ('models = ["gmf"]\nseeds = [1, 1]\n', "distinct"),
         ('models = ["gmf"]\nprotocol = "x"\n', "protocol must be forec or acmr"),
         ('models = ["gmf"]\n[prepare]\ntarget = "uk"\n', "cannot set 'target'"),
-        ('models = ["maml"]\n[model."maml++"]\nlr = 1\n', "maml has no pooled variant"),
+        ('models = ["maml"]\n[model."maml++"]\nlr = 1\n', '[model."maml++"]: maml has no pooled variant; its runs '
+         'trained with the sources read [model.maml]'),
+        ('models = ["forec"]\n[model."forec++"]\nlr = 1\n', "forec has no pooled variant"),
         ('models = ["gmf"]\n[model."gmff++"]\nalpha = 1\n', "unknown model 'gmff++'"),
-        ('models = ["nmf++"]\n[model."nmf++"]\ngmf = {}\n', "[model.nmf++] cannot set 'gmf'"),
-        ('models = ["ease++"]\n[model."ease++"]\nlam = -1.0\n', "[model.ease++]: "),
-        ('models = ["gmf"]\n[train."gmf++"]\nepochz = 1\n', "[train.gmf++]: unknown setting 'epochz'"),
+        ('models = ["gmf"]\n[finetune."forec++"]\nepochs = 1\n', "(known: " ),
+        ('models = ["nmf++"]\n[model."nmf++"]\ngmf = {}\n', '[model."nmf++"] cannot set \'gmf\''),
+        ('models = ["maml"]\n[model.maml]\nnmf = {}\n', '[model.maml] cannot set \'nmf\': it is the settings of the nmf '
+         'run maml starts from; set them in [model.nmf] (or [model."nmf++"] for its run trained with the sources)'),
+        ('models = ["ease++"]\n[model."ease++"]\nlam = -1.0\n', '[model."ease++"]: '),
+        # a bad key of [model.ease] is reported there, also when [model."ease++"] comes first
+        ('models = ["ease++"]\n[model."ease++"]\nlam = 3.0\n[model.ease]\nlamb = 1.0\n', "[model.ease]: "),
+        ('models = ["gmf"]\n[train."gmf++"]\nepochz = 1\n', '[train."gmf++"]: unknown setting \'epochz\''),
     ],
 )
 def test_bad_experiment_files_are_one_error_line(sample_dir: Path, tmp_path: Path, body: str, message: str) -> None:

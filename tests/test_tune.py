@@ -300,3 +300,23 @@ def test_a_grid_tuned_a_part_at_a_time_keeps_every_part(tmp_path: Path, sample_d
     tuned = tuning.tuned_plan(exp).by_id()
     assert (tuned["in/single/s1/ease"].settings["model_config"]["lam"],
             tuned["in/all/s1/ease++"].settings["model_config"]["lam"]) == (30.0, 200.0)
+    # a part's tuned plan is the whole tuned plan's stages (what `run --use-tuned --models` trains)
+    from xmfast.experiment import restrict
+
+    part = tuning.tuned_plan(restrict(exp, models=["ease++"])).stages
+    assert [s.id for s in part] == ["in/dataset", "in/all/s1/ease++"] and all(tuned[s.id].key == s.key for s in part)
+    # the study belongs to the file's first seed, whatever part is asked for
+    assert tuning._trial_plan(restrict(exp, seeds=[1]), "ease", "in")[1].seed == 1
+    assert "--seeds" not in CliRunner().invoke(app, ["tune", "--help"]).output
+    # a table removed from the file: its study is neither applied nor kept in the summary (ease++
+    # reads [model.ease] again, where ease's study put 30, not its own study's 200)
+    file.write_text(file.read_text().replace('[tune."ease++"]\nlam = [200.0]\n', ""), encoding="utf-8")
+    exp = read_experiment(file)
+    assert tuning.tuned_plan(exp).by_id()["in/all/s1/ease++"].settings["model_config"]["lam"] == 30.0
+    with pytest.raises(XmfastError, match=r"no \[tune.MODEL\] table searches ease\+\+ \(the file's tables: ease;"):
+        tuning.read_tune(restrict(exp, models=["ease++"]))
+    # a damaged summary is rewritten by the next search, from the studies it runs
+    (exp.out / "tune" / "summary.json").write_text('{"format": "xmfast-tune"}', encoding="utf-8")
+    third = CliRunner().invoke(app, ["tune", str(file)])
+    assert third.exit_code == 0, third.output
+    assert set(tuning.read_summary(exp.out)) == {"ease@in"}

@@ -79,6 +79,9 @@ class Experiment:
     model_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune: dict[str, Any] = field(default_factory=dict)  # the [tune] table (read by xmfast.tune)
     path: Path | None = None
+    # the file's whole grid, when this is a part of it (restrict): what a search's study, its
+    # seed and the report's preface are measured against
+    whole: Experiment | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = f"{self.path}: " if self.path else ""
@@ -93,11 +96,15 @@ class Experiment:
         for table, names in (("train", self.train_by_model), ("finetune", self.finetune_by_model),
                              ("model", self.model_settings)):
             for name, values in names.items():
-                if table != "finetune" and name.endswith("++") and name.removesuffix("++") in model_names():
-                    _experiment_model(name, f"{where}[{table}.{name}]: ")  # a pooled variant there is
+                base = name.removesuffix("++")
+                if table != "finetune" and name != base and base in model_names():
+                    if get_model(base).label(sources=True, fine_tuned=False) != name:
+                        raise XmfastError(f"{where}{table_name(table, name)}: {base} has no pooled variant; its runs "
+                                          f"trained with the sources read {table_name(table, base)}")
                 elif name not in model_names():
-                    raise XmfastError(f"{where}[{table}.{name}]: unknown model {name!r} (known: "
-                                      f"{', '.join(model_names())}, or NAME++ for a pooled variant)")
+                    raise XmfastError(f"{where}{table_name(table, name)}: unknown model {name!r} (known: "
+                                      f"{', '.join(model_names())}"
+                                      f"{'' if table == 'finetune' else ', or NAME++ for a pooled variant'})")
                 if not isinstance(values, dict):
                     raise XmfastError(f"{where}[{table}] {name} = {values!r}: expected a table of settings, "
                                       f"[{table}.{name}]")
@@ -215,10 +222,17 @@ def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
     )
 
 
+def table_name(kind: str, name: str) -> str:
+    """A settings table's header as the file spells it: ``[model.gmf]``, ``[model."gmf++"]``."""
+    return f'[{kind}."{name}"]' if name.endswith("++") else f"[{kind}.{name}]"
+
+
 def tuned_entry(models: Sequence[str], name: str) -> str | None:
-    """The entry of `models` a ``[tune.NAME]`` table searches: `name` itself when listed (a pooled
-    variant, ``[tune."ease++"]``), else the first entry naming the model; None for neither."""
-    return name if name in models else next((m for m in models if m.removesuffix("++") == name), None)
+    """The entry of `models` a ``[tune.NAME]`` table searches: a pooled variant's own
+    (``[tune."ease++"]``), else the first entry naming the model; None for neither."""
+    if name.endswith("++"):
+        return name if name in models else None
+    return next((m for m in models if m.removesuffix("++") == name), None)
 
 
 def restrict(exp: Experiment, *, models: Sequence[str] | None = None, targets: Sequence[str] | None = None,
@@ -247,7 +261,7 @@ def restrict(exp: Experiment, *, models: Sequence[str] | None = None, targets: S
                               f"{f'{bad!r} is not among' if bad else 'name at least one of'} the file's targets "
                               f"({', '.join(exp.targets) if exp.targets != 'all' else 'all'})")
         changes["targets"] = tuple(dict.fromkeys(targets))  # with targets = "all": checked against the data by plan
-    return replace(exp, **changes)
+    return replace(exp, **changes, whole=exp.whole or exp)
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -385,7 +399,7 @@ def plan(experiment: Experiment) -> Plan:
     # [train.NAME] it is merged into
     _check_settings(TrainConfig, exp.train, f"{where}: [train]")
     for name, values in exp.train_by_model.items():
-        _check_settings(TrainConfig, {**exp.train, **values}, f"{where}: [train.{name}]")
+        _check_settings(TrainConfig, {**exp.train, **values}, f"{where}: {table_name('train', name)}")
     for name, values in exp.finetune_by_model.items():
         _check_settings(TrainConfig, values, f"{where}: [finetune.{name}]")
 
@@ -399,7 +413,8 @@ def plan(experiment: Experiment) -> Plan:
 
     configs = _ModelConfigs(exp, where)
     for name in exp.model_settings:  # every table is checked, also one of a model not in `models`
-        configs.train(name.removesuffix("++"), name.endswith("++"))
+        base = name.removesuffix("++")
+        configs.train(base, name != base or _uses_sources(get_model(base), False))
     data_signature = _data_signature(data, prep_values.get("category"))
     stages: list[Stage] = []
 
@@ -415,9 +430,9 @@ def plan(experiment: Experiment) -> Plan:
                   "seed": seed, "sources": sources, "device": exp.device}
         return get_model(name).train_config(**values)
 
-    def finetune_config(name: str, seed: int) -> Any:
+    def finetune_config(name: str, sources: tuple[str, ...], seed: int) -> Any:
         # the recipe of the experiment's training, unless [finetune.NAME] names its own
-        recipe = configs.recipe(name)
+        recipe = configs.recipe(name, bool(sources))
         values = {**({"recipe": recipe} if recipe else {}), **exp.finetune_by_model.get(name, {}), "seed": seed,
                   "device": exp.device}
         return get_model(name).finetune_config(**values)
@@ -477,7 +492,7 @@ def plan(experiment: Experiment) -> Plan:
                                  path=exp.out / t / setting / f"s{seed}" / model.name, label=model.name,
                                  model=model.name, sources=sources, setting=setting, seed=seed,
                                  settings=settings(model.name, configs.finetune(model.name, bool(sources)),
-                                                   finetune_config(model.name, seed), finetune=True)),
+                                                   finetune_config(model.name, sources, seed), finetune=True)),
                            [dataset, base])
 
             def plan_entry(model: Model, sources: tuple[str, ...]) -> None:
@@ -531,24 +546,32 @@ class _ModelConfigs:
     def train(self, name: str, with_sources: bool = False) -> Any:
         if (name, with_sources) not in self._train:
             model = get_model(name)
-            tables = [name, name + "++"] if with_sources else [name]
-            values = {k: v for t in tables for k, v in self.exp.model_settings.get(t, {}).items()}
-            table = tables[-1] if tables[-1] in self.exp.model_settings else name  # the last one read
+            tables = [t for t in ([name, name + "++"] if with_sources else [name])
+                      if t == name or t in self.exp.model_settings]
             linked = {slot: dep for slot, dep in model.starts_from.items()
                       if any(f.name == slot for f in fields(model.config_type))}
             if model.fine_tunes and model.name not in model.fine_tunes:
                 base_slots = get_model(model.fine_tunes[0]).starts_from
                 linked.update({f.name: base_slots[f.name] for f in fields(model.config_type) if f.name in base_slots})
-            for t in tables:
-                shared = [slot for slot in linked if slot in self.exp.model_settings.get(t, {})]
+            recipe = self.recipe(name, with_sources)
+            values: dict[str, Any] = {}
+            for t in tables:  # each table checked as it is added, so an error names the table it is in
+                own = self.exp.model_settings.get(t, {})
+                shared = [slot for slot in linked if slot in own]
                 if shared:
-                    dep = linked[shared[0]] + t.removeprefix(name)
-                    raise XmfastError(f"{self.where}: [model.{t}] cannot set {shared[0]!r}: it is the settings of the "
-                                      f"{dep} run {t} starts from; set them in [model.{dep}]")
-            try:
-                config = model.config_from(values, self.recipe(name, with_sources))
-            except XmfastError as e:
-                raise XmfastError(f"{self.where}: [model.{table}]: {str(e).removeprefix(f'model {name}: ')}") from None
+                    dep = linked[shared[0]]
+                    pooled = with_sources and get_model(dep).label(sources=True, fine_tuned=False) == dep + "++"
+                    raise XmfastError(f"{self.where}: {table_name('model', t)} cannot set {shared[0]!r}: it is the "
+                                      f"settings of the {dep} run {name} starts from; set them in "
+                                      f"{table_name('model', dep)}"
+                                      + (f" (or {table_name('model', dep + '++')} for its run trained with the sources)"
+                                         if pooled else ""))
+                values.update(own)
+                try:
+                    config = model.config_from(values, recipe)
+                except XmfastError as e:
+                    raise XmfastError(f"{self.where}: {table_name('model', t)}: "
+                                      f"{str(e).removeprefix(f'model {name}: ')}") from None
             for slot, dep in model.starts_from.items():
                 if slot in linked:
                     config = replace(config, **{slot: self.train(dep, with_sources)})
@@ -1139,6 +1162,7 @@ def write_experiment_report(exp: Experiment, source: Path) -> Path:
     trials and chosen values (write_report adds them)."""
     from xmfast.report import build_report, collect_runs, write_report
 
+    exp = exp.whole or exp  # a part's report is the whole output directory's
     made = (f"Made by `xmfast run {source}` (data `{exp.data}`, protocol {exp.protocol}, seeds "
             f"{', '.join(map(str, exp.seeds))}).")
     preface = f"{exp.description.strip()}\n\n{made}" if exp.description.strip() else made

@@ -139,10 +139,15 @@ def read_tune(exp: Experiment) -> TuneSpec:
     pruner = raw.get("pruner", "median")
     if pruner not in _PRUNERS:
         raise XmfastError(f"{where} pruner = {pruner!r}: expected {', '.join(_PRUNERS)}")
-    seed = raw.get("seed", exp.seeds[0])
+    seed = raw.get("seed", (exp.whole or exp).seeds[0])
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise XmfastError(f"{where} seed = {seed!r}: expected a whole number of at least 0")
     if not tables:
+        whole = [k for k, v in (exp.whole.tune if exp.whole else {}).items() if isinstance(v, dict)]
+        if whole:  # a part (--models) that no table of the file searches
+            raise XmfastError(f"{where}: no [tune.MODEL] table searches {', '.join(exp.models)} (the file's tables: "
+                              f"{', '.join(whole)}; [tune.NAME] searches the first entry naming NAME, "
+                              "[tune.\"NAME++\"] the pooled one)")
         raise XmfastError(f"{where}: no search space; add a table [tune.MODEL] (e.g. [tune.gmf] lr = "
                           "{low = 1e-4, high = 1e-2, log = true})")
     listed = {m.removesuffix("++") for m in exp.models} | {m for m in exp.models if m.endswith("++")}
@@ -233,7 +238,7 @@ def _entry(exp: Experiment, name: str) -> str:
 def _trial_plan(exp: Experiment, name: str, target: str) -> tuple[Plan, Stage]:
     """The plan of `name`'s entry on `target` with the first seed, and its training stage (the
     one a trial trains in a directory of its own; ACMR's: its pre-training)."""
-    sub = replace(exp, targets=(target,), models=(_entry(exp, name),), seeds=exp.seeds[:1])
+    sub = replace(exp, targets=(target,), models=(_entry(exp, name),), seeds=(exp.whole or exp).seeds[:1])
     p = plan(sub)
     model = get_model(name).name
     return p, next(s for s in p.stages if s.kind == "train" and s.model == model
@@ -605,15 +610,17 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
         lock = _lock(directory)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is said once, by the error it raises
         summary: dict[str, Any] = {}
+        try:  # the studies earlier calls summarised (a part of the grid each) that the file still has
+            earlier = _current(exp, read_summary(exp.out) or {})
+        except XmfastError:  # damaged: rewritten from this call's studies
+            earlier = {}
         try:
             storage = _storage(directory)
             for name, dims, target in studies:
                 summary[study_name(name, target)] = _search(exp, spec, name, dims, target, storage, on_trial,
                                                             training_observer, digest_json, jobs, client, lock)
-                # after every study, over the studies of earlier calls (`--models`/`--targets` tune a
-                # grid a part at a time; a search stopped later keeps what it finished)
-                write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune",
-                                                        "studies": {**(read_summary(exp.out) or {}), **summary}})
+                # after every study: a search stopped later keeps what it finished
+                write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "studies": {**earlier, **summary}})
         finally:
             lock.close()
     finally:
@@ -690,6 +697,15 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     return entry
 
 
+def _current(exp: Experiment, studies: dict[str, Any]) -> dict[str, Any]:
+    """The studies of a summary that the experiment file still searches ([tune.NAME] × targets of
+    its whole grid): a table or target removed since is not applied, nor reported."""
+    whole = exp.whole or exp
+    spaces = read_tune(whole).spaces if whole.tune else {}
+    targets = set(_targets(whole))
+    return {k: v for k, v in studies.items() if v.get("model") in spaces and v.get("target") in targets}
+
+
 def tuned_plan(exp: Experiment) -> Plan:
     """The experiment's plan with each tuned (model, target)'s chosen values in its [train.NAME]
     and [model.NAME] tables: each target is planned on its own (its own tuned values), so the
@@ -698,6 +714,7 @@ def tuned_plan(exp: Experiment) -> Plan:
     studies = read_summary(exp.out)
     if studies is None:
         raise XmfastError(f"{tune_dir(exp) / SUMMARY}: missing; run `xmfast tune {exp.path or 'EXP'}` first")
+    studies = _current(exp, studies)
     stages: list[Stage] = []
     for target in _targets(exp):
         sub = replace(exp, targets=(target,))

@@ -1263,7 +1263,6 @@ def tune_experiment(
     address: Annotated[Optional[str], typer.Option(help="The Dask scheduler's HOST:PORT (with --executor dask).")] = None,
     models: PartModels = None,
     targets: PartTargets = None,
-    seeds: PartSeeds = None,
 ) -> None:
     """Search hyper-parameters (Optuna TPE, pruned on the validation metric); re-run to continue."""
     from xmfast import experiment as xp
@@ -1279,7 +1278,7 @@ def tune_experiment(
         raise XmfastError(f"--address {address} is a Dask scheduler's: add --executor dask")
     if jobs is not None:
         xp.check_jobs(jobs)
-    exp = _part(xp.read_experiment(experiment, out=out), models, targets, seeds)
+    exp = _part(xp.read_experiment(experiment, out=out), models, targets, None)  # a study trains the file's first seed
 
     def said(e: Any) -> None:
         value = "" if e.value is None else f" {e.value:.4f}"
@@ -1289,7 +1288,7 @@ def tune_experiment(
     again = _quoted("xmfast", "tune", experiment, *(["--out", out] if out is not None else []),
                     *(["--jobs", jobs] if jobs is not None else []),
                     *(["--executor", executor, "--address", address] if address is not None else []),
-                    *_part_args(models, targets, seeds))
+                    *_part_args(models, targets, None))
     with _on_interrupt(lambda: f"finished trials are kept in {tune.tune_dir(exp) / 'tune.db'}; continue with {again}"):
         studies = tune.tune(exp, on_trial=said, jobs=jobs, address=address)
     for s in studies.values():
@@ -1301,7 +1300,7 @@ def tune_experiment(
                       f"{t['failed']} failed; chosen {tune.chosen_text(s)}{versus}", highlight=False)
         if tune.default_won(s):
             console.print(tune.default_won(s), highlight=False)
-    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned', *_part_args(models, targets, seeds))}",
+    console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned', *_part_args(models, targets, None))}",
                   highlight=False)
 
 
