@@ -124,6 +124,23 @@ def commands(x: dict[str, str]) -> list[tuple[str, list[str], bool]]:
     ]
 
 
+def build_times(reps: int) -> dict[str, list[float]]:
+    """Typer's building of the click commands, in this process, interleaved: the whole app (what
+    every command paid before `_app_for`) against the app of the one command run. In-process
+    and repeated, so the figure is not lost in the spread of whole-process wall times."""
+    import typer
+
+    from xmfast_cli.app import _app_for, app
+
+    out: dict[str, list[float]] = {"whole app (16 commands)": [], "one command (evaluate)": []}
+    for _ in range(reps):
+        for label, which in (("whole app (16 commands)", app), ("one command (evaluate)", _app_for(["evaluate"]))):
+            t0 = time.perf_counter()
+            typer.main.get_command(which)
+            out[label].append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (median reported)")
@@ -182,6 +199,12 @@ def main() -> None:
     for label, _, _ in floor:
         fl.add_row(label, fmt_s(median(times[label])), spread(times[label]))
     console.print(fl)
+    built = build_times(max(9, args.runs))
+    bt = table("Building the commands before parsing (in-process, interleaved, median)", ["typer builds", "median",
+                                                                                          "min – max"])
+    for label, values in built.items():
+        bt.add_row(label, fmt_s(median(values)), spread(values))
+    console.print(bt)
     if args.before is not None:
         cmp = table(f"Before ({args.before}) and now, the same rounds: median wall", ["command", "before", "now",
                                                                                     "now / before"])
