@@ -165,13 +165,13 @@ def test_pytorch_init_gives_unit_embeddings_and_kaiming_linears() -> None:
     torch.manual_seed(0)
     from xmfast.models.ncf import GMF, MLP
 
-    original = MLP(3000, 2000, MLPConfig(init="pytorch"))
+    original = MLP(3000, 2000, MLPConfig(init="pytorch")).requires_grad_(False)  # read, not trained
     assert abs(float(original.item_embedding.weight.std()) - 1.0) < 0.02
     first = original.tower[0]
     bound = 1 / math.sqrt(first.in_features)  # PyTorch's Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert float(first.weight.abs().max()) <= bound and float(first.weight.std()) > bound / 3
     assert float(first.bias.abs().max()) > 0  # not zeroed
-    ours = GMF(3000, 2000, GMFConfig())
+    ours = GMF(3000, 2000, GMFConfig()).requires_grad_(False)
     assert abs(float(ours.user_embedding.weight.std()) - 0.01) < 0.001 and float(ours.output.bias.abs().max()) == 0.0
 
 
