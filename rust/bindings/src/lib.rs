@@ -812,7 +812,8 @@ fn attention<'py>(
     let q = qkv.as_slice().map_err(|_| PyValueError::new_err("`qkv` must be C-contiguous"))?;
     let r = real.as_slice().map_err(|_| PyValueError::new_err("`real` must be C-contiguous"))?;
     let mut out = vec![0f32; n * width * d];
-    py.detach(|| xc::attention::attention(q, r, width, heads, d / heads, scale, parallel, &mut out)).map_err(py_err)?;
+    let layout = xc::attention::Layout { width, heads, head_dim: d / heads, scale, parallel };
+    py.detach(|| xc::attention::attention(q, r, layout, &mut out)).map_err(py_err)?;
     let a = Array3::from_shape_vec((n, width, d), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(a.into_pyarray(py))
 }

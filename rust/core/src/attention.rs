@@ -21,39 +21,30 @@ const TASK: usize = 64;
 /// to `v[s,j,h,:]`, for every real position `i` of every sequence `s`; zero where `i` is padding.
 ///
 /// `qkv` is `(n, width, 3, heads, head_dim)` row-major (a linear layer's `(n, width, 3·d)`
-/// output), `real` is `(n, width)`, `out` is `(n, width, heads · head_dim)`. A sequence with no
-/// real position gets zeros. Every element of `out` is written, whatever it held. Each sequence
-/// is computed alone, so a result does not depend on the thread count or on which other
-/// sequences share the call. `parallel` splits the sequences
-/// over the core's thread pool; callers that already run several calls at once (ACMR's
-/// evaluation pieces on Python threads) pass false, so the pool's threads do not compete with
-/// theirs.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    qkv: &[f32],
-    real: &[bool],
-    width: usize,
-    heads: usize,
-    head_dim: usize,
-    scale: f32,
-    parallel: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    attention_on::<F4>(qkv, real, width, heads, head_dim, scale, parallel, out)
+/// output), `real` is `(n, width)`, `out` is `(n, width, heads · head_dim)`, with the shape in
+/// `layout`. A sequence with no real position gets zeros. Every element of `out` is written,
+/// whatever it held. Each sequence is computed alone, so a result does not depend on the thread
+/// count or on which other sequences share the call. Callers that already run several calls at
+/// once (ACMR's evaluation pieces on Python threads) set `layout.parallel` false, so the pool's
+/// threads do not compete with theirs.
+pub fn attention(qkv: &[f32], real: &[bool], layout: Layout, out: &mut [f32]) -> Result<()> {
+    attention_on::<F4>(qkv, real, layout, out)
+}
+
+/// What one call computes: sequences of `width` positions, `heads` heads of `head_dim`
+/// dimensions, scores scaled by `scale`; `parallel` splits the sequences over the core's threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub parallel: bool,
 }
 
 /// `attention` on lanes `L` (the platform's, or in tests the plain ones to compare).
-#[allow(clippy::too_many_arguments)]
-fn attention_on<L: Lanes>(
-    qkv: &[f32],
-    real: &[bool],
-    width: usize,
-    heads: usize,
-    head_dim: usize,
-    scale: f32,
-    parallel: bool,
-    out: &mut [f32],
-) -> Result<()> {
+fn attention_on<L: Lanes>(qkv: &[f32], real: &[bool], layout: Layout, out: &mut [f32]) -> Result<()> {
+    let Layout { width, heads, head_dim, scale, parallel } = layout;
     let d = heads * head_dim;
     if width == 0 || d == 0 {
         return Err(Error::invalid("attention: width, heads and head_dim must be positive"));
@@ -353,6 +344,10 @@ impl Lanes for Plain {
 mod tests {
     use super::*;
 
+    fn lay(width: usize, heads: usize, head_dim: usize, scale: f32, parallel: bool) -> Layout {
+        Layout { width, heads, head_dim, scale, parallel }
+    }
+
     /// Plain attention for one sequence and head, in f64: the reference.
     fn reference(qkv: &[f32], real: &[bool], heads: usize, dh: usize, scale: f64) -> Vec<f64> {
         let width = real.len();
@@ -387,7 +382,7 @@ mod tests {
         let qkv = [1.0, 0.0, 2.0,   5.0, 7.0, 100.0,   1.0, ln3, 6.0];
         let real = [true, false, true];
         let mut out = [f32::NAN; 3];
-        attention(&qkv, &real, 3, 1, 1, 1.0, true, &mut out).unwrap();
+        attention(&qkv, &real, lay(3, 1, 1, 1.0, true), &mut out).unwrap();
         assert!((out[0] - (0.25 * 2.0 + 0.75 * 6.0)).abs() < 1e-6, "{out:?}");
         assert_eq!(out[1], 0.0, "a padded query's row is zero");
         // q2 = 1 too: the same weights.
@@ -403,7 +398,7 @@ mod tests {
             let mut qkv: Vec<f32> = (0..n * width * 3 * d).map(|_| (rng.next_u64() % 2001) as f32 / 250.0 - 4.0).collect();
             let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || (p % width) < (p / width) % (width + 1)).collect();
             let mut out = vec![0.0; n * width * d];
-            attention(&qkv, &real, width, heads, dh, 0.5, true, &mut out).unwrap();
+            attention(&qkv, &real, lay(width, heads, dh, 0.5, true), &mut out).unwrap();
             for s in 0..n {
                 let want = reference(&qkv[s * width * 3 * d..][..width * 3 * d], &real[s * width..][..width], heads, dh, 0.5);
                 for (a, b) in out[s * width * d..][..width * d].iter().zip(&want) {
@@ -418,7 +413,7 @@ mod tests {
                 }
             }
             let mut again = vec![f32::NAN; n * width * d];
-            attention(&qkv, &real, width, heads, dh, 0.5, false, &mut again).unwrap();
+            attention(&qkv, &real, lay(width, heads, dh, 0.5, false), &mut again).unwrap();
             assert_eq!(out, again);
         }
     }
@@ -426,11 +421,11 @@ mod tests {
     #[test]
     fn no_real_position_gives_zeros_and_bad_lengths_are_refused() {
         let mut out = vec![1.0; 2 * 4];
-        attention(&[3.0; 2 * 12], &[false, false], 2, 2, 2, 1.0, true, &mut out).unwrap();
+        attention(&[3.0; 2 * 12], &[false, false], lay(2, 2, 2, 1.0, true), &mut out).unwrap();
         assert!(out.iter().all(|&x| x == 0.0));
-        assert!(attention(&[0.0; 11], &[true], 1, 2, 2, 1.0, true, &mut [0.0; 4]).is_err());
-        assert!(attention(&[0.0; 12], &[true], 1, 2, 2, 1.0, true, &mut [0.0; 3]).is_err());
-        assert!(attention(&[], &[], 0, 1, 1, 1.0, true, &mut []).is_err());
+        assert!(attention(&[0.0; 11], &[true], lay(1, 2, 2, 1.0, true), &mut [0.0; 4]).is_err());
+        assert!(attention(&[0.0; 12], &[true], lay(1, 2, 2, 1.0, true), &mut [0.0; 3]).is_err());
+        assert!(attention(&[], &[], lay(0, 1, 1, 1.0, true), &mut []).is_err());
     }
 
     #[test]
@@ -441,8 +436,8 @@ mod tests {
         let qkv: Vec<f32> = (0..n * width * 3 * heads * dh).map(|_| (rng.next_u64() % 4001) as f32 / 400.0 - 5.0).collect();
         let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || rng.next_u64() % 3 > 0).collect();
         let (mut a, mut b) = (vec![0.0; n * width * heads * dh], vec![0.0; n * width * heads * dh]);
-        attention_on::<F4>(&qkv, &real, width, heads, dh, 0.5, true, &mut a).unwrap();
-        attention_on::<Plain>(&qkv, &real, width, heads, dh, 0.5, false, &mut b).unwrap();
+        attention_on::<F4>(&qkv, &real, lay(width, heads, dh, 0.5, true), &mut a).unwrap();
+        attention_on::<Plain>(&qkv, &real, lay(width, heads, dh, 0.5, false), &mut b).unwrap();
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         let xs: Vec<f32> = (0..4000).map(|i| -90.0 + i as f32 * 0.045).collect();
         for c in xs.chunks(LANES) {
