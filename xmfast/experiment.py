@@ -98,7 +98,7 @@ class Experiment:
             for name, values in names.items():
                 base = name.removesuffix("++")
                 if table != "finetune" and name != base and base in model_names():
-                    if get_model(base).label(sources=True, fine_tuned=False) != name:
+                    if not has_pooled_variant(get_model(base)):
                         raise XmfastError(f"{where}{table_name(table, name)}: {base} has no pooled variant; its runs "
                                           f"trained with the sources read {table_name(table, base)}")
                 elif name not in model_names():
@@ -124,7 +124,7 @@ def _experiment_model(entry: str, where: str) -> tuple[Model, bool]:
         raise XmfastError(f"{where}models: {e}") from None
     if entry != model.name + ("++" if pooled else ""):
         raise XmfastError(f"{where}unknown model {entry!r} in models (did you mean {model.name + ('++' if pooled else '')!r}?)")
-    if pooled and model.label(sources=True, fine_tuned=False) != entry:
+    if pooled and not has_pooled_variant(model):
         raise XmfastError(f"{where}models: {entry!r}: {model.name} has no pooled variant (it "
                           f"{'uses the sources by design' if model.cross_market else 'is not trained on pooled markets'}); "
                           f"list {model.name!r}")
@@ -220,6 +220,11 @@ def read_experiment(path: Path, *, out: Path | None = None) -> Experiment:
         tune=dict(_expect(raw.get("tune", {}), dict, "[tune]", path)),
         path=path,
     )
+
+
+def has_pooled_variant(model: Model) -> bool:
+    """Whether `model` has a ``NAME++`` entry: a single-market model trained on pooled markets."""
+    return model.label(sources=True, fine_tuned=False) == model.name + "++"
 
 
 def table_name(kind: str, name: str) -> str:
@@ -425,9 +430,7 @@ def plan(experiment: Experiment) -> Plan:
         return stage
 
     def train_config(name: str, sources: tuple[str, ...], seed: int) -> Any:
-        values = {**exp.train, **exp.train_by_model.get(name, {}),
-                  **(exp.train_by_model.get(name + "++", {}) if sources else {}),
-                  "seed": seed, "sources": sources, "device": exp.device}
+        values = {**configs.train_values(name, bool(sources)), "seed": seed, "sources": sources, "device": exp.device}
         return get_model(name).train_config(**values)
 
     def finetune_config(name: str, sources: tuple[str, ...], seed: int) -> Any:
@@ -537,11 +540,15 @@ class _ModelConfigs:
         self.exp, self.where = exp, where
         self._train: dict[tuple[str, bool], Any] = {}
 
-    def recipe(self, name: str, with_sources: bool = False) -> str | None:
-        """The recipe `name` trains with: its [train.NAME++] table's (with the sources), else
-        its [train.NAME] table's, else [train]'s."""
+    def train_values(self, name: str, with_sources: bool = False) -> dict[str, Any]:
+        """`name`'s training settings: [train], then [train.NAME], then (with the sources)
+        [train.NAME++], each over the one before."""
         pooled = self.exp.train_by_model.get(name + "++", {}) if with_sources else {}
-        return {**self.exp.train, **self.exp.train_by_model.get(name, {}), **pooled}.get("recipe")
+        return {**self.exp.train, **self.exp.train_by_model.get(name, {}), **pooled}
+
+    def recipe(self, name: str, with_sources: bool = False) -> str | None:
+        """The recipe `name` trains with (see train_values)."""
+        return self.train_values(name, with_sources).get("recipe")
 
     def train(self, name: str, with_sources: bool = False) -> Any:
         if (name, with_sources) not in self._train:
@@ -560,7 +567,7 @@ class _ModelConfigs:
                 shared = [slot for slot in linked if slot in own]
                 if shared:
                     dep = linked[shared[0]]
-                    pooled = with_sources and get_model(dep).label(sources=True, fine_tuned=False) == dep + "++"
+                    pooled = with_sources and has_pooled_variant(get_model(dep))
                     raise XmfastError(f"{self.where}: {table_name('model', t)} cannot set {shared[0]!r}: it is the "
                                       f"settings of the {dep} run {name} starts from; set them in "
                                       f"{table_name('model', dep)}"

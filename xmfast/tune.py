@@ -150,11 +150,10 @@ def read_tune(exp: Experiment) -> TuneSpec:
                               "[tune.\"NAME++\"] the pooled one)")
         raise XmfastError(f"{where}: no search space; add a table [tune.MODEL] (e.g. [tune.gmf] lr = "
                           "{low = 1e-4, high = 1e-2, log = true})")
-    listed = {m.removesuffix("++") for m in exp.models} | {m for m in exp.models if m.endswith("++")}
     train_fields = {f.name for f in fields(TrainConfig)} - {"seed", "sources", "device", "recipe", "eval_batch"}
     spaces: dict[str, tuple[Dimension, ...]] = {}
     for name, table in tables.items():
-        if name not in listed:
+        if tuned_entry(exp.models, name) is None:
             raise XmfastError(f"{where.removesuffix(']')}.{name}]: {name!r} is not among the experiment's models "
                               f"({', '.join(exp.models)})")
         model = get_model(name)
@@ -701,9 +700,9 @@ def _current(exp: Experiment, studies: dict[str, Any]) -> dict[str, Any]:
     """The studies of a summary that the experiment file still searches ([tune.NAME] × targets of
     its whole grid): a table or target removed since is not applied, nor reported."""
     whole = exp.whole or exp
-    spaces = read_tune(whole).spaces if whole.tune else {}
+    tables = {k for k, v in whole.tune.items() if isinstance(v, dict)}  # read_tune checked them already
     targets = set(_targets(whole))
-    return {k: v for k, v in studies.items() if v.get("model") in spaces and v.get("target") in targets}
+    return {k: v for k, v in studies.items() if v.get("model") in tables and v.get("target") in targets}
 
 
 def tuned_plan(exp: Experiment) -> Plan:
