@@ -6,7 +6,6 @@ run has them all)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pinned import PINNED, SETTINGS, _observed  # the pinned runs' settings, what they compare
+from test_pinned import SETTINGS, _observed, pinned  # the pinned runs' settings, what they compare
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -139,4 +138,4 @@ def test_transformers_trained_on_two_threads_give_the_pinned_one_thread_results(
             train(ds, tmp_path / name, s["model"], spec.config_type(**s["config"]), spec.train_config(**s["train"]))
     finally:
         torch.set_num_threads(threads)
-    assert _observed(tmp_path / name) == json.loads(PINNED.read_text())[name]
+    assert _observed(tmp_path / name) == pinned()[name]
