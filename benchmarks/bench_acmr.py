@@ -25,7 +25,7 @@ uk on a GPU.
 Three more tables (issue 25, item 3), each instead of the throughput table:
 
     python benchmarks/bench_acmr.py --setup               # the data path, step by step
-    python benchmarks/bench_acmr.py --eval                # evaluate the test split: whole chunks / pieces / core attention
+    python benchmarks/bench_acmr.py --eval                # evaluate the test split: whole chunks / pieces / core attention / fused blocks
     python benchmarks/bench_acmr.py --floor               # training steps against their FLOP count
 """
 
@@ -203,9 +203,10 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     """evaluate() of the test split with the paper's model (untrained weights: the time does not
     depend on them), interleaved: chunks of 4,096 scored whole on torch's threads with torch's
     attention (before issue 25), in pieces on Python threads with torch's attention (session 13),
-    both with forwards of 65,536 pairs; and now, the default: the whole set sorted by length in
-    chunks of 512 with the core's attention. Torch's two are compared bit for bit; the core's
-    with torch's by the largest score difference and the held-out items' ranks."""
+    both with forwards of 65,536 pairs; the whole set sorted by length in chunks of 512 with the
+    core's attention and torch's blocks (session 14); and now, the default: the same with the
+    four blocks in one call of the core (`core.encoder`). Torch's two are compared bit for bit;
+    the core's with torch's by the largest score difference and the held-out items' ranks."""
     from xmfast.evaluation import evaluate_scorer, held_out
     from xmfast.models.acmr import ACMR, EncoderBlock
     from xmfast.training.loop import ModelScorer
@@ -226,19 +227,23 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     # (forward, attention path, pairs per forward, pairs per chunk): before and in session 13 a
     # forward took 65,536 pairs, sorted by length in chunks of 4,096.
     now = (scorer.batch_pairs, model.eval_chunk)
+    # (forward, attention path, pairs per forward, pairs per chunk, blocks fused in the core)
     variants = {
-        "whole chunks on torch's threads, torch's attention (before)": (whole_chunks, torch_attention, 65536, 4096),
+        "whole chunks on torch's threads, torch's attention (before)": (whole_chunks, torch_attention, 65536, 4096, False),
         f"pieces of {ACMR.eval_piece} on Python threads, torch's attention (session 13)":
-            (ACMR.forward, torch_attention, 65536, 4096),
-        f"the whole set sorted, chunks of {now[1]}, the core's attention (now)": (ACMR.forward, default_path, *now),
+            (ACMR.forward, torch_attention, 65536, 4096, False),
+        f"the whole set sorted, chunks of {now[1]}, the core's attention, torch's blocks (session 14)":
+            (ACMR.forward, default_path, *now, False),
+        "the same, the blocks fused in the core (now)": (ACMR.forward, default_path, *now, True),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}  # less inflated by other load than wall time
     scores: dict[str, np.ndarray] = {}
     try:
         for _ in range(args.repeat):
-            for name, (forward, path, batch, chunk) in variants.items():
+            for name, (forward, path, batch, chunk, fused) in variants.items():
                 model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
+                model._fused = types.MethodType(ACMR._fused if fused else lambda self, x: False, model)  # type: ignore[method-assign]
                 EncoderBlock.path = path  # type: ignore[method-assign]
                 scorer.batch_pairs, model.eval_chunk = batch, chunk
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -248,8 +253,8 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     finally:
         EncoderBlock.path = default_path  # type: ignore[method-assign]
         scorer.batch_pairs, model.eval_chunk = now
-        del model.forward
-    before, pieces, now = scores.values()
+        del model.forward, model._fused
+    before, pieces, blocks, now = scores.values()
     t = table(f"ACMR: scoring the {args.target} test set ({queries.size:,} queries × {candidates.shape[1]} candidates, "
               f"mean history {lengths.mean():.1f}), paper's model, {torch.get_num_threads()} torch threads, "
               f"median of {args.repeat}", ["variant", "median", "runs", "pairs/s", "CPU time (median)", "pairs per CPU s"])
@@ -260,8 +265,9 @@ def evaluation(args: argparse.Namespace, device: torch.device, work: Path) -> No
     console.print(t)
     rank = lambda s: (s[:, 1:] > s[:, :1]).sum(1)  # noqa: E731 - candidates above the held-out item
     console.print(f"torch's attention, pieces against whole chunks: scores equal bit for bit: {np.array_equal(before, pieces)}")
-    console.print(f"the core's attention against torch's: largest score difference {np.abs(now - pieces).max():.2e}, "
-                  f"held-out items ranked differently in {int((rank(now) != rank(pieces)).sum())} of {queries.size:,} queries")
+    for name, ours in (("the core's attention", blocks), ("the core's fused blocks", now)):
+        console.print(f"{name} against torch's: largest score difference {np.abs(ours - pieces).max():.2e}, held-out "
+                      f"items ranked differently in {int((rank(ours) != rank(pieces)).sum())} of {queries.size:,} queries")
     if not args.queries:  # the whole evaluation as `xmfast evaluate` runs it: scores, ranks, metrics
         t0 = time.perf_counter()
         ev = evaluate_scorer(ds, "test", scorer, markets=[ds.target])

@@ -141,6 +141,64 @@ def test_core_attention_equals_torch_on_real_positions(heads: int, head_dim: int
     torch.testing.assert_close(got[~padding], want[~padding], rtol=2e-5, atol=2e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(heads=st.integers(1, 8), head_dim=st.sampled_from([1, 2, 3, 4, 5]), ff=st.integers(1, 5), blocks=st.integers(1, 3),
+       width=st.integers(1, 12), n=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_fused_core_blocks_equal_torch_block_by_block(heads: int, head_dim: int, ff: int, blocks: int, width: int,
+                                                       n: int, seed: int) -> None:
+    """`core.encoder`, every block in one call, against the same blocks one at a time on torch's
+    keys-first path: the same outputs at every real position, for any shape (heads of 4
+    dimensions filling vectors of 16 take the core's AVX-512 attention where the CPU has it,
+    others its portable one), block count and padding; zero at padded positions."""
+    from xmfast import core
+    from xmfast.models.acmr import EncoderBlock
+
+    gen = torch.Generator().manual_seed(seed)
+    d = heads * head_dim
+    torch.manual_seed(seed)
+    stack = [EncoderBlock(d, heads, ff * d, 0.3).eval() for _ in range(blocks)]
+    for block in stack:  # norms that are not the identity
+        torch.nn.init.normal_(block.norm1.weight, 1.0, 0.3), torch.nn.init.normal_(block.norm2.bias, 0.0, 0.3)
+    x = torch.randn(n, width, d, generator=gen) * 3
+    lengths = torch.randint(0, width, (n,), generator=gen)
+    padding = torch.arange(width)[None, :] >= lengths[:, None]
+    padding[:, -1] = torch.rand(n, generator=gen) < 0.8  # mostly a candidate last; some sequences wholly empty
+    with torch.no_grad():
+        want = x
+        for block in stack:
+            want = block(want, padding, attention="keys-first")
+        weights = [{k: v.numpy() for k, v in block.state_dict().items()} for block in stack]
+        got = torch.from_numpy(core.encoder(x.numpy(), (~padding).numpy(), weights, heads, 1e-5, bool(seed % 2)))
+    torch.testing.assert_close(got[~padding], want[~padding], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got[padding], torch.zeros_like(got[padding]))
+
+
+def test_evaluation_fuses_the_blocks_and_training_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused call is evaluation's path on the CPU; a forward with autograd (training, or a
+    gradient asked for in evaluation) runs torch's blocks, and wrong parameters are one error."""
+    import xmfast.models.acmr as acmr
+    from xmfast import core
+
+    calls, encoder = [], core.encoder
+    monkeypatch.setattr(acmr.core, "encoder", lambda *a: calls.append(a) or encoder(*a))
+    m = _model()
+    hist, lengths = torch.randint(0, N_ITEMS, (3, 6)), torch.tensor([6, 2, 0])
+    market, cand = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        m.score_sequences(hist, lengths, market, cand)
+    assert len(calls) == 1 and len(calls[0][2]) == SMALL.blocks
+    m.score_sequences(hist, lengths, market, cand).sum().backward()  # grad enabled: torch's blocks
+    m.train()
+    m.score_sequences(hist, lengths, market, cand)
+    assert len(calls) == 1
+    with pytest.raises(KeyError, match="block 0 has no `ff2.bias`"):
+        weights = [{k: v.numpy() for k, v in m.blocks[0].state_dict().items() if k != "ff2.bias"}]
+        encoder(np.zeros((1, 2, 16), np.float32), np.ones((1, 2), bool), weights, 4, 1e-5)
+    with pytest.raises(ValueError, match="block 0: ff2"):
+        weights = [{k: v.numpy()[:3] if k == "ff2.weight" else v.numpy() for k, v in m.blocks[0].state_dict().items()}]
+        encoder(np.zeros((1, 2, 16), np.float32), np.ones((1, 2), bool), weights, 4, 1e-5)
+
+
 @pytest.mark.parametrize("rows", [8, 6])
 def test_core_scores_do_not_depend_on_the_padded_width(rows: int) -> None:
     """Why evaluation can cut each chunk of 512 pairs to its own width: through the core's

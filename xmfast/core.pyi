@@ -232,6 +232,22 @@ def attention(
     the real keys of `scale`·q·k applied to v, zero at padded positions. `parallel`: on the core's
     threads (False: the calling thread only). Releases the GIL."""
     ...
+def encoder(
+    x: npt.NDArray[np.float32],
+    real: npt.NDArray[np.bool_],
+    blocks: list[dict[str, npt.NDArray[np.float32]]],
+    heads: int,
+    eps: float,
+    parallel: bool = True,
+) -> npt.NDArray[np.float32]:
+    """Post-norm transformer encoder blocks (``nn.TransformerEncoderLayer``'s maths, ReLU, in
+    evaluation) on padded sequences, all blocks in one call: `x` (n, width, d), `real` (n, width);
+    `blocks` one dict per block of float32 arrays named as ACMR's ``EncoderBlock`` state dict
+    (``in_proj.weight`` (3d, d), ``in_proj.bias``, ``out_proj.*``, ``ff1.*``, ``ff2.*``, ``norm1.*``,
+    ``norm2.*``), `eps` the norms'. Returns (n, width, d): every real position's output, zero at
+    padded positions, which are never attended to. KeyError names a missing parameter, ValueError
+    a wrong shape. `parallel`: on the core's threads. Releases the GIL."""
+    ...
 def parse_date(text: str) -> int: ...
 def format_date(day: int) -> str: ...
 def stable_hash(text: str) -> int: ...

@@ -88,6 +88,9 @@ class EncoderBlock(nn.Module):
       (``xmfast.core.attention``), 3× less time than keys-first for ACMR's 8 heads of 4
       dimensions, which torch runs as thousands of tiny matrix products plus the copies that lay
       them out. Scores agree with the torch paths to float rounding, not bit for bit.
+
+    ACMR's evaluation goes further where every block would take the core path: the whole stack
+    runs in one call of ``core.encoder`` (see ``ACMR._encode_in_core``).
     """
 
     PATHS = ("sdpa", "keys-first", "core")
@@ -265,6 +268,22 @@ class ACMR(nn.Module):
             out[piece] = logits
         return out
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the blocks run as one call of the core (`core.encoder`): where every block
+        would take its core path (CPU inference in float32) and the norms share one eps."""
+        return (all(block.path(x) == "core" for block in self.blocks)
+                and len({n.eps for block in self.blocks for n in (block.norm1, block.norm2)}) == 1)
+
+    def _encode_in_core(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """The blocks on `x` (B, L, d) in the Rust core, fused: each sequence's real positions go
+        through every block while they stay in cache, 2-3× faster than the blocks one operation
+        at a time. Padded positions come back zero (torch's are unspecified; both are unread)."""
+        weights = [{k: v.numpy() for k, v in block.state_dict().items()} for block in self.blocks]
+        # On the core's threads only where torch may use several (see EncoderBlock.forward).
+        out = core.encoder(x.contiguous().numpy(), real.numpy(), weights, self.config.heads,
+                           self.blocks[0].norm1.eps, torch.get_num_threads() > 1)
+        return torch.from_numpy(out)
+
     def score_sequences(self, history: torch.Tensor, lengths: torch.Tensor, market: torch.Tensor,
                         candidates: torch.Tensor) -> torch.Tensor:
         """Logits of `candidates` ((B,) or (B, C)) for histories `history` (B, L) of which the
@@ -283,9 +302,12 @@ class ACMR(nn.Module):
         positions = torch.arange(length + 1, device=history.device)
         real = positions[None, :] < lengths.repeat_interleave(c)[:, None]
         real[:, length] = True  # the candidate position
-        h = x
-        for block in self.blocks:
-            h = block(h, ~real)
+        if self._fused(x):
+            h = self._encode_in_core(x, real)
+        else:
+            h = x
+            for block in self.blocks:
+                h = block(h, ~real)
         hist_mask = real[:, :length, None].to(h.dtype)
         user = (h[:, :length] * hist_mask).sum(1) / hist_mask.sum(1).clamp(min=1.0)
         logits = self.output(torch.cat([user, h[:, length]], dim=-1)).reshape(b, c)

@@ -818,6 +818,67 @@ fn attention<'py>(
     Ok(a.into_pyarray(py))
 }
 
+/// The parameter names of one encoder block, as in the state dict of ACMR's `EncoderBlock`.
+const BLOCK_PARAMETERS: [&str; 12] = [
+    "in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias", "ff1.weight", "ff1.bias",
+    "ff2.weight", "ff2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+];
+
+/// Post-norm transformer encoder blocks of padded sequences, forward only (see
+/// `xmfast_core::encoder::encoder`): `x` (n, width, d) float32, `real` (n, width) bool, `blocks`
+/// one dict per block of float32 arrays named as in `EncoderBlock`'s state dict, `eps` the
+/// norms'. Returns (n, width, d), zero at padded positions. `parallel`: on the core's threads.
+#[pyfunction]
+#[pyo3(signature = (x, real, blocks, heads, eps, parallel=true))]
+fn encoder<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray3<'py, f32>,
+    real: PyReadonlyArray2<'py, bool>,
+    blocks: Vec<std::collections::HashMap<String, PyReadonlyArrayDyn<'py, f32>>>,
+    heads: usize,
+    eps: f32,
+    parallel: bool,
+) -> PyResult<Bound<'py, PyArray3<f32>>> {
+    let (n, width, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    if real.shape() != [n, width] || heads == 0 || d % heads != 0 {
+        return Err(PyValueError::new_err(format!(
+            "encoder: x {:?} and real {:?} must be (n, width, heads·head_dim) and (n, width), heads {heads}",
+            x.shape(),
+            real.shape()
+        )));
+    }
+    let xs = x.as_slice().map_err(|_| PyValueError::new_err("`x` must be C-contiguous"))?;
+    let r = real.as_slice().map_err(|_| PyValueError::new_err("`real` must be C-contiguous"))?;
+    let mut parameters = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let mut p: Vec<&[f32]> = Vec::with_capacity(BLOCK_PARAMETERS.len());
+        for name in BLOCK_PARAMETERS {
+            let a = block.get(name).ok_or_else(|| PyKeyError::new_err(format!("encoder: block {i} has no `{name}`")))?;
+            p.push(a.as_slice().map_err(|_| PyValueError::new_err(format!("encoder: block {i}'s `{name}` must be C-contiguous")))?);
+        }
+        parameters.push(p);
+    }
+    fn dense<'a>(p: &[&'a [f32]], i: usize) -> xc::encoder::Dense<'a> {
+        xc::encoder::Dense { weight: p[i], bias: p[i + 1] }
+    }
+    let blocks: Vec<xc::encoder::Block<'_>> = parameters
+        .iter()
+        .map(|p| xc::encoder::Block {
+            in_proj: dense(p, 0),
+            out_proj: dense(p, 2),
+            ff1: dense(p, 4),
+            ff2: dense(p, 6),
+            norm1: xc::encoder::Norm { weight: p[8], bias: p[9], eps },
+            norm2: xc::encoder::Norm { weight: p[10], bias: p[11], eps },
+        })
+        .collect();
+    let mut out = vec![0f32; n * width * d];
+    let layout = xc::attention::Layout { width, heads, head_dim: d / heads, scale: ((d / heads) as f32).powf(-0.5), parallel };
+    py.detach(|| xc::encoder::encoder(xs, r, &blocks, layout, &mut out)).map_err(py_err)?;
+    let a = Array3::from_shape_vec((n, width, d), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
 /// Number of (i, j) pairs nonzero in both co-occurrence structures (each pair counted twice).
 #[pyfunction]
 fn shared_pairs(
@@ -1147,6 +1208,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_date, m)?)?;
     m.add_function(wrap_pyfunction!(padded_histories, m)?)?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
+    m.add_function(wrap_pyfunction!(encoder, m)?)?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

@@ -81,10 +81,10 @@ fn attention_on<L: Lanes>(qkv: &[f32], real: &[bool], layout: Layout, out: &mut 
 /// Heads per vector: the work is laid out head-innermost, `[position][dim][head]`, and runs on
 /// all heads of a group at once (with ACMR's heads of 4 dimensions a per-head loop is 4-long
 /// dot products, all overhead). Heads are padded with zeros to a multiple of `LANES`.
-const LANES: usize = 4;
+pub(crate) const LANES: usize = 4;
 
 /// Per-task buffers, each of vectors `L` of `LANES` heads.
-struct Scratch<L> {
+pub(crate) struct Scratch<L> {
     index: Vec<usize>,
     keys: Vec<L>,   // [key][dim][group]
     values: Vec<L>, // [key][dim][group]
@@ -97,7 +97,7 @@ struct Scratch<L> {
 }
 
 impl<L: Lanes> Scratch<L> {
-    fn new(width: usize, groups: usize, dh: usize) -> Self {
+    pub(crate) fn new(width: usize, groups: usize, dh: usize) -> Self {
         let zero = L::splat(0.0);
         Scratch {
             index: Vec::with_capacity(width),
@@ -112,7 +112,7 @@ impl<L: Lanes> Scratch<L> {
         }
     }
 
-    fn sequence(&mut self, qkv: &[f32], real: &[bool], heads: usize, dh: usize, scale: f32, out: &mut [f32]) {
+    pub(crate) fn sequence(&mut self, qkv: &[f32], real: &[bool], heads: usize, dh: usize, scale: f32, out: &mut [f32]) {
         let (d, g) = (heads * dh, self.groups);
         self.index.clear();
         for (j, (&r, o)) in real.iter().zip(out.chunks_exact_mut(d)).enumerate() {
@@ -200,19 +200,19 @@ fn gather<L: Lanes>(from: &[f32], to: &mut [L], heads: usize, dh: usize) {
     }
 }
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 // Adding 1.5 · 2^23 rounds to an integer (to nearest, for |v| < 2^22) with no conversion
 // instruction; the integer is then the low bits of the sum.
 const ROUND: f32 = 12_582_912.0;
-const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
 
 /// Four f32 lanes and the operations the kernel needs. `Sse` (every x86-64 CPU has SSE2) and
 /// `Plain` (arrays, elsewhere) do the same IEEE operations in the same order, so a result does
 /// not depend on the platform (a test compares them bit for bit). The compiler did not vectorise
 /// plain loops over heads by itself.
-trait Lanes: Copy {
+pub(crate) trait Lanes: Copy {
     fn splat(x: f32) -> Self;
     fn from_array(a: [f32; LANES]) -> Self;
     fn to_array(self) -> [f32; LANES];
@@ -248,13 +248,13 @@ trait Lanes: Copy {
 }
 
 #[cfg(target_arch = "x86_64")]
-type F4 = Sse;
+pub(crate) type F4 = Sse;
 #[cfg(not(target_arch = "x86_64"))]
-type F4 = Plain;
+pub(crate) type F4 = Plain;
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Sse(std::arch::x86_64::__m128);
+pub(crate) struct Sse(std::arch::x86_64::__m128);
 
 /// The lane-wise binary operations of `Sse`, each one SSE instruction.
 #[cfg(target_arch = "x86_64")]
@@ -297,7 +297,7 @@ impl Lanes for Sse {
 
 #[cfg(any(test, not(target_arch = "x86_64")))]
 #[derive(Clone, Copy)]
-struct Plain([f32; LANES]);
+pub(crate) struct Plain([f32; LANES]);
 
 #[cfg(any(test, not(target_arch = "x86_64")))]
 impl Plain {
@@ -434,7 +434,7 @@ mod tests {
         let mut rng = crate::rng::Rng::new(5);
         let (n, width, heads, dh) = (9, 13, 8, 4);
         let qkv: Vec<f32> = (0..n * width * 3 * heads * dh).map(|_| (rng.next_u64() % 4001) as f32 / 400.0 - 5.0).collect();
-        let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || rng.next_u64() % 3 > 0).collect();
+        let real: Vec<bool> = (0..n * width).map(|p| p % width == width - 1 || !rng.next_u64().is_multiple_of(3)).collect();
         let (mut a, mut b) = (vec![0.0; n * width * heads * dh], vec![0.0; n * width * heads * dh]);
         attention_on::<F4>(&qkv, &real, lay(width, heads, dh, 0.5, true), &mut a).unwrap();
         attention_on::<Plain>(&qkv, &real, lay(width, heads, dh, 0.5, false), &mut b).unwrap();

@@ -6,12 +6,14 @@
 //! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
 //! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
 //! counts item co-occurrence; [`history`] pads histories for sequence models; [`synth`] writes
-//! synthetic XMarket-format data; [`attention`] runs a sequence model's attention in evaluation.
+//! synthetic XMarket-format data; [`attention`] runs a sequence model's attention in evaluation and
+//! [`encoder`] its whole stack of encoder blocks.
 
 pub mod attention;
 pub mod columns;
 pub mod cooc;
 pub mod delimited;
+pub mod encoder;
 pub mod error;
 pub mod filter;
 pub mod history;

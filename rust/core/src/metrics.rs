@@ -117,7 +117,7 @@ impl Layout<'_> {
                         "scores: a score matrix needs at least one column",
                     ));
                 }
-                if len % cols != 0 {
+                if !len.is_multiple_of(cols) {
                     return Err(Error::invalid(format!(
                         "scores: {len} values do not fill rows of {cols}"
                     )));
