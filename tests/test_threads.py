@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from xmfast.models import get_model
+from xmfast.models.api import Sizes
 from xmfast.models.acmr import ACMR
 from xmfast.models.sasrec import SASRec
 from xmfast.models.settings import ACMRConfig, SASRecConfig
@@ -80,23 +81,50 @@ def test_attention_with_dropout_gets_the_one_thread_gradients() -> None:
     assert all(torch.equal(a, b) for a, b in zip(expected, _sdpa_grads(2, ours=True)))
 
 
+def _linear_grads(threads: int, linear: type[nn.Linear]) -> list[torch.Tensor]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        layer = linear(32, 96)
+        x = torch.randn(4096, 32, generator=gen).requires_grad_()
+        out = layer(x)
+        out.backward(torch.randn(out.shape, generator=gen))
+        return [out.detach(), x.grad, layer.weight.grad, layer.bias.grad]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_linear_weight_gradient_is_the_one_thread_one() -> None:
+    from xmfast.models.threads import Linear
+
+    expected = _linear_grads(1, nn.Linear)
+    assert all(torch.equal(a, b) for a, b in zip(expected, _linear_grads(2, Linear)))
+
+
 def test_torch_itself_depends_on_the_thread_count() -> None:
-    """Why the module exists: if this ever fails, torch's kernels became thread-independent and
-    the module can go."""
+    """Why the module exists: some of the gradients it guards differ between one thread and two
+    (which ones depends on the CPU and its BLAS: LayerNorm's parameters' here and on the
+    earlier machines, attention's query on those, a linear map's weight on Intel family 6 model
+    207), while the outputs and the other gradients never do. If the first assertion ever
+    fails, torch's kernels became thread-independent and the module can go."""
     gen = torch.Generator().manual_seed(0)
     x, g = torch.randn(4096, 32, generator=gen), torch.randn(4096, 32, generator=gen)
     norm = nn.LayerNorm(32)
-    one, two = _grads(norm, x, g, threads=1), _grads(norm, x, g, threads=2)
-    assert torch.equal(one[1], two[1])  # the input gradient is the same ...
-    assert not (torch.equal(one[2], two[2]) and torch.equal(one[3], two[3]))  # ... the parameters' are not
-    one, two = _sdpa_grads(1, ours=False), _sdpa_grads(2, ours=False)
-    assert torch.equal(one[0], two[0]) and torch.equal(one[3], two[3])  # output and value gradient the same
-    assert not torch.equal(one[1], two[1])  # the query gradient not
+    norm_one, norm_two = _grads(norm, x, g, threads=1), _grads(norm, x, g, threads=2)
+    sdpa_one, sdpa_two = _sdpa_grads(1, ours=False), _sdpa_grads(2, ours=False)
+    linear_one, linear_two = _linear_grads(1, nn.Linear), _linear_grads(2, nn.Linear)
+    assert not (torch.equal(norm_one[2], norm_two[2]) and torch.equal(norm_one[3], norm_two[3])
+                and torch.equal(sdpa_one[1], sdpa_two[1]) and torch.equal(linear_one[2], linear_two[2]))
+    assert torch.equal(norm_one[1], norm_two[1])  # the input gradient is the same
+    assert torch.equal(sdpa_one[0], sdpa_two[0]) and torch.equal(sdpa_one[3], sdpa_two[3])  # output, value gradient
+    assert all(torch.equal(linear_one[i], linear_two[i]) for i in (0, 1, 3))  # output, input and bias gradients
 
 
 def _model_step(name: str, threads: int) -> dict[str, torch.Tensor]:
     """The gradients of one training-mode step (dropout on, seeded) of a small ACMR or SASRec on
-    random sequences, on `threads` torch threads."""
+    random sequences, or of an NCF model on random pairs, on `threads` torch threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -107,20 +135,25 @@ def _model_step(name: str, threads: int) -> dict[str, torch.Tensor]:
             lengths, market = torch.randint(1, 13, (512,)), torch.randint(0, 3, (512,))
             logits = model.score_sequences(history, lengths, market, torch.randint(0, 200, (512, 3)))
             loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.rand(512, 3).round())
-        else:
+        elif name == "sasrec":
             model = SASRec(200, 3, SASRecConfig(embedding_dim=16, blocks=2, heads=2, history=12))
             states = model.encode(torch.randint(0, 200, (512, 12)), torch.randint(0, 3, (512,)))
             loss = (states * torch.randn(states.shape)).sum()
+        else:  # the NCF family at FOREC's widths, a batch of 4,096
+            spec = get_model(name)
+            model = spec.build(Sizes(groups=300, items=200, markets=2), spec.config_type())
+            users, items = torch.randint(0, 300, (4096,)), torch.randint(0, 200, (4096,))
+            loss = nn.functional.binary_cross_entropy_with_logits(model(users, items), torch.rand(4096).round())
         loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name", ["acmr", "sasrec"])
-def test_a_transformer_step_has_the_same_gradients_on_one_and_two_threads(name: str) -> None:
+@pytest.mark.parametrize("name", ["acmr", "sasrec", "gmf", "mlp", "nmf"])
+def test_a_step_has_the_same_gradients_on_one_and_two_threads(name: str) -> None:
     one, two = _model_step(name, 1), _model_step(name, 2)
-    assert len(one) > 10 and one.keys() == two.keys()
+    assert len(one) >= 3 and one.keys() == two.keys()
     assert [n for n in one if not torch.equal(one[n], two[n])] == []
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmfast import core
-from xmfast.models.threads import LayerNorm
+from xmfast.models.threads import LayerNorm, Linear
 from xmfast.models.settings import ACMRConfig
 
 if TYPE_CHECKING:
@@ -98,10 +98,10 @@ class EncoderBlock(nn.Module):
     def __init__(self, d: int, heads: int, ff: int, p: float) -> None:
         super().__init__()
         self.heads, self.p = heads, p
-        self.in_proj = nn.Linear(d, 3 * d)
-        self.out_proj = nn.Linear(d, d)
-        self.ff1 = nn.Linear(d, ff)
-        self.ff2 = nn.Linear(ff, d)
+        self.in_proj = Linear(d, 3 * d)
+        self.out_proj = Linear(d, d)
+        self.ff1 = Linear(d, ff)
+        self.ff2 = Linear(ff, d)
         self.norm1 = LayerNorm(d)
         self.norm2 = LayerNorm(d)
 
@@ -180,7 +180,7 @@ class ACMR(nn.Module):
         )
         # Only when configured, so runs without it keep their state dicts.
         self.embedding_norm = LayerNorm(d, eps=1e-5) if config.embedding_norm else None
-        self.output = nn.Linear(2 * d, 1)
+        self.output = Linear(2 * d, 1)
         nn.init.normal_(self.item_embedding.weight, 0.0, d**-0.5)
         nn.init.normal_(self.market_embedding.weight, 0.0, d**-0.5)
         with torch.no_grad():

@@ -15,6 +15,7 @@ from torch import nn
 
 from xmfast.models.ncf import NMF, initialise_weights
 from xmfast.models.settings import FORECConfig
+from xmfast.models.threads import Linear
 
 
 class FOREC(nn.Module):
@@ -25,10 +26,10 @@ class FOREC(nn.Module):
         width = config.nmf.mlp.layers[-1] + config.nmf.gmf.embedding_dim
         layers: list[nn.Module] = []
         for h in config.head:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [Linear(width, h), nn.ReLU()]
             width = h
         self.head = nn.Sequential(*layers)
-        self.output = nn.Linear(width, 1)
+        self.output = Linear(width, 1)
         initialise_weights(self.head, config.init, config.init_std)
         initialise_weights(self.output, config.init, config.init_std)
         self.freeze()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from xmfast.models.settings import GMFConfig, MLPConfig, NMFConfig
+from xmfast.models.threads import Linear
 
 
 def initialise_weights(module: nn.Module, init: str, std: float) -> None:
@@ -37,7 +38,7 @@ class GMF(nn.Module):
         self.config = config
         self.user_embedding = nn.Embedding(n_users, config.embedding_dim)
         self.item_embedding = nn.Embedding(n_items, config.embedding_dim)
-        self.output = nn.Linear(config.embedding_dim, 1)
+        self.output = Linear(config.embedding_dim, 1)
         initialise_weights(self, config.init, config.init_std)
 
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -55,9 +56,9 @@ class MLP(nn.Module):
         self.item_embedding = nn.Embedding(n_items, config.embedding_dim)
         tower: list[nn.Module] = []
         for width_in, width_out in zip(config.layers[:-1], config.layers[1:]):
-            tower += [nn.Linear(width_in, width_out), nn.ReLU()]
+            tower += [Linear(width_in, width_out), nn.ReLU()]
         self.tower = nn.Sequential(*tower)
-        self.output = nn.Linear(config.layers[-1], 1)
+        self.output = Linear(config.layers[-1], 1)
         initialise_weights(self, config.init, config.init_std)
 
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ class NMF(nn.Module):
         self.config = config
         self.gmf, self.mlp = branches or (GMF(n_users, n_items, config.gmf), MLP(n_users, n_items, config.mlp))
         # The branches' own heads are unused inside NMF; they stay so the branches load as is.
-        self.output = nn.Linear(config.mlp.layers[-1] + config.gmf.embedding_dim, 1)
+        self.output = Linear(config.mlp.layers[-1] + config.gmf.embedding_dim, 1)
         initialise_weights(self.output, config.gmf.init, config.gmf.init_std)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmfast.models.acmr import dropout
-from xmfast.models.threads import LayerNorm, one_thread_backward
+from xmfast.models.threads import LayerNorm, Linear, one_thread_backward
 from xmfast.models.settings import SASRecConfig
 
 if TYPE_CHECKING:
@@ -50,11 +50,11 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.heads, self.p = heads, p
         self.norm1 = LayerNorm(d, eps=1e-8)
-        self.in_proj = nn.Linear(d, 3 * d)
-        self.out_proj = nn.Linear(d, d)
+        self.in_proj = Linear(d, 3 * d)
+        self.out_proj = Linear(d, d)
         self.norm2 = LayerNorm(d, eps=1e-8)
-        self.ff1 = nn.Linear(d, d)
-        self.ff2 = nn.Linear(d, d)
+        self.ff1 = Linear(d, d)
+        self.ff2 = Linear(d, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape

@@ -5,10 +5,14 @@ gradients (per-thread partial sums over the rows) and the math path of
 ``scaled_dot_product_attention`` with dropout (its query and key gradients). The same step on
 one thread and on two then differs in the last bits, and a transformer trained by
 ``xmfast run --jobs 2`` (one thread per stage) would not equal the serial run (every thread).
-Every other operation of ACMR's and SASRec's steps gives the same bits on any number of threads
-(tests/test_threads.py checks whole steps). So those two run their backward on one thread:
-their gradients are a one-thread run's whatever the thread count, for one pass of a small
-operation on one core. On other devices, and on one thread, nothing changes.
+On some CPUs (Intel family 6 model 207 with torch 2.15's MKL) a linear map's weight
+gradient is a third: its product splits the sum over the batch rows between threads. Every other
+operation of ACMR's, SASRec's and the NCF family's steps gives the same bits on any number of
+threads (tests/test_threads.py checks whole steps). So those three run their backward (the
+linear map: its weight gradient only) on one thread: their gradients are a one-thread run's
+whatever the thread count, for one pass of a small operation on one core. On other devices, and
+on one thread, nothing changes. MAML's steps run under torch.func transforms, which get torch's
+own linear map: on such a CPU they still depend on the thread count.
 """
 
 from __future__ import annotations
@@ -69,3 +73,56 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, eps = self.normalized_shape, self.eps
         return one_thread_backward(lambda x, w, b: F.layer_norm(x, shape, w, b, eps), x, self.weight, self.bias)
+
+
+class _OneThreadWeightGradient(torch.autograd.Function):
+    """``F.linear`` whose weight gradient is computed on one thread. On some CPUs (seen on Intel
+    family 6 model 207 with torch 2.15's MKL) the product ``grad.T @ x`` splits its sum over the
+    batch rows between threads, so it differs in the last bits between one thread and two; the
+    input and bias gradients do not. The backward is torch's own linear backward otherwise."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                grad_w = rows.t().mm(x.reshape(-1, x.shape[-1]))
+            finally:
+                torch.set_num_threads(threads)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _transforms_active() -> bool:
+    """Whether a torch.func transform (MAML's grad and vmap) is running: the function above is
+    not written for them, so they get torch's own linear."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else True
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) whose weight gradient does not depend
+    on the CPU thread count (see `_OneThreadWeightGradient`). On one thread, on other devices,
+    without autograd and under torch.func transforms it is ``nn.Linear`` exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and self.weight.requires_grad and x.device.type == "cpu"
+                and torch.get_num_threads() > 1 and not _transforms_active()):
+            return _OneThreadWeightGradient.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
