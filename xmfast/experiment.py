@@ -248,24 +248,20 @@ def restrict(exp: Experiment, *, models: Sequence[str] | None = None, targets: S
     every part. Each value must be one of the file's own: a typo is refused, not an empty grid."""
     where = f"{exp.path or exp.name}: "
     changes: dict[str, Any] = {}
-    for option, given, listed in (("--models", models, exp.models), ("--seeds", seeds, exp.seeds)):
-        if given is not None:
-            missing = [v for v in given if v not in listed]
-            if missing or not given:
-                raise XmfastError(f"{where}{option} {','.join(map(str, given))}: "
-                                  f"{f'{missing[0]!r} is not among' if missing else 'name at least one of'} the file's "
-                                  f"{option[2:]} ({', '.join(map(str, listed))})")
-            changes[option[2:]] = tuple(dict.fromkeys(given))
+    for option, given, listed in (("--models", models, exp.models), ("--targets", targets, exp.targets),
+                                  ("--seeds", seeds, exp.seeds)):
+        if given is None:
+            continue
+        # targets = "all": any market is the file's (plan checks each against the data)
+        missing = [] if listed == "all" else [v for v in given if v not in listed]
+        if missing or not given:
+            raise XmfastError(f"{where}{option} {','.join(map(str, given))}: "
+                              f"{f'{missing[0]!r} is not among' if missing else 'name at least one of'} the file's "
+                              f"{option[2:]} ({'all' if listed == 'all' else ', '.join(map(str, listed))})")
+        changes[option[2:]] = tuple(dict.fromkeys(given))
     if models is not None:  # a [tune.NAME] table goes with the entry it tunes
         changes["tune"] = {k: v for k, v in exp.tune.items() if not isinstance(v, dict)
                            or tuned_entry(exp.models, k) in (None, *changes["models"])}
-    if targets is not None:
-        if not targets or (exp.targets != "all" and any(t not in exp.targets for t in targets)):
-            bad = next((t for t in targets if t not in exp.targets), None) if targets else None
-            raise XmfastError(f"{where}--targets {','.join(targets)}: "
-                              f"{f'{bad!r} is not among' if bad else 'name at least one of'} the file's targets "
-                              f"({', '.join(exp.targets) if exp.targets != 'all' else 'all'})")
-        changes["targets"] = tuple(dict.fromkeys(targets))  # with targets = "all": checked against the data by plan
     return replace(exp, **changes, whole=exp.whole or exp)
 
 
