@@ -20,6 +20,10 @@ create_exception!(
     "A rating file is malformed; the message names the file and, where there is one, the line."
 );
 
+/// Two or three numpy arrays returned together.
+type Arrays2<'py, A, B> = (Bound<'py, A>, Bound<'py, B>);
+type Arrays3<'py, A, B, C> = (Bound<'py, A>, Bound<'py, B>, Bound<'py, C>);
+
 /// Maps a core error to the matching Python exception.
 fn py_err(e: xc::Error) -> PyErr {
     let message = e.to_string();
@@ -462,7 +466,7 @@ fn restrict_items_mask<'py>(
 fn compact_ids<'py>(
     py: Python<'py>,
     ids: PyReadonlyArray1<'py, u32>,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>)> {
+) -> PyResult<Arrays2<'py, PyArray1<u32>, PyArray1<u32>>> {
     let ids = slice("ids", &ids)?;
     let (new, old) = py.detach(|| xc::filter::compact_ids(ids));
     Ok((vec_to_py(py, new), vec_to_py(py, old)))
@@ -475,7 +479,7 @@ fn market_items<'py>(
     market: PyReadonlyArray1<'py, u16>,
     item: PyReadonlyArray1<'py, u32>,
     n_markets: usize,
-) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u32>>)> {
+) -> PyResult<Arrays2<'py, PyArray1<u64>, PyArray1<u32>>> {
     let (m, i) = (slice("market", &market)?, slice("item", &item)?);
     if m.len() != i.len() {
         return Err(PyValueError::new_err("`market` and `item` differ in length"));
@@ -549,7 +553,7 @@ fn eval_candidates<'py>(
     user_keys: PyReadonlyArray1<'py, u64>,
     market_names: Vec<String>,
     users: PyRef<'py, Vocab>,
-) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray2<u32>>)> {
+) -> PyResult<Arrays2<'py, PyArray2<u32>, PyArray2<u32>>> {
     let protocol: xc::protocol::Protocol = protocol.parse().map_err(py_err)?;
     let gm = slice("group_market", &group_market)?;
     let gu = slice("group_user", &group_user)?;
@@ -721,7 +725,7 @@ fn cooccurrence<'py>(
     markets: Vec<u16>,
     n_items: usize,
     max_history: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>)> {
+) -> PyResult<Arrays3<'py, PyArray1<u64>, PyArray1<u32>, PyArray1<u32>>> {
     let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
     let gm = slice("group_market", &group_market)?;
     let c = py
@@ -751,7 +755,7 @@ fn padded_histories<'py>(
     cooc_indices: Option<PyReadonlyArray1<'py, u32>>,
     cooc_counts: Option<PyReadonlyArray1<'py, u32>>,
     leave_out: Option<PyReadonlyArray1<'py, u32>>,
-) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray1<u32>>)> {
+) -> PyResult<Arrays2<'py, PyArray2<u32>, PyArray1<u32>>> {
     let rule: xc::history::Truncation = rule.parse().map_err(py_err)?;
     let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
     let rows_s = slice("rows", &rows)?;

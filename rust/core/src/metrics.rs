@@ -643,8 +643,9 @@ pub fn top_k<T: Score>(
                     "row {i}: score of column {c} is NaN"
                 )));
             }
-            // Columns arrive in ascending order, so an equal score never displaces.
-            if best.len() == k && !(s > best[k - 1].0) {
+            // Columns arrive in ascending order, so an equal score never displaces (no score
+            // here is NaN: checked above, and `best` holds only such scores).
+            if best.len() == k && s <= best[k - 1].0 {
                 continue;
             }
             let at = best.partition_point(|&(b, _)| b >= s);

@@ -412,8 +412,8 @@ pub fn gather_instances(
     if out_keys.len() != m || out_items.len() != m || out_labels.len() != m {
         return Err(Error::invalid(format!("gather_instances: the outputs must hold {m} instances, as `order` does")));
     }
-    let drawn = if k == 0 { 0 } else { negatives.len() / k };
-    if k > 0 && negatives.len() % k != 0 {
+    let drawn = negatives.len().checked_div(k).unwrap_or(0);
+    if k > 0 && !negatives.len().is_multiple_of(k) {
         return Err(Error::invalid(format!("gather_instances: {} negatives are not rows of {k}", negatives.len())));
     }
     if k > 0 {
