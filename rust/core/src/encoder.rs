@@ -7,8 +7,9 @@
 //! 1 GB/s on rows of 32, residual additions, a ReLU), each a pass over memory: at 21 GFLOP/s,
 //! a fifth of what one core's AVX-512 units do. Here a few dozen sequences at a time go
 //! through every block while they stay in the core's cache, the matrix products run on a
-//! register-blocked kernel with the bias, ReLU, residual and norm applied where the product is
-//! written, and padded positions are never computed: only real positions are gathered.
+//! register-blocked kernel with the bias and ReLU applied where the product is written (the
+//! residual and the norm follow in one pass), and padded positions are never computed: only
+//! real positions are gathered.
 //!
 //! The maths is `nn.TransformerEncoderLayer`'s (post-norm, ReLU feed-forward) in evaluation:
 //! `x = norm1(x + out(attention(in(x))))`, `x = norm2(x + ff2(relu(ff1(x))))`. Results agree
