@@ -167,7 +167,9 @@ def test_transformers_trained_on_two_threads_give_the_pinned_one_thread_results(
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with threadpool_limits(1):  # numpy's BLAS as in the pinned runs (torch's threads are the point)
+        # numpy's BLAS on one thread as in the pinned runs, and only it: limiting OpenMP too would
+        # make torch report one thread while its MKL (set by torch.set_num_threads) kept two
+        with threadpool_limits(1, user_api="blas"):
             train(ds, tmp_path / name, s["model"], spec.config_type(**s["config"]), spec.train_config(**s["train"]))
     finally:
         torch.set_num_threads(threads)
