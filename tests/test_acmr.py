@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xmfast.models.acmr import ACMR, ACMRConfig
@@ -142,6 +142,8 @@ def test_core_attention_equals_torch_on_real_positions(heads: int, head_dim: int
 
 
 @settings(max_examples=30, deadline=None)
+@example(heads=8, head_dim=4, ff=4, blocks=2, width=12, n=40, seed=1)  # ACMR's shape: AVX-512 attention, 2 vectors
+@example(heads=4, head_dim=4, ff=4, blocks=1, width=9, n=33, seed=2)  # one vector of 16
 @given(heads=st.integers(1, 8), head_dim=st.sampled_from([1, 2, 3, 4, 5]), ff=st.integers(1, 5), blocks=st.integers(1, 3),
        width=st.integers(1, 12), n=st.integers(1, 40), seed=st.integers(0, 2**16))
 def test_fused_core_blocks_equal_torch_block_by_block(heads: int, head_dim: int, ff: int, blocks: int, width: int,
@@ -162,7 +164,7 @@ def test_fused_core_blocks_equal_torch_block_by_block(heads: int, head_dim: int,
     x = torch.randn(n, width, d, generator=gen) * 3
     lengths = torch.randint(0, width, (n,), generator=gen)
     padding = torch.arange(width)[None, :] >= lengths[:, None]
-    padding[:, -1] = torch.rand(n, generator=gen) < 0.8  # mostly a candidate last; some sequences wholly empty
+    padding[:, -1] = torch.rand(n, generator=gen) < 0.2  # mostly a candidate last; some sequences wholly empty
     with torch.no_grad():
         want = x
         for block in stack:

@@ -11,7 +11,7 @@ Torch and numpy's BLAS run on one thread here (threadpoolctl), so the numbers do
 The numbers are the platform's too: the same code, torch and seed give other last bits on
 another CPU (MKL's matrix products differ between CPU models), and two epochs compound them
 (mlp++'s test HR@10 moves 6% between the two platforms recorded). So the file holds one set per
-platform (`platform()`: CPU vendor, family, model and L2 size, and torch's version), compared
+platform (`platform()`: CPU vendor, family, model, AVX-512 or not, L2 size, torch's version), compared
 exactly; a platform it has no set for is compared with the first set the file recorded.
 
 Regenerating: ``XMFAST_PIN_WRITE=1 pytest tests/test_pinned.py`` writes this platform's set from
@@ -83,14 +83,26 @@ def platform() -> str:
         key, _, value = line.partition(":")
         cpu.setdefault(key.strip(), value.strip())
     l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
+    # AVX-512 picks the kernels of the core's encoder and of MKL: a VM may hide it from a CPU model
+    avx512 = ", AVX-512" if "avx512f" in cpu.get("flags", "").split() else ""
     return (f"{py_platform.machine()} {cpu.get('vendor_id', '?')} family {cpu.get('cpu family', '?')} "
-            f"model {cpu.get('model', '?')}, L2 {l2.read_text().strip() if l2.is_file() else '?'}, torch {torch.__version__}")
+            f"model {cpu.get('model', '?')}{avx512}, L2 {l2.read_text().strip() if l2.is_file() else '?'}, "
+            f"torch {torch.__version__}")
 
 
 def pinned() -> dict[str, Any]:
     """This platform's pinned set, or the file's first."""
     sets = json.loads(PINNED.read_text())
     return sets.get(platform(), next(iter(sets.values())))
+
+
+def _which() -> str:
+    """For failure messages: the set compared with."""
+    sets = json.loads(PINNED.read_text())
+    here = platform()
+    return (f"this platform's set ({here!r})" if here in sets else
+            f"the file's first set {next(iter(sets))!r}, as {PINNED.name} has none for this platform ({here!r}): "
+            "if the code did not change, the platform's bits differ; see the module docstring")
 
 
 def _observed(run_dir: Path) -> dict[str, Any]:
@@ -144,14 +156,16 @@ def observed(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict
     if WRITE:
         sets = json.loads(PINNED.read_text()) if PINNED.is_file() else {}
         sets[platform()] = json.loads(json.dumps(result, sort_keys=True))  # a new one goes last: the first stays the fallback
-        PINNED.write_text(json.dumps(sets, indent=1) + "\n")
+        partial = PINNED.with_suffix(".partial")
+        partial.write_text(json.dumps(sets, indent=1) + "\n")
+        os.replace(partial, PINNED)  # whole or not at all: another process may be reading it
     return result
 
 
 def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
     from xmfast.models import model_names
 
-    assert all(sorted(one) == sorted(observed) for one in json.loads(PINNED.read_text()).values())
+    assert sorted(pinned()) == sorted(observed), f"compared with {_which()}"
     # the built-ins are the models xmfast itself declares (an installed example package adds others)
     builtin = {n for n in model_names() if type(get_model(n)).__module__ == "xmfast.models.builtin"}
     assert {get_model(s["model"]).name for s in SETTINGS["runs"].values()} == builtin
@@ -162,4 +176,4 @@ def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
 def test_results_are_bit_identical_to_the_pinned_ones(observed: dict[str, Any], name: str) -> None:
     pins = pinned()
     assert name in pins, f"{name} is not in {PINNED.name}; regenerate it deliberately (see the module docstring)"
-    assert observed[name] == pins[name]
+    assert observed[name] == pins[name], f"compared with {_which()}"

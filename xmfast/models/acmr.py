@@ -270,8 +270,9 @@ class ACMR(nn.Module):
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether the blocks run as one call of the core (`core.encoder`): where every block
-        would take its core path (CPU inference in float32) and the norms share one eps."""
-        return (all(block.path(x) == "core" for block in self.blocks)
+        would take its core path (CPU inference in float32; not under CPU autocast, whose
+        products would be bfloat16) and the norms share one eps."""
+        return (all(block.path(x) == "core" for block in self.blocks) and not torch.is_autocast_enabled("cpu")
                 and len({n.eps for block in self.blocks for n in (block.norm1, block.norm2)}) == 1)
 
     def _encode_in_core(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,9 @@ struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     fn new(b: &Block<'a>, d: usize, ff: usize) -> std::result::Result<Self, String> {
+        if ff == 0 {
+            return Err("ff1 has no outputs (an empty feed-forward)".to_string());
+        }
         for (name, norm) in [("norm1", &b.norm1), ("norm2", &b.norm2)] {
             if norm.weight.len() != d || norm.bias.len() != d {
                 return Err(format!("{name} has {} weights and {} biases; expected {d}", norm.weight.len(), norm.bias.len()));
@@ -638,7 +641,7 @@ mod tests {
     #[test]
     fn both_attention_kernels_match_the_attention_module() {
         let mut rng = crate::rng::Rng::new(9);
-        for &(len, heads) in &[(1, 4), (3, 8), (10, 8), (51, 8), (6, 16)] {
+        for &(len, heads) in &[(1, 4), (10, 4), (10, 12), (3, 8), (10, 8), (51, 8), (6, 16)] {
             let (dh, width) = (4, len);
             let d = heads * dh;
             let layout = Layout { width, heads, head_dim: dh, scale: 0.5, parallel: false };
@@ -719,5 +722,8 @@ mod tests {
         let short = Block { ff2: Dense { weight: &p.v[6][..100], bias: &p.v[7] }, ..b };
         let e = encoder(&[0.0; 16], &[true; 2], &[short], layout, &mut out).unwrap_err().to_string();
         assert!(e.contains("block 0") && e.contains("ff2"), "{e}");
+        let empty = Block { ff1: Dense { weight: &[], bias: &[] }, ff2: Dense { weight: &[], bias: &p.v[7] }, ..b };
+        let e = encoder(&[0.0; 16], &[true; 2], &[empty], layout, &mut out).unwrap_err().to_string();
+        assert!(e.contains("empty feed-forward"), "{e}");
     }
 }
