@@ -251,12 +251,13 @@ class ACMR(nn.Module):
         chunks = [torch.arange(n, device=keys.device)] if n <= self.eval_chunk else torch.argsort(lengths).split(self.eval_chunk)
         pieces = [(piece, int(lengths[chunk].max())) for chunk in chunks for piece in chunk.split(self.eval_piece)]
         grad = torch.is_grad_enabled()
+        weights = self._core_weights()  # once for every piece
 
         def score(job: tuple[torch.Tensor, int]) -> torch.Tensor:
             piece, width = job
             with torch.set_grad_enabled(grad):  # grad mode is per thread
                 return self.score_sequences(table[keys[piece], :width], lengths[piece], market[piece],
-                                            candidates[piece]).float()
+                                            candidates[piece], core_weights=weights).float()
 
         threads = torch.get_num_threads()
         if keys.device.type == "cpu" and threads > 1 and len(pieces) > 1:
@@ -275,20 +276,27 @@ class ACMR(nn.Module):
         return (all(block.path(x) == "core" for block in self.blocks) and not torch.is_autocast_enabled("cpu")
                 and len({n.eps for block in self.blocks for n in (block.norm1, block.norm2)}) == 1)
 
-    def _encode_in_core(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def _core_weights(self) -> list[dict[str, np.ndarray]]:
+        """The blocks' parameters as `core.encoder` takes them (views, no copy)."""
+        return [{k: v.numpy() for k, v in block.state_dict().items()} for block in self.blocks]
+
+    def _encode_in_core(self, x: torch.Tensor, real: torch.Tensor,
+                        weights: list[dict[str, np.ndarray]] | None = None) -> torch.Tensor:
         """The blocks on `x` (B, L, d) in the Rust core, fused: each sequence's real positions go
         through every block while they stay in cache, 2-3× faster than the blocks one operation
-        at a time. Padded positions come back zero (torch's are unspecified; both are unread)."""
-        weights = [{k: v.numpy() for k, v in block.state_dict().items()} for block in self.blocks]
+        at a time. Padded positions come back zero (torch's are unspecified; both are unread).
+        `weights`: `_core_weights()`, when the caller scores many pieces with the same ones."""
+        weights = self._core_weights() if weights is None else weights
         # On the core's threads only where torch may use several (see EncoderBlock.forward).
         out = core.encoder(x.contiguous().numpy(), real.numpy(), weights, self.config.heads,
                            self.blocks[0].norm1.eps, torch.get_num_threads() > 1)
         return torch.from_numpy(out)
 
     def score_sequences(self, history: torch.Tensor, lengths: torch.Tensor, market: torch.Tensor,
-                        candidates: torch.Tensor) -> torch.Tensor:
+                        candidates: torch.Tensor, core_weights: list[dict[str, np.ndarray]] | None = None) -> torch.Tensor:
         """Logits of `candidates` ((B,) or (B, C)) for histories `history` (B, L) of which the
-        first `lengths` positions are real, all in market `market` (B,)."""
+        first `lengths` positions are real, all in market `market` (B,). `core_weights`: see
+        `_encode_in_core`."""
         squeeze = candidates.dim() == 1
         cand = candidates[:, None] if squeeze else candidates
         b, c = cand.shape
@@ -304,7 +312,7 @@ class ACMR(nn.Module):
         real = positions[None, :] < lengths.repeat_interleave(c)[:, None]
         real[:, length] = True  # the candidate position
         if self._fused(x):
-            h = self._encode_in_core(x, real)
+            h = self._encode_in_core(x, real, core_weights)
         else:
             h = x
             for block in self.blocks:

@@ -80,17 +80,17 @@ pub fn encoder(x: &[f32], real: &[bool], blocks: &[Block<'_>], layout: Layout, o
         .map(|(i, b)| Prepared::new(b, d, ff).map_err(|e| Error::invalid(format!("encoder: block {i}: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     let kernel = Kernel::detect();
-    let task = |out: &mut [f32], x: &[f32], real: &[bool]| {
-        Work::new(layout, ff, out.len() / (width * d)).run(x, real, &prepared, kernel, out);
-    };
+    // One set of buffers per thread, reused by each of its tasks.
+    let work = || Work::new(layout, ff, TASK);
     if parallel {
         out.par_chunks_mut(TASK * width * d)
             .zip(x.par_chunks(TASK * width * d))
             .zip(real.par_chunks(TASK * width))
-            .for_each(|((out, x), real)| task(out, x, real));
+            .for_each_init(work, |w, ((out, x), real)| w.run(x, real, &prepared, kernel, out));
     } else {
+        let mut w = work();
         for ((out, x), real) in out.chunks_mut(TASK * width * d).zip(x.chunks(TASK * width * d)).zip(real.chunks(TASK * width)) {
-            task(out, x, real);
+            w.run(x, real, &prepared, kernel, out);
         }
     }
     Ok(())
