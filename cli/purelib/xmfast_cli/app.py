@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -14,15 +15,6 @@ import typer
 from xmfast import __version__, core
 from xmfast.errors import XmfastError
 
-app = typer.Typer(
-    name="xmfast",
-    help="Fast, reproducible cross-market product recommendation on XMarket.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -30,9 +22,77 @@ F = TypeVar("F", bound=Callable[..., Any])
 PYTHON_TO_OPTION = {"users": "--user"}
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DEFER = object()  # a value the plain conversion leaves to typer
+
+
+def _plain_leaf(param: Any, ctx: Any, annotation: Any, value: Any) -> Any:
+    """`value` converted to `annotation` as typer's pydantic adapter converts it, for the plain
+    types xmfast's options have (str, int, float, Path, all without bounds); `_DEFER` for anything
+    else, including every value the adapter would refuse, so that typer still words the error."""
+    info = param.type_descriptor.parameter_info
+    if info.parser is not None or info.min is not None or info.max is not None:
+        return _DEFER
+    if annotation is str:
+        return value if isinstance(value, str) else _DEFER
+    if annotation is int or annotation is float:
+        if type(value) is annotation:
+            return value
+        if isinstance(value, str) and (_INT if annotation is int else _FLOAT).fullmatch(value):
+            return annotation(value)
+        return _DEFER
+    if annotation is Path and info.path_type is None:
+        if isinstance(value, str) and value:
+            value = Path(value)
+        if not isinstance(value, Path):
+            return _DEFER
+        from typer._param_types import coerce_cli_path  # the adapter's own checks (exists=, …)
+
+        try:
+            return coerce_cli_path(value, info, path_type=Path, param=param, ctx=ctx)
+        except ValueError:  # a NUL byte, which typer words in its own way
+            return _DEFER
+    return _DEFER
+
+
+class _PlainCoercion:
+    """Converts a command-line value without pydantic. typer 0.29 converts every value through a
+    pydantic TypeAdapter, and importing pydantic and building the adapters took 0.1-0.2 s of each
+    command's start-up (issue 25); xmfast's options are plain types, converted here exactly as the
+    adapter would (tests/test_cli_coercion.py compares the two). Anything else, and every value
+    that fails, goes to typer's own conversion, so its errors are typer's."""
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        multi = param.multiple or param.nargs == -1
+        if value is None:
+            return () if multi else None
+        desc = param.type_descriptor
+        if desc.is_list and isinstance(value, (list, tuple)):
+            (element,) = desc.annotation.__args__
+            out = [_plain_leaf(param, ctx, element, v) for v in value]
+            if all(v is not _DEFER for v in out):
+                return out
+        elif not desc.is_list and not desc.is_tuple and not desc.is_file:
+            out = _plain_leaf(param, ctx, desc.annotation, value)
+            if out is not _DEFER:
+                return out
+        return typer.core._TyperParameter.get_runtime_param(param).coerce(value, param=param, ctx=ctx)
+
+
+_PLAIN = _PlainCoercion()
+
+
+def _plain_runtime_param(self: Any) -> _PlainCoercion:
+    """`get_runtime_param` of the classes below: their values go through :class:`_PlainCoercion`."""
+    return _PLAIN
+
+
 class _Argument(typer.core.TyperArgument):
     """An argument shown by its name in capitals, `DATA_DIR` or `[DATASET]` (optional) or
     `RUNS...`: not typer's `{data_dir}`, and typed by its element (`<path>`, not `<list[Path]>`)."""
+
+    get_runtime_param = _plain_runtime_param
 
     @property
     def display_name_raw(self) -> str:
@@ -49,6 +109,8 @@ class _Argument(typer.core.TyperArgument):
 class _Option(typer.core.TyperOption):
     """An option whose help shows the type of the value it takes: none for a flag (not
     `<bool>`), the element's for a repeatable one (`<str>...`, not `<list[str]>`)."""
+
+    get_runtime_param = _plain_runtime_param
 
     def display_type_rich(self, ctx: Any) -> Optional[str]:
         if self.is_flag:
@@ -79,13 +141,36 @@ class _Command(typer.core.TyperCommand):
                 param.help = escape(param.help)  # type: ignore[attr-defined]
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        for param in params:  # typer's own classes, shown our way (the --help option is added here)
-            if type(param) is typer.core.TyperArgument:
-                param.__class__ = _Argument
-            elif type(param) is typer.core.TyperOption:
-                param.__class__ = _Option
-        return params
+        return _ours(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The top level (`--version`, `--help`), its options of the classes above too."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _ours(super().get_params(ctx))
+
+
+def _ours(params: list[Any]) -> list[Any]:
+    """typer's own parameter classes, re-classed in place as the classes above (the --help option
+    is added in get_params, so this is where every parameter can be reached)."""
+    for param in params:
+        if type(param) is typer.core.TyperArgument:
+            param.__class__ = _Argument
+        elif type(param) is typer.core.TyperOption:
+            param.__class__ = _Option
+    return params
+
+
+app = typer.Typer(
+    name="xmfast",
+    help="Fast, reproducible cross-market product recommendation on XMarket.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    cls=_Group,
+)
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
