@@ -8,8 +8,10 @@ processes falls on all of them alike; the table gives the median of ``--runs`` r
 ``python -c pass`` and ``python -c "import torch"`` measured in the same rounds, whether the
 command imported torch (``python -X importtime``), and its heaviest top-level imports.
 
-Targets: a command without a neural model under 0.3 s; one with a neural model within 0.3 s of
-``python -c "import torch"``.
+Targets (issue 25: "`xmfast evaluate RUN` takes 2.3 s for a 0.19 s job"): a command without a
+neural model starts in under 0.3 s; one with a neural model within 0.3 s of ``python -c "import
+torch"``. A command's start-up is its wall time less its job, the same command run again in the
+same process once everything is imported (median of at least 5); both are in the table.
 
 The packages' bytecode is compiled first, as an installed wheel has it: a development shell with
 ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile xmfast and xmfast_cli from source in every
@@ -44,9 +46,9 @@ def xmfast_script() -> str:
     return str(script) if script.is_file() else shutil.which("xmfast") or "xmfast"
 
 
-# typer (and the pydantic its parameter coercion uses since 0.29), rich (every table and error
-# line), numpy (every command that reads a dataset): what a command imports before xmfast
-FLOOR = ("typer", "typer._adapters", "rich.console", "numpy", "typer._adapters, rich.console, numpy")
+# typer, rich (every table and error line), numpy (every command that reads a dataset): what a
+# command imports before xmfast (typer 0.29's pydantic no longer: xmfast_cli converts the values)
+FLOOR = ("typer", "rich.console", "numpy", "typer, rich.console, numpy")
 ENTRY = "import sys; from xmfast_cli.app import main; sys.exit(main())"  # what the `xmfast` script runs
 
 
@@ -124,6 +126,39 @@ def commands(x: dict[str, str]) -> list[tuple[str, list[str], bool]]:
     ]
 
 
+# The same command run again in one process once everything is imported: its job alone. A
+# command's start-up is its wall time less this (the issue's "2.3 s for a 0.19 s job").
+WARM = """
+import contextlib, io, json, sys, time
+from xmfast_cli.app import main
+argv, reps = json.loads(sys.argv[1]), int(sys.argv[2])
+took = []
+for _ in range(reps + 1):
+    sys.argv = ["xmfast", *argv]
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = main()
+        except SystemExit as e:  # --help
+            code = e.code
+    took.append(time.perf_counter() - t0)
+    if code:
+        raise SystemExit(f"exit status {code}")
+print(json.dumps(took[1:]))
+"""
+
+
+def job_times(python: str, argv: list[str], reps: int) -> list[float]:
+    """Seconds of each of `reps` runs of the command after a first, in one process."""
+    import json
+
+    proc = subprocess.run([python, "-c", WARM, json.dumps(argv), str(reps)], cwd=SCRATCH, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"in-process runs of {argv} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def build_times(reps: int) -> dict[str, list[float]]:
     """Typer's building of the click commands, in this process, interleaved: the whole app (what
     every command paid before `_app_for`) against the app of the one command run. In-process
@@ -176,23 +211,26 @@ def main() -> None:
     torch_s = median(times["python -c 'import torch'"])
 
     tab = table(f"Start-up: each command as a fresh process on the embedded sample, median of {args.runs} "
-                "interleaved rounds", ["command", "wall", "min – max", "CPU", "torch", "imports",
-                                       "heaviest imports (-X importtime)", "target"])
+                "interleaved rounds; job: the same command again in one process; start-up = wall - job",
+                ["command", "wall", "min – max", "CPU", "torch", "imports", "heaviest imports (-X importtime)", "job",
+                 "start-up", "target (start-up)"])
     for label, cmd, _ in rows[:2]:
         tab.add_row(label, fmt_s(median(times[label])), spread(times[label]), fmt_s(median(cpu[label])),
-                    "yes" if "torch" in cmd[-1] else "no", "", "", "", end_section=label != "python -c pass")
+                    "yes" if "torch" in cmd[-1] else "no", "", "", "", "", "", end_section=label != "python -c pass")
     verdicts: dict[str, bool] = {}
     for label, argv, neural in cmds:
         prof = import_profile(python, xmfast, argv, SCRATCH)
         torch = "torch" in prof["heavy"]
         t = median(times[label])
-        ok = t - torch_s < OVER_TORCH_S if neural else t < ALONE_S and not torch
-        target = f"< import torch + {OVER_TORCH_S} s" if neural else f"< {ALONE_S} s, no torch"
+        job = median(job_times(python, argv, max(5, args.runs)))
+        start = t - job
+        ok = start - torch_s < OVER_TORCH_S if neural else start < ALONE_S and not torch
+        target = f"start-up < import torch + {OVER_TORCH_S} s" if neural else f"start-up < {ALONE_S} s, no torch"
         verdicts[f"{label}: {target}"] = ok
         heavy = ", ".join(n for n, _ in prof["top"][:3])
         tab.add_row(label, fmt_s(t), spread(times[label]), fmt_s(median(cpu[label])), "yes" if torch else "no",
-                    fmt_s(prof["import_s"]), heavy,
-                    (f"+{fmt_s(t - torch_s)} " if neural else "") + ("met" if ok else "NOT met"))
+                    fmt_s(prof["import_s"]), heavy, fmt_s(job), fmt_s(start),
+                    (f"+{fmt_s(start - torch_s)} " if neural else "") + ("met" if ok else "NOT met"))
     console.print(tab)
     fl = table("The floor: the CLI's libraries imported alone, the same rounds (median wall)",
                ["import", "wall", "min – max"])

@@ -87,6 +87,43 @@ def test_holm_equals_an_independent_implementation(p: list[float]) -> None:
 
 
 # ---- the table ---------------------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 60), st.integers(1, 5000))
+def test_the_cores_t_p_value_equals_scipys(t: float, df: int) -> None:
+    """The paired test's p-value comes from the core (statrs), so that compare and report start
+    without scipy (issue 25). It equals scipy's (Boost's) regularised incomplete beta function of
+    the same identity to 1e-10 relative, scipy's Student t (stdtr, what scipy.stats.t.sf calls;
+    3e-9 off itself at t = 1e-8, df = 1) to 1e-8, and is symmetric in t."""
+    from scipy.special import betainc, stdtr
+
+    from xmfast import core
+
+    ours = core.t_two_sided_p(t, df)
+    assert ours == core.t_two_sided_p(-t, df)
+    beta = 1 - betainc(0.5, df / 2, t * t / (df + t * t)) if t < 1 else betainc(df / 2, 0.5, df / (df + t * t))
+    student = min(1.0, float(2 * stdtr(df, -t)))
+    if student > 1e-300:
+        assert ours == pytest.approx(float(beta), rel=1e-10), (t, df)
+        assert ours == pytest.approx(student, rel=1e-8), (t, df)
+    else:
+        assert ours < 1e-290
+
+
+def test_the_cores_t_p_value_by_hand() -> None:
+    """Closed forms: df = 1 (Cauchy) and df = 2; t = 0; infinite and missing t; bad df."""
+    from xmfast import core
+
+    assert core.t_two_sided_p(1.0, 1) == pytest.approx(0.5, rel=1e-14)
+    assert core.t_two_sided_p(3.0, 1) == pytest.approx(1 - 2 * math.atan(3.0) / math.pi, rel=1e-13)
+    for t in (0.3, 2.0, 2 * math.sqrt(3), 50.0):
+        assert core.t_two_sided_p(t, 2) == pytest.approx(t2_p(t), rel=1e-12)
+    assert core.t_two_sided_p(0.0, 10) == 1.0
+    assert core.t_two_sided_p(math.inf, 10) == 0.0
+    assert math.isnan(core.t_two_sided_p(math.nan, 10))
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        core.t_two_sided_p(1.0, 0)
+
+
 def test_p_values_of_a_tiny_case_by_hand(files: dict[str, Path]) -> None:
     table = compare_table([files[n] for n in "ABCD"], names=list("ABCD"))
     assert table.reference == "A" and table.queries == 3 and table.metrics == ["hr@10", "ndcg@10"]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from xmfast import core
 from xmfast.errors import XmfastError
 from xmfast.evaluation import read_results
 from xmfast.runs import runs_inside
@@ -63,8 +64,6 @@ class PairedTest:
 def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedTest:
     """Student's paired t-test of a − b. Identical inputs give p = 1; a constant non-zero
     difference gives p = 0."""
-    from scipy.special import stdtr  # what scipy.stats.t.sf calls, without importing scipy.stats (a second)
-
     x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if x.ndim != 1 or len(x) < 2:
         raise XmfastError("a paired test needs at least two paired values")
@@ -73,7 +72,7 @@ def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarr
     if sd == 0.0:
         return PairedTest(len(x), mean, 0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0)
     t = mean / (sd / math.sqrt(len(x)))
-    p = float(2 * stdtr(len(x) - 1, -abs(t)))
+    p = core.t_two_sided_p(t, len(x) - 1)  # the core's, not scipy's: see rust/core/src/stats.rs
     return PairedTest(len(x), mean, t, p)
 
 

@@ -1163,6 +1163,12 @@ fn format_date(day: i32) -> String {
     xc::parse::format_date(day)
 }
 
+/// Two-sided p-value of Student's t statistic `t` with `df` degrees of freedom.
+#[pyfunction]
+fn t_two_sided_p(t: f64, df: f64) -> PyResult<f64> {
+    xc::stats::t_two_sided_p(t, df).map_err(py_err)
+}
+
 /// Stable 64-bit hash of a string (the one used to key random streams).
 #[pyfunction]
 fn stable_hash(text: &str) -> u64 {
@@ -1213,6 +1219,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(padded_histories, m)?)?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(encoder, m)?)?;
+    m.add_function(wrap_pyfunction!(t_two_sided_p, m)?)?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

@@ -5,7 +5,7 @@
 //! restriction, renumbering) → [`split`] (leave-one-out per market and user) → [`protocol`]
 //! (stored evaluation candidates) and [`negatives`] (training negatives per epoch); [`metrics`]
 //! ranks held-out items and computes HR/NDCG/MRR/...; [`cooc`]
-//! counts item co-occurrence; [`history`] pads histories for sequence models; [`synth`] writes
+//! counts item co-occurrence; [`stats`] gives the paired tests' p-values; [`history`] pads histories for sequence models; [`synth`] writes
 //! synthetic XMarket-format data; [`attention`] runs a sequence model's attention in evaluation and
 //! [`encoder`] its whole stack of encoder blocks.
 
@@ -23,6 +23,7 @@ pub mod parse;
 pub mod protocol;
 pub mod rng;
 pub mod split;
+pub mod stats;
 pub mod synth;
 pub mod vocab;
 
