@@ -260,3 +260,65 @@ def test_cross_market_truncation_changes_the_figures(sample_dir: Path) -> None:
     assert full == cross_market(r, max_history=200), "no sample history is longer than 200"
     assert all(s < f for s, f in zip(short.pairs, full.pairs))
     assert short.shared_items == full.shared_items
+
+
+# ---- the co-occurrence baseline's scores ---------------------------------------------------------
+
+
+def plain_scores(hist: list[list[int]], counts: Counter, groups: list[int], items: list[list[int]]) -> list[list[float]]:
+    """Σ over the group's history rows h (repeats counted) of C[h, j], with loops."""
+    return [[float(sum(counts[(h, j)] for h in hist[g])) for j in row] for g, row in zip(groups, items)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(c=histories_case(), data=st.data())
+def test_cooc_scores_match_plain_python(c: dict, data: st.DataObject) -> None:
+    """The core's scores (no scipy: `xmfast recommend COOC` starts without it) equal the sums
+    done by hand, for candidates per group and for one list shared by every group."""
+    if not c["hist"]:
+        return
+    n = c["n_items"]
+    matrix = cooc(c["hist"], c["gm"], c["markets"], n, c["max_history"])
+    counts = plain_cooc(c["hist"], c["gm"], c["markets"], c["max_history"])
+    offsets, values = csr(c["hist"])
+    groups = data.draw(st.lists(st.integers(0, len(c["hist"]) - 1), max_size=70))
+    width = data.draw(st.integers(0, 6))
+    items = [data.draw(st.lists(st.integers(0, n - 1), min_size=width, max_size=width)) for _ in groups]
+    g = np.asarray(groups, dtype=np.uint32)
+    got = core.cooc_scores(*matrix, offsets, values, g, np.asarray(items, dtype=np.uint32).reshape(len(groups), width))
+    assert got.shape == (len(groups), width) and got.tolist() == plain_scores(c["hist"], counts, groups, items)
+    every = core.cooc_scores(*matrix, offsets, values, g, np.arange(n, dtype=np.uint32))
+    assert every.tolist() == plain_scores(c["hist"], counts, groups, [list(range(n))] * len(groups))
+
+
+def test_cooc_scores_reject_bad_input() -> None:
+    matrix = cooc([[0, 1], [1, 2]], [0, 0], [0], 3)
+    offsets, values = csr([[0, 1], [1, 2]])
+    g = np.array([0, 1], dtype=np.uint32)
+    with pytest.raises(ValueError, match="item 3 is out of range"):
+        core.cooc_scores(*matrix, offsets, values, g, np.array([[0], [3]], dtype=np.uint32))
+    with pytest.raises(ValueError, match="group 2 is out of range"):
+        core.cooc_scores(*matrix, offsets, values, np.array([2], dtype=np.uint32), np.array([0], dtype=np.uint32))
+    with pytest.raises(ValueError, match="must be 1-d or"):
+        core.cooc_scores(*matrix, offsets, values, g, np.zeros((3, 1), dtype=np.uint32))
+    with pytest.raises(ValueError, match="malformed co-occurrence"):
+        core.cooc_scores(matrix[0][:-1], matrix[1], matrix[2], offsets, values, g, np.array([0], dtype=np.uint32))
+
+
+def test_real_cooc_scores_equal_scipys_sparse_product(xmarket_dir: Path) -> None:
+    """On jp with every other market as source: the baseline's test scores and a user's scores
+    over every item equal H·C computed with scipy.sparse (what the scorer did before), to the bit."""
+    import scipy.sparse as sp
+
+    from xmfast.models.baselines import CooccurrenceScorer, history_matrix
+    from xmfast.prepare import PrepareConfig, prepare
+
+    ds = prepare(xmarket_dir, None, PrepareConfig(target="jp", sources="all"))
+    scorer = CooccurrenceScorer(ds)
+    indptr, indices, counts = scorer.cooc
+    matrix = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(ds.n_items, ds.n_items))
+    groups, candidates = ds.test.group, ds.test.candidates
+    want = (history_matrix(ds, groups) @ matrix).toarray()[np.arange(len(groups))[:, None], candidates]
+    assert np.array_equal(scorer.score(groups, candidates), want)
+    one = groups[:1]
+    assert np.array_equal(scorer.score_all(one, np.arange(ds.n_items)), (history_matrix(ds, one) @ matrix).toarray())

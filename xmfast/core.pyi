@@ -155,6 +155,15 @@ def cooccurrence(
     n_items: int,
     max_history: int | None = None,
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
+def cooc_scores(
+    cooc_indptr: npt.NDArray[np.uint64],
+    cooc_indices: npt.NDArray[np.uint32],
+    cooc_counts: npt.NDArray[np.uint32],
+    history_offsets: npt.NDArray[np.uint64],
+    history_items: npt.NDArray[np.uint32],
+    groups: npt.NDArray[np.uint32],
+    items: npt.NDArray[np.uint32],
+) -> npt.NDArray[np.float64]: ...
 def shared_pairs(
     a_indptr: npt.NDArray[np.uint64],
     a_indices: npt.NDArray[np.uint32],

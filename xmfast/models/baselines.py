@@ -60,23 +60,18 @@ class CooccurrenceScorer:
             np.asarray(dataset.train_offsets), np.asarray(dataset.train_item), np.asarray(dataset.group_market),
             [dataset.markets.index(m) for m in names], dataset.n_items, max_history,
         )
-        import scipy.sparse as sp  # here, not at the top: pop and the model registry need no scipy
+        self.cooc = (indptr, indices, counts)  # CSR, item × item, scored by the core (no scipy to import)
 
-        n = dataset.n_items
-        self.cooc = sp.csr_matrix((counts.astype(np.float64), indices, indptr), shape=(n, n))
-
-    def _history_matrix(self, groups: np.ndarray) -> sp.csr_matrix:
-        return history_matrix(self.dataset, groups)
+    def _scores(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return core.cooc_scores(*self.cooc, np.asarray(self.dataset.train_offsets, dtype=np.uint64),
+                                np.asarray(self.dataset.train_item, dtype=np.uint32),
+                                np.ascontiguousarray(groups, dtype=np.uint32), np.ascontiguousarray(items, dtype=np.uint32))
 
     def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return (self._history_matrix(groups) @ self.cooc[:, np.asarray(items, dtype=np.int64)]).toarray()
+        return self._scores(groups, np.asarray(items).reshape(-1))
 
     def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
-        items = np.asarray(items, dtype=np.int64)
-        user_item = (self._history_matrix(groups) @ self.cooc).tocsr()
-        rows = np.repeat(np.arange(items.shape[0]), items.shape[1])
-        picked = user_item[rows, items.ravel()]
-        return np.asarray(picked, dtype=np.float64).reshape(items.shape)
+        return self._scores(groups, items)
 
 
 def history_matrix(dataset: PreparedDataset, groups: np.ndarray, *, binary: bool = False) -> sp.csr_matrix:

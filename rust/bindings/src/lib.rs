@@ -734,6 +734,44 @@ fn cooccurrence<'py>(
     Ok((vec_to_py(py, c.indptr), vec_to_py(py, c.indices), vec_to_py(py, c.counts)))
 }
 
+/// The co-occurrence baseline's scores (see `xmfast_core::cooc::history_scores`): for each of
+/// `groups`, its history's summed co-occurrence counts at `items`, a (groups, width) array of
+/// candidates per group or one 1-d list for every group; returns (groups, width) float64.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn cooc_scores<'py>(
+    py: Python<'py>,
+    cooc_indptr: PyReadonlyArray1<'py, u64>,
+    cooc_indices: PyReadonlyArray1<'py, u32>,
+    cooc_counts: PyReadonlyArray1<'py, u32>,
+    history_offsets: PyReadonlyArray1<'py, u64>,
+    history_items: PyReadonlyArray1<'py, u32>,
+    groups: PyReadonlyArray1<'py, u32>,
+    items: PyReadonlyArrayDyn<'py, u32>,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let c = xc::cooc::CoocRef::new(
+        slice("cooc_indptr", &cooc_indptr)?,
+        slice("cooc_indices", &cooc_indices)?,
+        slice("cooc_counts", &cooc_counts)?,
+    )
+    .map_err(py_err)?;
+    let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
+    let g = slice("groups", &groups)?;
+    let (shared, width) = match items.shape() {
+        [w] => (true, *w),
+        [rows, w] if *rows == g.len() => (false, *w),
+        shape => {
+            return Err(PyValueError::new_err(format!(
+                "`items` must be 1-d or (groups = {}, width), got shape {shape:?}",
+                g.len()
+            )))
+        }
+    };
+    let it = items.as_slice().map_err(|_| PyValueError::new_err("`items` must be C-contiguous"))?;
+    let out = py.detach(|| xc::cooc::history_scores(c, h, g, it, width, shared)).map_err(py_err)?;
+    matrix_to_py(py, out, g.len(), width)
+}
+
 /// Fixed-width histories of `rows` (padded with `pad`) and the length kept of each; longer
 /// histories are cut by `rule` (recent, random keyed by `keys`, or cooc with the counts given);
 /// `leave_out[r]` drops that position of row r's history first (u32::MAX: none).
@@ -1208,6 +1246,7 @@ fn core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sample_distinct, m)?)?;
     m.add_function(wrap_pyfunction!(gather_instances, m)?)?;
     m.add_function(wrap_pyfunction!(cooccurrence, m)?)?;
+    m.add_function(wrap_pyfunction!(cooc_scores, m)?)?;
     m.add_function(wrap_pyfunction!(shared_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(synthesize, m)?)?;
     m.add_function(wrap_pyfunction!(standings, m)?)?;
