@@ -286,9 +286,9 @@ def _commands_run(commands: list[list[str]], cwd: Path) -> dict:
 
 def test_commands_without_a_neural_model_import_no_torch(dataset: Path, tmp_path: Path) -> None:
     """`models`, `evaluate --scores`, `compare`, `report`, and `evaluate`/`recommend` of runs of
-    models without training (pop, cooc) never try to import torch; `compare` without --tests not
-    even scipy.stats; none of them scipy at all, and no command pydantic (typer 0.29's value conversion: xmfast_cli converts
-    its plain values itself). `train -m gmf` is the control: the same hook sees it try."""
+    models without training (pop, cooc) never try to import torch, nor scipy (`compare --tests`
+    alone needs scipy.stats), nor pydantic (typer 0.29 converts values with it; xmfast_cli
+    converts its plain values itself). `train -m gmf` is the control: the same hook sees it try."""
     import numpy as np
 
     from xmfast.dataset import PreparedDataset
