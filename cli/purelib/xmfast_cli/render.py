@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -172,7 +171,13 @@ def overlap_tables(cm: CrossMarket) -> list[Grid]:
 
 @contextlib.contextmanager
 def steps(description: str) -> Iterator[callable]:
-    """A transient spinner that shows which step a long command is in."""
+    """A transient spinner that shows which step a long command is in (nothing, and rich's
+    progress module not even imported, where nothing is shown: see :func:`live`)."""
+    if not live():
+        yield lambda name: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
         console=err_console, transient=True, disable=not live(),
@@ -253,8 +258,12 @@ def comparison_tests_table(table) -> Grid:  # noqa: ANN001 - xmfast.compare.Comp
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[callable]:
-    """A transient bar for chunked work; yields `update(done, total)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn
+    """A transient bar for chunked work; yields `update(done, total)` (a no-op where nothing is
+    shown, as :func:`steps`)."""
+    if not live():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -273,7 +282,8 @@ class TrainProgress:
     the batch bar shows the running loss and instances/s; each finished epoch prints a line."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -443,7 +453,7 @@ class StagesProgress:
     when a stage starts, at each epoch it finishes (named by the stage) and when it ends."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
