@@ -107,6 +107,53 @@ def test_an_entry_point_clash_is_one_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(api, "_declared", None)
 
 
+def test_installed_entry_points_are_read_whenever_one_may_exist(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The registry skips importing importlib.metadata (start-up) only when no distribution can
+    declare a model: a .dist-info whose entry_points.txt names the group, a zip archive on
+    sys.path or a finder of its own each send it to importlib.metadata, which then finds the
+    entry point."""
+    import importlib.metadata
+    import sys
+    import zipfile
+
+    def found() -> list[str]:
+        return [ep.name for ep in importlib.metadata.entry_points(group=api.ENTRY_POINT_GROUP)]
+
+    assert api._may_declare_models() or not found()  # never skipped where one is installed
+    other = tmp_path / "other"
+    (other / "other-1.0.dist-info").mkdir(parents=True)
+    (other / "other-1.0.dist-info" / "METADATA").write_text("Name: other\nVersion: 1.0\n")
+    (other / "other-1.0.dist-info" / "entry_points.txt").write_text("[console_scripts]\nother = other:main\n")
+    monkeypatch.setattr(sys, "path", [str(other)])
+    assert api._may_declare_models() is False and found() == []
+    plugin = tmp_path / "plugin"
+    (plugin / "plug-1.0.dist-info").mkdir(parents=True)
+    (plugin / "plug-1.0.dist-info" / "METADATA").write_text("Name: plug\nVersion: 1.0\n")
+    (plugin / "plug-1.0.dist-info" / "entry_points.txt").write_text("[xmfast.models]\nplugged = plug:Model\n")
+    monkeypatch.setattr(sys, "path", [str(other), str(plugin)])
+    assert api._may_declare_models() is True and found() == ["plugged"]
+    monkeypatch.setattr(api, "_declared", None)
+    assert "plugged" in model_names()
+    monkeypatch.setattr(api, "_declared", None)
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zipped-1.0.dist-info/METADATA", "Name: zipped\nVersion: 1.0\n")
+        z.writestr("zipped-1.0.dist-info/entry_points.txt", "[xmfast.models]\nzipped = zipped:Model\n")
+    monkeypatch.setattr(sys, "path", [str(other), str(archive)])
+    assert api._may_declare_models() is True and found() == ["zipped"]
+
+    class Finder:
+        def find_spec(self, *args):
+            return None
+
+        def find_distributions(self, context=None):
+            return iter(())
+
+    monkeypatch.setattr(sys, "path", [str(other)])
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    assert api._may_declare_models() is True
+
+
 def test_a_broken_entry_point_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     class EP:
         name, value = "ghost", "no_such_package_xyz.models:Ghost"

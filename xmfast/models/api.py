@@ -227,9 +227,42 @@ _declared: dict[str, list[str]] | None = None  # name -> where it is declared (b
 
 
 def _entry_points() -> list[Any]:
+    if not _may_declare_models():
+        return []
     from importlib.metadata import entry_points
 
     return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _may_declare_models() -> bool:
+    """False only when no installed distribution can declare a model: no entry_points.txt of a
+    .dist-info or .egg-info directory on sys.path names the group, sys.path holds no zip file, and
+    no import finder but Python's own lists distributions. Importing importlib.metadata (email,
+    zipfile, csv, ...) took 15-40 ms of every command's start-up (issue 25); reading a few small
+    files takes 1-2. Anything this cannot rule out is left to importlib.metadata."""
+    import os
+    import sys
+    from importlib.machinery import PathFinder
+
+    if any(getattr(f, "find_distributions", None) is not None and f is not PathFinder for f in sys.meta_path):
+        return True
+    needle = ENTRY_POINT_GROUP.encode()
+    for entry in sys.path:
+        try:
+            if os.path.isfile(entry or "."):
+                return True  # a zip archive: its distributions are importlib.metadata's to read
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                try:
+                    with open(os.path.join(entry or ".", name, "entry_points.txt"), "rb") as f:
+                        if needle in f.read():
+                            return True
+                except OSError:
+                    continue
+    return False
 
 
 def _declarations() -> dict[str, list[str]]:
