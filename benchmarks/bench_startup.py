@@ -233,7 +233,8 @@ def main() -> None:
         heavy = ", ".join(n for n, _ in prof["top"][:3])
         tab.add_row(label, fmt_s(t), spread(times[label]), fmt_s(median(cpu[label])), "yes" if torch else "no",
                     fmt_s(prof["import_s"]), heavy, fmt_s(job), fmt_s(start),
-                    (f"+{fmt_s(start - torch_s)} " if neural else "") + ("met" if ok else "NOT met"))
+                    (f"{'+' if start >= torch_s else '-'}{fmt_s(abs(start - torch_s))} " if neural else "")
+                    + ("met" if ok else "NOT met"))
     console.print(tab)
     fl = table("The floor: the CLI's libraries imported alone, and torch's exit without the last collection, "
                "the same rounds (median wall)",
