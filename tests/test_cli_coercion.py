@@ -82,7 +82,7 @@ def test_every_parameter_is_of_our_classes_and_of_a_type_converted_here() -> Non
 
 VALUES = ["5", "-3", "+7", "007", "0", " 5", "5 ", "1_000", "1.5", "-0.25", "1e-3", "2E+4", ".5", "5.", "1e", "e3",
           "inf", "nan", "-", "", "abc", "0x10", "١٢", "a/b", "~/x", ".", "..", "/", "runs/gmf", "a b", "über",
-          "--x", "1,2", "\x00"]
+          "--x", "1,2", "\x00", "9" * 4301, "1" + "0" * 400, "1e400"]
 
 
 @pytest.mark.parametrize("value", VALUES)

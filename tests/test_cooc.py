@@ -322,3 +322,19 @@ def test_real_cooc_scores_equal_scipys_sparse_product(xmarket_dir: Path) -> None
     assert np.array_equal(scorer.score(groups, candidates), want)
     one = groups[:1]
     assert np.array_equal(scorer.score_all(one, np.arange(ds.n_items)), (history_matrix(ds, one) @ matrix).toarray())
+
+
+def test_the_cooc_scorer_refuses_ids_a_cast_would_wrap(dataset: Path) -> None:
+    """A negative or 2³²+ id is an error, not another group or item (the core takes uint32)."""
+    from xmfast.dataset import PreparedDataset
+    from xmfast.errors import XmfastError
+    from xmfast.models.baselines import CooccurrenceScorer
+
+    ds = PreparedDataset.load(dataset)
+    scorer = CooccurrenceScorer(ds)
+    groups = ds.test.group[:2].astype(np.int64)
+    assert scorer.score(groups, ds.test.candidates[:2]).shape == (2, ds.test.candidates.shape[1])
+    with pytest.raises(XmfastError, match="group -1 is out of range"):
+        scorer.score(np.array([-1, 0]), ds.test.candidates[:2])
+    with pytest.raises(XmfastError, match=f"item {2**32 + 5} is out of range"):
+        scorer.score_all(groups, np.array([2**32 + 5], dtype=np.int64))

@@ -135,6 +135,18 @@ def test_installed_entry_points_are_read_whenever_one_may_exist(monkeypatch: pyt
     monkeypatch.setattr(api, "_declared", None)
     assert "plugged" in model_names()
     monkeypatch.setattr(api, "_declared", None)
+    upper = tmp_path / "upper"  # importlib.metadata reads metadata directories in any case
+    (upper / "Upper-1.0.DIST-INFO").mkdir(parents=True)
+    (upper / "Upper-1.0.DIST-INFO" / "METADATA").write_text("Name: Upper\nVersion: 1.0\n")
+    (upper / "Upper-1.0.DIST-INFO" / "entry_points.txt").write_text("[xmfast.models]\nupper = upper:Model\n")
+    monkeypatch.setattr(sys, "path", [str(other), str(upper)])
+    assert api._may_declare_models() is True and found() == ["upper"]
+    egg = tmp_path / "eggs" / "laid-1.0-py3.11.egg"  # an unpacked egg put on the path
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Name: laid\nVersion: 1.0\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[xmfast.models]\nlaid = laid:Model\n")
+    monkeypatch.setattr(sys, "path", [str(other), str(egg)])
+    assert api._may_declare_models() is True and found() == ["laid"]
     archive = tmp_path / "bundle.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("zipped-1.0.dist-info/METADATA", "Name: zipped\nVersion: 1.0\n")

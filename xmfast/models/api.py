@@ -236,10 +236,11 @@ def _entry_points() -> list[Any]:
 
 def _may_declare_models() -> bool:
     """False only when no installed distribution can declare a model: no entry_points.txt of a
-    .dist-info or .egg-info directory on sys.path names the group, sys.path holds no zip file, and
-    no import finder but Python's own lists distributions. Importing importlib.metadata (email,
-    zipfile, csv, ...) took 15-40 ms of every command's start-up (issue 25); reading a few small
-    files takes 1-2. Anything this cannot rule out is left to importlib.metadata."""
+    .dist-info or .egg-info directory on sys.path (any case) or of an unpacked egg's EGG-INFO
+    names the group, sys.path holds no zip file, and no import finder but Python's own lists
+    distributions. Importing importlib.metadata (email, zipfile, csv, ...) took 15-40 ms of every
+    command's start-up (issue 25); reading a few small files takes 1-2. Anything this cannot rule
+    out is left to importlib.metadata."""
     import os
     import sys
     from importlib.machinery import PathFinder
@@ -247,21 +248,28 @@ def _may_declare_models() -> bool:
     if any(getattr(f, "find_distributions", None) is not None and f is not PathFinder for f in sys.meta_path):
         return True
     needle = ENTRY_POINT_GROUP.encode()
-    for entry in sys.path:
+
+    def declares(metadata_dir: str) -> bool:
         try:
-            if os.path.isfile(entry or "."):
+            with open(os.path.join(metadata_dir, "entry_points.txt"), "rb") as f:
+                return needle in f.read()
+        except OSError:
+            return False
+
+    for entry in sys.path:
+        entry = entry or "."
+        try:
+            if os.path.isfile(entry):
                 return True  # a zip archive: its distributions are importlib.metadata's to read
-            names = os.listdir(entry or ".")
+            names = os.listdir(entry)
         except OSError:
             continue
-        for name in names:
-            if name.endswith((".dist-info", ".egg-info")):
-                try:
-                    with open(os.path.join(entry or ".", name, "entry_points.txt"), "rb") as f:
-                        if needle in f.read():
-                            return True
-                except OSError:
-                    continue
+        egg = os.path.basename(entry.rstrip("/\\")).lower().endswith(".egg")  # an unpacked egg on the path
+        for name in names:  # the names importlib.metadata reads metadata from, in any case
+            low = name.lower()
+            if (low.endswith((".dist-info", ".egg-info")) or (egg and low == "egg-info")) and declares(
+                    os.path.join(entry, name)):
+                return True
     return False
 
 

@@ -64,14 +64,24 @@ class CooccurrenceScorer:
 
     def _scores(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         return core.cooc_scores(*self.cooc, np.asarray(self.dataset.train_offsets, dtype=np.uint64),
-                                np.asarray(self.dataset.train_item, dtype=np.uint32),
-                                np.ascontiguousarray(groups, dtype=np.uint32), np.ascontiguousarray(items, dtype=np.uint32))
+                                np.asarray(self.dataset.train_item, dtype=np.uint32), _ids(groups, "group"),
+                                _ids(items, "item"))
 
     def score_all(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         return self._scores(groups, np.asarray(items).reshape(-1))
 
     def score(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
         return self._scores(groups, items)
+
+
+def _ids(values: np.ndarray, what: str) -> np.ndarray:
+    """`values` as the core's uint32 ids, refusing any that a cast would wrap (negative or 2³² and
+    more) instead of silently reading another group or item; the core checks the rest."""
+    a = np.asarray(values)
+    if a.dtype != np.uint32 and a.size and (a.min() < 0 or a.max() > np.iinfo(np.uint32).max):
+        bad = a.min() if a.min() < 0 else a.max()
+        raise XmfastError(f"{what} {bad} is out of range")
+    return np.ascontiguousarray(a, dtype=np.uint32)
 
 
 def history_matrix(dataset: PreparedDataset, groups: np.ndarray, *, binary: bool = False) -> sp.csr_matrix:

@@ -180,7 +180,7 @@ def steps(description: str) -> Iterator[callable]:
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=not live(),
+        console=err_console, transient=True,
     ) as progress:
         task = progress.add_task(description, total=None)
 
@@ -267,7 +267,7 @@ def progress_bar(description: str) -> Iterator[callable]:
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=not live(),
+        console=err_console, transient=True,
     ) as progress:
         task = progress.add_task(description, total=None)
 

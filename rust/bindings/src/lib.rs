@@ -734,9 +734,10 @@ fn cooccurrence<'py>(
     Ok((vec_to_py(py, c.indptr), vec_to_py(py, c.indices), vec_to_py(py, c.counts)))
 }
 
-/// The co-occurrence baseline's scores (see `xmfast_core::cooc::history_scores`): for each of
-/// `groups`, its history's summed co-occurrence counts at `items`, a (groups, width) array of
-/// candidates per group or one 1-d list for every group; returns (groups, width) float64.
+/// The co-occurrence baseline's scores (see `xmfast_core::cooc::history_scores`): for each
+/// of `groups`, its history's summed co-occurrence counts at `items`, a (groups, width)
+/// array of candidates per group or one 1-d list for every group; returns (groups, width)
+/// float64. The matrix is checked and scored with the GIL released.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cooc_scores<'py>(
@@ -749,12 +750,11 @@ fn cooc_scores<'py>(
     groups: PyReadonlyArray1<'py, u32>,
     items: PyReadonlyArrayDyn<'py, u32>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let c = xc::cooc::CoocRef::new(
+    let (indptr, indices, counts) = (
         slice("cooc_indptr", &cooc_indptr)?,
         slice("cooc_indices", &cooc_indices)?,
         slice("cooc_counts", &cooc_counts)?,
-    )
-    .map_err(py_err)?;
+    );
     let h = csr("history", slice("history_offsets", &history_offsets)?, slice("history_items", &history_items)?)?;
     let g = slice("groups", &groups)?;
     let (shared, width) = match items.shape() {
@@ -768,7 +768,9 @@ fn cooc_scores<'py>(
         }
     };
     let it = items.as_slice().map_err(|_| PyValueError::new_err("`items` must be C-contiguous"))?;
-    let out = py.detach(|| xc::cooc::history_scores(c, h, g, it, width, shared)).map_err(py_err)?;
+    let out = py
+        .detach(|| xc::cooc::history_scores(xc::cooc::CoocRef::new(indptr, indices, counts)?, h, g, it, width, shared))
+        .map_err(py_err)?;
     matrix_to_py(py, out, g.len(), width)
 }
 

@@ -11,10 +11,13 @@ use crate::{Error, Result};
 
 /// Two-sided p-value of Student's t statistic `t` with `df` degrees of freedom: 2 P(T ≤ −|t|) =
 /// I_x(df/2, 1/2) with x = df / (df + t²), the regularised incomplete beta function, for |t| ≥ 1
-/// (p ≤ 1/2: the far tail keeps a p-value of 1e-280 to its last digits). For |t| < 1 x rounds
-/// towards 1 (statrs's own t CDF says p = 1 for t = 6e-8, df = 4, 4.5e-8 from the truth), so there
-/// it is 1 − I_y(1/2, df/2) with y = t² / (df + t²) formed directly; p > 0.3 there, so the
-/// subtraction loses nothing. An infinite `t` gives 0, a NaN one NaN.
+/// (p ≤ 0.32); in the far tail this keeps its relative accuracy (1.6e-12 at t = 40, df = 3,000,
+/// p = 8.7e-281). For |t| < 1 x rounds towards 1 (statrs's own t CDF says p = 1 for t = 6e-8,
+/// df = 4, 4.5e-8 from the truth), so there it is 1 − I_y(1/2, df/2) with y = t² / (df + t²)
+/// formed directly; p > 0.31 there, so the subtraction loses nothing. Relative error against
+/// mpmath: below 3e-11 up to 5,000 degrees of freedom and 5e-9 up to a million; beyond, it grows
+/// about as df · 1e-16 (statrs forms 1 − x itself when x is near 1). A `t` whose square is
+/// infinite gives 0, a NaN one NaN.
 pub fn t_two_sided_p(t: f64, df: f64) -> Result<f64> {
     if !(df > 0.0 && df.is_finite()) {
         return Err(Error::invalid(format!(
