@@ -129,7 +129,7 @@ def commands(x: dict[str, str]) -> list[tuple[str, list[str], bool]]:
 # The same command run again in one process once everything is imported: its job alone. A
 # command's start-up is its wall time less this (the issue's "2.3 s for a 0.19 s job").
 WARM = """
-import contextlib, gc, io, json, sys, time
+import contextlib, io, json, sys, time
 from xmfast_cli.app import main
 argv, reps = json.loads(sys.argv[1]), int(sys.argv[2])
 took = []
@@ -142,7 +142,6 @@ for _ in range(reps + 1):
         except SystemExit as e:  # main() ends every command with sys.exit
             code = e.code
     took.append(time.perf_counter() - t0)
-    gc.unfreeze()  # main() froze the heap for its exit; the next run starts as a fresh one would
     if code:
         raise SystemExit(f"exit status {code}")
 print(json.dumps(took[1:]))
@@ -190,9 +189,7 @@ def main() -> None:
     cmds = commands(inputs)
     rows = [("python -c pass", [python, "-c", "pass"], None),
             ("python -c 'import torch'", [python, "-c", "import torch"], None)]
-    # what xmfast's main() does before it exits (xmfast_cli.app._freeze): the interpreter's last
-    # garbage collection over torch's objects is most of the 0.5 s an `import torch` takes to exit
-    exits = [("python -c 'import torch; gc.freeze()'", [python, "-c", "import torch, gc; gc.freeze()"], None)]
+
     # the floor every command pays before its own work: the libraries the CLI is built on
     floor = [(f"python -c 'import {m}'", [python, "-c", f"import {m}"], None) for m in FLOOR]
     # as the `xmfast` script runs them, minus its argv[0] rewrite: the --before rows run the same way
@@ -202,7 +199,7 @@ def main() -> None:
         compile_packages(old)
         env = {**os.environ, "PYTHONPATH": f"{old}{os.pathsep}{old / 'cli' / 'purelib'}"}
         rows += [(f"before: {label}", [python, "-c", ENTRY, *argv], env) for label, argv, _ in cmds]
-    rows += floor + exits
+    rows += floor
     for _, cmd, env in rows:  # warm-up: page cache
         timed_run(cmd, env)
     times: dict[str, list[float]] = {label: [] for label, _, _ in rows}
@@ -237,12 +234,9 @@ def main() -> None:
                     (f"{'+' if start >= torch_s else '-'}{fmt_s(abs(start - torch_s))} " if neural else "")
                     + ("met" if ok else "NOT met"))
     console.print(tab)
-    fl = table("The floor: the CLI's libraries imported alone, and torch's exit without the last collection, "
-               "the same rounds (median wall)",
+    fl = table("The floor: the CLI's libraries imported alone, the same rounds (median wall)",
                ["import", "wall", "min – max"])
     for label, _, _ in floor:
-        fl.add_row(label, fmt_s(median(times[label])), spread(times[label]))
-    for label, _, _ in exits:
         fl.add_row(label, fmt_s(median(times[label])), spread(times[label]))
     console.print(fl)
     built = build_times(max(9, args.runs))

@@ -30,16 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
         sys.modules["torch"].set_num_threads(int(threads))
 
 
-@pytest.fixture(autouse=True)
-def _unfrozen():
-    """Tests that run the CLI's main() in this process: it freezes the objects alive when a
-    command ends (gc.freeze, a faster exit); the test process must go on collecting them."""
-    yield
-    import gc
-
-    gc.unfreeze()
-
-
 @pytest.fixture(scope="session")
 def xmarket_dir() -> Path:
     """The real XMarket Electronics 5-core files (present in CI beside the checkout)."""

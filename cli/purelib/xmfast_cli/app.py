@@ -1509,7 +1509,6 @@ def main() -> None:
     try:
         code = typer.main.get_command(_app_for(_ARGV)).main(prog_name="xmfast", standalone_mode=False)
     except ClickException as e:
-        _freeze()
         if type(e).__name__ == "NoArgsIsHelpError":  # `xmfast` alone: the help, already printed
             sys.exit(e.exit_code)
         from rich.markup import escape
@@ -1520,23 +1519,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} --help`)",
                           highlight=False, soft_wrap=True, emoji=False)
         sys.exit(e.exit_code)
-    _freeze()
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _freeze() -> None:
-    """Spares the interpreter's last garbage collection at exit: the objects alive now (torch's
-    hundreds of thousands among them) are moved out of the collector's sight. The exit handlers
-    still run and every module is still torn down (objects freed by their reference counts are
-    finalised as before); what is given up is the finalisation of objects in reference cycles,
-    now or made during teardown, whose `__del__` would have run in that last collection. Nothing
-    of xmfast's relies on it: every file is closed (or renamed into place) by the command itself,
-    and the tune study's lock is released by the operating system. Exiting after `import torch`
-    took 0.55 s, of which this saves 0.37 s (benchmarks/bench_startup.py)."""
-    import gc
-
-    gc.freeze()
-
 
 if __name__ == "__main__":
     main()
