@@ -78,9 +78,10 @@ def _ids(values: np.ndarray, what: str) -> np.ndarray:
     """`values` as the core's uint32 ids, refusing any that a cast would wrap (negative or 2³² and
     more) instead of silently reading another group or item; the core checks the rest."""
     a = np.asarray(values)
-    if a.dtype != np.uint32 and a.size and (a.min() < 0 or a.max() > np.iinfo(np.uint32).max):
-        bad = a.min() if a.min() < 0 else a.max()
-        raise XmfastError(f"{what} {bad} is out of range")
+    if a.dtype != np.uint32 and a.size:
+        low, high = a.min(), a.max()
+        if low < 0 or high > np.iinfo(np.uint32).max:
+            raise XmfastError(f"{what} {low if low < 0 else high} is out of range")
     return np.ascontiguousarray(a, dtype=np.uint32)
 
 

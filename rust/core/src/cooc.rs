@@ -23,8 +23,11 @@ impl Cooccurrence {
     }
 
     pub fn row(&self, i: usize) -> (&[u32], &[u32]) {
-        let (a, b) = (self.indptr[i] as usize, self.indptr[i + 1] as usize);
-        (&self.indices[a..b], &self.counts[a..b])
+        self.view().row(i)
+    }
+
+    pub fn view(&self) -> CoocRef<'_> {
+        CoocRef { indptr: &self.indptr, indices: &self.indices, counts: &self.counts }
     }
 
     pub fn get(&self, i: u32, j: u32) -> u32 {
@@ -46,26 +49,17 @@ impl<'a> CoocRef<'a> {
     /// the indices, one count per index, every index an item.
     pub fn new(indptr: &'a [u64], indices: &'a [u32], counts: &'a [u32]) -> Result<Self> {
         let n = indptr.len().saturating_sub(1);
-        if indptr.is_empty()
-            || indptr[0] != 0
+        if indptr.first() != Some(&0)
             || *indptr.last().unwrap() as usize != indices.len()
             || counts.len() != indices.len()
             || indptr.windows(2).any(|w| w[0] > w[1])
         {
-            return Err(Error::invalid(
-                "malformed co-occurrence matrix (CSR offsets, indices, counts)",
-            ));
+            return Err(Error::invalid("malformed co-occurrence matrix (CSR offsets, indices, counts)"));
         }
         if let Some(&bad) = indices.iter().find(|&&j| j as usize >= n) {
-            return Err(Error::invalid(format!(
-                "co-occurrence column {bad} is out of range ({n} items)"
-            )));
+            return Err(Error::invalid(format!("co-occurrence column {bad} is out of range ({n} items)")));
         }
-        Ok(CoocRef {
-            indptr,
-            indices,
-            counts,
-        })
+        Ok(CoocRef { indptr, indices, counts })
     }
 
     pub fn n_items(&self) -> usize {
@@ -75,16 +69,6 @@ impl<'a> CoocRef<'a> {
     pub fn row(&self, i: usize) -> (&'a [u32], &'a [u32]) {
         let (a, b) = (self.indptr[i] as usize, self.indptr[i + 1] as usize);
         (&self.indices[a..b], &self.counts[a..b])
-    }
-}
-
-impl Cooccurrence {
-    pub fn view(&self) -> CoocRef<'_> {
-        CoocRef {
-            indptr: &self.indptr,
-            indices: &self.indices,
-            counts: &self.counts,
-        }
     }
 }
 
@@ -100,14 +84,10 @@ pub fn cooccurrence(
     max_history: Option<usize>,
 ) -> Result<Cooccurrence> {
     if group_market.len() != histories.rows() {
-        return Err(Error::invalid(
-            "group_market and histories differ in length",
-        ));
+        return Err(Error::invalid("group_market and histories differ in length"));
     }
     if let Some(&bad) = histories.values.iter().find(|&&i| i as usize >= n_items) {
-        return Err(Error::invalid(format!(
-            "item {bad} is out of range (n_items = {n_items})"
-        )));
+        return Err(Error::invalid(format!("item {bad} is out of range (n_items = {n_items})")));
     }
     let selected: Vec<usize> = (0..histories.rows())
         .filter(|&g| markets.contains(&group_market[g]))
@@ -163,20 +143,13 @@ pub fn cooccurrence(
                     }
                 }
                 touched.sort_unstable();
-                let counts: Vec<u32> = touched
-                    .iter()
-                    .map(|&j| std::mem::take(&mut acc[j as usize]))
-                    .collect();
+                let counts: Vec<u32> = touched.iter().map(|&j| std::mem::take(&mut acc[j as usize])).collect();
                 let cols = std::mem::take(touched);
                 (cols, counts)
             },
         )
         .collect();
-    let mut out = Cooccurrence {
-        n_items,
-        indptr: Vec::with_capacity(n_items + 1),
-        ..Default::default()
-    };
+    let mut out = Cooccurrence { n_items, indptr: Vec::with_capacity(n_items + 1), ..Default::default() };
     out.indptr.push(0);
     for (cols, counts) in rows {
         out.indices.extend(cols);
@@ -190,7 +163,8 @@ pub fn cooccurrence(
 /// `h` (an item it holds twice counts twice) of `C[h, j]`, at the items `j` it is asked about:
 /// `width` of them per group in `items` (row-major, `groups.len() × width`), or with `shared`
 /// the same `width` items for every group (`items.len() == width`). The sums are of whole
-/// counts, so they are exact in f64: the same numbers as the sparse product H·C.
+/// counts, so they are exact in f64: the same numbers as the sparse product H·C. Only the asked
+/// groups' histories are read (and checked).
 pub fn history_scores(
     c: CoocRef<'_>,
     histories: Csr<'_>,
@@ -202,26 +176,14 @@ pub fn history_scores(
     let n = c.n_items();
     let expected = if shared { width } else { groups.len() * width };
     if items.len() != expected {
-        return Err(Error::invalid(format!(
-            "{} items given for {} groups of {width}",
-            items.len(),
-            groups.len()
-        )));
+        return Err(Error::invalid(format!("{} items given for {} groups of {width}", items.len(), groups.len())));
     }
     if let Some(&g) = groups.iter().find(|&&g| g as usize >= histories.rows()) {
-        return Err(Error::invalid(format!(
-            "group {g} is out of range ({} groups)",
-            histories.rows()
-        )));
+        return Err(Error::invalid(format!("group {g} is out of range ({} groups)", histories.rows())));
     }
-    if let Some(&bad) = items
-        .iter()
-        .chain(histories.values)
-        .find(|&&i| i as usize >= n)
-    {
-        return Err(Error::invalid(format!(
-            "item {bad} is out of range (n_items = {n})"
-        )));
+    let asked_histories = groups.iter().flat_map(|&g| histories.row(g as usize));
+    if let Some(&bad) = items.iter().chain(asked_histories).find(|&&i| i as usize >= n) {
+        return Err(Error::invalid(format!("item {bad} is out of range (n_items = {n})")));
     }
     let mut out = vec![0f64; groups.len() * width];
     let score = |acc: &mut Vec<u64>, q: usize, row: &mut [f64]| {
@@ -232,11 +194,7 @@ pub fn history_scores(
                 acc[j as usize] += u64::from(k);
             }
         }
-        let asked = if shared {
-            items
-        } else {
-            &items[q * width..(q + 1) * width]
-        };
+        let asked = if shared { items } else { &items[q * width..(q + 1) * width] };
         for (slot, &j) in row.iter_mut().zip(asked) {
             *slot = acc[j as usize] as f64;
         }
@@ -269,14 +227,10 @@ pub fn history_scores(
 /// matrices are symmetric.
 pub fn shared_pairs(a: (&[u64], &[u32]), b: (&[u64], &[u32])) -> Result<u64> {
     if a.0.len() != b.0.len() || a.0.is_empty() {
-        return Err(Error::invalid(
-            "co-occurrence matrices over different item spaces",
-        ));
+        return Err(Error::invalid("co-occurrence matrices over different item spaces"));
     }
     for (indptr, indices) in [a, b] {
-        if *indptr.last().unwrap() as usize != indices.len()
-            || indptr.windows(2).any(|w| w[0] > w[1])
-        {
+        if *indptr.last().unwrap() as usize != indices.len() || indptr.windows(2).any(|w| w[0] > w[1]) {
             return Err(Error::invalid("malformed CSR structure"));
         }
     }
@@ -322,10 +276,7 @@ mod tests {
         // Market 0 alone has no (0, 3) pair.
         let c0 = cooccurrence(h.view(), &[0, 0, 1], &[0], 4, None).unwrap();
         assert_eq!(c0.get(0, 3), 0);
-        assert_eq!(
-            shared_pairs((&c.indptr, &c.indices), (&c0.indptr, &c0.indices)).unwrap(),
-            6
-        );
+        assert_eq!(shared_pairs((&c.indptr, &c.indices), (&c0.indptr, &c0.indices)).unwrap(), 6);
         // Truncation to the last 2 items: user 0 keeps {1, 2}, user 1 keeps {2}, user 2 {0, 3}.
         let t = cooccurrence(h.view(), &[0, 0, 1], &[0, 1], 4, Some(2)).unwrap();
         assert_eq!(t.get(0, 1), 0);
@@ -374,6 +325,11 @@ mod tests {
         assert!(history_scores(c.view(), h.view(), &[3], &[0], 1, true).is_err());
         assert!(history_scores(c.view(), h.view(), &[0], &[4], 1, true).is_err());
         assert!(history_scores(c.view(), h.view(), &[0, 1], &[0], 1, false).is_err());
+        // a history item beyond the matrix is an error where that history is read, only there
+        let wide = OwnedCsr::from_rows([vec![0, 1], vec![9]]);
+        assert!(history_scores(c.view(), wide.view(), &[1], &[0], 1, true).is_err());
+        // group 0 {0, 1} at item 2: C[0,2] + C[1,2] = 1 + 2
+        assert_eq!(history_scores(c.view(), wide.view(), &[0], &[2], 1, true).unwrap(), vec![3.0]);
     }
 
     #[test]
