@@ -9,10 +9,16 @@ initialisation order, RNG draw or summation order through.
 Torch and numpy's BLAS run on one thread here (threadpoolctl), so the numbers do not depend on the machine's core count.
 
 The numbers are the platform's too: the same code, torch and seed give other last bits on
-another CPU (MKL's matrix products differ between CPU models), and two epochs compound them
-(mlp++'s test HR@10 moves 6% between the two platforms recorded). So the file holds one set per
-platform (`platform()`: CPU vendor, family, model, AVX-512 or not, L2 size, torch's version), compared
-exactly; a platform it has no set for is compared with the first set the file recorded.
+another CPU (MKL's matrix products take other code on an AMD EPYC than on an AVX-512 Xeon), and
+two epochs compound them (mlp++'s test HR@10 moves 6% between the platforms recorded). So the file
+holds one set per platform (`platform()`: CPU vendor, AVX-512 or not, L2 size, torch's version),
+compared exactly. Two Intel models (family 6 models 167 and 207, both AVX-512 and 2 MiB of L2)
+gave the same bits for every model, so the CPU model is not part of the key.
+
+On a platform the file has no set for, a model on which every recorded set agrees (the baselines,
+EASE, GMF, MF: no thread- or ISA-dependent product) must still give those numbers exactly; a model
+whose sets differ passes if it equals one of them and is otherwise skipped with the reason (its bits
+there are unknown, not wrong): record that platform's set to check it.
 
 Regenerating: ``XMFAST_PIN_WRITE=1 pytest tests/test_pinned.py`` writes this platform's set from
 the current code instead of comparing. Use it only deliberately, when a change is meant to move
@@ -85,9 +91,8 @@ def platform() -> str:
     l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
     # AVX-512 picks the kernels of the core's encoder and of MKL: a VM may hide it from a CPU model
     avx512 = ", AVX-512" if "avx512f" in cpu.get("flags", "").split() else ""
-    return (f"{py_platform.machine()} {cpu.get('vendor_id', '?')} family {cpu.get('cpu family', '?')} "
-            f"model {cpu.get('model', '?')}{avx512}, L2 {l2.read_text().strip() if l2.is_file() else '?'}, "
-            f"torch {torch.__version__}")
+    return (f"{py_platform.machine()} {cpu.get('vendor_id', '?')}{avx512}, "
+            f"L2 {l2.read_text().strip() if l2.is_file() else '?'}, torch {torch.__version__}")
 
 
 def pinned() -> dict[str, Any]:
@@ -101,8 +106,7 @@ def _which() -> str:
     sets = json.loads(PINNED.read_text())
     here = platform()
     return (f"this platform's set ({here!r})" if here in sets else
-            f"the file's first set {next(iter(sets))!r}, as {PINNED.name} has none for this platform ({here!r}): "
-            "if the code did not change, the platform's bits differ; see the module docstring")
+            f"every set of {PINNED.name}, which agree on this model and have none for this platform ({here!r})")
 
 
 def _observed(run_dir: Path) -> dict[str, Any]:
@@ -174,6 +178,13 @@ def test_every_builtin_model_is_pinned(observed: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", list(SETTINGS["runs"]))
 def test_results_are_bit_identical_to_the_pinned_ones(observed: dict[str, Any], name: str) -> None:
-    pins = pinned()
-    assert name in pins, f"{name} is not in {PINNED.name}; regenerate it deliberately (see the module docstring)"
-    assert observed[name] == pins[name], f"compared with {_which()}"
+    sets = json.loads(PINNED.read_text())
+    assert all(name in pins for pins in sets.values()), \
+        f"{name} is not in every set of {PINNED.name}; regenerate it deliberately (see the module docstring)"
+    here = platform()
+    if here not in sets and len({json.dumps(pins[name], sort_keys=True) for pins in sets.values()}) > 1:
+        if any(observed[name] == pins[name] for pins in sets.values()):
+            return
+        pytest.skip(f"{PINNED.name} has no set for this platform ({here!r}) and its platforms' sets differ on "
+                    f"{name}: XMFAST_PIN_WRITE=1 records this platform's (see the module docstring)")
+    assert observed[name] == pinned()[name], f"compared with {_which()}"
