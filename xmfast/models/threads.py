@@ -12,7 +12,8 @@ threads (tests/test_threads.py checks whole steps). So those three run their bac
 linear map: its weight gradient only) on one thread: their gradients are a one-thread run's
 whatever the thread count, for one pass of a small operation on one core. On other devices, and
 on one thread, nothing changes. MAML's steps run under torch.func transforms, which get torch's
-own linear map: on such a CPU they still depend on the thread count.
+own linear map (a second-order meta-gradient differentiates the backward too, so every product
+of it would need the same care): they run wholly on one thread instead (`cpu_one_thread`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def cpu_one_thread(device: torch.device | str) -> Iterator[None]:
+    """The block on one CPU thread when `device` is the CPU (elsewhere it changes nothing): for
+    computations whose every product would otherwise have to be guarded, such as MAML's
+    meta-gradients. Their linear weight gradients, first and second order, sum over the batch
+    rows and so differ in the last bits between one thread and two on the CPUs above."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    with _one_thread():
+        yield
 
 
 def _needed(x: torch.Tensor | None) -> bool:
