@@ -148,3 +148,26 @@ def test_bad_arguments_are_value_errors() -> None:
         core.padded_histories(off, items, np.array([0], dtype=np.uint32), 2, 9, rule="cooc")
     with pytest.raises(ValueError, match="does not exist"):
         core.padded_histories(off, items, np.array([4], dtype=np.uint32), 2, 9)
+
+
+def test_a_cooc_matrix_that_does_not_fit_is_a_value_error_not_a_crash() -> None:
+    """The matrix is read where numpy keeps it (no copy), so it is checked: its CSR shape, and
+    a row for every item of a history the rule truncates (before, an item past its end read out
+    of bounds: a Rust panic)."""
+    off, items = _csr([[1, 2, 3], [0]])
+    sel = np.array([0], dtype=np.uint32)
+    u64, u32 = (lambda *x: np.array(x, dtype=np.uint64)), (lambda *x: np.array(x, dtype=np.uint32))
+    three = {"cooc_indptr": u64(0, 0, 0, 0), "cooc_indices": u32(), "cooc_counts": u32()}  # items 0, 1, 2
+    with pytest.raises(ValueError, match=r"history item 3 has no row in the co-occurrence matrix \(3 items\)"):
+        core.padded_histories(off, items, sel, 2, 9, rule="cooc", **three)
+    out, lengths = core.padded_histories(off, items, np.array([1], dtype=np.uint32), 2, 9, rule="cooc", **three)
+    assert out.tolist() == [[0, 9]] and lengths.tolist() == [1]  # a short history is not truncated
+    with pytest.raises(ValueError, match="malformed co-occurrence matrix"):
+        core.padded_histories(off, items, sel, 2, 9, rule="cooc", cooc_indptr=u64(0, 1, 1, 1, 1),
+                              cooc_indices=u32(), cooc_counts=u32())
+    with pytest.raises(ValueError, match="co-occurrence column 7 is out of range"):
+        core.padded_histories(off, items, sel, 2, 9, rule="cooc", cooc_indptr=u64(0, 1, 1, 1, 1),
+                              cooc_indices=u32(7), cooc_counts=u32(1))
+    four = {"cooc_indptr": u64(0, 0, 1, 1, 2), "cooc_indices": u32(3, 1), "cooc_counts": u32(5, 5)}  # (1, 3): 5
+    out, _ = core.padded_histories(off, items, sel, 2, 9, rule="cooc", **four)
+    assert out.tolist() == [[1, 3]]  # scores 1→5, 2→0, 3→5 (without the pair: 2 and 3, the most recent)

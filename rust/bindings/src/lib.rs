@@ -808,15 +808,10 @@ fn padded_histories<'py>(
         }
     };
     let cooc = match (&cooc_indptr, &cooc_indices, &cooc_counts) {
-        (Some(p), Some(i), Some(c)) => {
-            let indptr = slice("cooc_indptr", p)?.to_vec();
-            Some(xc::cooc::Cooccurrence {
-                n_items: indptr.len().saturating_sub(1),
-                indptr,
-                indices: slice("cooc_indices", i)?.to_vec(),
-                counts: slice("cooc_counts", c)?.to_vec(),
-            })
-        }
+        (Some(p), Some(i), Some(c)) => Some(
+            xc::cooc::CoocRef::new(slice("cooc_indptr", p)?, slice("cooc_indices", i)?, slice("cooc_counts", c)?)
+                .map_err(py_err)?,
+        ),
         (None, None, None) => None,
         _ => return Err(PyValueError::new_err("give all of cooc_indptr, cooc_indices and cooc_counts, or none")),
     };
@@ -825,7 +820,7 @@ fn padded_histories<'py>(
         None => None,
     };
     let (out, lengths) = py
-        .detach(|| xc::history::padded_histories(h, rows_s, width, pad, rule, seed, keys_s, cooc.as_ref(), leave_out_s))
+        .detach(|| xc::history::padded_histories(h, rows_s, width, pad, rule, seed, keys_s, cooc, leave_out_s))
         .map_err(py_err)?;
     Ok((matrix_to_py(py, out, rows_s.len(), width)?, vec_to_py(py, lengths)))
 }

@@ -31,8 +31,7 @@ impl Cooccurrence {
     }
 
     pub fn get(&self, i: u32, j: u32) -> u32 {
-        let (cols, counts) = self.row(i as usize);
-        cols.binary_search(&j).map_or(0, |k| counts[k])
+        self.view().get(i, j)
     }
 }
 
@@ -69,6 +68,12 @@ impl<'a> CoocRef<'a> {
     pub fn row(&self, i: usize) -> (&'a [u32], &'a [u32]) {
         let (a, b) = (self.indptr[i] as usize, self.indptr[i + 1] as usize);
         (&self.indices[a..b], &self.counts[a..b])
+    }
+
+    /// The count of the pair (`i`, `j`), 0 where it never occurs; `i` must be an item.
+    pub fn get(&self, i: u32, j: u32) -> u32 {
+        let (cols, counts) = self.row(i as usize);
+        cols.binary_search(&j).map_or(0, |k| counts[k])
     }
 }
 

@@ -15,7 +15,7 @@
 //! the width and the rule apply; the random rule then keys on (key, left-out position) so the
 //! rows of one user draw different subsets.
 
-use crate::cooc::Cooccurrence;
+use crate::cooc::CoocRef;
 use crate::error::{Error, Result};
 use crate::negatives::Csr;
 use crate::rng::Rng;
@@ -45,8 +45,9 @@ pub const KEEP_ALL: u32 = u32::MAX;
 
 /// Padded histories of `rows` (indices into `histories`): `rows.len() × width` items and the
 /// length kept for each row. `keys[r]` keys the random rule for row `r`; `cooc` is required by
-/// the co-occurrence rule; `leave_out[r]`, when given, is a position of row `r`'s history to
-/// drop first ([`KEEP_ALL`] for none).
+/// the co-occurrence rule (borrowed: numpy's arrays from Python, without a copy), and every
+/// item of a history longer than `width` must be one of its rows; `leave_out[r]`, when given,
+/// is a position of row `r`'s history to drop first ([`KEEP_ALL`] for none).
 #[allow(clippy::too_many_arguments)]
 pub fn padded_histories(
     histories: Csr<'_>,
@@ -56,7 +57,7 @@ pub fn padded_histories(
     rule: Truncation,
     seed: u64,
     keys: &[u64],
-    cooc: Option<&Cooccurrence>,
+    cooc: Option<CoocRef<'_>>,
     leave_out: Option<&[u32]>,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
     if width == 0 {
@@ -68,8 +69,18 @@ pub fn padded_histories(
     if let Some(&bad) = rows.iter().find(|&&r| r as usize >= histories.rows()) {
         return Err(Error::invalid(format!("history row {bad} does not exist ({} rows)", histories.rows())));
     }
-    if rule == Truncation::Cooc && cooc.is_none() {
-        return Err(Error::invalid("the cooc truncation rule needs co-occurrence counts"));
+    if rule == Truncation::Cooc {
+        let Some(c) = cooc else {
+            return Err(Error::invalid("the cooc truncation rule needs co-occurrence counts"));
+        };
+        // only histories longer than the width can be truncated and read it (most are shorter)
+        let long = rows.iter().filter(|&&r| histories.row(r as usize).len() > width);
+        if let Some(&bad) = long.flat_map(|&r| histories.row(r as usize)).find(|&&i| i as usize >= c.n_items()) {
+            return Err(Error::invalid(format!(
+                "history item {bad} has no row in the co-occurrence matrix ({} items)",
+                c.n_items()
+            )));
+        }
     }
     if let Some(skip) = leave_out {
         if skip.len() != rows.len() {
@@ -119,7 +130,7 @@ pub fn padded_histories(
 }
 
 /// Positions (ascending) of the `width` items a rule keeps from a longer history.
-fn kept_positions(hist: &[u32], width: usize, rule: Truncation, seed: u64, key: &[u64], cooc: Option<&Cooccurrence>) -> Vec<usize> {
+fn kept_positions(hist: &[u32], width: usize, rule: Truncation, seed: u64, key: &[u64], cooc: Option<CoocRef<'_>>) -> Vec<usize> {
     let n = hist.len();
     let mut keep: Vec<usize> = match rule {
         Truncation::Recent => (n - width..n).collect(),
@@ -152,6 +163,7 @@ fn kept_positions(hist: &[u32], width: usize, rule: Truncation, seed: u64, key: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cooc::Cooccurrence;
     use crate::negatives::OwnedCsr;
 
     fn csr() -> OwnedCsr {
@@ -198,10 +210,10 @@ mod tests {
             counts: vec![3, 1, 3, 1],
         };
         let h = csr();
-        let (out, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], Some(&c), None).unwrap();
+        let (out, _) = padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], Some(c.view()), None).unwrap();
         // scores: 5→3, 6→0, 7→1, 8→0, 9→4: keep 9, 5, 7 in time order
         assert_eq!(out, [5, 7, 9]);
-        let (two, _) = padded_histories(h.view(), &[0], 4, 99, Truncation::Cooc, 0, &[0], Some(&c), None).unwrap();
+        let (two, _) = padded_histories(h.view(), &[0], 4, 99, Truncation::Cooc, 0, &[0], Some(c.view()), None).unwrap();
         // the fourth slot is a tie between 6 and 8 (both 0): the more recent, 8, wins
         assert_eq!(two, [5, 7, 8, 9]);
     }
@@ -233,6 +245,12 @@ mod tests {
         assert!(padded_histories(h.view(), &[3], 3, 99, Truncation::Recent, 0, &[0], None, None).is_err());
         assert!(padded_histories(h.view(), &[0], 0, 99, Truncation::Recent, 0, &[0], None, None).is_err());
         assert!(padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], None, None).is_err());
+        // a history the rule truncates (row 0, five items) holds items 5..9: a matrix of 9 items lacks 9
+        let c = Cooccurrence { n_items: 9, indptr: vec![0; 10], indices: vec![], counts: vec![] };
+        let e = padded_histories(h.view(), &[0], 3, 99, Truncation::Cooc, 0, &[0], Some(c.view()), None).unwrap_err();
+        assert!(e.to_string().contains("history item 9 has no row"), "{e}");
+        // a history the rule leaves whole does not read it
+        assert!(padded_histories(h.view(), &[1], 3, 99, Truncation::Cooc, 0, &[0], Some(c.view()), None).is_ok());
         assert!("oldest".parse::<Truncation>().is_err());
     }
 }
