@@ -46,6 +46,11 @@ def files(out: Path) -> dict[str, bytes]:
     return got
 
 
+def stage_seconds(out: Path) -> float:
+    """The seconds of every stage of a run, from its ledger: its work, whatever ran at once."""
+    return sum(json.loads(p.read_text()).get("seconds") or 0.0 for p in (out / ".stages").glob("*.json"))
+
+
 def run(experiment: Path, out: Path, jobs: int) -> float:
     """Wall seconds of `xmfast run experiment --out out [--jobs N]` from an empty `out`."""
     shutil.rmtree(out, ignore_errors=True)
@@ -110,6 +115,15 @@ def main() -> None:
     console.print(f"files of the last serial and parallel runs: {len(serial)} and {len(parallel)}, "
                   + ("identical byte for byte (timings aside)" if same else f"[bold red]{len(differ)} differ[/]: "
                      + ", ".join(differ[:10])), highlight=False)
+    # The most --jobs could give: the parallel run's stages (one thread each) packed on the jobs
+    # without a gap; a serial run already giving its big stages every core leaves less to gain.
+    work_serial, work_parallel = stage_seconds(work / "serial"), stage_seconds(work / "parallel")
+    packed = work_parallel / args.jobs
+    console.print(f"stage time of the last runs: serial {work_serial:.1f} s (every core each), parallel "
+                  f"{work_parallel:.1f} s (one of {args.jobs} shares each); the parallel stages packed without "
+                  f"a gap on {args.jobs} jobs would take {packed:.1f} s: a bound of "
+                  f"{median(times[1]) / packed:.2f}× (its wall time {median(times[args.jobs]):.1f} s: "
+                  f"{median(times[args.jobs]) - packed:.1f} s of start-up, planning and waiting)", highlight=False)
     load.report()
     print_targets({f"--jobs {args.jobs} at least 1.6× faster than serial": speedup >= 1.6,
                    "the same files as the serial run": same})
