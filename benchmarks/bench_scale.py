@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from _common import (
@@ -102,15 +103,15 @@ def child(args: argparse.Namespace) -> None:
     names, ratings = step("parse", lambda: load_inputs(data, config))
     n_read = len(ratings)
     input_bytes = sum(f["bytes"] for f in ratings.files)
-    ratings = step("filter", lambda: filter_ratings(ratings, names, config))
+    ratings = step("filter", partial(filter_ratings, ratings, names, config))
     # For reference only (the default configuration does no k-core): a 5/5 one-pass k-core mask.
     t0 = time.perf_counter()
     core.kcore_mask(ratings.market, ratings.user, ratings.item, 5, 5)
     kcore_s = time.perf_counter() - t0
     # As prepare() does: the rating table is freed once the split has gathered its rows.
-    split = step("split", lambda: split_ratings(ratings, names, config))
+    split = step("split", partial(split_ratings, ratings, names, config))
     del ratings
-    dataset = step("candidates", lambda: sample_candidates(split, config))
+    dataset = step("candidates", partial(sample_candidates, split, config))
     del split
     counts = dataset.manifest["counts"]
     pipeline_hwm = vm_hwm_bytes()

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from _common import OtherLoad, WORK, console, ensure_synth, fmt_bytes, fmt_s, print_machine, print_targets, table
 
@@ -114,7 +113,6 @@ def main() -> None:
     if prep[2] != 0:
         sys.exit(f"prepare failed:\n{prep[3]}")
     rows.append(("prepare (parse, filter, split, candidates, write)", prep[0], prep[1]))
-    t0 = time.perf_counter()
     steps_run = subprocess.run([sys.executable, "-P", "-c", STEPS_CHILD, str(dataset / "manifest.json")],
                                capture_output=True, text=True)
     if steps_run.returncode != 0:
