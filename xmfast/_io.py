@@ -390,6 +390,8 @@ def read_descriptor(
     directory = Path(directory)
     file = directory / name
     if not file.is_file():
+        if not directory.exists():  # a mistyped path: "not a prepared dataset" would send one to re-make it
+            raise error(f"{directory}: no such file or directory")
         raise error(f"{directory}: not a {what} (no {name}); {remedy}")
     try:
         data = loads_strict(file.read_text(encoding="utf-8"))

@@ -1452,7 +1452,7 @@ def report(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots.")] = True,
     reference: Annotated[
         Optional[str], typer.Option(help="The row (a model's label, run without sources) every other is tested "
-                                    "against (default: xmfast.report.REFERENCE, single-market nmf).")
+                                    "against (default: nmf, single-market NeuMF as in FOREC's tables).")
     ] = None,
 ) -> None:
     """Tables (markdown, CSV, JSON) of finished runs: mean ± std over seeds, paired tests, published figures, plots."""
