@@ -216,6 +216,63 @@ def test_bad_experiment_files_are_one_error_line(sample_dir: Path, tmp_path: Pat
         plan(read_experiment(path))
 
 
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [  # the file's first two lines are data and out
+        ('models = ["gmf"]\n[train]\nepochs = "four"\n', 5, '[train]: setting epochs must be an integer, got "four"'),
+        ('models = ["gmf"]\n[train]\nepochs = 0\n', 5, "[train]: epochs must be at least 1, got 0"),
+        # merged tables: the line of the table that holds the bad key
+        ('models = ["gmf"]\n[train]\nlr = "x"\n[train.gmf]\nepochs = 2\n', 5, '[train]: setting lr must be a number, got "x"'),
+        ('models = ["gmf"]\n[train]\nepochs = 2\n[train.gmf]\n# a comment\nlr = "x"\n', 8,
+         '[train.gmf]: setting lr must be a number, got "x"'),
+        ('models = ["gmf++"]\n[model.gmf]\nembedding_dim = 8\n[model."gmf++"]\nembeding_dim = 4\n', 7,
+         "[model.\"gmf++\"]: unknown setting 'embeding_dim' (known: embedding_dim, init, init_std)"),
+        ('models = ["gmf++"]\n[model.gmf]\nembedding_dim = "8"\n[model."gmf++"]\ninit_std = 0.1\n', 5,
+         '[model.gmf]: setting embedding_dim must be an integer, got "8"'),
+        ('models = ["maml"]\n[model.maml]\nmaml = {inner_lr = "a"}\n', 5,
+         '[model.maml]: [maml] setting inner_lr must be a number, got "a"'),
+        ('models = ["maml"]\n[model.maml.maml]\nfirst_order = true\ninner_lr = "a"\n', 6,
+         '[model.maml]: [maml] setting inner_lr must be a number, got "a"'),
+        ('models = ["forec"]\n[finetune.forec]\nepochs = 1.5\n', 5, "[finetune.forec]: setting epochs must be an integer, got 1.5"),
+        ('models = ["gmf"]\ntrain.epochs = "x"\n', 4, '[train]: setting epochs must be an integer, got "x"'),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_line(sample_dir: Path, tmp_path: Path, body: str, line: int,
+                                             message: str) -> None:
+    """The contract for bad input (one `error:` line naming the file, the line and what is
+    wrong), for settings whose table and key the reader knows: FILE:LINE, the table as written,
+    the setting, and no Python class name (TrainConfig, GMFConfig)."""
+    path = write_experiment(tmp_path / "e.toml", sample_dir, tmp_path / "out", body)
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {path}:{line}: {message}\n"
+    assert "Config" not in result.output
+
+
+def test_the_line_of_a_setting_is_read_from_the_tables_and_keys() -> None:
+    from xmfast.experiment import setting_line
+
+    def line(text: str, table: tuple[str, ...], path: tuple[str, ...]) -> int | None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        try:
+            return setting_line(Path(f.name), table, path)
+        finally:
+            Path(f.name).unlink()
+
+    text = ('name = "x"\n[train]\nepochs = 3\n[train.acmr]\n  epochs=2 # two\n[model."gmf++"]\n'
+            "'embedding_dim' = 8\n[[model.list]]\nepochs = 9\n")
+    assert line(text, ("train",), ("epochs",)) == 3
+    assert line(text, ("train", "acmr"), ("epochs",)) == 5
+    assert line(text, ("model", "gmf++"), ("embedding_dim",)) == 7
+    assert line(text, ("model", "gmf"), ("embedding_dim",)) is None
+    assert line(text, ("train",), ("lr",)) is None
+    assert setting_line(None, ("train",), ("epochs",)) is None
+    assert setting_line(Path("/nonexistent/e.toml"), ("train",), ("epochs",)) is None
+
+
 def test_cli_dry_run_then_run_then_report(sample_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     path = write_experiment(tmp_path / "e.toml", sample_dir, out,

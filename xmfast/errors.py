@@ -18,6 +18,16 @@ class XmfastError(Exception):
     """Bad input or a bad request; the message is meant for the user as is."""
 
 
+class SettingError(XmfastError):
+    """A setting of a configuration is unknown or of the wrong type. `path` is its key (nested
+    keys in order: ``("maml", "inner_lr")``) and `detail` the message without the owner's name,
+    so that a file reader can put the file and line in front of it."""
+
+    def __init__(self, message: str, path: tuple[str, ...], detail: str) -> None:
+        super().__init__(message)
+        self.path, self.detail = path, detail
+
+
 class DataError(XmfastError):
     """A rating file or data directory is unusable."""
 

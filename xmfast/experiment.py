@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from xmfast._io import digest_json, write_json_atomic
-from xmfast.errors import XmfastError
+from xmfast.errors import SettingError, XmfastError
 from xmfast.markets import DataSource, check_market_name, parse_columns
 from xmfast.models import Model, get_model, model_names
 
@@ -344,13 +344,56 @@ def _setting_of(sources: tuple[str, ...] | str) -> str:
     return "src-" + "+".join(sources)
 
 
-def _check_settings(config_type: type, values: dict[str, Any], where: str) -> None:
+def _dotted(key: str) -> tuple[str, ...]:
+    """The parts of a TOML key or table header: ``model."gmf++"`` -> ("model", "gmf++")."""
+    import re
+
+    return tuple(a or b or c for a, b, c in re.findall(r'"([^"]*)"|\'([^\']*)\'|([^.\s"\']+)', key))
+
+
+def setting_line(file: Path | None, table: tuple[str, ...], path: tuple[str, ...]) -> int | None:
+    """The number of the line of `file` that sets the key `path` of `table` (or the inline table
+    holding it), for an error message; None where it cannot be told (no file, another layout).
+    tomllib keeps no positions, so this reads the lines: table headers and ``key =`` lines."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines() if file is not None else []
+    except (OSError, UnicodeDecodeError):
+        return None
+    header: tuple[str, ...] = ()
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if text.startswith("["):
+            header = _dotted(text.strip("[]").split("]")[0])
+            continue
+        key, equals, _ = text.partition("=")
+        if not equals or text.startswith("#"):
+            continue
+        full = header + _dotted(key)
+        inner = full[len(table):]
+        if full[: len(table)] == table and 0 < len(inner) <= len(path) and inner == path[: len(inner)]:
+            return number
+    return None
+
+
+def _at(exp: Experiment, tables: Sequence[tuple[str, ...]], path: tuple[str, ...]) -> str:
+    """The experiment file with the line that sets `path` in the first of `tables` that sets it."""
+    where = str(exp.path or exp.name)
+    line = next((n for t in tables if (n := setting_line(exp.path, t, path)) is not None), None)
+    return f"{where}:{line}" if line is not None else where
+
+
+def _check_settings(config_type: type, values: dict[str, Any], exp: Experiment, label: str,
+                    tables: Sequence[tuple[str, ...]]) -> None:
+    """`values` as `config_type`'s settings, or one error naming the file, the line of the bad
+    setting (in the first of `tables` that sets it), the table as written (`label`) and what is wrong."""
     from xmfast.models import config_from_dict
 
     try:
         config_from_dict(config_type, values)
+    except SettingError as e:
+        raise XmfastError(f"{_at(exp, tables, e.path)}: {label}: {e.detail}") from None
     except XmfastError as e:
-        raise XmfastError(f"{where}: {e}") from None
+        raise XmfastError(f"{exp.path or exp.name}: {label}: {str(e).removeprefix(config_type.__name__ + ': ')}") from None
 
 
 def plan(experiment: Experiment) -> Plan:
@@ -398,11 +441,12 @@ def plan(experiment: Experiment) -> Plan:
                 raise XmfastError(f"{where}: source {s!r} has no rating file in {exp.data}")
     # [train] alone first: a typo there is reported under its own table, not under the first
     # [train.NAME] it is merged into
-    _check_settings(TrainConfig, exp.train, f"{where}: [train]")
+    _check_settings(TrainConfig, exp.train, exp, "[train]", [("train",)])
     for name, values in exp.train_by_model.items():
-        _check_settings(TrainConfig, {**exp.train, **values}, f"{where}: {table_name('train', name)}")
+        _check_settings(TrainConfig, {**exp.train, **values}, exp, table_name("train", name),
+                        [("train", name), ("train",)])
     for name, values in exp.finetune_by_model.items():
-        _check_settings(TrainConfig, values, f"{where}: [finetune.{name}]")
+        _check_settings(TrainConfig, values, exp, f"[finetune.{name}]", [("finetune", name)])
 
     entries = [_experiment_model(m, where) for m in exp.models]
     multi = [(m, pooled) for m, pooled in entries if _uses_sources(m, pooled)]
@@ -572,6 +616,9 @@ class _ModelConfigs:
                 values.update(own)
                 try:
                     config = model.config_from(values, recipe)
+                except SettingError as e:  # the line: in this table, else the earlier one that set it
+                    read = [("model", u) for u in reversed(tables[: tables.index(t) + 1])]
+                    raise XmfastError(f"{_at(self.exp, read, e.path)}: {table_name('model', t)}: {e.detail}") from None
                 except XmfastError as e:
                     raise XmfastError(f"{self.where}: {table_name('model', t)}: "
                                       f"{str(e).removeprefix(f'model {name}: ')}") from None

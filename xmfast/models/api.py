@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
-from xmfast.errors import XmfastError
+from xmfast.errors import SettingError, XmfastError
 
 ENTRY_POINT_GROUP = "xmfast.models"
 DEFAULT_RECIPE = "xmfast"  # the recipe of TrainConfig's and the models' own defaults
@@ -468,22 +468,37 @@ def config_from_dict(config_type: type, values: Mapping[str, Any], owner: str | 
     known = {f.name: f for f in fields(config_type)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise XmfastError(f"{owner + ': ' if owner else ''}unknown setting {unknown[0]!r} for {config_type.__name__} "
-                          f"(known: {', '.join(known) or 'none'})")
+        detail = f"unknown setting {unknown[0]!r} (known: {', '.join(known) or 'none'})"
+        raise SettingError(f"{owner + ': ' if owner else ''}unknown setting {unknown[0]!r} for {config_type.__name__} "
+                           f"(known: {', '.join(known) or 'none'})", (unknown[0],), detail)
     owner = owner or config_type.__name__
     hints = typing.get_type_hints(config_type)
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         hint = hints.get(name, Any)
         if is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value, f"{owner} [{name}]")
+            try:
+                value = config_from_dict(hint, value, f"{owner} [{name}]")
+            except SettingError as e:
+                raise SettingError(str(e), (name, *e.path), f"[{name}] {e.detail}") from None
         else:
-            value = _typed(value, hint, f"{owner}: setting {name}")
+            try:
+                value = _typed(value, hint, f"{owner}: setting {name}")
+            except XmfastError as e:
+                detail = str(e).removeprefix(f"{owner}: ")
+                raise SettingError(str(e), (name,), detail) from None
         kwargs[name] = value
     try:
         return config_type(**kwargs)
     except (TypeError, ValueError) as e:
         raise XmfastError(f"{owner}: {e}") from None
+    except SettingError:
+        raise
+    except XmfastError as e:  # a check of the configuration's own: its message starts with the setting's name
+        name = str(e).split(" ", 1)[0]
+        if name in known:
+            raise SettingError(str(e), (name,), str(e)) from None
+        raise
 
 
 def _typed(value: Any, hint: Any, what: str) -> Any:
