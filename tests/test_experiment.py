@@ -273,6 +273,24 @@ def test_the_line_of_a_setting_is_read_from_the_tables_and_keys() -> None:
     assert setting_line(Path("/nonexistent/e.toml"), ("train",), ("epochs",)) is None
 
 
+def test_a_training_setting_re_runs_the_trained_models_only(sample_dir: Path, tmp_path: Path) -> None:
+    """pop and EASE read no [train] setting but their sources and seed: a changed `epochs` or `lr`
+    re-runs GMF, not them; a changed seed or model setting still re-runs them."""
+    out = tmp_path / "out"
+    body = 'targets = ["in"]\nmodels = ["pop", "ease", "gmf"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 1\n'
+    path = write_experiment(tmp_path / "e.toml", sample_dir, out, body)
+    run_experiment(plan(read_experiment(path)))
+    write_experiment(path, sample_dir, out, body.replace("epochs = 1", "epochs = 2\nlr = 0.002"))
+    actions = stage_actions(plan(read_experiment(path)))
+    assert {k: v for k, v in actions.items() if k != "in/dataset"} == {
+        "in/single/s1/pop": "cached", "in/single/s1/ease": "cached", "in/single/s1/gmf": "run"}
+    write_experiment(path, sample_dir, out, body.replace("seeds = [1]", "seeds = [2]") + "[model.ease]\nlam = 50.0\n")
+    actions = stage_actions(plan(read_experiment(path)))
+    assert actions["in/single/s2/pop"] == "run" and actions["in/single/s2/ease"] == "run"
+    write_experiment(path, sample_dir, out, body + "[model.ease]\nlam = 50.0\n")
+    assert stage_actions(plan(read_experiment(path)))["in/single/s1/ease"] == "run"
+
+
 def test_cli_dry_run_then_run_then_report(sample_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     path = write_experiment(tmp_path / "e.toml", sample_dir, out,

@@ -465,7 +465,7 @@ def plan(experiment: Experiment) -> Plan:
 
     def add(stage: Stage, deps: Sequence[Stage] = ()) -> Stage:
         stage.deps = tuple(d.id for d in deps)
-        stage.key = digest_json({"kind": stage.kind, "settings": stage.settings, "deps": [d.key for d in deps]})
+        stage.key = digest_json({"kind": stage.kind, "settings": _keyed(stage.settings), "deps": [d.key for d in deps]})
         stages.append(stage)
         return stage
 
@@ -550,6 +550,18 @@ def plan(experiment: Experiment) -> Plan:
                 for model in _registry_order([m for m, _ in multi]):
                     plan_entry(model, sources)
     return Plan(exp, stages)
+
+
+def _keyed(settings: dict[str, Any]) -> dict[str, Any]:
+    """What of a stage's settings its key covers: all of them, but for a model without training
+    only the sources and seed of its training settings, the ones its fit() reads (a changed
+    [train] epochs or lr re-runs the trained models, not pop or EASE); the stage still records
+    and runs with the whole configuration."""
+    model = settings.get("model")
+    if model is None or get_model(model).trained:
+        return settings
+    train = settings["train_config"]
+    return {**settings, "train_config": {k: train[k] for k in ("sources", "seed")}}
 
 
 def _uses_sources(model: Model, pooled: bool) -> bool:
