@@ -321,7 +321,10 @@ def test_cli_recommend_unknown_user_and_missing_run(sample_in: PreparedDataset, 
     r = runner.invoke(app, ["recommend", str(tmp_path / "pop"), "--user", "nobody"])
     assert r.exit_code == 2 and "error: user 'nobody' has no ratings in market in" in r.output
     r = runner.invoke(app, ["recommend", str(tmp_path / "nothing"), "--user", "x"])
-    assert r.exit_code == 2 and "not a run directory" in r.output
+    assert r.exit_code == 2 and r.output == f"error: {tmp_path / 'nothing'}: no such file or directory\n"
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["recommend", str(tmp_path / "empty"), "--user", "x"])
+    assert r.exit_code == 2 and "not a run directory" in r.output, r.output
 
 
 def test_model_scorer_scores_pairs_like_the_model(sample_in: PreparedDataset) -> None:

@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # annotations only: `models` and `compare` need no numpy
 
 console = Console()
 err_console = Console(stderr=True)
+# Off a terminal (a pipe, a log file, Slurm, CI) a line stays one line, as grep and tail expect;
+# rich would break it at 80 columns. Tables are drawn as plain text there anyway (see Grid).
+for _c in (console, err_console):
+    _c.soft_wrap = not _c.is_terminal
 
 
 # ---- tables that never cut a number ---------------------------------------------------------
