@@ -294,3 +294,11 @@ def test_the_report_table_keeps_every_number_at_80_columns_and_in_a_pipe(tiny_ru
             assert f"{row.mean[m]:.4f} ± {row.std[m]:.4f}" in text
         if row.vs_reference is not None:
             assert f"{row.vs_reference.mean_difference:+.4f} ({row.vs_reference.p_adjusted:.2g})" in text
+        if row.vs_baseline is not None:  # the markdown's second test column too
+            assert f"{row.vs_baseline.mean_difference:+.4f} ({row.vs_baseline.p_adjusted:.2g})" in text
+    assert any(row.vs_baseline is not None for _, row in report.rows())
+    for s in report.sections:  # the markdown's heading: the dataset tells two of one market apart
+        assert f"{s.target} (protocol {s.protocol}, dataset {s.fingerprint[:12]}, {s.users:,} test users)" in text
+    if not terminal:  # seeds are their values, as in the markdown (not their count)
+        seeds = {", ".join(map(str, row.seeds)) for _, row in report.rows()}
+        assert any(len(x) > 1 for x in seeds) and all(x in text for x in seeds)

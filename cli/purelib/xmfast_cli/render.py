@@ -568,19 +568,21 @@ def report_table(report) -> list[Grid]:  # noqa: ANN001 - xmfast.report.Report
 
     tables = []
     metrics = list(report.metrics)
-    for s in report.sections:
-        t = Grid(f"{s.target} (protocol {s.protocol}, {s.users:,} test users)",
-                 ["model", "seeds", *metrics, f"Δ vs {report.reference} (p, Holm)"],
-                 short=["model", "seeds", *map(short_metric, metrics), f"Δ {report.reference} (p, Holm)"])
+    def test(vs) -> str:  # noqa: ANN001 - xmfast.compare.PairedTest or None
+        return "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p_adjusted:.2g})" + (" ✱" if vs.significant else "")
+
+    for s in report.sections:  # as the markdown: the dataset tells apart two of one market, seeds are their values
+        baseline = s.baseline or "baseline"
+        t = Grid(f"{s.target} (protocol {s.protocol}, dataset {s.fingerprint[:12]}, {s.users:,} test users)",
+                 ["model", "seeds", *metrics, f"Δ vs {report.reference} (p, Holm)", f"Δ vs {baseline} (p, Holm)"],
+                 short=["model", "seeds", *map(short_metric, metrics), f"Δ {report.reference} (p, Holm)",
+                        f"Δ {baseline} (p, Holm)"])
         for r in s.rows:
             cells = []
             for m in report.metrics:
                 text = f"{r.mean[m]:.4f}" + (f" ± {r.std[m]:.4f}" if len(r.runs) > 1 else "")
                 cells.append(f"[bold]{text}[/]" if r.name in s.best[m] else text)
-            vs = r.vs_reference
-            t.add_row(escape(r.name), str(len(r.runs)), *cells,
-                      "–" if vs is None else f"{vs.mean_difference:+.4f} ({vs.p_adjusted:.2g})"
-                      + (" ✱" if vs.significant else ""))
+            t.add_row(escape(r.name), ", ".join(map(str, r.seeds)), *cells, test(r.vs_reference), test(r.vs_baseline))
         tables.append(t)
     return tables
 
