@@ -320,3 +320,27 @@ def test_a_grid_tuned_a_part_at_a_time_keeps_every_part(tmp_path: Path, sample_d
     third = CliRunner().invoke(app, ["tune", str(file)])
     assert third.exit_code == 0, third.output
     assert set(tuning.read_summary(exp.out)) == {"ease@in"}
+
+
+def test_a_baseline_study_continues_across_training_settings_but_not_another_metric(
+        tmp_path: Path, sample_dir: Path) -> None:
+    """EASE's stage keys no [train] setting (it reads none), so a changed `epochs` continues its
+    study; the metric the study maximises is [train] monitor, so changing it is another study
+    (an error saying so), as it is for a trained model through its stage key."""
+    file = tmp_path / "exp.toml"
+    body = (f'name = "t"\ndata = "{sample_dir}"\nout = "{tmp_path / "out"}"\ntargets = ["in"]\n'
+            'models = ["ease"]\nseeds = [1]\ndevice = "cpu"\n[train]\nepochs = 2\n[tune]\ntrials = 1\n'
+            '[tune.ease]\nlam = [30.0, 60.0]\n')
+    file.write_text(body, encoding="utf-8")
+    assert CliRunner().invoke(app, ["tune", str(file)]).exit_code == 0
+    file.write_text(body.replace("epochs = 2", "epochs = 3").replace("trials = 1", "trials = 2"), encoding="utf-8")
+    more = CliRunner().invoke(app, ["tune", str(file)])
+    assert more.exit_code == 0, more.output
+    import optuna
+
+    study = optuna.load_study(study_name="ease@in", storage=tuning._storage(tuning.tune_dir(read_experiment(file))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    file.write_text(body.replace("epochs = 2", 'epochs = 2\nmonitor = "hr@10"'), encoding="utf-8")
+    other = CliRunner().invoke(app, ["tune", str(file)])
+    assert other.exit_code == 2 and "study ease@in was made with another search space or other settings" in \
+        " ".join(other.output.split()), other.output

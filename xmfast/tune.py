@@ -639,8 +639,11 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     monitor = base.settings["train_config"]["monitor"]
     select = base.settings["train_config"]["select"]
     sname = study_name(name, target)
-    # what the trials' values mean: the space and everything else a trial's run is made of
-    identity = digest_json({"space": [d.describe() + d.name + d.table for d in dims], "base": base.key})
+    # what the trials' values mean: the space and everything else a trial's run is made of; a
+    # model without training keys no [train] setting (see experiment._keyed), so the metric a
+    # study maximises and the checkpoint it reads are named here
+    measured = {} if get_model(base.settings["model"]).trained else {"monitor": monitor, "select": select}
+    identity = digest_json({"space": [d.describe() + d.name + d.table for d in dims], "base": base.key, **measured})
     study = optuna.create_study(study_name=sname, storage=storage, direction="maximize", load_if_exists=True,
                                 pruner=_pruner(spec.pruner))
     known = study.user_attrs.get("identity")
