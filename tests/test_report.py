@@ -302,3 +302,20 @@ def test_the_report_table_keeps_every_number_at_80_columns_and_in_a_pipe(tiny_ru
     if not terminal:  # seeds are their values, as in the markdown (not their count)
         seeds = {", ".join(map(str, row.seeds)) for _, row in report.rows()}
         assert any(len(x) > 1 for x in seeds) and all(x in text for x in seeds)
+
+
+def test_runs_of_a_model_without_training_are_one_row_whatever_train_settings_they_recorded(
+        sample_dir: Path, tmp_path: Path) -> None:
+    """A grid re-uses pop's and EASE's runs when [train] changes (they read none of it), so one
+    seed may record epochs = 1 and the next epochs = 2: still one row of two seeds (GMF's s1 is
+    trained again with the new epochs)."""
+    file = tmp_path / "e.toml"
+    body = (f'data = "{sample_dir}"\nout = "{tmp_path / "out"}"\ntargets = ["in"]\nmodels = ["pop", "gmf"]\n'
+            'seeds = [1]\ndevice = "cpu"\n[train]\nepochs = 1\n')
+    file.write_text(body, encoding="utf-8")
+    run_experiment(plan(read_experiment(file)))
+    file.write_text(body.replace("seeds = [1]", "seeds = [1, 2]").replace("epochs = 1", "epochs = 2"), encoding="utf-8")
+    result = run_experiment(plan(read_experiment(file)))
+    assert "in/single/s1/pop" not in result.executed and "in/single/s1/gmf" in result.executed
+    rows = {(row.name, tuple(row.seeds)) for _, row in build_report(collect_runs([tmp_path / "out"])).rows()}
+    assert ("pop", (1, 2)) in rows and ("gmf", (1, 2)) in rows and len(rows) == 2

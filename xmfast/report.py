@@ -165,7 +165,7 @@ def read_run(path: Path) -> RunRecord:
 def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> RunRecord:
     tc = dict(info.get("train_config", {}))
     seed = int(tc.get("seed", 0))
-    tc = _settings_only(tc)
+    tc = _settings_only(tc) if _trained(str(info["model"])) else {"sources": tc.get("sources", [])}
     manifest = Path(str(info.get("dataset", {}).get("path") or "")) / "manifest.json"
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -205,6 +205,19 @@ def _run_record(path: Path, info: dict[str, Any], results: dict[str, Any]) -> Ru
 
 
 _NOT_SETTINGS = ("seed", "device", "eval_batch", "amp", "cuda_graphs")  # how or where it ran, not what
+
+
+def _trained(model: str) -> bool:
+    """Whether `model` has a training loop. One without (pop, EASE) reads no training setting but
+    its sources, and a grid re-uses its runs when [train] changes (experiment._keyed), so its
+    runs' recorded epochs or lr do not make them different rows. A model not installed here
+    counts as trained: every recorded setting then tells its runs apart, as before."""
+    from xmfast.models import get_model
+
+    try:
+        return get_model(model).trained
+    except XmfastError:
+        return True
 
 
 def _settings_only(train_config: dict[str, Any]) -> dict[str, Any]:
