@@ -84,3 +84,32 @@ def test_the_whole_app_answers_what_names_no_command() -> None:
 
     for argv in ([], ["--help"], ["--version"], ["evalute"], ["--", "evaluate"]):
         assert _app_for(argv) is app, argv
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_at_80_columns_fits_and_keeps_short_texts_on_one_line(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """At 80 columns a command's help is click's layout: every line fits, and a parameter's
+    help has the width the names leave (rich's seven-column option table gave `prepare` 19
+    columns of text, 'Target market,' above 'e.g. uk.')."""
+    out = help_text(monkeypatch, 80, name)
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "╭" not in out, out
+    if name == "prepare":
+        assert "Target market, e.g. uk." in out and "--fixpoint / --one-pass" in out, out
+
+
+def test_wide_help_is_rich_panels_and_reflows_the_source_line_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 100 columns and more the panels stay; a docstring's line breaks do not (the source breaks
+    at 100 columns; rich showed that break as a short line at every width)."""
+    out = help_text(monkeypatch, 120, "prepare")
+    assert "╭─ Options" in out, out
+    assert "preprocessing unless an option says otherwise" in out, out
+    assert "Target market, e.g. uk." in out, out
+
+
+def test_reflow_keeps_indented_and_bulleted_paragraphs() -> None:
+    from xmfast_cli.app import _reflowed
+
+    assert _reflowed("One line\nand its rest.\n\nTwo:\n  xmfast run X\n  xmfast report Y") == \
+        "One line and its rest.\n\nTwo:\n  xmfast run X\n  xmfast report Y"
+    assert _reflowed("Items:\n- a\n- b") == "Items:\n- a\n- b"

@@ -131,20 +131,65 @@ def _element_type(param: Any, ctx: Any) -> str:
     return "<path>" if isinstance(element, type) and issubclass(element, Path) else f"<{param._bare_type(element)}>"
 
 
+# Below this many columns a command's help is laid out as click lays it out (names above their
+# text when long, the text wrapped beside them): rich's option table keeps seven columns of names,
+# short names, negative flags and types whole, which left `xmfast prepare` 19 columns of text at 80.
+RICH_HELP_MIN_WIDTH = 100
+
+
+def _help_width() -> int:
+    """The width rich would draw the help at: typer's TERMINAL_WIDTH, else COLUMNS or the terminal."""
+    import os
+    import shutil
+
+    fixed = os.environ.get("TERMINAL_WIDTH", "")
+    return int(fixed) if fixed.isdigit() else shutil.get_terminal_size().columns
+
+
+def _reflowed(text: str) -> str:
+    """Line breaks inside a paragraph of prose taken out, so that the help wraps at the terminal's
+    width, not at the source's (rich keeps a docstring's breaks: a line broken at 100 columns in the
+    source showed as a line and a stub at 80). Paragraphs with an indented or bulleted line stay."""
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(
+        p if any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ")) for line in p.splitlines()[1:])
+        else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs)
+
+
 class _Command(typer.core.TyperCommand):
     """Every command's help as written: its text and its parameters' are escaped, so that rich
-    shows `[train]` instead of reading it as markup, and parameters are shown by the classes above."""
+    shows `[train]` instead of reading it as markup, and parameters are shown by the classes above.
+    On a terminal narrower than RICH_HELP_MIN_WIDTH the help is click's plain layout, unescaped."""
 
     def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:  # noqa: A002
         from rich.markup import escape
 
+        help = _reflowed(help) if help else help  # noqa: A001
+        self._written: dict[Any, Optional[str]] = {self: help}
         super().__init__(*args, help=escape(help) if help else help, **kwargs)
         for param in self.params:
             if getattr(param, "help", None):
+                self._written[param] = param.help  # type: ignore[attr-defined]
                 param.help = escape(param.help)  # type: ignore[attr-defined]
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _ours(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if _help_width() >= RICH_HELP_MIN_WIDTH:
+            super().format_help(ctx, formatter)
+            return
+        shown, mode = {owner: owner.help for owner in self._written}, self.rich_markup_mode
+        try:
+            for owner, text in self._written.items():
+                owner.help = text
+            self.rich_markup_mode = None  # typer's plain (click) layout
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = mode
+            for owner, text in shown.items():
+                owner.help = text
 
 
 class _Group(typer.core.TyperGroup):
