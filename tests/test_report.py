@@ -319,3 +319,11 @@ def test_runs_of_a_model_without_training_are_one_row_whatever_train_settings_th
     assert "in/single/s1/pop" not in result.executed and "in/single/s1/gmf" in result.executed
     rows = {(row.name, tuple(row.seeds)) for _, row in build_report(collect_runs([tmp_path / "out"])).rows()}
     assert ("pop", (1, 2)) in rows and ("gmf", (1, 2)) in rows and len(rows) == 2
+
+
+def test_bar_labels_name_the_dataset_only_where_two_markets_would_share_a_label() -> None:
+    from xmfast.report import Section, bar_labels
+
+    sections = [Section("forec", "in", "aaaaaaaa1111", []), Section("forec", "in", "bbbbbbbb2222", []),
+                Section("acmr", "in", "cccccccc3333", []), Section("forec", "jp", "dddddddd4444", [])]
+    assert bar_labels(sections) == ["in (forec,\naaaaaaaa)", "in (forec,\nbbbbbbbb)", "in (acmr)", "jp (forec)"]

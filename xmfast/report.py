@@ -814,6 +814,16 @@ def ranks_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
     return fig
 
 
+def bar_labels(sections: Sequence[Section]) -> list[str]:
+    """Each market's label under the bars, `target (protocol)`, with the dataset's fingerprint where
+    two prepared datasets of one market and protocol would otherwise share a label (as the tables'
+    titles name the dataset)."""
+    plain = [f"{s.target} ({s.protocol})" for s in sections]
+    shared = {label for label in plain if plain.count(label) > 1}
+    return [f"{s.target} ({s.protocol},\n{s.fingerprint[:8]})" if label in shared else label
+            for s, label in zip(sections, plain)]
+
+
 def bars_figure(report: Report, styles: dict[str, PlotStyle]) -> Any | None:
     """Test NDCG@10 (mean ± std over seeds) of every row, grouped by market; the legend below."""
     names = list(dict.fromkeys(r.name for _, r in report.rows()))
@@ -832,7 +842,7 @@ def bars_figure(report: Report, styles: dict[str, PlotStyle]) -> Any | None:
         st = styles[name]
         ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name, color=st.color,
                hatch=st.hatch or None, edgecolor="white", linewidth=0.5)
-    ax.set_xticks(xs, [f"{s.target} ({s.protocol})" for s in report.sections])
+    ax.set_xticks(xs, bar_labels(report.sections))
     ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(fig, ax, "below")
