@@ -8,6 +8,7 @@ a bad [tune] table is one error line naming the table and the key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,47 @@ def test_a_baseline_study_continues_across_training_settings_but_not_another_met
     other = CliRunner().invoke(app, ["tune", str(file)])
     assert other.exit_code == 2 and "study ease@in was made with another search space or other settings" in \
         " ".join(other.output.split()), other.output
+
+
+def test_the_median_pruners_patience_is_set_in_the_tune_table(tmp_path: Path, sample_dir: Path) -> None:
+    """`startup_trials` finished trials before any is pruned, `warmup_epochs` whole epochs a trial
+    runs before it can be: checked on the pruner Optuna is given, with trials reported by hand."""
+    import optuna
+
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace('pruner = "median"', 'pruner = "median"\nstartup_trials = 1\n'
+                                                                   'warmup_epochs = 1'))
+    spec = tuning.read_tune(read_experiment(file))
+    assert (spec.startup_trials, spec.warmup_epochs) == (1, 1)
+    study = optuna.create_study(direction="maximize", pruner=tuning._pruner(spec))
+    good = study.ask()
+    for epoch in (1, 2):
+        good.report(0.5, epoch)
+    study.tell(good, 0.5)
+    bad = study.ask()
+    bad.report(0.1, 1)
+    assert not bad.should_prune()  # epoch 1 is the warm-up
+    bad.report(0.1, 2)
+    assert bad.should_prune()  # below the one finished trial's median at epoch 2
+    default = tuning.read_tune(read_experiment(experiment(tmp_path, sample_dir)))
+    assert (default.startup_trials, default.warmup_epochs) == (2, 0)
+    fresh = optuna.create_study(direction="maximize", pruner=tuning._pruner(default))
+    first = fresh.ask()
+    first.report(0.5, 1)
+    fresh.tell(first, 0.5)
+    early = fresh.ask()
+    early.report(0.1, 1)
+    assert not early.should_prune()  # one finished trial of the two the default waits for
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("startup_trials = -1", "startup_trials = -1: expected a whole number of at least 0"),
+    ("warmup_epochs = 1.5", "warmup_epochs = 1.5: expected a whole number"),
+    ('pruner = "halving"\nwarmup_epochs = 1', "warmup_epochs: only the median pruner reads it"),
+])
+def test_bad_pruner_patience_is_one_error(tmp_path: Path, sample_dir: Path, setting: str, message: str) -> None:
+    file = experiment(tmp_path, sample_dir)
+    file.write_text(file.read_text().replace('pruner = "median"', setting if "pruner" in setting
+                                             else f'pruner = "median"\n{setting}'))
+    with pytest.raises(XmfastError, match=re.escape(message)):
+        tuning.read_tune(read_experiment(file))

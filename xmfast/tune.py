@@ -8,6 +8,8 @@ its training (a TrainConfig field, ``[train.NAME]``)::
     trials = 8              # budget per (model, target): trials that completed or were pruned
     timeout = "30m"         # and/or wall-clock budget per (model, target) and call: 90s, 30m, 2h
     pruner = "median"       # median, halving (successive halving) or none
+    startup_trials = 2      # median: trials finished before any is pruned
+    warmup_epochs = 0       # median: epochs a trial runs before it can be pruned
     seed = 1                # of the TPE sampler (default: the experiment's first seed)
     [tune.gmf]
     lr = {low = 1e-4, high = 1e-2, log = true}   # a range: integers if both ends are, else floats
@@ -64,7 +66,7 @@ from xmfast.tune_summary import (
     uses_default,
 )
 
-_TUNE_KEYS = {"trials", "timeout", "pruner", "seed"}
+_TUNE_KEYS = {"trials", "timeout", "pruner", "seed", "startup_trials", "warmup_epochs"}
 _PRUNERS = ("median", "halving", "none")
 
 
@@ -103,6 +105,11 @@ class TuneSpec:
     timeout: float | None = None  # seconds
     pruner: str = "median"
     seed: int = 0
+    # The median pruner's patience: few finished trials make a noisy median, and an epoch-1 value
+    # favours fast learners (a high lr), so a budget of 20 or more may want both raised; the
+    # defaults prune early enough for an 8-trial budget to save time.
+    startup_trials: int = 2
+    warmup_epochs: int = 0
 
 
 def _seconds(value: Any, where: str) -> float:
@@ -139,6 +146,16 @@ def read_tune(exp: Experiment) -> TuneSpec:
     pruner = raw.get("pruner", "median")
     if pruner not in _PRUNERS:
         raise XmfastError(f"{where} pruner = {pruner!r}: expected {', '.join(_PRUNERS)}")
+    patience = {}
+    for key in ("startup_trials", "warmup_epochs"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise XmfastError(f"{where} {key} = {value!r}: expected a whole number of at least 0")
+        if pruner != "median":
+            raise XmfastError(f"{where} {key}: only the median pruner reads it (pruner = {pruner!r})")
+        patience[key] = value
     seed = raw.get("seed", (exp.whole or exp).seeds[0])
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise XmfastError(f"{where} seed = {seed!r}: expected a whole number of at least 0")
@@ -178,7 +195,7 @@ def read_tune(exp: Experiment) -> TuneSpec:
         for d in dims:  # every end and choice must be a value the model takes: refused now, not in trial 5
             for v in (d.choices or (d.low, d.high)):
                 _check_value(exp, name, d, int(v) if d.integer else v, at=f"{where.removesuffix(']')}.{name}] {d.name}")
-    return TuneSpec(spaces, trials, timeout, pruner, seed)
+    return TuneSpec(spaces, trials, timeout, pruner, seed, **patience)
 
 
 def _dimension(key: str, kind: str, value: Any, at: str) -> Dimension:
@@ -306,12 +323,13 @@ def _storage(directory: Path) -> Any:
                                       engine_kwargs={"connect_args": {"timeout": 120}})
 
 
-def _pruner(name: str) -> Any:
+def _pruner(spec: TuneSpec) -> Any:
     import optuna
 
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "halving":
+    if spec.pruner == "median":
+        # steps are epochs from 1; Optuna prunes from step n_warmup_steps on, so after `warmup_epochs` whole epochs
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
+    if spec.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
 
@@ -368,7 +386,7 @@ def _trials(task: _Task, worker: int = 0, *, threads: int | None = None,
         torch.set_num_threads(threads)
     directory = tune_dir(exp)
     sname = study_name(name, target)
-    study = optuna.load_study(study_name=sname, storage=_storage(directory), pruner=_pruner(task.spec.pruner))
+    study = optuna.load_study(study_name=sname, storage=_storage(directory), pruner=_pruner(task.spec))
     # seeded by the trials so far (a continued search draws new values, not the first call's again)
     # and by the worker (two workers starting together do not draw the same values); with several
     # workers the constant liar counts running trials as bad, so TPE spreads them apart
@@ -645,7 +663,7 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
     measured = {} if get_model(base.settings["model"]).trained else {"monitor": monitor, "select": select}
     identity = digest_json({"space": [d.describe() + d.name + d.table for d in dims], "base": base.key, **measured})
     study = optuna.create_study(study_name=sname, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=_pruner(spec.pruner))
+                                pruner=_pruner(spec))
     known = study.user_attrs.get("identity")
     if known is None:
         study.set_user_attr("identity", identity)
