@@ -161,3 +161,37 @@ def test_the_report_writes_each_plot(tmp_path: Path) -> None:
     assert sorted(made) == ["bars", "curves-in-ffffffff", "ranks-in-ffffffff"]
     for name in made.values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bars_have_a_panel_per_protocol_with_slots_for_its_own_models(tmp_path: Path) -> None:
+    """The leaderboard's bars: seven markets under two protocols, the second with fewer models.
+    One panel per protocol, each with only its models' slots (no empty third of every group), and
+    the seven market labels of a panel side by side, not over one another (they were 'jp (acmr)mx
+    (acmr)' in one panel of fourteen groups)."""
+    markets = ["ca", "de", "fr", "in", "jp", "mx", "uk"]
+    for target in markets:
+        for model in ("pop", "ease", "gmf", "nmf", "sasrec", "easemix"):
+            fake_run(tmp_path / "forec" / target, model, target=target)
+        for model in ("pop", "ease"):
+            path = fake_run(tmp_path / "acmr" / target, model, target=target)
+            info = json.loads((path / "run.json").read_text())
+            info["dataset"].update(protocol="acmr", fingerprint="a" * 64)
+            (path / "run.json").write_text(json.dumps(info))
+    report = build_report(collect_runs([tmp_path]), published=[])
+    fig = bars_figure(report, plot_styles(report))
+    renderer = drawn(fig)
+    from matplotlib.container import BarContainer
+
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["protocol acmr", "protocol forec"]
+    slots = [[c.get_label() for c in ax.containers if isinstance(c, BarContainer)] for ax in panels]
+    assert slots == [["pop", "ease"], ["pop", "ease", "gmf", "nmf", "sasrec", "easemix"]]
+    for ax in panels:
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        assert [t.get_text() for t in labels] == markets
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+    legend = _legend(fig)
+    assert [t.get_text() for t in legend.get_texts()] == ["pop", "ease", "gmf", "nmf", "sasrec", "easemix"]
+    for ax in panels:
+        assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))

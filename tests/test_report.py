@@ -326,4 +326,5 @@ def test_bar_labels_name_the_dataset_only_where_two_markets_would_share_a_label(
 
     sections = [Section("forec", "in", "aaaaaaaa1111", []), Section("forec", "in", "bbbbbbbb2222", []),
                 Section("acmr", "in", "cccccccc3333", []), Section("forec", "jp", "dddddddd4444", [])]
-    assert bar_labels(sections) == ["in (forec,\naaaaaaaa)", "in (forec,\nbbbbbbbb)", "in (acmr)", "jp (forec)"]
+    assert bar_labels(sections[:2] + sections[3:]) == ["in\naaaaaaaa", "in\nbbbbbbbb", "jp"]
+    assert bar_labels(sections[2:]) == ["in", "jp"]  # a panel per protocol: acmr's one `in` is plain

@@ -815,37 +815,45 @@ def ranks_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
 
 
 def bar_labels(sections: Sequence[Section]) -> list[str]:
-    """Each market's label under the bars, `target (protocol)`, with the dataset's fingerprint where
-    two prepared datasets of one market and protocol would otherwise share a label (as the tables'
+    """Each market's label under its bars: the target, with the dataset's fingerprint on a second
+    line where two prepared datasets of one market would otherwise share a label (as the tables'
     titles name the dataset)."""
-    plain = [f"{s.target} ({s.protocol})" for s in sections]
-    shared = {label for label in plain if plain.count(label) > 1}
-    return [f"{s.target} ({s.protocol},\n{s.fingerprint[:8]})" if label in shared else label
-            for s, label in zip(sections, plain)]
+    shared = {s.target for s in sections if sum(t.target == s.target for t in sections) > 1}
+    return [f"{s.target}\n{s.fingerprint[:8]}" if s.target in shared else s.target for s in sections]
 
 
 def bars_figure(report: Report, styles: dict[str, PlotStyle]) -> Any | None:
-    """Test NDCG@10 (mean ± std over seeds) of every row, grouped by market; the legend below."""
-    names = list(dict.fromkeys(r.name for _, r in report.rows()))
-    if not names:
+    """Test NDCG@10 (mean ± std over seeds) of every row, grouped by market, one panel per protocol
+    (each with a slot for only the models it has, so a protocol with fewer rows leaves no gaps);
+    one legend below them all."""
+    protocols = list(dict.fromkeys(s.protocol for s in report.sections if s.rows))
+    if not protocols:
         return None
-    fig = _figure(min(11.0, max(6.5, 0.4 * len(report.sections) * len(names))), 4.5)  # a page wide at most
-    ax = fig.add_subplot()
-    width = 0.8 / len(names)
-    xs = np.arange(len(report.sections))
-    for i, name in enumerate(names):
-        means, errs = [], []
-        for s in report.sections:
-            r = next((r for r in s.rows if r.name == name), None)
-            means.append(r.mean[TEST_METRIC] if r else np.nan)
-            errs.append(r.std[TEST_METRIC] if r else 0.0)
-        st = styles[name]
-        ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name, color=st.color,
-               hatch=st.hatch or None, edgecolor="white", linewidth=0.5)
-    ax.set_xticks(xs, bar_labels(report.sections))
-    ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
-    ax.grid(axis="y", alpha=0.3)
-    _legend_outside(fig, ax, "below")
+    panels = [[s for s in report.sections if s.protocol == p] for p in protocols]
+    most = max(len(ss) * len({r.name for s in ss for r in s.rows}) for ss in panels)
+    fig = _figure(min(11.0, max(6.5, 0.4 * most)), 1.6 + 3.0 * len(panels))  # a page wide at most
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    handles: dict[str, Any] = {}
+    for ax, protocol, sections in zip(axes, protocols, panels):
+        names = list(dict.fromkeys(r.name for s in sections for r in s.rows))
+        width = 0.8 / len(names)
+        xs = np.arange(len(sections))
+        for i, name in enumerate(names):
+            means, errs = [], []
+            for s in sections:
+                r = next((r for r in s.rows if r.name == name), None)
+                means.append(r.mean[TEST_METRIC] if r else np.nan)
+                errs.append(r.std[TEST_METRIC] if r else 0.0)
+            st = styles[name]
+            bars = ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=errs, capsize=2, label=name,
+                          color=st.color, hatch=st.hatch or None, edgecolor="white", linewidth=0.5)
+            handles.setdefault(name, bars)
+        ax.set_xticks(xs, bar_labels(sections))
+        ax.set(ylabel=f"test {TEST_METRIC.upper()}", title=f"protocol {protocol}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Test {TEST_METRIC.upper()}: mean ± std over seeds")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small", frameon=False,
+               ncol=min(len(handles), 5))
     return fig
 
 
