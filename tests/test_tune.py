@@ -107,6 +107,7 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     results = json.loads((stage.path / "results.json").read_text())
     assert results["valid"]["ndcg@10"] == pytest.approx(best["value"], abs=1e-12)  # the trial, re-made by the grid
     text = tuning.summary_markdown(exp.out)
+    assert text.startswith("## Tuning: tune (protocol forec)\n")  # which experiment, in a report of several
     assert "lr [0.01, 0.2] log" in text and f"{states.count('COMPLETE')} / {states.count('PRUNED')} / 2" in text
     assert f"lr {best['train']['lr']:.4g}" in text
     gain = best["value"] - summary["default"]["value"]
@@ -115,6 +116,10 @@ def test_search_resumes_never_reads_test_and_beats_default(tmp_path: Path, sampl
     result = CliRunner().invoke(app, ["report", str(exp.out), "-o", str(tmp_path / "r.md"), "--no-plots"])
     assert result.exit_code == 0, result.output
     assert text.strip() in (tmp_path / "r.md").read_text()
+    # a summary written before the experiment's name was recorded: the same section, unnamed
+    path = exp.out / "tune" / "summary.json"
+    path.write_text(json.dumps({"format": "xmfast-tune", "studies": tuning.read_summary(exp.out)}))
+    assert tuning.summary_markdown(exp.out) == text.replace(": tune (protocol forec)", "", 1)
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -637,7 +637,8 @@ def tune(exp: Experiment, *, on_trial: Callable[[TrialEvent], None] | None = Non
                 summary[study_name(name, target)] = _search(exp, spec, name, dims, target, storage, on_trial,
                                                             training_observer, digest_json, jobs, client, lock)
                 # after every study: a search stopped later keeps what it finished
-                write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "studies": {**earlier, **summary}})
+                write_json_atomic(directory / SUMMARY, {"format": "xmfast-tune", "experiment": exp.name,
+                                                            "protocol": exp.protocol, "studies": {**earlier, **summary}})
         finally:
             lock.close()
     finally:

@@ -15,16 +15,23 @@ from xmfast.errors import XmfastError
 SUMMARY = "summary.json"  # in OUT/tune: each study's space, trial counts, best and default
 
 
-def read_summary(out: Path) -> dict[str, Any] | None:
-    """The studies of OUT/tune/summary.json (`out`: an experiment's output directory), or None
-    when it was never tuned."""
+def _read(out: Path) -> dict[str, Any] | None:
     path = Path(out) / "tune" / SUMMARY
     if not path.is_file():
         return None
     try:
-        return dict(json.loads(path.read_text(encoding="utf-8"))["studies"])
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["studies"] = dict(data["studies"])
+        return dict(data)
     except (OSError, ValueError, KeyError, TypeError):
         raise XmfastError(f"{path}: damaged; run `xmfast tune` again to rewrite it") from None
+
+
+def read_summary(out: Path) -> dict[str, Any] | None:
+    """The studies of OUT/tune/summary.json (`out`: an experiment's output directory), or None
+    when it was never tuned."""
+    data = _read(out)
+    return None if data is None else data["studies"]
 
 
 def uses_default(study: dict[str, Any]) -> bool:
@@ -57,11 +64,15 @@ def summary_markdown(out: Path) -> str:
     """The report's tuning section of the experiment output `out`: each study's ranges, trials,
     chosen values and their validation value beside the default configuration's ("" when the
     experiment was never tuned)."""
-    studies = read_summary(out)
+    data = _read(out)
+    studies = None if data is None else data["studies"]
     if not studies:
         return ""
     monitors = "; ".join(sorted({s["monitor"] for s in studies.values()}))
-    lines = ["## Tuning", "",
+    # a report over several tuned experiments (the leaderboard's two protocols) has a section each,
+    # and the table's rows do not say which; a summary written before it was recorded has no name
+    named = f": {data['experiment']} (protocol {data['protocol']})" if data.get("experiment") else ""
+    lines = [f"## Tuning{named}", "",
              f"Optuna TPE search (`xmfast tune`) on validation {monitors} only; the grid uses the chosen values "
              "with `xmfast run --use-tuned`. Default: the experiment's own settings, trained once as a trial is.", "",
              "| model | target | searched | trials (complete / pruned / failed) | chosen | validation | default "
