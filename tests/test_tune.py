@@ -394,3 +394,42 @@ def test_bad_pruner_patience_is_one_error(tmp_path: Path, sample_dir: Path, sett
                                              else f'pruner = "median"\n{setting}'))
     with pytest.raises(XmfastError, match=re.escape(message)):
         tuning.read_tune(read_experiment(file))
+
+
+@pytest.mark.parametrize(("dim", "value", "edge"), [
+    (tuning.Dimension("embedding_dim", "model", choices=(32, 64, 128)), 128, "largest"),
+    (tuning.Dimension("embedding_dim", "model", choices=(32, 64, 128)), 32, "smallest"),
+    (tuning.Dimension("embedding_dim", "model", choices=(32, 64, 128)), 64, None),
+    (tuning.Dimension("similarity", "model", choices=("cosine", "asymmetric")), "asymmetric", None),
+    (tuning.Dimension("flag", "model", choices=(True, False)), True, None),
+    # log range [1e-4, 1e-2]: 0.0095 is at 0.989 of its log width, 1.1e-4 at 0.021, 1e-3 at 0.5
+    (tuning.Dimension("lr", "train", low=1e-4, high=1e-2, log=True), 0.0095, "largest"),
+    (tuning.Dimension("lr", "train", low=1e-4, high=1e-2, log=True), 1.1e-4, "smallest"),
+    (tuning.Dimension("lr", "train", low=1e-4, high=1e-2, log=True), 1e-3, None),
+    # the same values on a linear range: 0.0095 is at 0.955 of [0, 0.01], 0.0009 at 0.09
+    (tuning.Dimension("lr", "train", low=0.0, high=0.01), 0.0095, "largest"),
+    (tuning.Dimension("lr", "train", low=0.0, high=0.01), 0.0009, None),
+    # a linear range from 0 (shrinkage, dropout) cannot be widened below it
+    (tuning.Dimension("shrink", "model", low=0.0, high=200.0), 3.7, None),
+    (tuning.Dimension("shrink", "model", low=10.0, high=200.0), 11.0, "smallest"),
+    (tuning.Dimension("negatives", "train", low=1, high=20, integer=True), 20, "largest"),
+    (tuning.Dimension("negatives", "train", low=1, high=20, integer=True), 19, None),
+])
+def test_a_choice_at_the_end_of_its_range_is_named(dim: tuning.Dimension, value: object, edge: str | None) -> None:
+    assert dim.edge(value) == edge
+
+
+def test_the_edge_note_in_the_summary_and_the_report(tmp_path: Path) -> None:
+    study = {"model": "mf", "entry": "mf", "target": "ca", "monitor": "ndcg@10",
+             "space": {"lr": "[0.001, 0.1] log", "embedding_dim": "{32, 64, 128}"},
+             "trials": {"complete": 20, "pruned": 0, "failed": 0}, "default": {"value": 0.41},
+             "chosen": "tuned", "edges": {"embedding_dim": "largest"},
+             "best": {"number": 3, "value": 0.46, "train": {"lr": 0.004276}, "model": {"embedding_dim": 128}}}
+    line = ("mf on ca: chosen at the end of its range, embedding_dim 128 (largest searched); unless that end is "
+            "the setting's own limit, a wider range may do better")
+    assert tuning.edge_note(study) == line
+    assert tuning.edge_note({**study, "chosen": "default"}) == ""  # the grid keeps the default: no chosen value
+    assert tuning.edge_note({k: v for k, v in study.items() if k != "edges"}) == ""  # a summary written before
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "summary.json").write_text(json.dumps({"format": "xmfast-tune", "studies": {"mf@ca": study}}))
+    assert tuning.summary_markdown(tmp_path).rstrip().endswith(line)

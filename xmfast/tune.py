@@ -61,6 +61,7 @@ from xmfast.tune_summary import (
     SUMMARY,
     chosen_text,
     default_won,
+    edge_note,
     read_summary,
     summary_markdown,
     uses_default,
@@ -87,6 +88,24 @@ class Dimension:
         if self.choices:
             return "{" + ", ".join(map(repr, self.choices)) + "}"
         return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "") + (" int" if self.integer else "")
+
+    def edge(self, value: Any) -> str | None:
+        """"largest" or "smallest" when `value` sits at an end of a numeric range (within 5% of its
+        width, on the log scale for a log range) or is the end of a numeric list: a choice at the
+        edge says the range may be too narrow, which the chosen value alone does not show. A
+        linear range's low end at 0 is the setting's own bound (shrinkage, dropout): not an edge."""
+        if self.choices:
+            numbers = [c for c in self.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if len(numbers) < 2 or len(numbers) != len(self.choices) or isinstance(value, bool):
+                return None
+            return "largest" if value == max(numbers) else "smallest" if value == min(numbers) else None
+        import math
+
+        low, high, v = float(self.low), float(self.high), float(value)  # type: ignore[arg-type]
+        if self.log:
+            low, high, v = math.log(low), math.log(high), math.log(v)
+        where = (v - low) / (high - low)
+        return "largest" if where >= 0.95 else "smallest" if where <= 0.05 and (self.log or low != 0) else None
 
     def suggest(self, trial: Any) -> Any:
         if self.choices:
@@ -714,7 +733,8 @@ def _search(exp: Experiment, spec: TuneSpec, name: str, dims: tuple[Dimension, .
         train, model = _overrides(best.params, dims)
         entry.update(best={"number": best.number, "value": best.value, "train": train, "model": model,
                            "run": best.user_attrs.get("run")},
-                     chosen="default" if default["value"] > best.value else "tuned")
+                     chosen="default" if default["value"] > best.value else "tuned",
+                     edges={d.name: e for d in dims if (e := d.edge(best.params[d.name])) is not None})
     return entry
 
 
@@ -746,5 +766,5 @@ def tuned_plan(exp: Experiment) -> Plan:
     return Plan(exp, stages)
 
 
-__all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "default_won", "read_summary",
+__all__ = ["Dimension", "TrialEvent", "TuneSpec", "chosen_text", "default_won", "edge_note", "read_summary",
            "read_tune", "summary_markdown", "tune", "tuned_plan", "uses_default"]

@@ -51,6 +51,20 @@ def default_won(study: dict[str, Any]) -> str:
             f"{default['value']:.4f}) beat {than}; `xmfast run --use-tuned` keeps the default settings for it")
 
 
+def edge_note(study: dict[str, Any]) -> str:
+    """One line naming the chosen values that sit at an end of their searched range ("" when none
+    does, when the default was kept, or for a summary written before edges were recorded)."""
+    edges = study.get("edges") or {}
+    best = study.get("best")
+    if not edges or not best or uses_default(study):
+        return ""
+    values = {**best["train"], **best["model"]}
+    said = ", ".join((f"{k} {values[k]:.4g}" if isinstance(values[k], float) else f"{k} {values[k]}")
+                     + f" ({edge} searched)" for k, edge in edges.items() if k in values)
+    return (f"{study['entry']} on {study['target']}: chosen at the end of its range, {said}; "
+            "unless that end is the setting's own limit, a wider range may do better")
+
+
 def chosen_text(study: dict[str, Any]) -> str:
     """The best trial's values, as `xmfast tune` and the report print them."""
     best = study.get("best")
@@ -87,9 +101,9 @@ def summary_markdown(out: Path) -> str:
         gain = f"{best['value'] - default['value']:+.4f}" if best and default else ""
         lines.append(f"| {s['entry']} | {s['target']} | {ranges} | {t['complete']} / {t['pruned']} / {t['failed']} "
                      f"| {chosen_text(s)} | {value} | {base} | {gain} |")
-    notes = [line for s in studies.values() if (line := default_won(s))]
+    notes = [line for s in studies.values() for line in (default_won(s), edge_note(s)) if line]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
-__all__ = ["SUMMARY", "chosen_text", "default_won", "read_summary", "summary_markdown", "uses_default"]
+__all__ = ["SUMMARY", "chosen_text", "default_won", "edge_note", "read_summary", "summary_markdown", "uses_default"]

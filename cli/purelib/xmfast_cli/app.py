@@ -1431,8 +1431,9 @@ def tune_experiment(
                   f"{default['value']:.4f})")
         console.print(f"[bold]{s['entry']}@{s['target']}[/]: {t['complete']} complete, {t['pruned']} pruned, "
                       f"{t['failed']} failed; chosen {tune.chosen_text(s)}{versus}", highlight=False)
-        if tune.default_won(s):
-            console.print(tune.default_won(s), highlight=False)
+        for line in (tune.default_won(s), tune.edge_note(s)):
+            if line:
+                console.print(line, highlight=False, markup=False)
     console.print(f"train the grid with them: {_quoted('xmfast', 'run', experiment, *(['--out', out] if out else []), '--use-tuned', *_part_args(models, targets, None))}",
                   highlight=False)
 
