@@ -22,7 +22,7 @@ def _read(out: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["studies"] = dict(data["studies"])
-        return dict(data)
+        return data
     except (OSError, ValueError, KeyError, TypeError):
         raise XmfastError(f"{path}: damaged; run `xmfast tune` again to rewrite it") from None
 
@@ -59,8 +59,7 @@ def edge_note(study: dict[str, Any]) -> str:
     if not edges or not best or uses_default(study):
         return ""
     values = {**best["train"], **best["model"]}
-    said = ", ".join((f"{k} {values[k]:.4g}" if isinstance(values[k], float) else f"{k} {values[k]}")
-                     + f" ({edge} searched)" for k, edge in edges.items() if k in values)
+    said = ", ".join(f"{_setting_text(k, values[k])} ({edge} searched)" for k, edge in edges.items() if k in values)
     return (f"{study['entry']} on {study['target']}: chosen at the end of its range, {said}; "
             "unless that end is the setting's own limit, a wider range may do better")
 
@@ -70,8 +69,11 @@ def chosen_text(study: dict[str, Any]) -> str:
     best = study.get("best")
     if not best:
         return "none"
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in {**best["train"], **best["model"]}.items())
+    return ", ".join(_setting_text(k, v) for k, v in {**best["train"], **best["model"]}.items())
+
+
+def _setting_text(name: str, value: Any) -> str:
+    return f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
 
 
 def summary_markdown(out: Path) -> str:
