@@ -195,3 +195,28 @@ def test_bars_have_a_panel_per_protocol_with_slots_for_its_own_models(tmp_path: 
     assert [t.get_text() for t in legend.get_texts()] == ["pop", "ease", "gmf", "nmf", "sasrec", "easemix"]
     for ax in panels:
         assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_a_markets_plots_under_two_protocols_have_two_titles(tmp_path: Path) -> None:
+    """docs/leaderboard-tuned.md has a curves and a ranks plot of each market per protocol; their
+    titles were the same ('ca: validation NDCG@10 per epoch ...'), so two pictures of one market
+    could not be told apart. Each title names the protocol, and its text stays inside the figure."""
+    for protocol in ("forec", "acmr"):
+        path = fake_run(tmp_path / protocol, "gmf", target="ca")
+        info = json.loads((path / "run.json").read_text())
+        info["dataset"].update(protocol=protocol, fingerprint=protocol[0] * 64)
+        (path / "run.json").write_text(json.dumps(info))
+    report = build_report(collect_runs([tmp_path]), published=[])
+    assert sorted(s.protocol for s in report.sections) == ["acmr", "forec"]
+    styles = plot_styles(report)
+    for make, what in ((curves_figure, "validation NDCG@10 per epoch (mean over seeds)"),
+                       (ranks_figure, "share of test users with the positive in the top k")):
+        titles = []
+        for section in report.sections:
+            fig = make(section, styles)
+            renderer = drawn(fig)
+            title = fig.axes[0].title
+            titles.append(title.get_text())
+            box = title.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (title.get_text(), box)
+        assert sorted(titles) == [f"ca, protocol acmr: {what}", f"ca, protocol forec: {what}"]
