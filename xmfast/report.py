@@ -764,7 +764,8 @@ def _legend_outside(fig: Any, ax: Any, where: str = "right") -> None:
 
 def plot_name(section: Section) -> str:
     """A market's name in its plots' titles: with the protocol, as a report of two protocols has
-    two plots of each market (the file names differ by dataset, the pictures must too)."""
+    two plots of each market (the file names differ by dataset, the pictures must too). It is
+    the title's first line: on one line with the plot's description it ran into the legend."""
     return f"{section.target}, protocol {section.protocol}"
 
 
@@ -786,7 +787,7 @@ def curves_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
         drawn = True
     if not drawn:
         return None
-    ax.set(title=f"{plot_name(section)}: validation {TEST_METRIC.upper()} per epoch (mean over seeds)",
+    ax.set(title=f"{plot_name(section)}\nvalidation {TEST_METRIC.upper()} per epoch (mean over seeds)",
            xlabel="epoch", ylabel=f"validation {TEST_METRIC.upper()}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
@@ -812,7 +813,7 @@ def ranks_figure(section: Section, styles: dict[str, PlotStyle]) -> Any | None:
         drawn = True
     if not drawn:
         return None
-    ax.set(title=f"{plot_name(section)}: share of test users with the positive in the top k", xlabel="k (rank cut-off)",
+    ax.set(title=f"{plot_name(section)}\nshare of test users with the positive in the top k", xlabel="k (rank cut-off)",
            ylabel="share of users", xscale="log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100 rather than 10^0
     ax.grid(alpha=0.3)
