@@ -71,6 +71,12 @@ TUNED_MF = {
 ROWS = ("mf", "easemix", "stack", "stack fitted on validation")
 
 
+def fail(message: str) -> None:
+    """One error line and exit status 2, as every xmfast command fails."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class Mix:
     """ease++ + Σ v_k·f_k (EASE-mix's features) + v_mf·MF, the scorer protocol of xmfast.evaluation."""
 
@@ -196,7 +202,7 @@ def best_baseline(protocol: str, market: str, board: dict) -> dict:
         values = e.values[:, e.metrics.index("ndcg@10")].tolist()
     ours, theirs = float(np.mean(values)), board[(protocol, market)][label]
     if abs(ours - theirs) > TOLERANCE["mf"]:
-        sys.exit(f"error: {protocol} {market}: {label}'s test NDCG@10 {ours:.6f} is not the leaderboard's {theirs:.6f}")
+        fail(f"{protocol} {market}: {label}'s test NDCG@10 {ours:.6f} is not the leaderboard's {theirs:.6f}")
     out = {"label": label, "test": values}
     done.write_text(json.dumps(out))
     return out
@@ -244,7 +250,7 @@ def check(protocol: str, market: str, result: dict, board: dict) -> None:
     for row, tolerance in TOLERANCE.items():
         ours, theirs = float(np.mean(result["test"][row])), board[(protocol, market)][row]
         if abs(ours - theirs) > tolerance:
-            sys.exit(f"error: {protocol} {market}: {row}'s test NDCG@10 {ours:.6f} is not the leaderboard's "
+            fail(f"{protocol} {market}: {row}'s test NDCG@10 {ours:.6f} is not the leaderboard's "
                      f"{theirs:.6f}; the probe does not reproduce docs/leaderboard-tuned.md")
 
 
@@ -260,6 +266,12 @@ def cpu_name() -> str:
 
 
 def main() -> None:
+    for name, given, known in (("PROTOCOLS", PROTOCOLS, TUNED_MF), ("TARGETS", TARGETS, MARKETS)):
+        unknown = [v for v in given if v not in known]
+        if unknown or not given:
+            fail(f"{name}={' '.join(given)!r}: expected some of {' '.join(known)}")
+    if not DATA.is_dir():
+        fail(f"{DATA}: no such directory (the XMarket files; set XMARKET=DIR)")
     board = leaderboard_rows()
     results: dict = {}
     for protocol in PROTOCOLS:
